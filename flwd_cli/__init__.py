@@ -1,0 +1,1 @@
+"""The flwd command-line interface."""

@@ -1,0 +1,197 @@
+"""One interface, two backends: the local engine, or a server over HTTP.
+
+Both return plain JSON-shaped dicts, so the CLI renders the same output
+either way (rq's ``run_sync`` idea: one code path, the backend swapped).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+
+from flwd_server.auth import SCOPES
+from flwd_server.config import Settings
+from flwd_server.errors import FlwdError
+from flwd_server.models import Principal, Profile
+from flwd_server.planner import PlanRequest
+
+
+class RemoteError(FlwdError):
+    """Raised when a server answers with a problem (or cannot be reached)."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        super().__init__(problem.get("detail") or problem.get("title") or f"HTTP {status}")
+        self.status = status
+        self.problem = problem
+
+
+def _request_of(body: dict[str, Any]) -> PlanRequest:
+    profile = body.get("profile")
+    return PlanRequest(
+        job=body["job"],
+        args=body.get("args") or {},
+        source=body.get("source"),
+        profile=Profile(profile) if profile else None,
+        plan=body.get("plan"),
+    )
+
+
+class LocalBackend:
+    """Runs through the same engine and database as the server, in this process."""
+
+    remote = False
+
+    def __init__(self, settings: Settings) -> None:
+        from flwd_server.engine import Engine
+
+        self.engine = Engine(settings, local_affinity=True)
+        self.principal = Principal(f"local:{getpass.getuser()}", frozenset(SCOPES))
+
+    def close(self) -> None:
+        self.engine.close(grace=0)
+
+    def jobs(self, source: str | None = None) -> list[dict[str, Any]]:
+        return [job.summary() for job in self.engine.jobs(source)]
+
+    def job(self, name: str, source: str | None = None) -> dict[str, Any]:
+        return self.engine.job(name, source).to_dict()
+
+    def plan(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.engine.plan(_request_of(body), self.principal).to_dict()
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        run, _ = self.engine.submit(_request_of(body), self.principal)
+        return run.to_dict()
+
+    def runs(self, **filters: Any) -> dict[str, Any]:
+        runs, cursor = self.engine.runs(**filters)
+        return {"runs": [r.to_dict() for r in runs], "next": str(cursor) if cursor else None}
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return self.engine.run(run_id).to_dict()
+
+    def cancel(self, run_id: str) -> dict[str, Any]:
+        return self.engine.cancel(run_id, self.principal).to_dict()
+
+    def events(self, run_id: str, after: int = 0, follow: bool = True) -> Iterator[dict[str, Any]]:
+        self.engine.run(run_id)
+        hub = self.engine.hub
+        hub.start()
+        position = after
+        while True:
+            events, position = hub.read(position, run_id)
+            for event in events:
+                yield event.to_dict()
+                if event.type == "run.finished":
+                    return
+            if not events:
+                if not follow:
+                    return
+                hub.wait(position, 0.5)
+
+
+class RemoteBackend:
+    """Calls a running ``flwd :serve`` with a bearer token."""
+
+    remote = True
+
+    def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise RemoteError(0, {"detail": f"cannot reach {self.url}: {exc.__class__.__name__}"}) from None
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"detail": f"HTTP {response.status_code}: {response.text[:200]}"}
+            raise RemoteError(response.status_code, problem)
+        return response.json() if response.content else {}
+
+    def jobs(self, source: str | None = None) -> list[dict[str, Any]]:
+        return self._call("GET", "/jobs", params={"source": source} if source else None)["jobs"]
+
+    def job(self, name: str, source: str | None = None) -> dict[str, Any]:
+        return self._call("GET", f"/jobs/{requests.utils.quote(name, safe=':')}", params={"source": source} if source else None)["job"]
+
+    def plan(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/plans", json=body)["plan"]
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/runs", json=body)["run"]
+
+    def runs(self, **filters: Any) -> dict[str, Any]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        if "before" in params:
+            params["cursor"] = params.pop("before")
+        return self._call("GET", "/runs", params=params)
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/runs/{run_id}")["run"]
+
+    def cancel(self, run_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/runs/{run_id}/cancel")["run"]
+
+    def events(self, run_id: str, after: int = 0, follow: bool = True) -> Iterator[dict[str, Any]]:
+        """Follow the SSE stream, reconnecting with Last-Event-ID if the connection drops."""
+        last = after
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                with self.session.get(f"{self.url}/runs/{run_id}/events", headers=headers, stream=True, timeout=(10, 60)) as response:
+                    if response.status_code == 204:
+                        return
+                    if response.status_code >= 400:
+                        try:
+                            problem = response.json()
+                        except ValueError:
+                            problem = {"detail": f"HTTP {response.status_code}"}
+                        raise RemoteError(response.status_code, problem)
+                    for event in parse_sse(response.iter_lines(decode_unicode=False)):
+                        failures = 0
+                        last = event["id"]
+                        yield event
+                        if event["type"] == "run.finished":
+                            return
+            except requests.RequestException:
+                failures += 1
+                if failures > 5:
+                    raise RemoteError(0, {"detail": f"lost the event stream of {run_id} and could not reconnect"}) from None
+                time.sleep(min(0.2 * 2**failures, 5))
+            if not follow:
+                return
+
+
+def parse_sse(lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+    """Parse an SSE byte stream into flwd event dicts (comments and retry lines skipped)."""
+    data: list[str] = []
+    for raw in lines:
+        line = raw.decode("utf-8", errors="replace")
+        if not line:
+            if data:
+                yield json.loads("\n".join(data))
+                data = []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if name == "data":
+            data.append(value[1:] if value.startswith(" ") else value)

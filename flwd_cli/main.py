@@ -1,0 +1,299 @@
+"""The ``flwd`` command: built-ins start with ``:``; anything else is a job to run.
+
+``flwd :serve`` starts the server; ``flwd hello-world --name Alice`` runs a
+job and streams its output.  With ``--server URL`` (or ``FLWD_SERVER``) every
+command talks to a running server instead of the local engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from flwd_server import __version__
+from flwd_server.config import load_settings
+from flwd_server.errors import FlwdError
+
+from . import output
+from .backends import LocalBackend, RemoteBackend, RemoteError
+
+RESERVED = {"server", "token", "config", "profile", "source", "detach", "json", "arg", "help", "quiet"}
+
+
+def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--server``, ``--token`` and ``--config`` on every command (also read from the environment)."""
+    fn = click.option("--config", "config_path", envvar="FLWD_CONFIG", type=click.Path(dir_okay=False), help="Server config file (local mode).")(fn)
+    fn = click.option("--token", envvar="FLWD_TOKEN", help="Bearer token for --server.", show_envvar=True)(fn)
+    fn = click.option("--server", envvar="FLWD_SERVER", help="Use a running server (URL) instead of the local engine.", show_envvar=True)(fn)
+    return fn
+
+
+def make_backend(server: str | None, token: str | None, config_path: str | None) -> LocalBackend | RemoteBackend:
+    if server:
+        return RemoteBackend(server, token)
+    return LocalBackend(load_settings(config_path))
+
+
+def with_backend(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @common_options
+    @functools.wraps(fn)
+    def wrapper(server: str | None, token: str | None, config_path: str | None, **kwargs: Any) -> Any:
+        backend = make_backend(server, token, config_path)
+        try:
+            return fn(backend, **kwargs)
+        finally:
+            backend.close()
+
+    return wrapper
+
+
+def parse_arg_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    args = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint="--arg")
+        args[name.replace("-", "_")] = value
+    return args
+
+
+class FlwdGroup(click.Group):
+    """Built-in commands first; any other name is a job (flask's ``get_command`` idea)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name.startswith(":"):
+            return command
+        return job_command(cmd_name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else None
+        if name and name.startswith(":") and super().get_command(ctx, name) is None:
+            known = ", ".join(sorted(self.commands))
+            ctx.fail(f"no built-in command {name!r} (built-ins: {known}); job names do not start with ':'")
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=FlwdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flwd")
+def cli() -> None:
+    """Run named, parameterised jobs here or on a flwd server.
+
+    \b
+    flwd :jobs                      list jobs
+    flwd hello-world --name Alice   run a job, streaming its output
+    flwd :serve --dev               serve the same over HTTP + SSE
+    """
+
+
+@cli.command(":serve")
+@click.option("--bind", help="Listen address HOST:PORT (default 127.0.0.1:8080).")
+@click.option("--profile", type=click.Choice(["secure", "permissive", "disabled"]), help="Default security profile.")
+@click.option("--dev", is_flag=True, default=None, help="Accept dev-token and CORS from http://localhost (local experiments only).")
+@click.option("--config", "config_path", envvar="FLWD_CONFIG", type=click.Path(exists=True, dir_okay=False), help="Server config file (YAML).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Worker processes.")
+@click.option("--threads", type=click.IntRange(2, 10000), help="Request threads per worker.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the database and work dirs live.")
+@click.option("--db-path", type=click.Path(dir_okay=False), help="SQLite database file.")
+def serve_command(bind: str | None, profile: str | None, dev: bool | None, config_path: str | None, workers: int | None, threads: int | None, data_dir: str | None, db_path: str | None) -> None:
+    """Serve the HTTP + SSE API with gunicorn (gthread workers)."""
+    from flwd_server.serving import serve
+
+    overrides = {
+        key: value
+        for key, value in {
+            "bind": bind,
+            "default_profile": profile,
+            "dev": dev,
+            "workers": workers,
+            "threads": threads,
+            "data_dir": data_dir,
+            "db_path": db_path,
+        }.items()
+        if value is not None
+    }
+    serve(load_settings(config_path, overrides))
+
+
+@cli.command(":jobs")
+@click.option("--source", help="Only this source's jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_backend
+def jobs_command(backend: Any, source: str | None, as_json: bool) -> None:
+    """List the jobs of every source."""
+    jobs = backend.jobs(source)
+    if as_json:
+        output.print_json({"jobs": jobs})
+        return
+    output.table([[j["name"], j["source"], output.describe_args(j["args"]), j["description"]] for j in jobs], ["job", "source", "args", "description"])
+
+
+@cli.command(":plan")
+@click.argument("job")
+@click.option("--arg", "pairs", multiple=True, metavar="NAME=VALUE", help="A job argument (repeatable).")
+@click.option("--source", help="Take the job from this source.")
+@click.option("--profile", type=click.Choice(["secure", "permissive", "disabled"]), help="Ask for this profile.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_backend
+def plan_command(backend: Any, job: str, pairs: tuple[str, ...], source: str | None, profile: str | None, as_json: bool) -> None:
+    """Show what running JOB would do, and every policy decision, without running it."""
+    body = _body(job, parse_arg_pairs(pairs), source, profile)
+    plan = backend.plan(body)
+    output.print_json({"plan": plan}) if as_json else output.print_plan(plan)
+
+
+@cli.command(":runs")
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "rejected", "lost"]))
+@click.option("--job", help="Only runs of this job.")
+@click.option("--source", help="Only runs from this source.")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_backend
+def runs_command(backend: Any, status: str | None, job: str | None, source: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first."""
+    page = backend.runs(status=status, job=job, source=source, limit=limit)
+    if as_json:
+        output.print_json(page)
+        return
+    rows = [[r["id"], f"{r['source']}:{r['job']}", r["status"], r["submitted_by"], r["created_at"], "" if r["exit_code"] is None else r["exit_code"]] for r in page["runs"]]
+    output.table(rows, ["run", "job", "status", "by", "created", "exit"])
+
+
+@cli.command(":events")
+@click.argument("run_id")
+@click.option("--after", type=click.IntRange(0), default=0, help="Only events after this id.")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="Keep streaming until the run ends.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@with_backend
+def events_command(backend: Any, run_id: str, after: int, follow: bool, as_json: bool) -> None:
+    """Print a run's events (live until it ends)."""
+    for event in backend.events(run_id, after, follow):
+        if as_json:
+            click.echo(json.dumps(event, ensure_ascii=False))
+        else:
+            click.echo(f"{event['id']:>8}  {event['time']}  {event['type']:<24} {json.dumps(event['data'], ensure_ascii=False)}")
+
+
+@cli.command(":cancel")
+@click.argument("run_id")
+@with_backend
+def cancel_command(backend: Any, run_id: str) -> None:
+    """Cancel a queued or running run."""
+    run = backend.cancel(run_id)
+    click.echo(f"{run['id']}: {run['status']}" + (" (cancel requested)" if run["status"] == "running" else ""))
+
+
+def _body(job: str, args: dict[str, Any], source: str | None, profile: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"job": job, "args": args}
+    if source:
+        body["source"] = source
+    if profile:
+        body["profile"] = profile
+    return body
+
+
+def _args_command(job: dict[str, Any]) -> click.Command:
+    """A click command whose options are the job's arguments (validated by the engine, not here)."""
+    params: list[click.Parameter] = []
+    for name, spec in job["args"].items():
+        flag = name.replace("_", "-")
+        if name in RESERVED:
+            continue  # reachable as --arg NAME=VALUE
+        help_text = spec.get("description", "")
+        if spec.get("default") is not None:
+            help_text += f" [default: {spec['default']}]"
+        if spec.get("required"):
+            help_text += " [required]"
+        if spec["type"] == "boolean":
+            params.append(click.Option([f"--{flag}/--no-{flag}", name], default=None, help=help_text))
+        else:
+            choices = spec.get("choices")
+            kind = click.Choice([str(c) for c in choices]) if choices else click.STRING
+            params.append(click.Option([f"--{flag}", name], type=kind, metavar=spec["type"].upper(), help=help_text))
+    return click.Command(f"flwd {job['name']}", params=params, callback=lambda **values: values, help=job.get("description"))
+
+
+def job_command(name: str) -> click.Command:
+    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+    @click.option("--arg", "pairs", multiple=True, metavar="NAME=VALUE", help="A job argument.")
+    @click.option("--source", help="Take the job from this source.")
+    @click.option("--profile", type=click.Choice(["secure", "permissive", "disabled"]))
+    @click.option("--detach", is_flag=True, help="Print the run id and return at once.")
+    @click.option("--quiet", is_flag=True, help="Only the job's own output.")
+    @with_backend
+    @click.pass_context
+    def run_job(ctx: click.Context, backend: Any, pairs: tuple[str, ...], source: str | None, profile: str | None, detach: bool, quiet: bool) -> None:
+        job = backend.job(name, source)
+        parsed = _args_command(job).main(list(ctx.args), prog_name=f"flwd {name}", standalone_mode=False)
+        if isinstance(parsed, int):  # --help was shown
+            ctx.exit(parsed)
+        args = {k: v for k, v in parsed.items() if v is not None}
+        args.update(parse_arg_pairs(pairs))
+        run = backend.submit(_body(f"{job['source']}:{job['name']}", args, None, profile))
+        if detach or run["status"] == "rejected" and backend.remote:
+            click.echo(run["id"])
+            if run["status"] == "rejected":
+                ctx.exit(output.EXIT_CODES["rejected"])
+            return
+        ctx.exit(follow_run(backend, run["id"], quiet))
+
+    run_job.help = f"Run the job {name!r} (see: flwd {name} --help)."
+    return run_job
+
+
+def follow_run(backend: Any, run_id: str, quiet: bool = False) -> int:
+    """Stream a run to the terminal; Ctrl-C cancels it (twice: leave it running)."""
+    interrupted = False
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted = True
+        click.echo(f"flwd: cancelling {run_id} (Ctrl-C again to stop waiting)", err=True)
+        backend.cancel(run_id)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        for event in backend.events(run_id):
+            output.render_event(event, quiet)
+            if event["type"] == "run.finished":
+                return output.exit_code_for(event["data"])
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="flwd", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except FlwdError as exc:
+        click.echo(f"flwd: error: {exc.detail}", err=True)
+        problem = exc.problem if isinstance(exc, RemoteError) else exc.to_problem()
+        for item in problem.get("errors") or []:
+            where = f"{item.get('path', '')} " if item.get("path") else ""
+            click.echo(f"  {where}{item['field']}: {item['message']}", err=True)
+        if problem.get("candidates"):
+            click.echo("  candidates: " + ", ".join(problem["candidates"]), err=True)
+        sys.exit(2 if 400 <= exc.status < 500 else 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

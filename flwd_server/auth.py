@@ -1,0 +1,60 @@
+"""Who is calling, and what they may do: bearer tokens to a :class:`Principal`.
+
+No Flask here: the web layer passes the ``Authorization`` header in and gets a
+principal or an :class:`~flwd_server.errors.Unauthenticated` back.  ``--dev``
+adds the fixed ``dev-token``; real deployments verify signed JWTs against a
+JWKS file (``auth.jwk_file``), see :mod:`flwd_server.tokens`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from .errors import Unauthenticated
+from .models import Principal
+
+SCOPES = (
+    "jobs:read",
+    "runs:read",
+    "runs:write",
+    "runs:downgrade",
+    "sources:read",
+    "sources:write",
+    "metrics:read",
+    "export:read",
+)
+DEV_TOKEN = "dev-token"
+DEV_PRINCIPAL = Principal("dev", frozenset(SCOPES))
+MAX_TOKEN_LENGTH = 8192
+
+
+def bearer_token(header: str | None) -> str:
+    """Extract the token of an RFC 6750 ``Authorization: Bearer`` header."""
+    if not header:
+        raise Unauthenticated("this request needs an Authorization: Bearer token", error=None)
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("the Authorization header must be 'Bearer <token>'", error="invalid_request")
+    token = token.strip()
+    if len(token) > MAX_TOKEN_LENGTH or any(c.isspace() for c in token):
+        raise Unauthenticated("the bearer token is malformed")
+    return token
+
+
+class Authenticator:
+    """Turns a bearer token into a principal; ``verify_jwt`` is None when no JWKS is configured."""
+
+    def __init__(self, dev: bool, verify_jwt: Callable[[str], Principal] | None = None) -> None:
+        self.dev = dev
+        self.verify_jwt = verify_jwt
+
+    def authenticate(self, header: str | None) -> Principal:
+        token = bearer_token(header)
+        if hmac.compare_digest(token, DEV_TOKEN):
+            if self.dev:
+                return DEV_PRINCIPAL
+            raise Unauthenticated("dev-token is accepted only by a server started with --dev")
+        if self.verify_jwt is None:
+            raise Unauthenticated("this server has no token verification configured (auth.jwk_file); only --dev accepts dev-token")
+        return self.verify_jwt(token)

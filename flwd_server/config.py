@@ -1,0 +1,334 @@
+"""Settings: one field, one type, one description; validated with the key's name.
+
+Precedence, lowest first: built-in defaults, the YAML file, ``FLWD_*``
+environment variables (``FLWD_LIMITS__MAX_CONCURRENT_RUNS=8``), then CLI flags.
+An unknown key or a wrong type stops start-up with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+PROFILES = ("secure", "permissive", "disabled")
+
+
+def _opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimum: float | None = None) -> Any:
+    meta = {"help": help, "choices": choices, "minimum": minimum}
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    issuer: str | None = _opt(None, "Required `iss` claim of bearer tokens.")
+    audience: str | None = _opt(None, "Required `aud` claim of bearer tokens.")
+    jwk_file: str | None = _opt(None, "JWKS file with the public keys tokens are verified against; re-read when it changes.")
+    leeway: int = _opt(30, "Seconds of clock skew allowed on exp, nbf and iat.", minimum=0)
+    algorithms: tuple[str, ...] = _opt(("RS256", "ES256", "EdDSA"), "Signature algorithms accepted.")
+    token_cache_size: int = _opt(4096, "Verified tokens kept in memory (until they expire or the JWKS changes).", minimum=0)
+
+
+@dataclass(frozen=True)
+class ContainerSettings:
+    runtime: str = _opt("auto", "Container engine: auto finds a Docker or podman socket.", ("auto", "docker", "podman", "none"))
+    socket: str | None = _opt(None, "Engine socket URL (unix:///run/podman/podman.sock); overrides discovery.")
+    verify_signatures: str = _opt("enforce", "cosign key-based signature check of images and add-ons.", ("enforce", "permissive", "disabled"))
+    signature_keys: tuple[str, ...] = _opt((), "PEM public keys (paths) whose signatures are trusted.")
+    allowed_registries: tuple[str, ...] = _opt((), "Registries images and OCI add-ons may come from (host[:port]).")
+    insecure_registries: tuple[str, ...] = _opt((), "Registries reached over plain HTTP (loopback test registries).")
+    pull_timeout: float = _opt(300.0, "Seconds a pull may take.", minimum=1)
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    max_concurrent_runs: int = _opt(4, "Runs executing at once across all worker processes.", minimum=1)
+    max_run_history: int = _opt(10000, "Finished runs kept; older ones and their events are pruned.", minimum=1)
+    max_body_bytes: int = _opt(1048576, "Largest request body accepted.", minimum=1024)
+    max_line_bytes: int = _opt(65536, "Longest output line stored; longer lines are cut with a marker.", minimum=256)
+    max_output_bytes: int = _opt(67108864, "Output stored per run; the rest is counted, not stored.", minimum=1024)
+    default_timeout: float = _opt(3600.0, "Timeout of a job that sets none, in seconds.", minimum=1)
+    max_queued_runs: int = _opt(100000, "Queued runs accepted before POST /runs answers 503.", minimum=1)
+
+
+@dataclass(frozen=True)
+class SSESettings:
+    heartbeat: float = _opt(15.0, "Seconds between heartbeat comments on an idle stream.", minimum=0.05)
+    max_duration: float = _opt(3600.0, "Seconds before a stream is closed (the client resumes with Last-Event-ID).", minimum=1)
+    max_streams: int = _opt(0, "Open streams per worker process; 0 means threads - 4.", minimum=0)
+    poll_interval: float = _opt(0.02, "Seconds between checks for events written by other processes.", minimum=0.001)
+    retry_ms: int = _opt(2000, "Reconnect delay suggested to clients.", minimum=0)
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    allowed_downgrades: tuple[str, ...] = _opt(("permissive",), "Profiles a token with runs:downgrade may ask for below the default.")
+    cpu_seconds: int = _opt(3600, "CPU-time limit of host steps under secure.", minimum=1)
+    open_files: int = _opt(1024, "Open-file limit of host steps under secure.", minimum=16)
+    file_size_bytes: int = _opt(1073741824, "Largest file a host step may write under secure.", minimum=1024)
+    host_env_passthrough: tuple[str, ...] = _opt((), "Host variables passed to jobs that require host-env (permissive only).")
+
+
+@dataclass(frozen=True)
+class GitSettings:
+    allowed_schemes: tuple[str, ...] = _opt(("file", "https", "ssh", "git"), "URL schemes git sources may use.")
+    timeout: float = _opt(120.0, "Seconds a clone or fetch may take.", minimum=1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    bind: str = _opt("127.0.0.1:8080", "Listen address HOST:PORT ([::1]:PORT for IPv6).")
+    default_profile: str = _opt("secure", "Security profile of runs that ask for none.", PROFILES)
+    data_dir: str | None = _opt(None, "Where the database, clones and work dirs live (default: ~/.local/share/flwd).")
+    db_path: str | None = _opt(None, "SQLite database file (default: DATA_DIR/flwd.db).")
+    dev: bool = _opt(False, "Development mode: accept `dev-token`, CORS for http://localhost.")
+    workers: int = _opt(2, "gunicorn worker processes.", minimum=1)
+    threads: int = _opt(32, "Request threads per worker (each open SSE stream holds one).", minimum=2)
+    shutdown_grace: float = _opt(20.0, "Seconds running jobs get to finish on SIGTERM before they are cancelled.", minimum=0)
+    log_level: str = _opt("info", "Log level.", ("debug", "info", "warning", "error"))
+    bundled_jobs: bool = _opt(True, "Serve the bundled example source `examples`.")
+    db_synchronous: str = _opt("normal", "SQLite synchronous mode: normal survives process crashes, full also power loss.", ("normal", "full"))
+    auth: AuthSettings = field(default_factory=AuthSettings, metadata={"help": "Bearer token verification."})
+    container: ContainerSettings = field(default_factory=ContainerSettings, metadata={"help": "Container steps and OCI add-ons."})
+    limits: LimitsSettings = field(default_factory=LimitsSettings, metadata={"help": "Concurrency, history and size limits."})
+    sse: SSESettings = field(default_factory=SSESettings, metadata={"help": "Server-Sent Events streams."})
+    policy: PolicySettings = field(default_factory=PolicySettings, metadata={"help": "Security profile details."})
+    git: GitSettings = field(default_factory=GitSettings, metadata={"help": "Git sources."})
+    sources: tuple[dict[str, Any], ...] = field(default=(), metadata={"help": "Sources registered at start (same objects as POST /sources)."})
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir).expanduser()
+        return default_data_dir()
+
+    @property
+    def resolved_db_path(self) -> Path:
+        if self.db_path:
+            return Path(self.db_path).expanduser()
+        return self.resolved_data_dir / "flwd.db"
+
+    @property
+    def sse_max_streams(self) -> int:
+        return self.sse.max_streams or max(1, self.threads - 4)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("FLWD_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "flwd"
+
+
+SOURCE_KEYS = {
+    "local": {"required": ("name", "path"), "optional": ()},
+    "git": {"required": ("name", "url"), "optional": ("ref",)},
+    "oci": {"required": ("name", "ref"), "optional": ()},
+}
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_BIND_RE = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]*)):(?P<port>\d{1,5})$")
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` / ``[V6]:PORT``; raises ConfigError naming ``bind``."""
+    match = _BIND_RE.match(bind or "")
+    if not match or not 0 <= int(match.group("port")) <= 65535:
+        raise ConfigError("bind", f"expected HOST:PORT or [IPV6]:PORT, got {bind!r}")
+    host = match.group("v6") or match.group("host") or "0.0.0.0"
+    return host, int(match.group("port"))
+
+
+def is_loopback_bind(bind: str) -> bool:
+    host, _ = parse_bind(bind)
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def validate_source_spec(spec: Any, key: str = "source") -> dict[str, Any]:
+    """Check the shape of one source object; the source kinds check the values."""
+    if not isinstance(spec, dict):
+        raise ConfigError(key, "expected a mapping with type and name")
+    kind = spec.get("type")
+    if kind not in SOURCE_KEYS:
+        raise ConfigError(f"{key}.type", f"expected one of {', '.join(SOURCE_KEYS)}, got {kind!r}")
+    allowed = {"type", *SOURCE_KEYS[kind]["required"], *SOURCE_KEYS[kind]["optional"]}
+    for name in spec:
+        if name not in allowed:
+            raise ConfigError(f"{key}.{name}", f"unknown key for a {kind} source (allowed: {', '.join(sorted(allowed))})")
+    for name in SOURCE_KEYS[kind]["required"]:
+        if name not in spec:
+            raise ConfigError(f"{key}.{name}", "is required")
+    for name, value in spec.items():
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}.{name}", "expected a non-empty string")
+    if not _NAME_RE.match(spec["name"]):
+        raise ConfigError(f"{key}.name", "expected lowercase letters, digits, '.', '_' or '-' (at most 63), starting with a letter or digit")
+    return dict(spec)
+
+
+def _type_name(hint: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(hint, str(hint))
+
+
+def _coerce(key: str, hint: Any, value: Any, meta: dict[str, Any]) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is tuple:
+        if isinstance(value, str) and args[0] is str:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, "expected a list")
+        if args[0] is str:
+            for i, item in enumerate(value):
+                if not isinstance(item, str):
+                    raise ConfigError(f"{key}[{i}]", "expected a string")
+            return tuple(value)
+        return tuple(validate_source_spec(item, f"{key}[{i}]") for i, item in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(key, f"expected one of {', '.join(map(str, choices))}, got {value!r}")
+    minimum = meta.get("minimum")
+    if minimum is not None and value < minimum:
+        raise ConfigError(key, f"must be at least {minimum}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or "(top level)", "expected a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(key, f"unknown setting (known here: {known})")
+        values[name] = _coerce(key, hints[name], value, dict(fields[name].metadata))
+    return cls(**values)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(dotted, "cannot set below a non-mapping value")
+        node = child
+    node[parts[-1]] = value
+
+
+def _env_overrides(environ: typing.Mapping[str, str]) -> dict[str, Any]:
+    """``FLWD_LIMITS__MAX_CONCURRENT_RUNS=8`` -> ``{"limits.max_concurrent_runs": 8}``.
+
+    Only names that map onto a setting are read, so ``FLWD_TOKEN`` and
+    ``FLWD_SERVER`` (CLI variables) pass untouched.
+    """
+    known = set(known_keys())
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith("FLWD_"):
+            continue
+        dotted = name[5:].lower().replace("__", ".")
+        if dotted in known:
+            try:
+                out[dotted] = yaml.safe_load(raw) if raw != "" else None
+            except yaml.YAMLError as exc:
+                raise ConfigError(dotted, f"environment variable {name} is not a valid value: {exc}") from None
+    return out
+
+
+def known_keys(cls: type = Settings, prefix: str = "") -> typing.Iterator[str]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from known_keys(hints[f.name], key + ".")
+        else:
+            yield key
+
+
+def describe(cls: type = Settings, prefix: str = "") -> typing.Iterator[tuple[str, Any, str]]:
+    """Yield ``(key, default, help)`` for every setting, for docs and the reference file."""
+    hints = typing.get_type_hints(cls)
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from describe(hints[f.name], key + ".")
+        else:
+            yield key, getattr(instance, f.name), f.metadata.get("help", "")
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+) -> Settings:
+    """Build validated settings from defaults, a YAML file, the environment and flags."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise ConfigError("", f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError("", f"{path}: expected a mapping of settings at the top level")
+        tree = loaded or {}
+    layered = {**_env_overrides(os.environ if environ is None else environ), **(overrides or {})}
+    for dotted, value in layered.items():
+        _set_dotted(tree, dotted, value)
+    settings = _build(Settings, tree)
+    parse_bind(settings.bind)
+    names = [s["name"] for s in settings.sources]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError("sources", f"duplicate source names: {', '.join(dupes)}")
+    for profile in settings.policy.allowed_downgrades:
+        if profile not in PROFILES:
+            raise ConfigError("policy.allowed_downgrades", f"unknown profile {profile!r}")
+    return settings

@@ -1,0 +1,185 @@
+"""The one facade both the web layer and the CLI call.
+
+It wires settings, store, sources, planner, policy and runner together and
+knows nothing of HTTP.  Threads (the runner, the event poller) start on first
+use in the process that needs them, so an engine built before a fork is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .auth import Authenticator
+from .catalog import Catalog
+from .config import Settings
+from .errors import PlanChanged, PolicyDenied, Unavailable
+from .eventhub import EventHub
+from .models import Decision, EventType, Job, Plan, Principal, Profile, Run, RunStatus, Verdict
+from .planner import PlanRequest, Planner, plan_record
+from .runner import Runner, log_decision
+from .sources import LocalSource, Source
+from .store import Store
+
+log = logging.getLogger("flwd.engine")
+BUNDLED_SOURCE = "examples"
+
+
+def bundled_root() -> Path:
+    return Path(str(resources.files("flwd_server") / "bundled"))
+
+
+class Engine:
+    def __init__(self, settings: Settings, *, store: Store | None = None, local_affinity: bool = False) -> None:
+        self.settings = settings
+        self.store = store or Store(settings.resolved_db_path, settings.db_synchronous)
+        self.store.migrate()
+        self.catalog = Catalog(self._configured_sources())
+        self.hub = EventHub(self.store, poll_interval=settings.sse.poll_interval)
+        self.planner = Planner(self.catalog, settings, self.store.digest_key, runtime=self.container_runtime)
+        self.runner = Runner(self.store, self.hub, self.planner, settings, affinity_only=local_affinity)
+        self.authenticator = Authenticator(settings.dev)
+        self.local_affinity = local_affinity
+        self.closing = False
+
+    # -- wiring ----------------------------------------------------------------
+
+    def _configured_sources(self) -> list[Source]:
+        sources: list[Source] = []
+        if self.settings.bundled_jobs:
+            sources.append(LocalSource(BUNDLED_SOURCE, {"type": "local", "path": str(bundled_root())}, self.settings.limits.default_timeout))
+        for spec in self.settings.sources:
+            sources.append(self.make_source(spec))
+        return sources
+
+    def make_source(self, spec: dict[str, Any]) -> Source:
+        if spec["type"] == "local":
+            return LocalSource(spec["name"], spec, self.settings.limits.default_timeout)
+        raise Unavailable(f"source type {spec['type']!r} is not supported by this build")
+
+    def container_runtime(self) -> tuple[str | None, str | None]:
+        if self.settings.container.runtime == "none":
+            return None, "container.runtime is none: container steps cannot run"
+        return None, "no container runtime is available"
+
+    def start(self) -> None:
+        """Start the event poller and the runner in this process (idempotent)."""
+        self.hub.start()
+        self.runner.start()
+
+    def begin_shutdown(self) -> None:
+        """Refuse new runs and end event streams; running runs go on (see ``close``)."""
+        self.closing = True
+        self.hub.close()
+
+    def close(self, grace: float | None = None) -> None:
+        self.closing = True
+        self.runner.shutdown(grace)
+        self.hub.close()
+        self.store.close()
+
+    # -- jobs and plans --------------------------------------------------------
+
+    def jobs(self, source: str | None = None) -> list[Job]:
+        return self.catalog.list_jobs(source)
+
+    def job(self, name: str, source: str | None = None) -> Job:
+        return self.catalog.resolve(name, source)
+
+    def plan(self, request: PlanRequest, principal: Principal) -> Plan:
+        plan = self.planner.plan(request, principal)
+        for decision in plan.decisions:
+            log_decision(None, decision, job=plan.job.qualified_name)
+        return plan
+
+    # -- runs --------------------------------------------------------------------
+
+    def submit(self, request: PlanRequest, principal: Principal, idempotency: tuple[str, str] | None = None) -> tuple[Run, bool]:
+        """Queue a run (or record it rejected); returns ``(run, replayed)``.
+
+        ``idempotency`` is ``(key, body_hash)``: the same key and body replay
+        the first answer.
+        """
+        if self.closing or self.runner.draining:
+            raise Unavailable("the server is shutting down and takes no new runs", retry_after=30)
+        plan = self.planner.plan(request, principal)
+        if request.plan is not None and request.plan != plan.digest:
+            raise PlanChanged(
+                "the job, its arguments or its source changed since it was planned; plan again and submit the new digest",
+                planned=request.plan,
+                current=plan.digest,
+            )
+        downgrade = next((d for d in plan.decisions if d.check == "profile-downgrade"), None)
+        if downgrade is not None:
+            self._record_downgrade(downgrade, principal, plan)
+            if downgrade.verdict is Verdict.DENY:
+                raise PolicyDenied(downgrade.reason, check="profile-downgrade")
+        public = plan.to_dict()
+        record = plan_record(plan)
+        queued = {"job": plan.job.name, "source": plan.job.source, "revision": plan.job.revision, "args": plan.public_args(), "profile": plan.profile.value, "submitted_by": principal.subject}
+        events: list[tuple[str, dict[str, Any]]] = [(EventType.RUN_QUEUED.value, queued)]
+        if downgrade is not None:
+            events.append((EventType.POLICY_PROFILE_DOWNGRADE.value, self._downgrade_data(downgrade, principal, plan)))
+        status = RunStatus.QUEUED
+        if not plan.runnable:
+            status = RunStatus.REJECTED
+            public["reason"] = "denied by policy: " + "; ".join(f"{d.check}: {d.reason}" for d in plan.denials)
+            events.extend((EventType.POLICY_DECISION.value, d.to_dict()) for d in plan.decisions)
+            events.append((EventType.RUN_FINISHED.value, {"status": "rejected", "exit_code": None, "duration": 0.0, "reason": public["reason"]}))
+        idem = (principal.subject, idempotency[0], idempotency[1]) if idempotency else None
+        run, replayed = self.store.create_run(
+            plan=record,
+            public=public,
+            submitted_by=principal.subject,
+            status=status,
+            initial_events=events,
+            idempotency=idem,
+            affinity=self.runner.owner if self.local_affinity else None,
+            max_queued=self.settings.limits.max_queued_runs,
+        )
+        if not replayed:
+            if status is RunStatus.REJECTED:
+                for decision in plan.decisions:
+                    log_decision(run.id, decision, job=plan.job.qualified_name)
+            log.info("run %s queued: %s by %s", run.id, plan.job.qualified_name, principal.subject, extra={"event": "run.queued", "run_id": run.id, "job": plan.job.qualified_name, "subject": principal.subject})
+            self.start()
+            self.runner.wake()
+        return run, replayed
+
+    def _downgrade_data(self, decision: Decision, principal: Principal, plan: Plan) -> dict[str, Any]:
+        return {
+            "subject": principal.subject,
+            "from": self.planner.default_profile.value,
+            "to": plan.requested_profile.value if plan.requested_profile else None,
+            "granted": decision.verdict is not Verdict.DENY,
+            "reason": decision.reason,
+            "job": plan.job.qualified_name,
+        }
+
+    def _record_downgrade(self, decision: Decision, principal: Principal, plan: Plan) -> None:
+        """Log every downgrade; a refused one has no run, so its event is a global one."""
+        data = self._downgrade_data(decision, principal, plan)
+        log.warning("profile downgrade %s: %s", "granted" if data["granted"] else "refused", decision.reason, extra={"event": "policy.profile_downgrade", **data})
+        if not data["granted"]:
+            self.store.emit(None, EventType.POLICY_PROFILE_DOWNGRADE.value, data)
+            self.store.flush()
+
+    def runs(self, **filters: Any) -> tuple[list[Run], int | None]:
+        return self.store.list_runs(**filters)
+
+    def run(self, run_id: str) -> Run:
+        return self.store.get_run(run_id)
+
+    def cancel(self, run_id: str, principal: Principal) -> Run:
+        run = self.store.request_cancel(run_id, principal.subject)
+        self.runner.wake()
+        return run
+
+    def terminal_event_id(self, run_id: str) -> int | None:
+        """Id of the run's ``run.finished`` event, or None while it runs."""
+        row = self.store.reader().execute(
+            "SELECT max(id) FROM events WHERE run_id = ? AND type = ?", (run_id, EventType.RUN_FINISHED.value)
+        ).fetchone()
+        return row[0] if row else None

@@ -1,0 +1,227 @@
+"""Shell steps on the host: own process group, both pipes read together, nothing left behind.
+
+* ``start_new_session`` puts the step in its own process group, so cancel and
+  timeout reach every process it forked (``killpg``), not just the shell.
+* stdout and stderr are read with one selector in fixed-size chunks, so
+  neither pipe can fill and block the child, and a 50 MB line without a
+  newline costs at most ``max_line_bytes`` of memory.
+* Arguments reach the script only as ``FLWD_ARG_*`` variables; the script text
+  is the job author's, never spliced with user input.
+* Resource limits are set by a tiny ``sh`` prologue (``ulimit``) rather than a
+  ``preexec_fn``, which is unsafe in a threaded server.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..models import Step
+
+KILL_GRACE = 2.0
+DRAIN_AFTER_EXIT = 0.5
+TRUNCATED_MARK = " [flwd: line truncated]"
+
+
+@dataclass
+class StepOutcome:
+    exit_code: int | None
+    status: str  # succeeded | failed | timed_out | cancelled
+    duration: float
+    output_bytes: int = 0
+    dropped_bytes: int = 0
+
+
+@dataclass
+class StepLimits:
+    max_line_bytes: int = 65536
+    max_output_bytes: int = 64 * 1024 * 1024
+    cpu_seconds: int | None = None
+    open_files: int | None = None
+    file_size_bytes: int | None = None
+
+
+@dataclass
+class HostStep:
+    run_id: str
+    step: Step
+    env: dict[str, str]
+    cwd: str
+    deadline: float
+    should_stop: Callable[[], str | None]  # returns "cancelled"/"timed_out"-style reason or None
+    emit: Callable[[str, str, bool], None]  # (stream, line, truncated)
+    limits: StepLimits = field(default_factory=StepLimits)
+    on_spawn: Callable[[int], None] | None = None
+    output_used: int = 0
+
+
+class _Lines:
+    """Split a byte stream into lines, cutting any line longer than ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.buf = bytearray()
+        self.skipping = False
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes, bool]]:
+        out: list[tuple[bytes, bool]] = []
+        self.buf += chunk
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl < 0:
+                if len(self.buf) > self.max_bytes:
+                    if not self.skipping:
+                        out.append((bytes(self.buf[: self.max_bytes]), True))
+                        self.skipping = True
+                    del self.buf[:]
+                return out
+            line = bytes(self.buf[:nl])
+            del self.buf[: nl + 1]
+            if self.skipping:
+                self.skipping = False
+                continue
+            if len(line) > self.max_bytes:
+                out.append((line[: self.max_bytes], True))
+            else:
+                out.append((line, False))
+
+    def rest(self) -> list[tuple[bytes, bool]]:
+        if self.buf and not self.skipping:
+            line = bytes(self.buf[: self.max_bytes])
+            return [(line, len(self.buf) > self.max_bytes)]
+        return []
+
+
+def _prologue(limits: StepLimits) -> list[str]:
+    parts = []
+    if limits.cpu_seconds:
+        parts.append(f"ulimit -t {int(limits.cpu_seconds)}")
+    if limits.open_files:
+        parts.append(f"ulimit -n {int(limits.open_files)}")
+    if limits.file_size_bytes:
+        parts.append(f"ulimit -f {max(1, int(limits.file_size_bytes) // 512)}")  # POSIX: 512-byte blocks
+    return parts
+
+
+def build_argv(script: str, limits: StepLimits) -> list[str]:
+    """``sh -c`` with the script as a positional argument (``$1``), never interpolated."""
+    prologue = _prologue(limits)
+    if not prologue:
+        return ["/bin/sh", "-c", script]
+    wrapper = " && ".join(prologue) + ' && exec /bin/sh -c "$1"'
+    return ["/bin/sh", "-c", wrapper, "flwd-step", script]
+
+
+def _killpg(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def run_host_step(task: HostStep) -> StepOutcome:
+    started = time.monotonic()
+    limits = task.limits
+    proc = subprocess.Popen(
+        build_argv(task.step.run or "", limits),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=task.cwd,
+        env=task.env,
+        start_new_session=True,
+        close_fds=True,
+    )
+    pgid = proc.pid
+    if task.on_spawn:
+        task.on_spawn(pgid)
+    selector = selectors.DefaultSelector()
+    splitters = {}
+    for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+        assert pipe is not None
+        os.set_blocking(pipe.fileno(), False)
+        selector.register(pipe, selectors.EVENT_READ, name)
+        splitters[name] = _Lines(limits.max_line_bytes)
+    stopped: str | None = None
+    kill_at: float | None = None
+    exited_at: float | None = None
+    used = task.output_used
+    dropped = 0
+
+    def deliver(stream: str, pieces: list[tuple[bytes, bool]]) -> None:
+        nonlocal used, dropped
+        for raw, truncated in pieces:
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            if used >= limits.max_output_bytes:
+                if not dropped:
+                    task.emit(stream, f"[flwd: output limit of {limits.max_output_bytes} bytes reached; the rest is not stored]", True)
+                dropped += len(raw) + 1
+                continue
+            used += len(raw) + 1
+            text = raw.decode("utf-8", errors="replace")
+            task.emit(stream, text + TRUNCATED_MARK if truncated else text, truncated)
+
+    try:
+        while selector.get_map():
+            for key, _ in selector.select(timeout=0.1):
+                try:
+                    chunk = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
+                except BlockingIOError:
+                    continue
+                if chunk:
+                    deliver(key.data, splitters[key.data].feed(chunk))
+                else:
+                    deliver(key.data, splitters[key.data].rest())
+                    selector.unregister(key.fileobj)
+            now = time.monotonic()
+            if stopped is None:
+                reason = task.should_stop()
+                if reason is None and time.time() >= task.deadline:
+                    reason = "timed_out"
+                if reason is not None:
+                    stopped = reason
+                    _killpg(pgid, signal.SIGTERM)
+                    kill_at = now + KILL_GRACE
+            if kill_at is not None and now >= kill_at:
+                _killpg(pgid, signal.SIGKILL)
+                kill_at = now + 3600
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at > DRAIN_AFTER_EXIT:
+                # The shell is gone but something it started still holds the pipes:
+                # a step's processes do not outlive the step.
+                _killpg(pgid, signal.SIGKILL)
+                if now - exited_at > DRAIN_AFTER_EXIT + 2:
+                    break
+    finally:
+        for key in list(selector.get_map().values()):
+            selector.unregister(key.fileobj)
+        selector.close()
+        _killpg(pgid, signal.SIGKILL)  # stragglers of a finished step, or the rest of a killed one
+        code = proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    duration = time.monotonic() - started
+    exit_code = code if code >= 0 else 128 - code
+    if stopped:
+        status = stopped
+    else:
+        status = "succeeded" if code == 0 else "failed"
+    task.output_used = used
+    return StepOutcome(exit_code, status, duration, used, dropped)

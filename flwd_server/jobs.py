@@ -1,0 +1,399 @@
+"""Job files and job arguments.
+
+A job file is YAML (one job per file, under a source's ``jobs/`` folder).
+Parsing collects *every* invalid field before failing, so a user fixes a file
+in one pass.  Arguments are validated against the job's schema the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from typing import Any
+
+import yaml
+
+from .errors import InvalidArgs, InvalidJob
+from .models import ARG_TYPES, ArgSpec, Job, Step
+
+JOB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+ARG_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+PLACEHOLDER_RE = re.compile(r"^\{\{\s*args\.([a-z][a-z0-9_]*)\s*\}\}$")
+CAPABILITIES = ("network", "privileged", "host-env", "host-network")
+JOB_KEYS = {"name", "description", "args", "requires", "timeout", "env", "steps"}
+ARG_KEYS = {"type", "required", "default", "choices", "pattern", "minimum", "maximum", "description", "secret"}
+STEP_KEYS = {"name", "run", "image", "command", "env", "workdir", "timeout", "privileged", "network"}
+MAX_JOB_FILE_BYTES = 256 * 1024
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def add(self, field: str, message: str, line: int | None = None) -> None:
+        item: dict[str, Any] = {"field": field, "message": message}
+        if line is not None:
+            item["line"] = line
+        self.items.append(item)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _parse_arg(name: str, raw: Any, errors: _Errors) -> ArgSpec | None:
+    where = f"args.{name}"
+    if not isinstance(name, str) or not ARG_NAME_RE.match(name):
+        errors.add(where, "argument names are lowercase letters, digits and '_', starting with a letter")
+        return None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.add(where, "expected a mapping (type, required, default, ...)")
+        return None
+    for key in raw:
+        if key not in ARG_KEYS:
+            errors.add(f"{where}.{key}", f"unknown key (allowed: {', '.join(sorted(ARG_KEYS))})")
+    kind = raw.get("type", "string")
+    if kind not in ARG_TYPES:
+        errors.add(f"{where}.type", f"expected one of {', '.join(ARG_TYPES)}")
+        return None
+    for key in ("required", "secret"):
+        if key in raw and not isinstance(raw[key], bool):
+            errors.add(f"{where}.{key}", "expected true or false")
+    pattern = raw.get("pattern")
+    if pattern is not None:
+        if kind != "string" or not isinstance(pattern, str):
+            errors.add(f"{where}.pattern", "a pattern applies to string arguments and must be a string")
+            pattern = None
+        else:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                errors.add(f"{where}.pattern", f"not a valid regular expression: {exc}")
+                pattern = None
+    bounds: dict[str, float | None] = {}
+    for key in ("minimum", "maximum"):
+        value = raw.get(key)
+        if value is not None and (kind not in ("integer", "number") or not _is_number(value)):
+            errors.add(f"{where}.{key}", "bounds apply to integer and number arguments and must be numbers")
+            value = None
+        bounds[key] = value
+    if bounds["minimum"] is not None and bounds["maximum"] is not None and bounds["minimum"] > bounds["maximum"]:
+        errors.add(f"{where}.minimum", "is greater than maximum")
+    choices = raw.get("choices")
+    if choices is not None and (not isinstance(choices, list) or not choices):
+        errors.add(f"{where}.choices", "expected a non-empty list")
+        choices = None
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        errors.add(f"{where}.description", "expected a string")
+        description = ""
+    spec = ArgSpec(
+        name=name,
+        type=kind,
+        required=raw.get("required") is True,
+        default=None,
+        choices=tuple(choices) if choices else None,
+        pattern=pattern,
+        minimum=bounds["minimum"],
+        maximum=bounds["maximum"],
+        description=description,
+        secret=raw.get("secret") is True,
+    )
+    if spec.choices:
+        for i, choice in enumerate(spec.choices):
+            problem = _check_value(spec, choice, coerce=False, check_choices=False)
+            if problem:
+                errors.add(f"{where}.choices[{i}]", problem)
+    if "default" in raw and raw["default"] is not None:
+        problem = _check_value(spec, raw["default"], coerce=False)
+        if problem:
+            errors.add(f"{where}.default", problem)
+        else:
+            spec = ArgSpec(**{**spec.__dict__, "default": raw["default"]})
+    return spec
+
+
+def _parse_env(where: str, raw: Any, errors: _Errors) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        errors.add(where, "expected a mapping of NAME: value")
+        return ()
+    out = []
+    for name, value in raw.items():
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            errors.add(f"{where}.{name}", "not a valid environment variable name")
+        elif name.startswith("FLWD_"):
+            errors.add(f"{where}.{name}", "FLWD_* variables are reserved")
+        elif isinstance(value, (dict, list)) or value is None:
+            errors.add(f"{where}.{name}", "expected a string, number or boolean")
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if "\x00" in text:
+                errors.add(f"{where}.{name}", "must not contain NUL")
+            else:
+                out.append((name, text))
+    return tuple(sorted(out))
+
+
+def _parse_step(index: int, raw: Any, arg_names: set[str], errors: _Errors) -> Step | None:
+    where = f"steps[{index}]"
+    if not isinstance(raw, dict):
+        errors.add(where, "expected a mapping with name and run (or image)")
+        return None
+    for key in raw:
+        if key not in STEP_KEYS:
+            errors.add(f"{where}.{key}", f"unknown key (allowed: {', '.join(sorted(STEP_KEYS))})")
+    name = raw.get("name", f"step-{index + 1}")
+    if not isinstance(name, str) or not name or len(name) > 128:
+        errors.add(f"{where}.name", "expected a non-empty string of at most 128 characters")
+        name = f"step-{index + 1}"
+    run, image = raw.get("run"), raw.get("image")
+    if (run is None) == (image is None):
+        errors.add(where, "needs exactly one of run (a shell step) or image (a container step)")
+        return None
+    if run is not None and (not isinstance(run, str) or not run.strip()):
+        errors.add(f"{where}.run", "expected a non-empty shell script")
+    if image is not None and (not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image)):
+        errors.add(f"{where}.image", "expected an image reference like registry/repo@sha256:...")
+    command = raw.get("command", [])
+    if run is not None and "command" in raw:
+        errors.add(f"{where}.command", "command applies to container steps; shell steps use run")
+    if not isinstance(command, list) or not all(isinstance(c, (str, int, float)) and not isinstance(c, bool) for c in command):
+        errors.add(f"{where}.command", "expected a list of strings (argv)")
+        command = []
+    command = [str(c) for c in command]
+    for i, part in enumerate(command):
+        if "{{" in part or "}}" in part:
+            match = PLACEHOLDER_RE.match(part)
+            if not match:
+                errors.add(f"{where}.command[{i}]", "a placeholder must fill the whole element: '{{ args.NAME }}'")
+            elif match.group(1) not in arg_names:
+                errors.add(f"{where}.command[{i}]", f"refers to unknown argument {match.group(1)!r}")
+    timeout = raw.get("timeout")
+    if timeout is not None and (not _is_number(timeout) or timeout <= 0):
+        errors.add(f"{where}.timeout", "expected a positive number of seconds")
+        timeout = None
+    workdir = raw.get("workdir")
+    if workdir is not None and (not isinstance(workdir, str) or not workdir.startswith("/")):
+        errors.add(f"{where}.workdir", "expected an absolute path inside the container")
+        workdir = None
+    privileged = raw.get("privileged", False)
+    if not isinstance(privileged, bool):
+        errors.add(f"{where}.privileged", "expected true or false")
+        privileged = False
+    network = raw.get("network")
+    if network is not None and network not in ("host", "none", "default"):
+        errors.add(f"{where}.network", "expected host, none or default")
+        network = None
+    if run is not None and (privileged or network):
+        errors.add(where, "privileged and network apply to container steps only")
+    return Step(
+        name=name,
+        run=run if isinstance(run, str) else None,
+        image=image if isinstance(image, str) else None,
+        command=tuple(command),
+        env=_parse_env(f"{where}.env", raw.get("env"), errors),
+        workdir=workdir,
+        timeout=timeout,
+        privileged=privileged,
+        network=network,
+    )
+
+
+def parse_job(text: str | bytes, source: str, path: str, revision: str | None = None, default_timeout: float = 3600) -> Job:
+    """Parse one job file; raise InvalidJob naming every invalid field."""
+    raw_bytes = text.encode() if isinstance(text, str) else text
+    if len(raw_bytes) > MAX_JOB_FILE_BYTES:
+        raise InvalidJob(path, [{"field": "(file)", "message": f"larger than {MAX_JOB_FILE_BYTES} bytes"}])
+    try:
+        data = yaml.safe_load(raw_bytes)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        item: dict[str, Any] = {"field": "(file)", "message": f"not valid YAML: {getattr(exc, 'problem', None) or exc}"}
+        if mark is not None:
+            item["line"] = mark.line + 1
+        raise InvalidJob(path, [item]) from None
+    errors = _Errors()
+    if not isinstance(data, dict):
+        raise InvalidJob(path, [{"field": "(file)", "message": "expected a mapping with name and steps"}])
+    for key in data:
+        if key not in JOB_KEYS:
+            errors.add(str(key), f"unknown key (allowed: {', '.join(sorted(JOB_KEYS))})")
+    name = data.get("name")
+    if not isinstance(name, str) or not JOB_NAME_RE.match(name):
+        errors.add("name", "required: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit")
+        name = "?"
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        errors.add("description", "expected a string")
+        description = ""
+    args_raw = data.get("args") or {}
+    args: list[ArgSpec] = []
+    if not isinstance(args_raw, dict):
+        errors.add("args", "expected a mapping of argument name to schema")
+    else:
+        for arg_name, arg_raw in args_raw.items():
+            spec = _parse_arg(arg_name, arg_raw, errors)
+            if spec:
+                args.append(spec)
+    requires = data.get("requires") or []
+    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
+        errors.add("requires", f"expected a list of capabilities ({', '.join(CAPABILITIES)})")
+        requires = []
+    for i, cap in enumerate(requires):
+        if cap not in CAPABILITIES:
+            errors.add(f"requires[{i}]", f"unknown capability {cap!r} (known: {', '.join(CAPABILITIES)})")
+    timeout = data.get("timeout", default_timeout)
+    if not _is_number(timeout) or timeout <= 0:
+        errors.add("timeout", "expected a positive number of seconds")
+        timeout = default_timeout
+    env = _parse_env("env", data.get("env"), errors)
+    steps_raw = data.get("steps")
+    steps: list[Step] = []
+    if not isinstance(steps_raw, list) or not steps_raw:
+        errors.add("steps", "required: a non-empty list of steps")
+    else:
+        names = {a.name for a in args}
+        for i, step_raw in enumerate(steps_raw):
+            step = _parse_step(i, step_raw, names, errors)
+            if step:
+                steps.append(step)
+    if errors.items:
+        raise InvalidJob(path, errors.items)
+    return Job(
+        name=name,
+        source=source,
+        description=description.strip(),
+        args=tuple(args),
+        requires=tuple(dict.fromkeys(requires)),
+        timeout=float(timeout),
+        env=env,
+        steps=tuple(steps),
+        path=path,
+        revision=revision,
+        file_digest="sha256:" + hashlib.sha256(raw_bytes).hexdigest(),
+    )
+
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+def _coerce(spec: ArgSpec, value: Any) -> tuple[Any, str | None]:
+    """Accept native JSON values, and strings for every type (CLI and form input)."""
+    if spec.type == "string":
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return value, "expected a string"
+        return str(value), None
+    if spec.type == "boolean":
+        if isinstance(value, bool):
+            return value, None
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE, None
+        return value, "expected true or false"
+    if isinstance(value, str):
+        try:
+            value = int(value) if spec.type == "integer" else float(value)
+        except ValueError:
+            return value, f"expected {'an integer' if spec.type == 'integer' else 'a number'}"
+    if spec.type == "integer":
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not _is_int(value):
+            return value, "expected an integer"
+    elif not _is_number(value):
+        return value, "expected a number"
+    return value, None
+
+
+def _check_value(spec: ArgSpec, value: Any, coerce: bool = True, check_choices: bool = True) -> str | None:
+    if coerce:
+        value, problem = _coerce(spec, value)
+    else:
+        problem = None
+        kinds = {"string": str, "boolean": bool}
+        if spec.type in kinds and not isinstance(value, kinds[spec.type]):
+            problem = f"expected a {spec.type}"
+        elif spec.type == "integer" and not _is_int(value):
+            problem = "expected an integer"
+        elif spec.type == "number" and not _is_number(value):
+            problem = "expected a number"
+    if problem:
+        return problem
+    if spec.type == "string":
+        if "\x00" in value:
+            return "must not contain NUL characters"
+        if len(value) > 65536:
+            return "longer than 65536 characters"
+        if spec.pattern and not re.search(spec.pattern, value):
+            return f"does not match the pattern {spec.pattern}"
+    if spec.type in ("integer", "number"):
+        if spec.minimum is not None and value < spec.minimum:
+            return f"must be at least {spec.minimum}"
+        if spec.maximum is not None and value > spec.maximum:
+            return f"must be at most {spec.maximum}"
+    if check_choices and spec.choices and value not in spec.choices:
+        return f"must be one of {', '.join(map(str, spec.choices))}"
+    return None
+
+
+def resolve_args(job: Job, given: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate ``given`` against the job's schema and fill defaults.
+
+    Raises InvalidArgs naming every problem: unknown names, missing required
+    ones, wrong types, patterns, bounds and choices.
+    """
+    given = given or {}
+    errors: list[dict[str, str]] = []
+    resolved: dict[str, Any] = {}
+    for name in given:
+        if job.arg(name) is None:
+            known = ", ".join(a.name for a in job.args) or "none"
+            errors.append({"field": f"args.{name}", "message": f"unknown argument (this job takes: {known})"})
+    for spec in job.args:
+        if spec.name in given and given[spec.name] is not None:
+            value, problem = _coerce(spec, given[spec.name])
+            problem = problem or _check_value(spec, value, coerce=False)
+            if problem:
+                errors.append({"field": f"args.{spec.name}", "message": problem})
+            else:
+                resolved[spec.name] = value
+        elif spec.default is not None:
+            resolved[spec.name] = spec.default
+        elif spec.required:
+            errors.append({"field": f"args.{spec.name}", "message": "is required"})
+    if errors:
+        names = ", ".join(e["field"] for e in errors)
+        raise InvalidArgs(f"invalid arguments for job {job.name!r}: {names}", errors)
+    return resolved
+
+
+def arg_env(args: dict[str, Any]) -> dict[str, str]:
+    """Args as ``FLWD_ARG_<NAME>`` variables: the only way they reach a shell step."""
+    out = {}
+    for name, value in args.items():
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        out[f"FLWD_ARG_{name.upper()}"] = text
+    return out
+
+
+def render_command(command: tuple[str, ...], args: dict[str, Any]) -> list[str]:
+    """Fill ``{{ args.x }}`` placeholders; each fills exactly one argv element."""
+    out = []
+    for part in command:
+        match = PLACEHOLDER_RE.match(part)
+        if match:
+            value = args.get(match.group(1), "")
+            out.append(("true" if value else "false") if isinstance(value, bool) else str(value))
+        else:
+            out.append(part)
+    return out

@@ -1,0 +1,137 @@
+"""Plans: what a run would execute, every policy decision, and a digest of it.
+
+The digest is an HMAC (keyed per installation) over the job's revision and
+file digest, the resolved arguments, the steps and the profile: a run
+submitted with ``"plan": DIGEST`` runs only if planning again gives the same
+digest.  Keying it means a digest reveals nothing about secret arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .catalog import Catalog
+from .config import Settings
+from .jobs import resolve_args
+from .models import ArgSpec, Decision, Job, Plan, Principal, Profile, Step, Verdict
+from .policy import PolicyContext, SignatureResult, downgrade_decision, evaluate
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    job: str
+    args: dict[str, Any]
+    source: str | None = None
+    profile: Profile | None = None
+    plan: str | None = None
+
+
+class Planner:
+    def __init__(
+        self,
+        catalog: Catalog,
+        settings: Settings,
+        digest_key: Callable[[], bytes],
+        runtime: Callable[[], tuple[str | None, str | None]] = lambda: (None, "no container runtime is configured"),
+        verify_signature: Callable[[str], SignatureResult] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self._digest_key = digest_key
+        self._runtime = runtime
+        self._verify_signature = verify_signature
+
+    @property
+    def default_profile(self) -> Profile:
+        return Profile(self.settings.default_profile)
+
+    def plan(self, request: PlanRequest, principal: Principal) -> Plan:
+        job = self.catalog.resolve(request.job, request.source)
+        args = resolve_args(job, request.args)
+        return self.plan_job(job, args, request.profile, principal)
+
+    def plan_job(self, job: Job, args: dict[str, Any], requested: Profile | None, principal: Principal) -> Plan:
+        default = self.default_profile
+        profile = requested or default
+        decisions: list[Decision] = []
+        if requested is not None and requested.is_weaker_than(default):
+            downgrade = downgrade_decision(
+                default, requested, self.settings.policy.allowed_downgrades, principal.has_scope("runs:downgrade"), principal.subject
+            )
+            decisions.append(downgrade)
+            if downgrade.verdict is Verdict.DENY:
+                profile = default
+        decisions.extend(evaluate(self.context(job, profile)))
+        digest = self.digest(job, args, profile)
+        return Plan(job=job, args=args, profile=profile, decisions=tuple(decisions), digest=digest, requested_profile=requested)
+
+    def context(self, job: Job, profile: Profile) -> PolicyContext:
+        source_kind, spec = "local", {}
+        try:
+            source = self.catalog.get(job.source)
+            source_kind, spec = source.kind, source.spec
+        except Exception:  # a source removed since planning: policy still judges the job itself
+            pass
+        runtime, problem = (None, None)
+        if any(step.image for step in job.steps):
+            runtime, problem = self._runtime()
+        return PolicyContext(
+            job=job,
+            profile=profile,
+            settings=self.settings,
+            source_kind=source_kind,
+            source_spec=spec,
+            runtime=runtime,
+            runtime_problem=problem,
+            verify_signature=self._verify_signature,
+        )
+
+    def digest(self, job: Job, args: dict[str, Any], profile: Profile) -> str:
+        material = {
+            "job": job.qualified_name,
+            "revision": job.revision,
+            "file": job.file_digest,
+            "args": args,
+            "env": dict(job.env),
+            "timeout": job.timeout,
+            "requires": list(job.requires),
+            "steps": [s.to_dict() for s in job.steps],
+            "profile": profile.value,
+        }
+        canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return "sha256:" + hmac.new(self._digest_key(), canonical, hashlib.sha256).hexdigest()
+
+
+def plan_record(plan: Plan) -> dict[str, Any]:
+    """Everything a worker needs to execute the run, stored with it (so a later sync changes nothing)."""
+    return {
+        "job": plan.job.to_dict(),
+        "file_digest": plan.job.file_digest,
+        "args": plan.args,
+        "secret_args": [a.name for a in plan.job.args if a.secret],
+        "profile": plan.profile.value,
+        "decisions": [d.to_dict() for d in plan.decisions],
+        "digest": plan.digest,
+    }
+
+
+def job_from_record(record: dict[str, Any]) -> Job:
+    data = record["job"]
+    return Job(
+        name=data["name"],
+        source=data["source"],
+        description=data.get("description", ""),
+        args=tuple(ArgSpec(name=k, **{**v, "choices": tuple(v["choices"]) if v.get("choices") else None}) for k, v in data.get("args", {}).items()),
+        requires=tuple(data.get("requires", ())),
+        timeout=float(data.get("timeout", 3600)),
+        env=tuple(sorted((data.get("env") or {}).items())),
+        steps=tuple(Step.from_dict(s) for s in data.get("steps", ())),
+        path=data.get("path", ""),
+        revision=data.get("revision"),
+        file_digest=record.get("file_digest", ""),
+    )

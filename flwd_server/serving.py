@@ -1,0 +1,139 @@
+"""``flwd :serve``: gunicorn with gthread workers, embedded in-process.
+
+The master prepares the database (migrations, runs lost by a previous
+server) and opens nothing that survives the fork.  Each worker builds its own
+app and engine after the fork; threads (runner, event poller) start in
+``post_worker_init``.  On SIGTERM a worker stops taking runs and ends its event
+streams at once, lets running jobs finish within ``shutdown_grace``, then
+cancels the rest (``worker_exit``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from .app import create_app
+from .config import Settings, is_loopback_bind
+from .errors import ConfigError
+from .engine import Engine
+from .logs import configure_logging
+from .runner import recover_lost_runs
+from .store import Store
+
+log = logging.getLogger("flwd.serve")
+
+
+def _engine_of(worker: Any) -> Engine | None:
+    app = getattr(worker, "wsgi", None)
+    config = getattr(app, "config", None)
+    return config.get("FLWD_ENGINE") if config else None
+
+
+def _post_worker_init(worker: Any) -> None:
+    engine = _engine_of(worker)
+    if engine is None:
+        return
+    engine.start()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        engine.begin_shutdown()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    engine = _engine_of(worker)
+    if engine is not None:
+        engine.close()
+
+
+class FlwdServer(BaseApplication):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        host_port = s.bind
+        options: dict[str, Any] = {
+            "bind": [host_port],
+            "workers": s.workers,
+            "threads": s.threads,
+            "worker_class": "gthread",
+            "worker_connections": max(1000, s.threads * 4),
+            "timeout": 30,  # gthread: a heartbeat of the worker loop, not a request timeout
+            "graceful_timeout": int(s.shutdown_grace) + 20,
+            "keepalive": 5,
+            "max_requests": 0,  # recycling a worker would interrupt the runs it executes
+            "preload_app": False,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": s.log_level,
+            "proc_name": "flwd",
+            "post_worker_init": _post_worker_init,
+            "worker_exit": _worker_exit,
+            "limit_request_line": 8190,
+            "limit_request_fields": 100,
+            "limit_request_field_size": 16380,
+        }
+        if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25: no runtime control socket
+            options["control_socket_disable"] = True
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return create_app(self.settings)
+
+
+def prepare_database(settings: Settings) -> list[str]:
+    """Migrate and end the runs a previous server left ``running`` (their processes are gone)."""
+    store = Store(settings.resolved_db_path, settings.db_synchronous)
+    store.migrate()
+    try:
+        return recover_lost_runs(store, reason="the server stopped while it ran (found at start-up)")
+    finally:
+        store.close()
+
+
+def require_auth_configured(settings: Settings) -> None:
+    if settings.dev:
+        return
+    missing = [k for k in ("issuer", "audience", "jwk_file") if not getattr(settings.auth, k)]
+    if missing:
+        raise ConfigError(
+            "auth." + missing[0],
+            "this server has no way to verify clients: set auth.issuer, auth.audience and auth.jwk_file "
+            "in the config file (see README: 'Production set-up'), or start with --dev for a local experiment",
+        )
+
+
+def serve(settings: Settings) -> None:
+    require_auth_configured(settings)
+    configure_logging(settings.log_level)
+    if settings.dev and not is_loopback_bind(settings.bind):
+        for _ in range(3):
+            log.warning(
+                "--dev on %s: anyone who can reach this address can run jobs with the public dev-token. "
+                "Bind 127.0.0.1 or drop --dev.",
+                settings.bind,
+            )
+    lost = prepare_database(settings)
+    if lost:
+        log.warning("%d runs were left running by a previous server and are now lost: %s", len(lost), ", ".join(lost))
+    log.info(
+        "flwd serving on %s (profile %s, %d workers x %d threads, database %s%s)",
+        settings.bind,
+        settings.default_profile,
+        settings.workers,
+        settings.threads,
+        settings.resolved_db_path,
+        ", --dev: token dev-token" if settings.dev else "",
+    )
+    FlwdServer(settings).run()

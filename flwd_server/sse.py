@@ -1,0 +1,113 @@
+"""Server-Sent Events: framing, resume position and the stream generator.
+
+The generator holds no request context and no database transaction across a
+``yield``; it reads from the process's :class:`~flwd_server.eventhub.EventHub`.
+A client that disconnects is noticed at the next write (an event or a
+heartbeat comment every ``heartbeat`` seconds): the server then closes the
+generator and its ``finally`` releases the stream slot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from .errors import BadRequest, Unavailable
+from .eventhub import EventHub
+from .models import EventType
+
+HEARTBEAT = b": ping\n\n"
+MAX_EVENT_ID = 2**63 - 1
+
+
+def parse_last_event_id(header: str | None, query: str | None) -> int:
+    """Resume position from ``Last-Event-ID`` or ``?after=``; 0 means from the start."""
+    raw = header if header not in (None, "") else query
+    if raw in (None, ""):
+        return 0
+    text = str(raw).strip()
+    if len(text) > 20 or not text.isdigit() or int(text) > MAX_EVENT_ID:
+        raise BadRequest(f"Last-Event-ID / after must be a non-negative event id, got {text[:40]!r}")
+    return int(text)
+
+
+class StreamSlots:
+    """Caps open streams per process, so streams never starve API requests of threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self.open >= self.limit:
+                raise Unavailable(f"this worker already serves {self.open} event streams (sse.max_streams); retry shortly", retry_after=2)
+            self.open += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+
+def event_stream(
+    hub: EventHub,
+    *,
+    after: int,
+    run_id: str | None = None,
+    heartbeat: float = 15.0,
+    max_duration: float = 3600.0,
+    retry_ms: int = 2000,
+    is_closing: Callable[[], bool] = lambda: False,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[bytes]:
+    """Yield SSE frames: history after ``after``, then live events.
+
+    A run's stream ends after that run's ``run.finished`` event; every stream
+    ends after ``max_duration`` (the client resumes with Last-Event-ID) or when
+    the server shuts down.
+    """
+    terminal = EventType.RUN_FINISHED.value
+    yield f"retry: {retry_ms}\n\n".encode()
+    started = last_write = clock()
+    position = after
+    while True:
+        events, position = hub.read(position, run_id)
+        if events:
+            yield b"".join(e.sse_frame() for e in events)
+            last_write = clock()
+            if run_id is not None and any(e.type == terminal for e in events):
+                return
+            continue
+        now = clock()
+        if now - started >= max_duration or is_closing() or hub.closed:
+            return
+        wait = min(heartbeat - (now - last_write), max_duration - (now - started))
+        if wait <= 0 or not hub.wait(position, wait):
+            if clock() - last_write >= heartbeat:
+                yield HEARTBEAT
+                last_write = clock()
+
+
+class ClosingStream:
+    """A WSGI body whose ``close`` always releases the stream's slot, exactly once.
+
+    A generator's ``finally`` never runs if the generator was never started
+    (a client gone before the first byte), so the release lives here instead.
+    """
+
+    def __init__(self, frames: Iterator[bytes], on_close: Callable[[], None]) -> None:
+        self._frames = frames
+        self._on_close: Callable[[], None] | None = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._frames
+
+    def close(self) -> None:
+        close = getattr(self._frames, "close", None)
+        if close is not None:
+            close()
+        callback, self._on_close = self._on_close, None
+        if callback is not None:
+            callback()

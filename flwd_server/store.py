@@ -1,0 +1,748 @@
+"""Runs and events in SQLite (WAL), safe across threads and worker processes.
+
+Design notes (see docs/architecture.rst):
+
+* One *writer thread* per process owns the only writing connection.  Every
+  write is an operation queued to it; it runs whatever is queued in one
+  ``BEGIN IMMEDIATE`` transaction (group commit), each operation inside its own
+  savepoint so one failure never takes the others with it.  Step output is
+  queued without waiting (bounded queue: a job that prints faster than the
+  disk writes is slowed down, memory is not); state changes wait for commit.
+* Claims run inside that same ``BEGIN IMMEDIATE``, so the count of running
+  runs and the claim are atomic across processes: ``max_concurrent_runs`` is
+  a property of the database, not of a process.
+* Readers use one connection per thread, created lazily and tied to the pid,
+  so nothing opened before a fork is ever used after it.
+* Event ids come from ``INTEGER PRIMARY KEY AUTOINCREMENT``; SQLite has one
+  writer at a time, so ids are strictly increasing in commit order and a
+  reader that asks for ``id > last`` never misses one.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import IdempotencyMismatch, RunFinished, RunNotFound, StorageError, Unavailable
+from .models import TERMINAL_STATUSES, Event, EventType, Run, RunStatus
+
+log = logging.getLogger("flwd.store")
+
+SCHEMA_VERSION = 1
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE runs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        job TEXT NOT NULL,
+        source TEXT NOT NULL,
+        revision TEXT,
+        args TEXT NOT NULL,
+        status TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        submitted_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        exit_code INTEGER,
+        reason TEXT,
+        plan_digest TEXT,
+        plan TEXT NOT NULL,
+        owner TEXT,
+        affinity TEXT,
+        pgid INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX runs_status_seq ON runs(status, seq);
+    CREATE INDEX runs_job_seq ON runs(job, seq);
+    CREATE INDEX runs_owner ON runs(owner) WHERE status = 'running';
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT,
+        type TEXT NOT NULL,
+        ts REAL NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX events_run_id ON events(run_id, id);
+    CREATE TABLE idempotency (
+        subject TEXT NOT NULL,
+        key TEXT NOT NULL,
+        body_hash TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (subject, key)
+    );
+    CREATE TABLE owners (
+        owner TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL
+    );
+    CREATE TABLE sources (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
+}
+
+_RUN_COLUMNS = (
+    "id, job, source, revision, args, status, profile, submitted_by, created_at, "
+    "started_at, finished_at, exit_code, reason, plan_digest"
+)
+_INSERT_EVENT = "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)"
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_run_id() -> str:
+    """A 26-character, time-ordered, URL-safe id (ULID layout, lowercase)."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def _run_from_row(row: sqlite3.Row | tuple) -> Run:
+    return Run(
+        id=row[0],
+        job=row[1],
+        source=row[2],
+        revision=row[3],
+        args=json.loads(row[4]),
+        status=RunStatus(row[5]),
+        profile=row[6],
+        submitted_by=row[7],
+        created_at=row[8],
+        started_at=row[9],
+        finished_at=row[10],
+        exit_code=row[11],
+        reason=row[12],
+        plan_digest=row[13],
+    )
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class ClaimedRun:
+    run: Run
+    plan: dict[str, Any]
+
+
+class _Op:
+    """One queued write: ``fn(conn)`` in a savepoint, or a plain event insert."""
+
+    __slots__ = ("fn", "event", "done", "result", "error")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any] | None, event: tuple | None, wait: bool) -> None:
+        self.fn = fn
+        self.event = event
+        self.done = threading.Event() if wait else None
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class Store:
+    """SQLite-backed runs and events; one instance per process is enough."""
+
+    def __init__(self, path: str | os.PathLike[str], synchronous: str = "normal", busy_timeout: float = 30.0, queue_size: int = 20000) -> None:
+        self.path = str(path)
+        self.synchronous = synchronous.upper()
+        self.busy_timeout = busy_timeout
+        self.queue_size = queue_size
+        self._local = threading.local()
+        self._pid: int | None = None
+        self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=queue_size)
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        self._commit_listeners: list[Callable[[], None]] = []
+        self._closed = False
+        self.events_written = 0
+        self.write_failures = 0
+
+    # -- connections ---------------------------------------------------------
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection with every per-connection pragma set (they do not persist)."""
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        return conn
+
+    def _reset_after_fork(self) -> None:
+        """Forget every thread and connection inherited from a parent process."""
+        self._local = threading.local()
+        self._queue = queue.Queue(maxsize=self.queue_size)
+        self._writer = None
+        self._writer_lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            self._reset_after_fork()
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection (never shared across threads or processes)."""
+        self._check_pid()
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.connect()
+            self._local.conn = conn
+        return conn
+
+    def close_reader(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- schema --------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns the version.  Safe to call from every process."""
+        conn = self.connect()
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StorageError(f"{self.path}: SQLite could not enable WAL (got {mode}); use a local filesystem")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                conn.execute("ROLLBACK")
+                raise StorageError(f"{self.path}: schema version {version} is newer than this flwd ({SCHEMA_VERSION}); upgrade flwd")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(target),))
+            if not conn.execute("SELECT 1 FROM meta WHERE key = 'digest_key'").fetchone():
+                conn.execute("INSERT INTO meta(key, value) VALUES ('digest_key', ?)", (secrets.token_hex(32),))
+            conn.execute("COMMIT")
+            self._self_check(conn)
+            return SCHEMA_VERSION
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StorageError(f"{self.path}: cannot prepare the database: {exc}") from None
+        finally:
+            conn.close()
+
+    def _self_check(self, conn: sqlite3.Connection) -> None:
+        """WAL needs working shared memory: write on one connection, read on another."""
+        token = secrets.token_hex(8)
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('self_check', ?)", (token,))
+        other = self.connect()
+        try:
+            row = other.execute("SELECT value FROM meta WHERE key = 'self_check'").fetchone()
+        finally:
+            other.close()
+        if not row or row[0] != token:
+            raise StorageError(f"{self.path}: a write was not visible to a second connection; WAL does not work on this filesystem")
+
+    def meta(self, key: str) -> str | None:
+        row = self.reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # -- the writer ----------------------------------------------------------
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        self._commit_listeners.append(listener)
+
+    def _ensure_writer(self) -> None:
+        self._check_pid()
+        if self._writer is not None and self._writer.is_alive():
+            return
+        with self._writer_lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_loop, name="flwd-store-writer", daemon=True)
+                self._writer.start()
+
+    def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(conn)`` in a write transaction on the writer thread; return its result."""
+        if self._closed:
+            raise Unavailable("the server is shutting down")
+        self._ensure_writer()
+        op = _Op(fn, None, wait=True)
+        self._queue.put(op)
+        assert op.done is not None
+        op.done.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    def emit(self, run_id: str | None, type: str, data: dict[str, Any], ts: float | None = None) -> None:
+        """Queue an event without waiting (blocks only when the queue is full)."""
+        self._ensure_writer()
+        self._queue.put(_Op(None, (run_id, type, ts or time.time(), _dumps(data)), wait=False))
+
+    def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        self.write(lambda conn: None)
+
+    def _write_loop(self) -> None:
+        conn = self.connect()
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < 5000:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        self._queue.put(None)
+                        break
+                    batch.append(item)
+                self._commit_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _apply(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        pending: list[tuple] = []
+        for op in batch:
+            if op.event is not None:
+                pending.append(op.event)
+                continue
+            if pending:
+                conn.executemany(_INSERT_EVENT, pending)
+                pending = []
+            conn.execute("SAVEPOINT op")
+            try:
+                op.result, op.error = op.fn(conn), None  # type: ignore[misc]
+                conn.execute("RELEASE op")
+            except Exception as exc:  # this op's own failure; the rest of the batch goes on
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                op.error = exc
+        if pending:
+            conn.executemany(_INSERT_EVENT, pending)
+        conn.execute("COMMIT")
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        """Commit a batch; on a storage failure tell waiting callers at once, retry queued events a while."""
+        attempts = 0
+        while batch:
+            try:
+                self._apply(conn, batch)
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                attempts += 1
+                self.write_failures += 1
+                error = StorageError(f"the database cannot be written: {exc}")
+                for op in batch:
+                    if op.done is not None:
+                        op.error = error
+                        op.done.set()
+                batch = [op for op in batch if op.done is None]
+                if attempts >= 30:
+                    log.error("database write failed %d times (%s); %d queued events dropped", attempts, exc, len(batch))
+                    return
+                if batch:
+                    log.warning("database write failed (%s); retrying %d queued events", exc, len(batch))
+                    time.sleep(min(0.1 * attempts, 1.0))
+                continue
+            self.events_written += sum(op.event is not None for op in batch)
+            for op in batch:
+                if op.done is not None:
+                    op.done.set()
+            break
+        for listener in self._commit_listeners:
+            try:
+                listener()
+            except Exception:  # a listener never breaks the writer
+                log.exception("commit listener failed")
+
+    def close(self) -> None:
+        """Flush and stop the writer (used on shutdown and by tests)."""
+        if self._writer is not None and self._writer.is_alive() and self._pid == os.getpid():
+            self._queue.put(None)
+            self._writer.join(timeout=10)
+        self._closed = True
+        self.close_reader()
+
+    # -- runs ----------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        plan: dict[str, Any],
+        public: dict[str, Any],
+        submitted_by: str,
+        status: RunStatus = RunStatus.QUEUED,
+        initial_events: list[tuple[str, dict[str, Any]]] = (),  # type: ignore[assignment]
+        idempotency: tuple[str, str, str] | None = None,
+        affinity: str | None = None,
+        max_queued: int | None = None,
+    ) -> tuple[Run, bool]:
+        """Insert a run and its first events atomically; returns ``(run, replayed)``.
+
+        ``idempotency`` is ``(subject, key, body_hash)``: the same key and body
+        give back the first run, the same key with another body is refused.
+        """
+        run_id = new_run_id()
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> tuple[Run, bool]:
+            if idempotency is not None:
+                subject, key, body_hash = idempotency
+                row = conn.execute("SELECT body_hash, run_id FROM idempotency WHERE subject = ? AND key = ?", (subject, key)).fetchone()
+                if row:
+                    if row[0] != body_hash:
+                        raise IdempotencyMismatch(
+                            f"Idempotency-Key {key!r} was used with a different request body; use a new key",
+                            [{"field": "Idempotency-Key", "message": "reused with a different body"}],
+                        )
+                    existing = self._get_run(conn, row[1])
+                    if existing is not None:
+                        return existing, True
+            if max_queued is not None and status is RunStatus.QUEUED:
+                queued = conn.execute("SELECT count(*) FROM runs WHERE status = 'queued'").fetchone()[0]
+                if queued >= max_queued:
+                    raise Unavailable(f"{queued} runs are already queued (limits.max_queued_runs); retry later", retry_after=10)
+            finished = now if RunStatus(status).is_terminal else None
+            conn.execute(
+                "INSERT INTO runs(id, job, source, revision, args, status, profile, submitted_by, created_at, "
+                "finished_at, reason, plan_digest, plan, affinity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    public["job"],
+                    public["source"],
+                    public.get("revision"),
+                    _dumps(public["args"]),
+                    status.value,
+                    public["profile"],
+                    submitted_by,
+                    now,
+                    finished,
+                    public.get("reason"),
+                    public.get("digest"),
+                    _dumps(plan),
+                    affinity,
+                ),
+            )
+            for type_, data in initial_events:
+                conn.execute("INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)", (run_id, type_, now, _dumps(data)))
+            if idempotency is not None:
+                subject, key, body_hash = idempotency
+                conn.execute(
+                    "INSERT INTO idempotency(subject, key, body_hash, run_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (subject, key, body_hash, run_id, now),
+                )
+            run = self._get_run(conn, run_id)
+            assert run is not None
+            return run, False
+
+        return self.write(op)
+
+    @staticmethod
+    def _get_run(conn: sqlite3.Connection, run_id: str) -> Run | None:
+        row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return _run_from_row(row) if row else None
+
+    def get_run(self, run_id: str) -> Run:
+        run = self._get_run(self.reader(), run_id)
+        if run is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return run
+
+    def run_plan(self, run_id: str) -> dict[str, Any]:
+        row = self.reader().execute("SELECT plan FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return json.loads(row[0])
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        job: str | None = None,
+        source: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+    ) -> tuple[list[Run], int | None]:
+        """Newest first; ``before`` is the cursor from a previous page."""
+        clauses, params = [], []
+        for column, value in (("status", status), ("job", job), ("source", source)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if before is not None:
+            clauses.append("seq < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self.reader().execute(
+            f"SELECT {_RUN_COLUMNS}, seq FROM runs {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1)
+        ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [_run_from_row(r) for r in rows], (rows[-1][14] if more else None)
+
+    def count_runs(self) -> dict[str, int]:
+        return dict(self.reader().execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
+
+    def claim(self, owner: str, local_free: int, max_running: int, affinity_only: bool = False) -> list[ClaimedRun]:
+        """Move the oldest queued runs to ``running`` for ``owner``, never above ``max_running`` in total.
+
+        Runs bound to an owner (a CLI's local runs) are claimed only by it;
+        with ``affinity_only`` the owner claims nothing else.
+        """
+        affinity = "affinity = ?" if affinity_only else "(affinity IS NULL OR affinity = ?)"
+        if local_free <= 0:
+            return []
+
+        def op(conn: sqlite3.Connection) -> list[ClaimedRun]:
+            running = conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+            room = min(local_free, max_running - running)
+            if room <= 0:
+                return []
+            rows = conn.execute(
+                f"SELECT {_RUN_COLUMNS}, plan FROM runs WHERE status = 'queued' AND {affinity} ORDER BY seq LIMIT ?",
+                (owner, room),
+            ).fetchall()
+            now = time.time()
+            claimed = []
+            for row in rows:
+                conn.execute("UPDATE runs SET status = 'running', owner = ?, started_at = ? WHERE id = ?", (owner, now, row[0]))
+                run = _run_from_row(row)
+                run = Run(**{**run.__dict__, "status": RunStatus.RUNNING, "started_at": now})
+                claimed.append(ClaimedRun(run, json.loads(row[14])))
+            return claimed
+
+        return self.write(op)
+
+    def set_pgid(self, run_id: str, pgid: int | None) -> None:
+        self._ensure_writer()
+        self._queue.put(_Op(lambda conn: conn.execute("UPDATE runs SET pgid = ? WHERE id = ?", (pgid, run_id)), None, wait=False))
+
+    def finish_run(self, run_id: str, status: RunStatus, *, exit_code: int | None = None, reason: str | None = None, data: dict[str, Any] | None = None, expect: tuple[str, ...] = ("running",)) -> bool:
+        """End a run and write its terminal event in one transaction.
+
+        Returns False (and writes nothing) if the run was no longer in one of
+        ``expect`` - e.g. already marked ``lost`` by a sweeper.
+        """
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT status, started_at, created_at, plan FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None or row[0] not in expect:
+                return False
+            started = row[1] or row[2]
+            plan = json.loads(row[3])
+            conn.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, reason = ?, pgid = NULL, plan = ? WHERE id = ?",
+                (status.value, now, exit_code, reason, _dumps(_scrub_plan(plan)), run_id),
+            )
+            payload = {"status": status.value, "exit_code": exit_code, "duration": round(now - started, 6)}
+            if reason:
+                payload["reason"] = reason
+            payload.update(data or {})
+            conn.execute(
+                "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)",
+                (run_id, EventType.RUN_FINISHED.value, now, _dumps(payload)),
+            )
+            return True
+
+        return self.write(op)
+
+    def request_cancel(self, run_id: str, subject: str) -> Run:
+        """Cancel a queued run now; ask the owner of a running run to stop it."""
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> Run:
+            run = self._get_run(conn, run_id)
+            if run is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            if run.status is RunStatus.QUEUED:
+                reason = f"cancelled by {subject} before it started"
+                conn.execute(
+                    "UPDATE runs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?", (now, reason, run_id)
+                )
+                conn.execute(
+                    "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)",
+                    (run_id, EventType.RUN_FINISHED.value, now, _dumps({"status": "cancelled", "exit_code": None, "duration": 0.0, "reason": reason})),
+                )
+            elif run.status is RunStatus.RUNNING:
+                first = conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ? AND cancel_requested = 0", (run_id,)).rowcount
+                if first:
+                    conn.execute(
+                        "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)",
+                        (run_id, EventType.RUN_CANCEL_REQUESTED.value, now, _dumps({"by": subject})),
+                    )
+            else:
+                raise RunFinished(f"run {run_id} already ended ({run.status.value})", status=run.status.value)
+            updated = self._get_run(conn, run_id)
+            assert updated is not None
+            return updated
+
+        return self.write(op)
+
+    def cancel_requested(self, run_ids: list[str]) -> set[str]:
+        if not run_ids:
+            return set()
+        marks = ",".join("?" * len(run_ids))
+        rows = self.reader().execute(f"SELECT id FROM runs WHERE cancel_requested = 1 AND id IN ({marks})", run_ids).fetchall()
+        return {r[0] for r in rows}
+
+    # -- owners and recovery ---------------------------------------------------
+
+    def register_owner(self, owner: str, host: str, pid: int) -> None:
+        now = time.time()
+        self.write(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO owners(owner, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)",
+            (owner, host, pid, now, now),
+        ))
+
+    def heartbeat(self, owner: str) -> None:
+        now = time.time()
+        self.write(lambda conn: conn.execute("UPDATE owners SET heartbeat_at = ? WHERE owner = ?", (now, owner)))
+
+    def unregister_owner(self, owner: str) -> None:
+        self.write(lambda conn: conn.execute("DELETE FROM owners WHERE owner = ?", (owner,)))
+
+    def owners(self) -> list[tuple[str, str, int, float]]:
+        return self.reader().execute("SELECT owner, host, pid, heartbeat_at FROM owners").fetchall()
+
+    def mark_lost(self, is_dead: Callable[[str, str, int, float | None], bool], reason: str) -> list[tuple[str, int | None]]:
+        """End every running run whose owner ``is_dead``; returns ``(run_id, pgid)`` of each.
+
+        ``is_dead(owner, host, pid, heartbeat_at)`` decides; runs whose owner
+        row is gone are passed ``heartbeat_at=None``.
+        """
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> list[tuple[str, int | None]]:
+            owners = {row[0]: row[1:] for row in conn.execute("SELECT owner, host, pid, heartbeat_at FROM owners")}
+            lost = []
+            rows = conn.execute("SELECT id, owner, pgid, started_at FROM runs WHERE status = 'running'").fetchall()
+            dead_owners = set()
+            for run_id, owner, pgid, started in rows:
+                host, pid, beat = owners.get(owner, ("", 0, None))
+                if not is_dead(owner or "", host, pid, beat):
+                    continue
+                dead_owners.add(owner)
+                conn.execute(
+                    "UPDATE runs SET status = 'lost', finished_at = ?, reason = ?, pgid = NULL WHERE id = ?", (now, reason, run_id)
+                )
+                conn.execute(
+                    "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)",
+                    (run_id, EventType.RUN_FINISHED.value, now, _dumps({"status": "lost", "exit_code": None, "duration": round(now - (started or now), 6), "reason": reason})),
+                )
+                lost.append((run_id, pgid))
+            for owner, (host, pid, beat) in owners.items():
+                if owner not in dead_owners and is_dead(owner, host, pid, beat):
+                    dead_owners.add(owner)
+            for owner in dead_owners:
+                conn.execute("DELETE FROM owners WHERE owner = ?", (owner,))
+            return lost
+
+        return self.write(op)
+
+    # -- events ----------------------------------------------------------------
+
+    def events_after(self, after: int, run_id: str | None = None, limit: int = 1000, conn: sqlite3.Connection | None = None) -> list[Event]:
+        conn = conn or self.reader()
+        if run_id is None:
+            rows = conn.execute("SELECT id, run_id, type, ts, data FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)).fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT id, run_id, type, ts, data FROM events WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?", (run_id, after, limit)
+            ).fetchall()
+        return [Event(*r) for r in rows]
+
+    def last_event_id(self, conn: sqlite3.Connection | None = None) -> int:
+        conn = conn or self.reader()
+        row = conn.execute("SELECT max(id) FROM events").fetchone()
+        return row[0] or 0
+
+    def iter_events(self, run_id: str, batch: int = 1000) -> Iterator[Event]:
+        after = 0
+        while True:
+            events = self.events_after(after, run_id, batch)
+            yield from events
+            if len(events) < batch:
+                return
+            after = events[-1].id
+
+    def digest_key(self) -> bytes:
+        value = self.meta("digest_key")
+        if value is None:
+            raise StorageError("the database has no digest key; it was not migrated")
+        return bytes.fromhex(value)
+
+    # -- housekeeping ----------------------------------------------------------
+
+    def prune(self, max_history: int) -> int:
+        """Delete the oldest finished runs beyond ``max_history`` and their events."""
+        marks = ",".join("?" * len(TERMINAL_STATUSES))
+
+        def op(conn: sqlite3.Connection) -> int:
+            finished = conn.execute(f"SELECT count(*) FROM runs WHERE status IN ({marks})", TERMINAL_STATUSES).fetchone()[0]
+            excess = finished - max_history
+            if excess <= 0:
+                return 0
+            victims = [r[0] for r in conn.execute(
+                f"SELECT id FROM runs WHERE status IN ({marks}) ORDER BY seq LIMIT ?", (*TERMINAL_STATUSES, excess)
+            )]
+            for chunk in range(0, len(victims), 500):
+                part = victims[chunk : chunk + 500]
+                qs = ",".join("?" * len(part))
+                conn.execute(f"DELETE FROM events WHERE run_id IN ({qs})", part)
+                conn.execute(f"DELETE FROM idempotency WHERE run_id IN ({qs})", part)
+                conn.execute(f"DELETE FROM runs WHERE id IN ({qs})", part)
+            return len(victims)
+
+        return self.write(op)
+
+    def expire_idempotency(self, older_than: float) -> None:
+        cutoff = time.time() - older_than
+        self.write(lambda conn: conn.execute("DELETE FROM idempotency WHERE created_at < ?", (cutoff,)))
+
+    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
+        """Checkpoint the WAL so it cannot grow without bound behind long readers."""
+        return self.reader().execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+
+
+def _scrub_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """Drop secret argument values once a run has ended: nothing needs them any more."""
+    secret = set(plan.get("secret_args") or [])
+    if not secret:
+        return plan
+    args = {k: ("***" if k in secret else v) for k, v in (plan.get("args") or {}).items()}
+    return {**plan, "args": args}
+
+
+def body_hash(body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).decode().rstrip("=")

@@ -1,0 +1,1 @@
+"""The thin HTTP layer: parse, authorise, call the engine, render."""

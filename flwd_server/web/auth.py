@@ -1,0 +1,93 @@
+"""Authentication, scopes declared next to each route, and development CORS.
+
+Every view is decorated with :func:`requires` (a scope) or :func:`public`.
+A view with neither is refused (fail closed), and a test walks the URL map so
+that no route can be added without one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Flask, Response, current_app, g, request
+
+from ..errors import ScopeMissing, Unauthenticated
+from ..models import Principal
+
+F = TypeVar("F", bound=Callable[..., Any])
+SCOPE_ATTR = "flwd_required_scope"
+PUBLIC = "(public)"
+DEV_ORIGIN_RE = re.compile(r"^http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?$")
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Idempotency-Key, X-Request-ID"
+CORS_EXPOSE_HEADERS = "WWW-Authenticate, Location, Retry-After, X-Request-ID, Idempotent-Replayed"
+
+
+def requires(scope: str) -> Callable[[F], F]:
+    def mark(view: F) -> F:
+        setattr(view, SCOPE_ATTR, scope)
+        return view
+
+    return mark
+
+
+def public(view: F) -> F:
+    setattr(view, SCOPE_ATTR, PUBLIC)
+    return view
+
+
+def required_scope(app: Flask, endpoint: str | None) -> str | None:
+    view = app.view_functions.get(endpoint or "")
+    return getattr(view, SCOPE_ATTR, None)
+
+
+def principal() -> Principal:
+    return g.principal
+
+
+def _dev_origin() -> str | None:
+    origin = request.headers.get("Origin")
+    if origin and current_app.config["FLWD_DEV"] and DEV_ORIGIN_RE.match(origin):
+        return origin
+    return None
+
+
+def register(app: Flask) -> None:
+    @app.before_request
+    def authenticate() -> Response | None:
+        if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
+            return _preflight()
+        if request.args.get("access_token") is not None or request.args.get("token") is not None:
+            raise Unauthenticated("tokens are not accepted in the query string; send 'Authorization: Bearer <token>'", error="invalid_request")
+        if request.endpoint is None:
+            return None  # 404/405: the error handler answers
+        scope = required_scope(current_app, request.endpoint)
+        if scope == PUBLIC:
+            return None
+        engine = current_app.config["FLWD_ENGINE"]
+        g.principal = engine.authenticator.authenticate(request.headers.get("Authorization"))
+        if scope is None or not g.principal.has_scope(scope):
+            raise ScopeMissing(scope or "(undeclared)")
+        return None
+
+    @app.after_request
+    def add_cors(response: Response) -> Response:
+        origin = _dev_origin()
+        if origin:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+        response.vary.add("Origin")
+        return response
+
+
+def _preflight() -> Response:
+    response = Response(status=204)
+    origin = _dev_origin()
+    if origin:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
+        response.headers["Access-Control-Max-Age"] = "600"
+    response.vary.add("Origin")
+    return response

@@ -1,0 +1,122 @@
+"""Request parsing: strict JSON bodies and query parameters, each problem named."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import g, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from ..errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from ..models import Profile
+from ..planner import PlanRequest
+
+MAX_DEPTH = 32
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def json_body(allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The request's JSON object; 415, 413, 400 or 422 with the reason otherwise."""
+    if request.mimetype != "application/json":
+        got = request.mimetype or "no Content-Type"
+        raise UnsupportedMediaType(f"send the body as JSON with 'Content-Type: application/json' (got {got})")
+    limit = request.max_content_length
+    if request.content_length is not None and limit is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes (limits.max_body_bytes)")
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes (limits.max_body_bytes)") from None
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not UTF-8") from None
+    except RecursionError:
+        raise BadRequest("the JSON body is nested too deeply") from None
+    except ValueError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    if _depth(data) > MAX_DEPTH:
+        raise BadRequest(f"the JSON body is nested deeper than {MAX_DEPTH} levels")
+    g.flwd_body = data
+    unknown = [key for key in data if key not in allowed]
+    if unknown:
+        raise Unprocessable(
+            f"unknown fields: {', '.join(unknown)} (allowed: {', '.join(allowed)})",
+            [{"field": key, "message": "unknown field"} for key in unknown],
+        )
+    return data
+
+
+def plan_request(with_plan: bool) -> PlanRequest:
+    fields = ("job", "args", "source", "profile") + (("plan",) if with_plan else ())
+    data = json_body(fields)
+    errors = []
+    job = data.get("job")
+    if not isinstance(job, str) or not job.strip() or len(job) > 256:
+        errors.append({"field": "job", "message": "required: the job's name (or source:name)"})
+    args = data.get("args", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        errors.append({"field": "args", "message": "expected an object of argument values"})
+    source = data.get("source")
+    if source is not None and (not isinstance(source, str) or not source):
+        errors.append({"field": "source", "message": "expected a source name"})
+    profile = data.get("profile")
+    if profile is not None and profile not in [p.value for p in Profile]:
+        errors.append({"field": "profile", "message": "expected one of secure, permissive, disabled"})
+    plan = data.get("plan")
+    if plan is not None and (not isinstance(plan, str) or not plan.startswith("sha256:") or len(plan) != 71):
+        errors.append({"field": "plan", "message": "expected a plan digest (sha256:...) from POST /plans"})
+    if errors:
+        raise Unprocessable("invalid request: " + ", ".join(e["field"] for e in errors), errors)
+    return PlanRequest(
+        job=job.strip(),
+        args=args,
+        source=source,
+        profile=Profile(profile) if profile else None,
+        plan=plan,
+    )
+
+
+def query_int(name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+        raise BadRequest(f"query parameter {name!r} must be an integer from {minimum} to {maximum}")
+    return int(raw)
+
+
+def query_choice(name: str, choices: tuple[str, ...]) -> str | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw not in choices:
+        raise BadRequest(f"query parameter {name!r} must be one of {', '.join(choices)}")
+    return raw
+
+
+def query_text(name: str, max_length: int = 256) -> str | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    if len(raw) > max_length or any(ord(c) < 32 for c in raw):
+        raise BadRequest(f"query parameter {name!r} is not a valid name")
+    return raw

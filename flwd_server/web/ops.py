@@ -1,0 +1,31 @@
+"""Liveness and the API description: the two endpoints that need no token."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app
+
+from .. import __version__
+from ..errors import StorageError
+from .auth import public
+from .openapi import openapi_document
+from .render import json_response
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+@public
+def healthz() -> Response:
+    engine = current_app.config["FLWD_ENGINE"]
+    try:
+        engine.store.reader().execute("SELECT 1 FROM runs LIMIT 1").fetchall()
+    except Exception as exc:
+        raise StorageError(f"the database cannot be read: {type(exc).__name__}") from None
+    status = "shutting-down" if engine.closing or engine.runner.draining else "ok"
+    return json_response({"status": status, "version": __version__}, status=200 if status == "ok" else 503)
+
+
+@bp.get("/openapi.json")
+@public
+def openapi() -> Response:
+    return json_response(openapi_document(current_app))

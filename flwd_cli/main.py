@@ -7,11 +7,9 @@ command talks to a running server instead of the local engine.
 
 from __future__ import annotations
 
-import functools
 import json
 import signal
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -21,46 +19,11 @@ from flwd_server.config import load_settings
 from flwd_server.errors import FlwdError
 
 from . import output
-from .backends import LocalBackend, RemoteBackend, RemoteError
+from .backends import RemoteError
+from .commands import register as register_commands
+from .options import parse_arg_pairs, with_backend
 
 RESERVED = {"server", "token", "config", "profile", "source", "detach", "json", "arg", "help", "quiet"}
-
-
-def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--server``, ``--token`` and ``--config`` on every command (also read from the environment)."""
-    fn = click.option("--config", "config_path", envvar="FLWD_CONFIG", type=click.Path(dir_okay=False), help="Server config file (local mode).")(fn)
-    fn = click.option("--token", envvar="FLWD_TOKEN", help="Bearer token for --server.", show_envvar=True)(fn)
-    fn = click.option("--server", envvar="FLWD_SERVER", help="Use a running server (URL) instead of the local engine.", show_envvar=True)(fn)
-    return fn
-
-
-def make_backend(server: str | None, token: str | None, config_path: str | None) -> LocalBackend | RemoteBackend:
-    if server:
-        return RemoteBackend(server, token)
-    return LocalBackend(load_settings(config_path))
-
-
-def with_backend(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @common_options
-    @functools.wraps(fn)
-    def wrapper(server: str | None, token: str | None, config_path: str | None, **kwargs: Any) -> Any:
-        backend = make_backend(server, token, config_path)
-        try:
-            return fn(backend, **kwargs)
-        finally:
-            backend.close()
-
-    return wrapper
-
-
-def parse_arg_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
-    args = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise click.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint="--arg")
-        args[name.replace("-", "_")] = value
-    return args
 
 
 class FlwdGroup(click.Group):
@@ -270,6 +233,9 @@ def follow_run(backend: Any, run_id: str, quiet: bool = False) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     return 1
+
+
+register_commands(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

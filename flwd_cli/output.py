@@ -19,10 +19,10 @@ def table(rows: list[list[str]], headers: list[str]) -> None:
     if not rows:
         click.echo("(none)")
         return
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip())
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in rows:
-        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
 
 
 def describe_args(args: dict[str, Any]) -> str:

@@ -17,8 +17,8 @@ from .catalog import Catalog
 from .config import Settings
 from .errors import PlanChanged, PolicyDenied, Unavailable
 from .eventhub import EventHub
-from .models import Decision, EventType, Job, Plan, Principal, Profile, Run, RunStatus, Verdict
-from .planner import PlanRequest, Planner, plan_record
+from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
+from .planner import Planner, PlanRequest, plan_record
 from .runner import Runner, log_decision
 from .sources import LocalSource, Source
 from .store import Store

@@ -9,11 +9,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -31,7 +31,7 @@ class RunStatus(str, Enum):
 TERMINAL_STATUSES = tuple(s.value for s in RunStatus if s.is_terminal)
 
 
-class Profile(str, Enum):
+class Profile(StrEnum):
     """Security profiles, strictest first."""
 
     SECURE = "secure"
@@ -46,13 +46,13 @@ class Profile(str, Enum):
         return self.strictness < other.strictness
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     ALLOW = "allow"
     WARN = "warn"
     DENY = "deny"
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     RUN_QUEUED = "run.queued"
     RUN_STARTED = "run.started"
     RUN_CANCEL_REQUESTED = "run.cancel_requested"
@@ -70,7 +70,7 @@ def iso(ts: float | None) -> str | None:
     """Render an epoch timestamp as ISO 8601 UTC with milliseconds."""
     if ts is None:
         return None
-    moment = _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc)
+    moment = _dt.datetime.fromtimestamp(ts, tz=_dt.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -78,7 +78,7 @@ def parse_iso(text: str) -> float:
     """Parse an ISO 8601 timestamp (``Z`` or offset; naive means UTC) to epoch seconds."""
     moment = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_dt.timezone.utc)
+        moment = moment.replace(tzinfo=_dt.UTC)
     return moment.timestamp()
 
 

@@ -18,8 +18,8 @@ from gunicorn.app.base import BaseApplication
 
 from .app import create_app
 from .config import Settings, is_loopback_bind
-from .errors import ConfigError
 from .engine import Engine
+from .errors import ConfigError
 from .logs import configure_logging
 from .runner import recover_lost_runs
 from .store import Store

@@ -306,7 +306,7 @@ class Store:
         self.write(lambda conn: None)
 
     def _write_loop(self) -> None:
-        conn = self.connect()
+        conn: sqlite3.Connection | None = None
         try:
             while True:
                 first = self._queue.get()
@@ -322,9 +322,26 @@ class Store:
                         self._queue.put(None)
                         break
                     batch.append(item)
-                self._commit_batch(conn, batch)
+                try:
+                    conn = conn or self.connect()
+                except sqlite3.Error as exc:
+                    self._fail(batch, exc)
+                    continue
+                if not self._commit_batch(conn, batch):
+                    # Reopen after a failure: a remounted or repaired file needs a fresh handle.
+                    conn.close()
+                    conn = None
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
+
+    def _fail(self, batch: list[_Op], exc: Exception) -> None:
+        error = StorageError(f"the database cannot be written: {exc}")
+        self.write_failures += 1
+        for op in batch:
+            op.error = error
+            if op.done is not None:
+                op.done.set()
 
     def _apply(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -348,8 +365,11 @@ class Store:
             conn.executemany(_INSERT_EVENT, pending)
         conn.execute("COMMIT")
 
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        """Commit a batch; on a storage failure tell waiting callers at once, retry queued events a while."""
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> bool:
+        """Commit a batch; on a storage failure tell waiting callers at once, retry queued events a while.
+
+        Returns False if anything failed (the caller then reopens its connection).
+        """
         attempts = 0
         while batch:
             try:
@@ -368,7 +388,7 @@ class Store:
                 batch = [op for op in batch if op.done is None]
                 if attempts >= 30:
                     log.error("database write failed %d times (%s); %d queued events dropped", attempts, exc, len(batch))
-                    return
+                    return False
                 if batch:
                     log.warning("database write failed (%s); retrying %d queued events", exc, len(batch))
                     time.sleep(min(0.1 * attempts, 1.0))
@@ -383,6 +403,7 @@ class Store:
                 listener()
             except Exception:  # a listener never breaks the writer
                 log.exception("commit listener failed")
+        return attempts == 0
 
     def close(self) -> None:
         """Flush and stop the writer (used on shutdown and by tests)."""

@@ -125,12 +125,35 @@ def _killpg(pgid: int, sig: int) -> bool:
         return False
 
 
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Killed processes take a moment to die and be reaped; return once none is left."""
+    deadline = time.monotonic() + timeout
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def group_alive(pgid: int) -> bool:
+    """True while a live (non-zombie) process is in the group.
+
+    Orphaned members that were killed stay zombies until PID 1 reaps them,
+    which some container inits do only now and then; they run nothing.
+    """
     try:
         os.killpg(pgid, 0)
-        return True
     except (ProcessLookupError, PermissionError):
         return False
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                return True
+    return False
 
 
 def run_host_step(task: HostStep) -> StepOutcome:
@@ -167,7 +190,7 @@ def run_host_step(task: HostStep) -> StepOutcome:
         for raw, truncated in pieces:
             if raw.endswith(b"\r"):
                 raw = raw[:-1]
-            if used >= limits.max_output_bytes:
+            if used + len(raw) + 1 > limits.max_output_bytes:
                 if not dropped:
                     task.emit(stream, f"[flwd: output limit of {limits.max_output_bytes} bytes reached; the rest is not stored]", True)
                 dropped += len(raw) + 1
@@ -178,6 +201,23 @@ def run_host_step(task: HostStep) -> StepOutcome:
 
     try:
         while selector.get_map():
+            now = time.monotonic()
+            if stopped is None:
+                stopped = task.should_stop() or ("timed_out" if time.time() >= task.deadline else None)
+                if stopped is not None:
+                    _killpg(pgid, signal.SIGTERM)
+                    kill_at = now + KILL_GRACE
+            if kill_at is not None and now >= kill_at:
+                _killpg(pgid, signal.SIGKILL)
+                kill_at = None
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at > DRAIN_AFTER_EXIT:
+                # The shell is gone but something it started still holds the pipes:
+                # a step's processes do not outlive the step.
+                _killpg(pgid, signal.SIGKILL)
+                if now - exited_at > DRAIN_AFTER_EXIT + 2:
+                    break
             for key, _ in selector.select(timeout=0.1):
                 try:
                     chunk = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
@@ -188,32 +228,13 @@ def run_host_step(task: HostStep) -> StepOutcome:
                 else:
                     deliver(key.data, splitters[key.data].rest())
                     selector.unregister(key.fileobj)
-            now = time.monotonic()
-            if stopped is None:
-                reason = task.should_stop()
-                if reason is None and time.time() >= task.deadline:
-                    reason = "timed_out"
-                if reason is not None:
-                    stopped = reason
-                    _killpg(pgid, signal.SIGTERM)
-                    kill_at = now + KILL_GRACE
-            if kill_at is not None and now >= kill_at:
-                _killpg(pgid, signal.SIGKILL)
-                kill_at = now + 3600
-            if exited_at is None and proc.poll() is not None:
-                exited_at = now
-            if exited_at is not None and now - exited_at > DRAIN_AFTER_EXIT:
-                # The shell is gone but something it started still holds the pipes:
-                # a step's processes do not outlive the step.
-                _killpg(pgid, signal.SIGKILL)
-                if now - exited_at > DRAIN_AFTER_EXIT + 2:
-                    break
     finally:
         for key in list(selector.get_map().values()):
             selector.unregister(key.fileobj)
         selector.close()
-        _killpg(pgid, signal.SIGKILL)  # stragglers of a finished step, or the rest of a killed one
         code = proc.wait()
+        if _killpg(pgid, signal.SIGKILL):  # stragglers of a finished step, or the rest of a killed one
+            _wait_group_gone(pgid, 2.0)
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()

@@ -1,0 +1,107 @@
+"""Settings: defaults, file, environment, flags; every error names its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from flwd_server.config import describe, known_keys, load_settings, parse_bind
+from flwd_server.errors import ConfigError
+
+SEED_CONFIG = """\
+bind: 0.0.0.0:8080
+default_profile: secure
+db_path: /var/lib/flwd/flwd.db
+
+auth:
+  issuer: "https://auth.example.org/"
+  audience: "flwd"
+  jwk_file: /etc/flwd/jwks.json
+
+container:
+  runtime: auto
+  verify_signatures: permissive
+  allowed_registries:
+    - ghcr.io
+
+limits:
+  max_concurrent_runs: 32
+  max_run_history: 10000
+"""
+
+
+def test_the_seed_example_config_loads_exactly(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text(SEED_CONFIG)
+    settings = load_settings(path, environ={})
+    assert settings.bind == "0.0.0.0:8080"
+    assert settings.auth.audience == "flwd"
+    assert settings.container.allowed_registries == ("ghcr.io",)
+    assert settings.container.verify_signatures == "permissive"
+    assert settings.limits.max_concurrent_runs == 32
+    assert str(settings.resolved_db_path) == "/var/lib/flwd/flwd.db"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("bnd: 1.2.3.4:80\n", "bnd", "unknown setting"),
+        ("limits:\n  max_concurrent_runs: many\n", "limits.max_concurrent_runs", "expected an integer"),
+        ("limits:\n  max_concurrent_runs: 0\n", "limits.max_concurrent_runs", "at least 1"),
+        ("limits:\n  max_concurent_runs: 2\n", "limits.max_concurent_runs", "unknown setting"),
+        ("default_profile: relaxed\n", "default_profile", "expected one of secure, permissive, disabled"),
+        ("dev: yes please\n", "dev", "expected true or false"),
+        ("container:\n  allowed_registries: [1]\n", "container.allowed_registries[0]", "expected a string"),
+        ("auth: 5\n", "auth", "expected a mapping"),
+        ("bind: localhost\n", "bind", "HOST:PORT"),
+        ("sources:\n  - {type: svn, name: x}\n", "sources[0].type", "expected one of local, git, oci"),
+        ("sources:\n  - {type: local, name: x}\n", "sources[0].path", "is required"),
+        ("sources:\n  - {type: local, name: x, path: /tmp, url: y}\n", "sources[0].url", "unknown key"),
+        ("sources:\n  - {type: local, name: Bad Name, path: /tmp}\n", "sources[0].name", "lowercase"),
+    ],
+)
+def test_a_bad_setting_is_refused_naming_its_key(tmp_path, text, key, words):
+    path = tmp_path / "server.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.key == key
+    assert words in caught.value.detail
+    assert caught.value.detail.startswith(key)
+
+
+def test_yaml_syntax_errors_give_the_line(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text("bind: 127.0.0.1:1\nlimits: [\n")
+    with pytest.raises(ConfigError, match=r"line \d+"):
+        load_settings(path, environ={})
+
+
+def test_precedence_is_defaults_then_file_then_environment_then_flags(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text("limits:\n  max_concurrent_runs: 3\n  max_run_history: 50\nworkers: 3\n")
+    environ = {"FLWD_LIMITS__MAX_CONCURRENT_RUNS": "5", "FLWD_WORKERS": "4", "FLWD_TOKEN": "not-a-setting"}
+    settings = load_settings(path, {"workers": 6}, environ=environ)
+    assert settings.limits.max_concurrent_runs == 5  # environment beats the file
+    assert settings.limits.max_run_history == 50  # file beats the default
+    assert settings.workers == 6  # flags beat everything
+    assert settings.threads == 32  # default
+
+
+def test_environment_values_are_validated_too():
+    with pytest.raises(ConfigError, match="limits.max_concurrent_runs: expected an integer"):
+        load_settings(None, environ={"FLWD_LIMITS__MAX_CONCURRENT_RUNS": "lots"})
+
+
+def test_duplicate_source_names_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="duplicate source names: a"):
+        load_settings(None, {"sources": [{"type": "local", "name": "a", "path": "/x"}, {"type": "local", "name": "a", "path": "/y"}]}, environ={})
+
+
+def test_every_setting_is_described():
+    described = {key for key, _default, help_text in describe() if help_text}
+    assert described == set(known_keys())
+
+
+@pytest.mark.parametrize(("bind", "host", "port"), [("127.0.0.1:8080", "127.0.0.1", 8080), ("[::1]:9", "::1", 9), (":80", "0.0.0.0", 80)])
+def test_bind_addresses_parse(bind, host, port):
+    assert parse_bind(bind) == (host, port)

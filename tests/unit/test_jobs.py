@@ -1,0 +1,89 @@
+"""Job files and arguments: data-driven over tests/unit/jobfiles (valid/ and invalid/)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from flwd_server.errors import InvalidArgs, InvalidJob
+from flwd_server.jobs import arg_env, parse_job, render_command, resolve_args
+
+FILES = Path(__file__).parent / "jobfiles"
+
+
+@pytest.mark.parametrize("path", sorted((FILES / "valid").glob("*.yaml")), ids=lambda p: p.stem)
+def test_valid_job_files_parse(path):
+    job = parse_job(path.read_text(), "test", path.name)
+    assert job.steps and job.source == "test" and job.file_digest.startswith("sha256:")
+
+
+@pytest.mark.parametrize("path", sorted((FILES / "invalid").glob("*.yaml")), ids=lambda p: p.stem)
+def test_invalid_job_files_name_every_bad_field(path):
+    expected = re.search(r"^# expect: (.+)$", path.read_text(), re.M).group(1).split(", ")
+    with pytest.raises(InvalidJob) as caught:
+        parse_job(path.read_text(), "test", path.name)
+    fields = [e["field"] for e in caught.value.errors]
+    for field in expected:
+        assert field in fields, f"{field} not reported; got {fields}"
+    assert caught.value.path == path.name
+
+
+def test_yaml_errors_carry_the_line():
+    with pytest.raises(InvalidJob) as caught:
+        parse_job("name: x\nsteps:\n  - run: [\n", "s", "x.yaml")
+    assert caught.value.errors[0]["line"] >= 3
+
+
+@pytest.fixture
+def full():
+    return parse_job((FILES / "valid" / "full.yaml").read_text(), "test", "full.yaml")
+
+
+def test_defaults_fill_in_and_strings_are_coerced(full):
+    args = resolve_args(full, {"name": "Alice", "times": "3", "loud": "true", "ratio": "0.25"})
+    assert args == {"name": "Alice", "times": 3, "ratio": 0.25, "loud": True, "color": "red"}
+
+
+def test_every_invalid_argument_is_named_at_once(full):
+    with pytest.raises(InvalidArgs) as caught:
+        resolve_args(full, {"times": 9, "ratio": "x", "color": "blue", "loud": "maybe", "extra": 1, "name": "Al1ce"})
+    fields = {e["field"]: e["message"] for e in caught.value.errors}
+    assert fields["args.times"] == "must be at most 5"
+    assert fields["args.ratio"] == "expected a number"
+    assert fields["args.color"] == "must be one of red, green"
+    assert fields["args.loud"] == "expected true or false"
+    assert fields["args.extra"].startswith("unknown argument")
+    assert fields["args.name"].startswith("does not match the pattern")
+
+
+def test_a_missing_required_argument_is_named(full):
+    with pytest.raises(InvalidArgs) as caught:
+        resolve_args(full, {})
+    assert caught.value.errors == [{"field": "args.name", "message": "is required"}]
+
+
+@pytest.mark.parametrize("value", [True, [1], {"a": 1}, None])
+def test_a_string_argument_refuses_other_json_types(full, value):
+    with pytest.raises(InvalidArgs):
+        resolve_args(full, {"name": value})
+
+
+def test_integers_refuse_booleans_and_fractions(full):
+    for value in (True, 1.5, "1.5"):
+        with pytest.raises(InvalidArgs):
+            resolve_args(full, {"name": "A", "times": value})
+
+
+def test_args_reach_shell_steps_only_as_environment_variables():
+    assert arg_env({"name": "Alice; rm -rf /", "loud": False, "times": 2}) == {
+        "FLWD_ARG_NAME": "Alice; rm -rf /",
+        "FLWD_ARG_LOUD": "false",
+        "FLWD_ARG_TIMES": "2",
+    }
+
+
+def test_placeholders_fill_whole_argv_elements(full):
+    command = full.steps[1].command
+    assert render_command(command, {"name": "A B; echo pwned", "times": 2}) == ["greet", "A B; echo pwned", "--times", "2"]

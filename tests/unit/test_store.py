@@ -1,0 +1,257 @@
+"""The SQLite store: pragmas, transactions, claims across processes, fork safety (PITFALLS 2)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sqlite3
+import threading
+
+import pytest
+
+from flwd_server.errors import IdempotencyMismatch, StorageError
+from flwd_server.models import RunStatus
+from flwd_server.store import Store, new_run_id
+
+
+def _plan(job="j"):
+    return {"job": {"name": job, "source": "s", "steps": []}, "args": {}, "profile": "secure"}
+
+
+def _public(job="j"):
+    return {"job": job, "source": "s", "revision": None, "args": {}, "profile": "secure", "digest": None}
+
+
+def queue_runs(store: Store, count: int) -> list[str]:
+    return [store.create_run(plan=_plan(), public=_public(), submitted_by="t", initial_events=[("run.queued", {})])[0].id for _ in range(count)]
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "flwd.db")
+    s.migrate()
+    yield s
+    s.close()
+
+
+def test_every_connection_has_the_pragmas(store):
+    conn = store.connect()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    full = Store(store.path, synchronous="full").connect()
+    assert full.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_migration_is_versioned_and_idempotent(store):
+    key = store.digest_key()
+    assert store.migrate() == 1
+    assert store.meta("schema_version") == "1"
+    assert store.digest_key() == key and len(key) == 32  # a second migrate keeps the key
+
+
+def test_a_newer_schema_is_refused(store):
+    conn = store.connect()
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StorageError, match="newer than this flwd"):
+        store.migrate()
+
+
+def test_claims_use_begin_immediate_and_leave_no_transaction_open(store):
+    queue_runs(store, 2)
+    statements = []
+    traced = Store(store.path)  # a second store whose writer connection is traced
+    original = traced.connect
+
+    def connect():
+        conn = original()
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    traced.connect = connect
+    claimed = traced.claim("me", 5, 10)
+    traced.close()
+    assert len(claimed) == 2
+    begins = [s for s in statements if s.startswith("BEGIN")]
+    assert begins and all(s == "BEGIN IMMEDIATE" for s in begins)
+    assert not store.reader().in_transaction
+
+
+def test_fifty_threads_write_through_one_writer_without_errors(store):
+    run_id = queue_runs(store, 1)[0]
+    errors = []
+
+    def work(n):
+        try:
+            for i in range(20):
+                store.emit(run_id, "step.output", {"n": n, "i": i})
+            store.flush()
+            store.get_run(run_id)
+        except Exception as exc:  # pragma: no cover - the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(store.events_after(0, run_id, 10000)) == 1 + 50 * 20
+
+
+def test_reader_connections_are_per_thread_and_not_shared(store):
+    seen = []
+
+    def grab():
+        seen.append(store.reader())
+
+    t = threading.Thread(target=grab)
+    t.start()
+    t.join()
+    assert seen[0] is not store.reader()
+    with pytest.raises(sqlite3.ProgrammingError):
+        seen[0].execute("SELECT 1")  # check_same_thread stays on: leaks fail loudly
+
+
+def test_claims_never_exceed_the_limit_and_keep_submission_order(store):
+    ids = queue_runs(store, 5)
+    first = store.claim("a", 10, 2)
+    assert [c.run.id for c in first] == ids[:2]
+    assert store.claim("b", 10, 2) == []
+    store.finish_run(ids[0], RunStatus.SUCCEEDED, exit_code=0)
+    assert [c.run.id for c in store.claim("b", 10, 2)] == [ids[2]]
+
+
+def _claim_worker(path, owner, results):
+    store = Store(path)
+    got = []
+    threads = []
+
+    def loop():
+        while True:
+            claimed = store.claim(f"{owner}-{threading.get_ident()}", 1, 10_000)
+            if not claimed:
+                return
+            got.extend(c.run.id for c in claimed)
+
+    for _ in range(8):
+        threads.append(threading.Thread(target=loop))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.put(got)
+    store.close()
+
+
+def test_two_processes_with_eight_threads_claim_each_run_exactly_once(store):
+    ids = queue_runs(store, 500)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_claim_worker, args=(store.path, f"p{i}", results)) for i in range(2)]
+    for p in procs:
+        p.start()
+    claimed = results.get(timeout=60) + results.get(timeout=60)
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert sorted(claimed) == sorted(ids)
+
+
+def test_a_writer_waits_for_a_lock_instead_of_failing(store):
+    queue_runs(store, 1)
+    blocker = store.connect()
+    blocker.execute("BEGIN IMMEDIATE")
+    done = threading.Event()
+
+    def write():
+        store.emit(None, "x", {})
+        store.flush()
+        done.set()
+
+    t = threading.Thread(target=write)
+    t.start()
+    assert not done.wait(0.5)  # blocked behind the other transaction, not failed
+    blocker.execute("COMMIT")
+    assert done.wait(10)
+    t.join()
+
+
+def test_after_a_fork_the_child_opens_its_own_connections(store):
+    parent_reader = store.reader()
+    store.flush()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            child_reader = store.reader()
+            store.emit(None, "from.child", {})
+            store.flush()
+            ok = child_reader is not parent_reader and store._writer is not None
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    assert [e.type for e in store.events_after(0)] == ["from.child"]
+
+
+def test_idempotency_replays_the_same_body_and_refuses_another(store):
+    first, replayed = store.create_run(plan=_plan(), public=_public(), submitted_by="t", idempotency=("t", "k1", "h1"))
+    again, replayed_again = store.create_run(plan=_plan(), public=_public(), submitted_by="t", idempotency=("t", "k1", "h1"))
+    assert (replayed, replayed_again, again.id) == (False, True, first.id)
+    with pytest.raises(IdempotencyMismatch):
+        store.create_run(plan=_plan(), public=_public(), submitted_by="t", idempotency=("t", "k1", "h2"))
+    assert len(store.list_runs()[0]) == 1
+
+
+def test_finish_is_atomic_with_its_event_and_scrubs_secrets(store):
+    run, _ = store.create_run(plan={**_plan(), "args": {"pw": "hunter2"}, "secret_args": ["pw"]}, public=_public(), submitted_by="t")
+    store.claim("me", 1, 1)
+    assert store.finish_run(run.id, RunStatus.FAILED, exit_code=3, reason="boom")
+    assert not store.finish_run(run.id, RunStatus.SUCCEEDED)  # already ended: nothing written
+    events = store.events_after(0, run.id)
+    assert [e.type for e in events] == ["run.finished"]
+    assert events[0].data["status"] == "failed" and events[0].data["exit_code"] == 3
+    assert "hunter2" not in json.dumps(store.run_plan(run.id))
+
+
+def test_prune_keeps_the_newest_finished_runs_and_never_active_ones(store):
+    ids = queue_runs(store, 8)
+    claimed = store.claim("me", 8, 8)
+    for c in claimed[:6]:
+        store.finish_run(c.run.id, RunStatus.SUCCEEDED)
+    store.emit(ids[0], "step.output", {"line": "x"})
+    assert store.prune(2) == 4
+    left = {r.id for r in store.list_runs(limit=100)[0]}
+    assert left == set(ids[4:])
+    assert store.events_after(0, ids[0]) == []
+
+
+def test_run_ids_are_unique_and_time_ordered():
+    ids = [new_run_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000 and all(len(i) == 26 for i in ids)
+
+
+def test_a_read_only_database_gives_storage_errors_then_recovers(tmp_path):
+    store = Store(tmp_path / "ro.db")
+    store.migrate()
+    read_only = True
+    connect = store.connect
+
+    def maybe_read_only():
+        conn = connect()
+        if read_only:
+            conn.execute("PRAGMA query_only = 1")  # what a read-only remount looks like to SQLite
+        return conn
+
+    store.connect = maybe_read_only
+    with pytest.raises(StorageError, match="cannot be written"):
+        store.create_run(plan=_plan(), public=_public(), submitted_by="t")
+    assert store.list_runs()[0] == []
+    read_only = False
+    run, _ = store.create_run(plan=_plan(), public=_public(), submitted_by="t")
+    assert store.get_run(run.id).status is RunStatus.QUEUED
+    store.close()

@@ -24,14 +24,13 @@ class FlwdError(Exception):
         self.extra = extra
 
     def to_problem(self) -> dict[str, Any]:
-        problem = {
+        return {
+            **self.extra,
             "type": f"urn:flwd:error:{self.slug}",
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
         }
-        problem.update(self.extra)
-        return problem
 
 
 class ConfigError(FlwdError):

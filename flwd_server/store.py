@@ -622,7 +622,7 @@ class Store:
                         (run_id, EventType.RUN_CANCEL_REQUESTED.value, now, _dumps({"by": subject})),
                     )
             else:
-                raise RunFinished(f"run {run_id} already ended ({run.status.value})", status=run.status.value)
+                raise RunFinished(f"run {run_id} already ended ({run.status.value})", run_status=run.status.value)
             updated = self._get_run(conn, run_id)
             assert updated is not None
             return updated

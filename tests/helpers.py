@@ -88,3 +88,21 @@ def read_stream(url: str, headers: dict[str, str], *, until: Callable[[dict[str,
             if time.monotonic() > deadline:
                 raise AssertionError(f"stream {url} did not finish within {timeout}s; got {len(out)} events")
     return out
+
+
+def processes_of_run(run_id: str) -> list[int]:
+    """Live (non-zombie) processes whose environment says they belong to ``run_id``."""
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if f"FLWD_RUN_ID={run_id}".encode() in environ.split(b"\0") and state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found

@@ -41,6 +41,9 @@ def json_body(allowed: tuple[str, ...]) -> dict[str, Any]:
         raw = request.get_data(cache=True)
     except RequestEntityTooLarge:
         raise PayloadTooLarge(f"the request body is larger than {limit} bytes (limits.max_body_bytes)") from None
+    if limit is not None and len(raw) >= limit:
+        # A chunked body is cut at the limit without an error: reaching it means too large.
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes (limits.max_body_bytes)")
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:

@@ -364,7 +364,7 @@ class TokenVerifier:
             raise Unauthenticated(MALFORMED) from None
         try:
             claims = json.loads(decoded["payload"])
-        except ValueError:
+        except (ValueError, RecursionError):
             claims = None
         if not isinstance(claims, dict):
             raise Unauthenticated("the token's payload is not a JSON object of claims")

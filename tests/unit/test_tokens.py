@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -511,6 +513,11 @@ def test_the_authorization_header_is_parsed_per_rfc_6750(header, error):
 
 def test_the_bearer_scheme_is_case_insensitive():
     assert bearer_token("bearer abc.def.ghi") == "abc.def.ghi"
+
+
+def test_the_token_modules_do_not_import_flask():
+    code = "import sys, flwd_server.tokens, flwd_server.keys, flwd_server.auth; sys.exit('flask' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
 def test_b64url_helper_matches_the_rfc_example():

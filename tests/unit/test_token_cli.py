@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwd_cli.main import main
 from flwd_server.config import AuthSettings
-from flwd_server.tokens import TokenVerifier, parse_jwks, unverified_header
+from flwd_server.jwks import parse_jwks
+from flwd_server.tokens import TokenVerifier, unverified_header
 from tests.fixtures.tokens import AUDIENCE, ISSUER, b64url, new_key
 
 

@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         settings = settings or load_settings(os.environ.get("FLWD_CONFIG") or None)
         engine = Engine(settings)
     settings = engine.settings
-    app = Flask("flwd_server")
+    app = Flask("flwd_server", static_folder=None)  # no static files: every route is a declared API route
     app.config.update(
         FLWD_ENGINE=engine,
         FLWD_DEV=settings.dev,

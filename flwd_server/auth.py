@@ -30,15 +30,21 @@ MAX_TOKEN_LENGTH = 8192
 
 
 def bearer_token(header: str | None) -> str:
-    """Extract the token of an RFC 6750 ``Authorization: Bearer`` header."""
-    if not header:
-        raise Unauthenticated("this request needs an Authorization: Bearer token", error=None)
+    """Extract the token of an RFC 6750 ``Authorization: Bearer`` header.
+
+    No header, or another scheme (Basic, ...), counts as no credentials: the
+    401 then carries no ``error`` code (RFC 6750 section 3.1).
+    """
+    if not header or not header.strip():
+        raise Unauthenticated("this request needs an 'Authorization: Bearer <token>' header", error=None)
     scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("the Authorization header must be 'Bearer <token>'", error="invalid_request")
+    if scheme.lower() != "bearer":
+        raise Unauthenticated("only bearer tokens are accepted: send 'Authorization: Bearer <token>'", error=None)
     token = token.strip()
+    if not token:
+        raise Unauthenticated("the Authorization header has no token after 'Bearer'")
     if len(token) > MAX_TOKEN_LENGTH or any(c.isspace() for c in token):
-        raise Unauthenticated("the bearer token is malformed")
+        raise Unauthenticated("the bearer token is malformed (too long, or it contains spaces)")
     return token
 
 

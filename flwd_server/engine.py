@@ -22,6 +22,7 @@ from .planner import Planner, PlanRequest, plan_record
 from .runner import Runner, log_decision
 from .sources import LocalSource, Source
 from .store import Store
+from .tokens import token_verifier
 
 log = logging.getLogger("flwd.engine")
 BUNDLED_SOURCE = "examples"
@@ -40,7 +41,7 @@ class Engine:
         self.hub = EventHub(self.store, poll_interval=settings.sse.poll_interval)
         self.planner = Planner(self.catalog, settings, self.store.digest_key, runtime=self.container_runtime)
         self.runner = Runner(self.store, self.hub, self.planner, settings, affinity_only=local_affinity)
-        self.authenticator = Authenticator(settings.dev)
+        self.authenticator = Authenticator(settings.dev, verify_jwt=token_verifier(settings.auth))
         self.local_affinity = local_affinity
         self.closing = False
 

@@ -189,7 +189,8 @@ class PolicyDenied(FlwdError):
 class Unauthenticated(FlwdError):
     """Raised when a request has no valid bearer token.
 
-    ``error`` is the RFC 6750 error code, or None when no credentials were sent.
+    ``error`` is the RFC 6750 error code, or None when no credentials were sent;
+    ``invalid_request`` (a malformed request, e.g. a token sent twice) is a 400.
     """
 
     status = 401
@@ -199,6 +200,8 @@ class Unauthenticated(FlwdError):
     def __init__(self, detail: str, error: str | None = "invalid_token") -> None:
         super().__init__(detail)
         self.error = error
+        if error == "invalid_request":
+            self.status = 400
 
 
 class ScopeMissing(FlwdError):

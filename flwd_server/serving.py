@@ -19,10 +19,10 @@ from gunicorn.app.base import BaseApplication
 from .app import create_app
 from .config import Settings, is_loopback_bind
 from .engine import Engine
-from .errors import ConfigError
 from .logs import configure_logging
 from .runner import recover_lost_runs
 from .store import Store
+from .tokens import require_auth
 
 log = logging.getLogger("flwd.serve")
 
@@ -102,28 +102,22 @@ def prepare_database(settings: Settings) -> list[str]:
         store.close()
 
 
-def require_auth_configured(settings: Settings) -> None:
-    if settings.dev:
-        return
-    missing = [k for k in ("issuer", "audience", "jwk_file") if not getattr(settings.auth, k)]
-    if missing:
-        raise ConfigError(
-            "auth." + missing[0],
-            "this server has no way to verify clients: set auth.issuer, auth.audience and auth.jwk_file "
-            "in the config file (see README: 'Production set-up'), or start with --dev for a local experiment",
-        )
-
-
-def serve(settings: Settings) -> None:
-    require_auth_configured(settings)
-    configure_logging(settings.log_level)
+def warn_if_exposed(settings: Settings) -> None:
+    """Say it loudly when ``--dev`` (a public, fixed token) listens beyond loopback."""
     if settings.dev and not is_loopback_bind(settings.bind):
         for _ in range(3):
             log.warning(
                 "--dev on %s: anyone who can reach this address can run jobs with the public dev-token. "
                 "Bind 127.0.0.1 or drop --dev.",
                 settings.bind,
+                extra={"event": "serve.dev_exposed", "bind": settings.bind},
             )
+
+
+def serve(settings: Settings) -> None:
+    configure_logging(settings.log_level)
+    require_auth(settings)
+    warn_if_exposed(settings)
     lost = prepare_database(settings)
     if lost:
         log.warning("%d runs were left running by a previous server and are now lost: %s", len(lost), ", ".join(lost))

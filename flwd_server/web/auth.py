@@ -21,6 +21,7 @@ SCOPE_ATTR = "flwd_required_scope"
 PUBLIC = "(public)"
 DEV_ORIGIN_RE = re.compile(r"^http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?$")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Idempotency-Key, X-Request-ID"
+QUERY_TOKEN_NAMES = ("access_token", "token")
 CORS_EXPOSE_HEADERS = "WWW-Authenticate, Location, Retry-After, X-Request-ID, Idempotent-Replayed"
 
 
@@ -58,8 +59,7 @@ def register(app: Flask) -> None:
     def authenticate() -> Response | None:
         if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
             return _preflight()
-        if request.args.get("access_token") is not None or request.args.get("token") is not None:
-            raise Unauthenticated("tokens are not accepted in the query string; send 'Authorization: Bearer <token>'", error="invalid_request")
+        refuse_query_token()
         if request.endpoint is None:
             return None  # 404/405: the error handler answers
         scope = required_scope(current_app, request.endpoint)
@@ -79,6 +79,20 @@ def register(app: Flask) -> None:
             response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
         response.vary.add("Origin")
         return response
+
+
+def refuse_query_token() -> None:
+    """A token in the URL ends up in logs and proxies: refused before anything happens.
+
+    Alone it is an unsupported way to send credentials, a 401 without an
+    error code (RFC 6750 section 3.1); next to an Authorization header it is
+    two methods at once, a 400 ``invalid_request`` (section 2).
+    """
+    if not any(request.args.get(name) is not None for name in QUERY_TOKEN_NAMES):
+        return
+    if request.headers.get("Authorization"):
+        raise Unauthenticated("send the token once, in the Authorization header, not also in the query string", error="invalid_request")
+    raise Unauthenticated("tokens are not accepted in the query string (URLs end up in logs); send 'Authorization: Bearer <token>'", error=None)
 
 
 def _preflight() -> Response:

@@ -23,10 +23,12 @@ def problem_response(problem: dict, headers: dict[str, str] | None = None) -> Re
 
 
 def _quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', "'")
+    """An RFC 6750 auth-param value: printable ASCII without '"' and '\\'."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "'" if c == '"' else "?" for c in text)
 
 
 def www_authenticate(error: FlwdError) -> str:
+    """The RFC 6750 challenge: no ``error`` when no credentials were sent."""
     parts = ['Bearer realm="flwd"']
     if isinstance(error, Unauthenticated) and error.error:
         parts.append(f'error="{error.error}"')
@@ -34,7 +36,7 @@ def www_authenticate(error: FlwdError) -> str:
     elif isinstance(error, ScopeMissing):
         parts.append('error="insufficient_scope"')
         parts.append(f'error_description="{_quote(error.detail)}"')
-        parts.append(f'scope="{error.scope}"')
+        parts.append(f'scope="{_quote(error.scope)}"')
     return ", ".join(parts)
 
 
@@ -44,10 +46,7 @@ def flwd_error_response(error: FlwdError) -> Response:
         headers["WWW-Authenticate"] = www_authenticate(error)
     if isinstance(error, Unavailable):
         headers["Retry-After"] = str(error.retry_after)
-    problem = error.to_problem()
-    if isinstance(error, Unauthenticated) and error.error == "invalid_request":
-        problem["status"] = 400
-    return problem_response(problem, headers)
+    return problem_response(error.to_problem(), headers)
 
 
 def register(app: Flask) -> None:

@@ -1,0 +1,162 @@
+"""SSE framing and the event hub: resume, heartbeats, closing, one poller per process (PITFALLS 1, 2.4, 2.8)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from flwd_server.errors import BadRequest, Unavailable
+from flwd_server.eventhub import EventHub
+from flwd_server.sse import HEARTBEAT, ClosingStream, StreamSlots, event_stream, parse_last_event_id
+from flwd_server.store import Store
+from tests.helpers import wait_until
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "flwd.db")
+    s.migrate()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def hub(store):
+    h = EventHub(store, poll_interval=0.01, max_events=50)
+    h.start()
+    yield h
+    h.close()
+
+
+def frames(stream, count):
+    out = []
+    for frame in stream:
+        out.append(frame)
+        if len(out) == count:
+            break
+    return out
+
+
+def parse(frame: bytes) -> list[dict]:
+    events = []
+    for block in frame.decode().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":") and ": " in line)
+        if "data" in lines:
+            events.append({"id": int(lines["id"]), "event": lines["event"], "data": json.loads(lines["data"])})
+    return events
+
+
+@pytest.mark.parametrize(("header", "query", "expected"), [(None, None, 0), ("12", None, 12), ("", "7", 7), ("5", "9", 5)])
+def test_resume_position_comes_from_last_event_id_or_after(header, query, expected):
+    assert parse_last_event_id(header, query) == expected
+
+
+@pytest.mark.parametrize("bad", ["-1", "abc", "1.5", "9" * 25, "99999999999999999999"])
+def test_a_forged_last_event_id_is_a_400(bad):
+    with pytest.raises(BadRequest):
+        parse_last_event_id(bad, None)
+
+
+def test_history_then_live_then_the_stream_ends_after_the_run_finishes(store, hub):
+    store.emit("r1", "run.queued", {})
+    store.emit("r2", "run.queued", {})
+    store.flush()
+    stream = event_stream(hub, after=0, run_id="r1", heartbeat=5)
+    assert next(stream).startswith(b"retry: ")
+    assert [e["event"] for e in parse(next(stream))] == ["run.queued"]
+    store.emit("r1", "step.output", {"line": "hi"})
+    store.emit("r1", "run.finished", {"status": "succeeded"})
+    rest = b"".join(stream)  # ends by itself
+    assert [e["event"] for e in parse(rest)] == ["step.output", "run.finished"]
+    assert all(e["data"]["run_id"] == "r1" for e in parse(rest))
+
+
+def test_an_idle_stream_sends_heartbeat_comments(store, hub):
+    stream = event_stream(hub, after=0, heartbeat=0.1, max_duration=0.35)
+    got = list(stream)
+    assert got[0].startswith(b"retry:")
+    assert got[1:].count(HEARTBEAT) >= 2 and set(got[1:]) == {HEARTBEAT}  # then it closed at max_duration
+
+
+def test_streams_end_when_the_server_shuts_down(store, hub):
+    stream = event_stream(hub, after=0, heartbeat=10, max_duration=60)
+    next(stream)
+    closer = threading.Timer(0.2, hub.close)
+    closer.start()
+    started = time.monotonic()
+    assert list(stream) == []
+    assert time.monotonic() - started < 2
+
+
+def test_a_reader_behind_the_buffer_reads_history_from_the_database(store, hub):
+    for i in range(200):
+        store.emit("r", "step.output", {"i": i})
+    store.flush()
+    wait_until(lambda: hub.last_id >= 200, 5, message="the hub to see 200 events")
+    assert len(hub._events) <= 50  # the buffer is bounded
+    got, position = [], 0
+    while True:
+        events, position = hub.read(position, "r", limit=64)
+        if not events:
+            break
+        got.extend(e.data["i"] for e in events)
+    assert got == list(range(200))
+
+
+def test_an_idle_server_runs_no_query_on_the_events_table(store, hub):
+    store.emit(None, "x", {})
+    store.flush()
+    wait_until(lambda: hub.last_id == 1, 5, message="the first event")
+    queries = hub.queries
+    polls = hub.polls
+    wait_until(lambda: hub.polls >= polls + 50, 5, message="fifty polls")
+    assert hub.queries == queries  # data_version did not move: no SELECT on events
+
+
+def test_a_write_from_another_process_is_seen_promptly(store, hub, tmp_path):
+    import subprocess
+    import sys
+
+    code = f"from flwd_server.store import Store; s = Store({store.path!r}); s.emit('other', 'from.elsewhere', {{}}); s.close()"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    started = time.monotonic()
+    wait_until(lambda: hub.last_id >= 1, 2, 0.005, message="the other process's event")
+    assert time.monotonic() - started < 0.5
+    assert hub.read(0)[0][0].type == "from.elsewhere"
+
+
+def test_idle_streams_do_not_let_the_wal_grow(store, hub, tmp_path):
+    streams = [event_stream(hub, after=0, heartbeat=0.05, max_duration=30) for _ in range(20)]
+    for s in streams:
+        next(s)
+    for _ in range(10):
+        for i in range(1000):
+            store.emit("w", "step.output", {"i": i, "pad": "x" * 100})
+        store.flush()
+        for s in streams:
+            next(s)  # each stream reads, nothing holds a snapshot across yields
+        busy, _, _ = store.checkpoint("PASSIVE")
+        assert busy == 0
+    store.checkpoint("TRUNCATE")
+    wal = tmp_path / "flwd.db-wal"
+    assert wal.stat().st_size < 4 * 1024 * 1024
+
+
+def test_stream_slots_cap_streams_and_are_released_exactly_once():
+    slots = StreamSlots(2)
+    slots.acquire()
+    slots.acquire()
+    with pytest.raises(Unavailable) as caught:
+        slots.acquire()
+    assert caught.value.retry_after > 0
+
+    def never_started():
+        yield b"x"
+
+    body = ClosingStream(never_started(), slots.release)
+    body.close()
+    body.close()
+    assert slots.open == 1  # released once, although the generator never ran

@@ -7,7 +7,10 @@ use in the process that needs them, so an engine built before a fork is safe.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 from .auth import Authenticator
 from .catalog import Catalog
 from .config import Settings
-from .errors import PlanChanged, PolicyDenied, Unavailable
+from .errors import PlanChanged, PolicyDenied, Unauthenticated, Unavailable
 from .eventhub import EventHub
 from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
 from .planner import Planner, PlanRequest, plan_record
@@ -25,6 +28,10 @@ from .store import Store
 from .tokens import token_verifier
 
 log = logging.getLogger("flwd.engine")
+
+
+def _ticket_digest(ticket: str) -> str:
+    return hashlib.sha256(ticket.encode()).hexdigest()
 BUNDLED_SOURCE = "examples"
 
 
@@ -177,6 +184,26 @@ class Engine:
         run = self.store.request_cancel(run_id, principal.subject)
         self.runner.wake()
         return run
+
+    # -- stream tickets (browsers' EventSource cannot send Authorization) ---------
+
+    def issue_stream_ticket(self, principal: Principal, run_id: str | None = None) -> dict[str, Any]:
+        """A single-use, short-lived ticket that opens one event stream without a header."""
+        if run_id is not None:
+            self.run(run_id)  # 404 for an unknown run
+        ticket = secrets.token_urlsafe(32)
+        ttl = self.settings.sse.ticket_ttl
+        self.store.create_ticket(_ticket_digest(ticket), principal.subject, run_id, time.time() + ttl)
+        return {"ticket": ticket, "expires_in": ttl, "run_id": run_id}
+
+    def redeem_stream_ticket(self, ticket: str, run_id: str | None) -> Principal:
+        row = self.store.redeem_ticket(_ticket_digest(ticket)) if 16 <= len(ticket) <= 128 else None
+        if row is None or row[2] < time.time():
+            raise Unauthenticated("the stream ticket is unknown, already used or expired; ask POST /stream-tickets for a new one")
+        subject, bound_run, _ = row
+        if bound_run is not None and bound_run != run_id:
+            raise Unauthenticated("this stream ticket was issued for another run")
+        return Principal(subject, frozenset({"runs:read"}))
 
     def terminal_event_id(self, run_id: str) -> int | None:
         """Id of the run's ``run.finished`` event, or None while it runs."""

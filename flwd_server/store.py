@@ -93,6 +93,12 @@ MIGRATIONS: dict[int, str] = {
         started_at REAL NOT NULL,
         heartbeat_at REAL NOT NULL
     );
+    CREATE TABLE stream_tickets (
+        digest TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        run_id TEXT,
+        expires_at REAL NOT NULL
+    );
     CREATE TABLE sources (
         name TEXT PRIMARY KEY,
         spec TEXT NOT NULL,
@@ -721,6 +727,23 @@ class Store:
         if value is None:
             raise StorageError("the database has no digest key; it was not migrated")
         return bytes.fromhex(value)
+
+    # -- stream tickets --------------------------------------------------------
+
+    def create_ticket(self, digest: str, subject: str, run_id: str | None, expires_at: float) -> None:
+        self.write(lambda conn: conn.execute(
+            "INSERT INTO stream_tickets(digest, subject, run_id, expires_at) VALUES (?, ?, ?, ?)", (digest, subject, run_id, expires_at)
+        ))
+
+    def redeem_ticket(self, digest: str) -> tuple[str, str | None, float] | None:
+        """Take a ticket out (single use): ``(subject, run_id, expires_at)`` or None."""
+
+        def op(conn: sqlite3.Connection) -> tuple[str, str | None, float] | None:
+            row = conn.execute("SELECT subject, run_id, expires_at FROM stream_tickets WHERE digest = ?", (digest,)).fetchone()
+            conn.execute("DELETE FROM stream_tickets WHERE digest = ? OR expires_at < ?", (digest, time.time()))
+            return tuple(row) if row else None  # type: ignore[return-value]
+
+        return self.write(op)
 
     # -- housekeeping ----------------------------------------------------------
 

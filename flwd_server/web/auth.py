@@ -18,6 +18,7 @@ from ..models import Principal
 
 F = TypeVar("F", bound=Callable[..., Any])
 SCOPE_ATTR = "flwd_required_scope"
+TICKET_ENDPOINTS = {"runs.run_events", "runs.all_events"}  # where ?ticket= may stand in for a header
 PUBLIC = "(public)"
 DEV_ORIGIN_RE = re.compile(r"^http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?$")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Idempotency-Key, X-Request-ID"
@@ -66,7 +67,11 @@ def register(app: Flask) -> None:
         if scope == PUBLIC:
             return None
         engine = current_app.config["FLWD_ENGINE"]
-        g.principal = engine.authenticator.authenticate(request.headers.get("Authorization"))
+        ticket = request.args.get("ticket")
+        if ticket is not None and request.endpoint in TICKET_ENDPOINTS and not request.headers.get("Authorization"):
+            g.principal = engine.redeem_stream_ticket(ticket, (request.view_args or {}).get("run_id"))
+        else:
+            g.principal = engine.authenticator.authenticate(request.headers.get("Authorization"))
         if scope is None or not g.principal.has_scope(scope):
             raise ScopeMissing(scope or "(undeclared)")
         return None

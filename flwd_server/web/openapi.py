@@ -52,6 +52,13 @@ SSE = {
 LAST_EVENT_ID = [
     {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"}},
     {"name": "after", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"}},
+    {
+        "name": "ticket",
+        "in": "query",
+        "required": False,
+        "description": "A single-use ticket from POST /stream-tickets, for clients that cannot send Authorization (EventSource)",
+        "schema": {"type": "string"},
+    },
 ]
 RUN_REQUEST = _obj(
     {
@@ -220,6 +227,17 @@ def _paths() -> dict[str, Any]:
                 "runs:read",
                 {"200": SSE, "204": {"description": "The run finished and every event was seen"}, **_problem(400, 404, 503)},
                 parameters=run_id + LAST_EVENT_ID,
+            )
+        },
+        "/stream-tickets": {
+            "post": _op(
+                "A single-use ticket to open one event stream without an Authorization header",
+                "runs:read",
+                {
+                    "201": _json(_obj({"ticket": {"type": "string"}, "expires_in": {"type": "number"}, "run_id": NULLABLE_STR}, ["ticket", "expires_in", "run_id"]), "Created"),
+                    **_problem(400, 404, 413, 415, 422),
+                },
+                requestBody={"required": False, "content": {"application/json": {"schema": _obj({"run": {"type": "string", "minLength": 1}})}}},
             )
         },
         "/events": {"get": _op("Stream every event", "runs:read", {"200": SSE, **_problem(400, 503)}, parameters=LAST_EVENT_ID)},

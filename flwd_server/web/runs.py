@@ -6,12 +6,12 @@ import re
 
 from flask import Blueprint, Response, current_app, g, request
 
-from ..errors import BadRequest
+from ..errors import BadRequest, Unprocessable
 from ..models import RunStatus
 from ..sse import ClosingStream, event_stream, parse_last_event_id
 from ..store import body_hash
 from .auth import principal, requires
-from .bodies import plan_request, query_choice, query_int, query_text
+from .bodies import json_body, plan_request, query_choice, query_int, query_text
 from .render import base_url, json_response
 
 bp = Blueprint("runs", __name__)
@@ -90,6 +90,19 @@ def sse_response(run_id: str | None) -> Response:
         is_closing=lambda: engine.closing,
     )
     return Response(ClosingStream(frames, slots.release), mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True)
+
+
+@bp.post("/stream-tickets")
+@requires("runs:read")
+def create_stream_ticket() -> Response:
+    """For browsers: EventSource cannot send Authorization, so it opens ``...events?ticket=T`` once."""
+    run_id = None
+    if request.content_length:
+        body = json_body(("run",))
+        run_id = body.get("run")
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
+            raise Unprocessable("run: expected a run id", [{"field": "run", "message": "expected a run id"}])
+    return json_response(_engine().issue_stream_ticket(principal(), run_id), status=201)
 
 
 @bp.get("/runs/<run_id>/events")

@@ -25,6 +25,7 @@ DESIGN_SCOPES = {
     ("POST", "/runs/{}/cancel"): "runs:write",
     ("GET", "/runs/{}/events"): "runs:read",
     ("GET", "/events"): "runs:read",
+    ("POST", "/stream-tickets"): "runs:read",  # the EventSource ticket (PITFALLS 1.6)
     ("GET", "/sources"): "sources:read",
     ("POST", "/sources"): "sources:write",
     ("GET", "/sources/{}"): "sources:read",

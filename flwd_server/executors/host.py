@@ -109,11 +109,16 @@ def _prologue(limits: StepLimits) -> list[str]:
 
 
 def build_argv(script: str, limits: StepLimits) -> list[str]:
-    """``sh -c`` with the script as a positional argument (``$1``), never interpolated."""
+    """``sh -c`` with the script as a positional argument, never interpolated.
+
+    With limits, one shell sets them and then ``eval``s the script (taken from
+    ``$1``, then shifted away so the script sees no arguments, as with plain
+    ``sh -c``): one exec per step instead of two.
+    """
     prologue = _prologue(limits)
     if not prologue:
         return ["/bin/sh", "-c", script]
-    wrapper = " && ".join(prologue) + ' && exec /bin/sh -c "$1"'
+    wrapper = " && ".join(prologue) + ' || exit 126; __flwd_script=$1; shift; eval "$__flwd_script"'
     return ["/bin/sh", "-c", wrapper, "flwd-step", script]
 
 

@@ -129,8 +129,8 @@ def test_exit_codes_and_signals_are_reported(tmp_path):
 
 def test_resource_limits_apply_through_the_shell_prologue(tmp_path):
     out = Collector()
-    run_host_step(out.task("ulimit -n; ulimit -t", tmp_path, open_files=64, cpu_seconds=5))
-    assert [line for _, line, *_ in out.lines] == ["64", "5"]
+    run_host_step(out.task('ulimit -n; ulimit -t; echo "args=$#"', tmp_path, open_files=64, cpu_seconds=5))
+    assert [line for _, line, *_ in out.lines] == ["64", "5", "args=0"]  # the script sees no arguments, as with sh -c
     too_big = Collector()
     result = run_host_step(too_big.task("head -c 20000 /dev/zero > big", tmp_path, file_size_bytes=4096))
     assert result.status == "failed" and os.path.getsize(tmp_path / "big") <= 4096

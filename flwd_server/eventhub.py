@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import bisect
 import logging
-import os
 import threading
 from collections.abc import Callable
 
+from .forksafe import reset_after_fork
 from .models import Event
 from .store import Store
 
@@ -28,10 +28,10 @@ class EventHub:
         self.poll_interval = poll_interval
         self.max_events = max_events
         self.max_bytes = max_bytes
-        self._pid: int | None = None
         self._listeners: list[Callable[[list[Event]], None]] = []
         self._reset()
         store.add_commit_listener(self.wake)
+        reset_after_fork(self, "_reset")
 
     def _reset(self) -> None:
         self._cond = threading.Condition()
@@ -51,9 +51,6 @@ class EventHub:
         self._listeners.append(listener)
 
     def start(self) -> None:
-        if self._pid != os.getpid():
-            self._reset()
-            self._pid = os.getpid()
         if self._thread is not None and self._thread.is_alive():
             return
         with self._cond:

@@ -26,6 +26,7 @@ from typing import Any
 from .config import Settings
 from .eventhub import EventHub
 from .executors.host import HostStep, StepLimits, StepOutcome, run_host_step
+from .forksafe import reset_after_fork
 from .jobs import arg_env
 from .models import Decision, Event, EventType, Job, Profile, Run, RunStatus, Step, Verdict
 from .planner import Planner, job_from_record
@@ -129,10 +130,10 @@ class Runner:
         self.affinity_only = affinity_only
         self.container_executor = container_executor
         self.hooks: list[RunHooks] = []
-        self._pid: int | None = None
         self._lock = threading.Lock()
         self._reset()
         hub.add_listener(self._on_events)
+        reset_after_fork(self, "_reset")
 
     def _reset(self) -> None:
         self.owner = owner_id()
@@ -141,6 +142,7 @@ class Runner:
         self._wakeup = threading.Event()
         self._active: dict[str, _Active] = {}
         self._futures: set[Future] = set()
+        self._lock = threading.Lock()
         self._draining = False
         self._stopped = False
 
@@ -151,9 +153,6 @@ class Runner:
         if self.started:
             return
         with self._lock:
-            if self._pid != os.getpid():
-                self._reset()
-                self._pid = os.getpid()
             if self._dispatcher is not None and self._dispatcher.is_alive():
                 return
             self.hub.start()
@@ -164,7 +163,7 @@ class Runner:
 
     @property
     def started(self) -> bool:
-        return self._pid == os.getpid() and self._dispatcher is not None and self._dispatcher.is_alive()
+        return self._dispatcher is not None and self._dispatcher.is_alive()
 
     @property
     def draining(self) -> bool:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IdempotencyMismatch, RunFinished, RunNotFound, StorageError, Unavailable
+from .forksafe import reset_after_fork
 from .models import TERMINAL_STATUSES, Event, EventType, Run, RunStatus
 
 log = logging.getLogger("flwd.store")
@@ -177,7 +178,6 @@ class Store:
         self.busy_timeout = busy_timeout
         self.queue_size = queue_size
         self._local = threading.local()
-        self._pid: int | None = None
         self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=queue_size)
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
@@ -185,6 +185,7 @@ class Store:
         self._closed = False
         self.events_written = 0
         self.write_failures = 0
+        reset_after_fork(self, "_reset_after_fork")
 
     # -- connections ---------------------------------------------------------
 
@@ -205,15 +206,9 @@ class Store:
         self._queue = queue.Queue(maxsize=self.queue_size)
         self._writer = None
         self._writer_lock = threading.Lock()
-        self._pid = os.getpid()
-
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            self._reset_after_fork()
 
     def reader(self) -> sqlite3.Connection:
         """This thread's read connection (never shared across threads or processes)."""
-        self._check_pid()
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self.connect()
@@ -281,7 +276,6 @@ class Store:
         self._commit_listeners.append(listener)
 
     def _ensure_writer(self) -> None:
-        self._check_pid()
         if self._writer is not None and self._writer.is_alive():
             return
         with self._writer_lock:
@@ -413,7 +407,7 @@ class Store:
 
     def close(self) -> None:
         """Flush and stop the writer (used on shutdown and by tests)."""
-        if self._writer is not None and self._writer.is_alive() and self._pid == os.getpid():
+        if self._writer is not None and self._writer.is_alive():
             self._queue.put(None)
             self._writer.join(timeout=10)
         self._closed = True

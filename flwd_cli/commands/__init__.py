@@ -7,3 +7,6 @@ import click
 
 def register(cli: click.Group) -> None:
     """Add every command module's commands (one import line per module)."""
+    from .sources import sources_group
+
+    cli.add_command(sources_group)

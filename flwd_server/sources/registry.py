@@ -36,6 +36,7 @@ from ..store import Store
 from .base import Source, SourceSnapshot
 from .locking import source_lock
 from .records import SourceRecord, SourceRecords
+from .safety import redact_url
 
 log = logging.getLogger("flwd.sources")
 SPEC_FIELDS = ("type", "name", "path", "url", "ref")
@@ -148,15 +149,14 @@ class SourceRegistry:
     def describe(self, source: Source, record: SourceRecord | None = None) -> dict[str, Any]:
         """The API view of one source: where it comes from, its revision, jobs and file errors."""
         snap = source.snapshot()
-        details = source.describe() if not isinstance(source, UnavailableSource) else {**source.spec}
         if record is None and source not in self.bundled:
             record = self.records.get(source.name)
         state = record.state if record else {}
         origin = "bundled" if source in self.bundled else (record.origin if record else "api")
         out: dict[str, Any] = {"name": source.name, "type": source.kind, "origin": origin}
         for key in ("path", "url", "ref"):
-            if key in details:
-                out[key] = details[key]
+            if key in source.spec:
+                out[key] = redact_url(source.spec[key]) if key == "url" else source.spec[key]
         if source.kind == "git":
             out.setdefault("ref", None)
         out.update(

@@ -184,3 +184,15 @@ def test_a_registered_source_whose_folder_vanished_is_listed_with_the_problem(en
     listed = again.source("folder")
     assert listed["jobs"] == [] and "does not exist" in listed["errors"][0]["message"]
     again.remove_source("folder", ADMIN)
+
+
+def test_a_password_in_a_url_never_reaches_answers_events_or_logs(engines, caplog):
+    engine = engines()
+    url = "https://bob:s3cret-pw@127.0.0.1:1/tools.git"  # a closed loopback port: the fetch fails at once
+    with pytest.raises(Unprocessable) as refused:
+        engine.add_source({"type": "git", "name": "private", "url": url}, ADMIN)
+    text = str(refused.value.to_problem()) + caplog.text
+    assert "bob:***@127.0.0.1" in text
+    assert "s3cret-pw" not in text
+    engine.store.flush()
+    assert all("s3cret-pw" not in e.raw for e in engine.store.events_after(0, limit=1000))

@@ -195,7 +195,7 @@ class SourceRegistry:
                 snap = source.sync()
             except FlwdError as exc:
                 self._wipe(name)
-                field = exc.extra.get("field") or ("url" if spec["type"] == "git" else "path")
+                field = exc.extra.get("field") or next((k for k in ("url", "path", "ref") if k in spec), "name")
                 log.warning("source %s was not added: %s", name, exc.detail)
                 raise Unprocessable(f"source {name!r} was not added: {exc.detail}", [{"field": field, "message": exc.detail}]) from None
             except BaseException:

@@ -20,6 +20,8 @@ from flwd_server.errors import FlwdError
 from flwd_server.models import Principal, Profile
 from flwd_server.planner import PlanRequest
 
+SOURCE_TIMEOUT = 900.0  # adding or syncing a git source waits for the server's fetch
+
 
 class RemoteError(FlwdError):
     """Raised when a server answers with a problem (or cannot be reached)."""
@@ -78,6 +80,21 @@ class LocalBackend:
     def cancel(self, run_id: str) -> dict[str, Any]:
         return self.engine.cancel(run_id, self.principal).to_dict()
 
+    def sources(self) -> list[dict[str, Any]]:
+        return self.engine.sources()
+
+    def source(self, name: str) -> dict[str, Any]:
+        return self.engine.source(name)
+
+    def add_source(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.engine.add_source(spec, self.principal)
+
+    def remove_source(self, name: str) -> None:
+        self.engine.remove_source(name, self.principal)
+
+    def sync_source(self, name: str) -> dict[str, Any]:
+        return self.engine.sync_source(name, self.principal)
+
     def events(self, run_id: str, after: int = 0, follow: bool = True) -> Iterator[dict[str, Any]]:
         self.engine.run(run_id)
         hub = self.engine.hub
@@ -112,7 +129,7 @@ class RemoteBackend:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+            response = self.session.request(method, self.url + path, **{"timeout": self.timeout, **kwargs})
         except requests.RequestException as exc:
             raise RemoteError(0, {"detail": f"cannot reach {self.url}: {exc.__class__.__name__}"}) from None
         if response.status_code >= 400:
@@ -146,6 +163,21 @@ class RemoteBackend:
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         return self._call("POST", f"/runs/{run_id}/cancel")["run"]
+
+    def sources(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/sources")["sources"]
+
+    def source(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/sources/{requests.utils.quote(name, safe='')}")["source"]
+
+    def add_source(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/sources", json=spec, timeout=SOURCE_TIMEOUT)["source"]
+
+    def remove_source(self, name: str) -> None:
+        self._call("DELETE", f"/sources/{requests.utils.quote(name, safe='')}")
+
+    def sync_source(self, name: str) -> dict[str, Any]:
+        return self._call("POST", f"/sources/{requests.utils.quote(name, safe='')}/sync", timeout=SOURCE_TIMEOUT)
 
     def events(self, run_id: str, after: int = 0, follow: bool = True) -> Iterator[dict[str, Any]]:
         """Follow the SSE stream, reconnecting with Last-Event-ID if the connection drops."""

@@ -13,7 +13,7 @@ from flask import Flask, Response, g, request
 from .config import Settings, load_settings
 from .engine import Engine
 from .sse import StreamSlots
-from .web import auth, jobs, ops, plans, problems, runs
+from .web import auth, jobs, ops, plans, problems, runs, sources
 
 access_log = logging.getLogger("flwd.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     problems.register(app)
     _register_request_ids(app)
     auth.register(app)
-    for blueprint in (jobs.bp, plans.bp, runs.bp, ops.bp):
+    for blueprint in (jobs.bp, plans.bp, runs.bp, ops.bp, sources.bp):
         app.register_blueprint(blueprint)
     return app
 

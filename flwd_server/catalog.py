@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .errors import AmbiguousJob, Conflict, JobNotFound, SourceNotFound, Unprocessable
 from .models import Job
@@ -14,9 +14,11 @@ from .sources.base import Source, SourceSnapshot
 class Catalog:
     """The sources a server or CLI knows, in registration order."""
 
-    def __init__(self, sources: Iterable[Source] = ()) -> None:
+    def __init__(self, sources: Iterable[Source] = (), before_read: Callable[[], None] | None = None) -> None:
         self._sources: dict[str, Source] = {}
         self._lock = threading.Lock()
+        # Called before every lookup: the source registry reloads what other processes changed.
+        self.before_read = before_read
         for source in sources:
             self.add(source)
 
@@ -39,6 +41,8 @@ class Catalog:
                 raise SourceNotFound(f"no source named {name!r}") from None
 
     def get(self, name: str) -> Source:
+        if self.before_read is not None:
+            self.before_read()
         try:
             return self._sources[name]
         except KeyError:
@@ -46,6 +50,8 @@ class Catalog:
             raise SourceNotFound(f"no source named {name!r} (known: {known})") from None
 
     def sources(self) -> list[Source]:
+        if self.before_read is not None:
+            self.before_read()
         return list(self._sources.values())
 
     def snapshots(self, source: str | None = None) -> list[SourceSnapshot]:

@@ -24,6 +24,8 @@ from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, V
 from .planner import Planner, PlanRequest, plan_record
 from .runner import Runner, log_decision
 from .sources import LocalSource, Source
+from .sources.git import GitSource
+from .sources.registry import SourceRegistry
 from .store import Store
 from .tokens import token_verifier
 
@@ -44,7 +46,10 @@ class Engine:
         self.settings = settings
         self.store = store or Store(settings.resolved_db_path, settings.db_synchronous)
         self.store.migrate()
-        self.catalog = Catalog(self._configured_sources())
+        self.catalog = Catalog()
+        self.registry = SourceRegistry(self.store, settings, self.catalog, self.make_source, bundled=self._configured_sources())
+        self.catalog.before_read = self.registry.refresh
+        self.registry.register_configured(sync_new=local_affinity)
         self.hub = EventHub(self.store, poll_interval=settings.sse.poll_interval)
         self.planner = Planner(self.catalog, settings, self.store.digest_key, runtime=self.container_runtime)
         self.runner = Runner(self.store, self.hub, self.planner, settings, affinity_only=local_affinity)
@@ -55,16 +60,18 @@ class Engine:
     # -- wiring ----------------------------------------------------------------
 
     def _configured_sources(self) -> list[Source]:
+        """The bundled example source; the config file's sources live in the database (``registry``)."""
         sources: list[Source] = []
         if self.settings.bundled_jobs:
             sources.append(LocalSource(BUNDLED_SOURCE, {"type": "local", "path": str(bundled_root())}, self.settings.limits.default_timeout))
-        for spec in self.settings.sources:
-            sources.append(self.make_source(spec))
         return sources
 
     def make_source(self, spec: dict[str, Any]) -> Source:
+        """Build (and validate) a source object; nothing is fetched or written here."""
         if spec["type"] == "local":
             return LocalSource(spec["name"], spec, self.settings.limits.default_timeout)
+        if spec["type"] == "git":
+            return GitSource(spec["name"], spec, data_dir=self.settings.resolved_data_dir, git=self.settings.git, default_timeout=self.settings.limits.default_timeout)
         raise Unavailable(f"source type {spec['type']!r} is not supported by this build")
 
     def container_runtime(self) -> tuple[str | None, str | None]:
@@ -87,6 +94,27 @@ class Engine:
         self.runner.shutdown(grace)
         self.hub.close()
         self.store.close()
+
+    # -- sources -----------------------------------------------------------------
+
+    def sources(self) -> list[dict[str, Any]]:
+        return self.registry.describe_all()
+
+    def source(self, name: str) -> dict[str, Any]:
+        return self.registry.describe_one(name)
+
+    def add_source(self, spec: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        return self.registry.add(spec, principal.subject)
+
+    def remove_source(self, name: str, principal: Principal) -> None:
+        self.registry.remove(name, principal.subject)
+
+    def sync_source(self, name: str, principal: Principal) -> dict[str, Any]:
+        return self.registry.sync(name, principal.subject)
+
+    def prepare_sources(self) -> None:
+        """Server start (before workers fork): config sources stored, fetched; stale ones dropped."""
+        self.registry.register_configured(sync_all=True, prune=True)
 
     # -- jobs and plans --------------------------------------------------------
 

@@ -110,6 +110,7 @@ class _Active:
     cancel: threading.Event = field(default_factory=threading.Event)
     reason: str | None = None
     status: str = "cancelled"
+    source_dir: str | None = None
 
 
 class Runner:
@@ -279,6 +280,7 @@ class Runner:
         try:
             record = claimed.plan
             job = job_from_record(record)
+            active.source_dir = self._source_dir(job)
             args = record["args"]
             profile = Profile(record["profile"])
             decisions = evaluate(self.planner.context(job, profile))
@@ -321,6 +323,14 @@ class Runner:
             self._hook("after_run_finished", run, status, time.monotonic() - started)
             self._wakeup.set()
 
+    def _source_dir(self, job: Job) -> str | None:
+        """The source's files at the revision the run was planned with (FLWD_SOURCE_DIR)."""
+        try:
+            return self.planner.catalog.get(job.source).checkout_for(job.revision)
+        except Exception:  # a source removed since planning: the run goes on without it
+            log.warning("run of %s: no files of source %s at %s", job.name, job.source, job.revision)
+            return None
+
     def _run_step(self, run: Run, job: Job, step: Step, index: int, args: dict[str, Any], profile: Profile, workdir: Path, deadline: float, active: _Active, used: int) -> tuple[StepOutcome, int]:
         self.store.emit(run.id, EventType.STEP_STARTED.value, {"step": step.name, "index": index, "kind": step.kind})
         step_deadline = min(deadline, time.time() + step.timeout) if step.timeout else deadline
@@ -347,7 +357,7 @@ class Runner:
             task = HostStep(
                 run_id=run.id,
                 step=step,
-                env=host_environment(run.id, job, step, args, profile, workdir, self.settings),
+                env=host_environment(run.id, job, step, args, profile, workdir, self.settings, source_dir=active.source_dir),
                 cwd=str(workdir),
                 deadline=step_deadline,
                 should_stop=should_stop,
@@ -370,7 +380,7 @@ class Runner:
 SAFE_HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def host_environment(run_id: str, job: Job, step: Step, args: dict[str, Any], profile: Profile, workdir: Path, settings: Settings) -> dict[str, str]:
+def host_environment(run_id: str, job: Job, step: Step, args: dict[str, Any], profile: Profile, workdir: Path, settings: Settings, source_dir: str | None = None) -> dict[str, str]:
     """The environment of a host step: scrubbed, unless the job may have the host's.
 
     Under ``secure`` (and whenever the job does not require ``host-env``) a step
@@ -401,6 +411,10 @@ def host_environment(run_id: str, job: Job, step: Step, args: dict[str, Any], pr
             "FLWD_WORKDIR": str(workdir),
         }
     )
+    if job.revision:
+        env["FLWD_SOURCE_REVISION"] = job.revision
+    if source_dir:
+        env["FLWD_SOURCE_DIR"] = source_dir
     return env
 
 

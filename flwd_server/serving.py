@@ -102,6 +102,15 @@ def prepare_database(settings: Settings) -> list[str]:
         store.close()
 
 
+def prepare_sources(settings: Settings) -> None:
+    """Store the config file's sources and fetch its git sources once, before the workers fork."""
+    engine = Engine(settings)
+    try:
+        engine.prepare_sources()
+    finally:
+        engine.close(grace=0)
+
+
 def warn_if_exposed(settings: Settings) -> None:
     """Say it loudly when ``--dev`` (a public, fixed token) listens beyond loopback."""
     if settings.dev and not is_loopback_bind(settings.bind):
@@ -121,6 +130,7 @@ def serve(settings: Settings) -> None:
     lost = prepare_database(settings)
     if lost:
         log.warning("%d runs were left running by a previous server and are now lost: %s", len(lost), ", ".join(lost))
+    prepare_sources(settings)
     log.info(
         "flwd serving on %s (profile %s, %d workers x %d threads, database %s%s)",
         settings.bind,

@@ -257,12 +257,14 @@ class Store:
     def _self_check(self, conn: sqlite3.Connection) -> None:
         """WAL needs working shared memory: write on one connection, read on another."""
         token = secrets.token_hex(8)
-        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('self_check', ?)", (token,))
+        key = f"self_check:{token}"  # one key per check: workers migrating at once must not read each other's
+        conn.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (key, token))
         other = self.connect()
         try:
-            row = other.execute("SELECT value FROM meta WHERE key = 'self_check'").fetchone()
+            row = other.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         finally:
             other.close()
+            conn.execute("DELETE FROM meta WHERE key = ?", (key,))
         if not row or row[0] != token:
             raise StorageError(f"{self.path}: a write was not visible to a second connection; WAL does not work on this filesystem")
 

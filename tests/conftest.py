@@ -154,6 +154,9 @@ class ServerProcess:
         headers = {**self.headers(token), **kwargs.pop("headers", {})}
         return requests.post(self.url + path, json=body, headers=headers, timeout=kwargs.pop("timeout", 10), **kwargs)
 
+    def delete(self, path: str, token: str = "dev-token", **kwargs: Any) -> requests.Response:
+        return requests.delete(self.url + path, headers={**self.headers(token), **kwargs.pop("headers", {})}, timeout=kwargs.pop("timeout", 10), **kwargs)
+
     def submit(self, job: str, args: dict[str, Any] | None = None, **body: Any) -> dict[str, Any]:
         response = self.post("/runs", {"job": job, "args": args or {}, **body})
         assert response.status_code == 202, response.text

@@ -8,7 +8,9 @@ import click
 def register(cli: click.Group) -> None:
     """Add every command module's commands (one import line per module)."""
     from .keys import keys_group
+    from .sources import sources_group
     from .token import token_command
 
     cli.add_command(token_command)
     cli.add_command(keys_group)
+    cli.add_command(sources_group)

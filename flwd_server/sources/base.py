@@ -38,6 +38,9 @@ class Source:
     def snapshot(self) -> SourceSnapshot:
         raise NotImplementedError  # pragma: no cover - every kind implements it
 
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take the state another process stored (e.g. a git source's current commit)."""
+
     def sync(self) -> SourceSnapshot:
         """Fetch from upstream; local folders are always current."""
         return self.snapshot()

@@ -12,6 +12,7 @@ from ..models import RunStatus
 
 STATUSES = [s.value for s in RunStatus]
 PROFILES = ["secure", "permissive", "disabled"]
+SOURCE_TYPES = ["local", "git", "oci"]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -28,6 +29,7 @@ def _problem(*codes: int) -> dict[str, Any]:
         413: "Body too large",
         415: "Body is not JSON",
         422: "Invalid fields",
+        502: "The source could not be fetched; the last good revision keeps serving",
         503: "Unavailable; retry later",
     }
     return {str(c): {"description": text[c], "content": {"application/problem+json": {"schema": _ref("Problem")}}} for c in codes}
@@ -149,6 +151,44 @@ SCHEMAS: dict[str, Any] = {
         ["id", "job", "source", "revision", "args", "status", "profile", "submitted_by", "created_at", "started_at", "finished_at", "exit_code", "links"],
         additional=True,
     ),
+    "SourceFileError": _obj(
+        {
+            "path": {"type": "string", "description": "the job file, relative to the source root (empty for the source itself)"},
+            "field": {"type": "string"},
+            "message": {"type": "string"},
+            "line": {"type": "integer", "minimum": 1},
+        },
+        ["path", "field", "message"],
+        additional=True,
+    ),
+    "Source": _obj(
+        {
+            "name": {"type": "string"},
+            "type": {"type": "string", "enum": SOURCE_TYPES},
+            "origin": {"type": "string", "enum": ["bundled", "config", "api"]},
+            "path": {"type": "string"},
+            "url": {"type": "string", "description": "passwords are shown as ***"},
+            "ref": NULLABLE_STR,
+            "revision": {**NULLABLE_STR, "description": "the commit (git) or content digest (local) jobs come from"},
+            "synced_at": NULLABLE_STR,
+            "last_error": NULLABLE_STR,
+            "removable": {"type": "boolean"},
+            "jobs": {"type": "array", "items": _ref("JobSummary")},
+            "errors": {"type": "array", "items": _ref("SourceFileError")},
+        },
+        ["name", "type", "origin", "revision", "synced_at", "last_error", "removable", "jobs", "errors"],
+        additional=True,
+    ),
+    "SourceRequest": _obj(
+        {
+            "type": {"type": "string", "enum": SOURCE_TYPES},
+            "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,62}$"},
+            "path": {"type": "string", "minLength": 1, "description": "local: an absolute path on the server"},
+            "url": {"type": "string", "minLength": 1, "description": "git: a URL with an allowed scheme (git.allowed_schemes)"},
+            "ref": {"type": "string", "minLength": 1, "description": "git: a branch, tag or commit (default: the remote's HEAD)"},
+        },
+        ["type", "name"],
+    ),
 }
 
 
@@ -168,6 +208,7 @@ def _paths() -> dict[str, Any]:
     run_id = [{"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}]
     job_name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}]
     source_q = {"name": "source", "in": "query", "required": False, "schema": {"type": "string"}}
+    source_name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}]
     body = lambda schema: {"required": True, "content": {"application/json": {"schema": schema}}}  # noqa: E731
     return {
         "/healthz": {"get": _op("Liveness and readiness", None, {"200": _json(_obj({"status": {"type": "string"}, "version": {"type": "string"}}, ["status"])), **_problem(503)})},
@@ -241,6 +282,37 @@ def _paths() -> dict[str, Any]:
             )
         },
         "/events": {"get": _op("Stream every event", "runs:read", {"200": SSE, **_problem(400, 503)}, parameters=LAST_EVENT_ID)},
+        "/sources": {
+            "get": _op("List sources with their revisions, jobs and job-file errors", "sources:read", {"200": _json(_obj({"sources": {"type": "array", "items": _ref("Source")}}, ["sources"]))}),
+            "post": _op(
+                "Register a source (a git source is fetched first)",
+                "sources:write",
+                {"201": _json(_obj({"source": _ref("Source")}, ["source"]), "Created"), **_problem(400, 409, 413, 415, 422, 503)},
+                requestBody=body(_ref("SourceRequest")),
+            ),
+        },
+        "/sources/{name}": {
+            "get": _op("One source, each job file's error with its path and line", "sources:read", {"200": _json(_obj({"source": _ref("Source")}, ["source"])), **_problem(404)}, parameters=source_name),
+            "delete": _op(
+                "Remove a source registered over the API (bundled and config sources: 409)",
+                "sources:write",
+                {"204": {"description": "Removed"}, **_problem(404, 409, 503)},
+                parameters=source_name,
+            ),
+        },
+        "/sources/{name}/sync": {
+            "post": _op(
+                "Fetch (git) or rescan (local) a source now",
+                "sources:write",
+                {
+                    "200": _json(
+                        _obj({"source": _ref("Source"), "previous_revision": NULLABLE_STR, "changed": {"type": "boolean"}}, ["source", "previous_revision", "changed"])
+                    ),
+                    **_problem(404, 502, 503),
+                },
+                parameters=source_name,
+            )
+        },
     }
 
 

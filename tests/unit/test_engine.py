@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -105,17 +106,24 @@ def test_decisions_are_structured_log_lines(eng, caplog):
 
 
 def test_an_engine_built_before_a_fork_runs_jobs_in_the_child(make_settings):
+    """gunicorn --preload: the app and its engine exist before the fork; the child must not reuse
+    the parent's pool, dispatcher or connections (PITFALLS 3.1).  The parent's threads are idle at
+    the fork, as they are in gunicorn's master."""
     engine = Engine(make_settings(**{"sse.poll_interval": 0.01}))
-    engine.hub.start()  # threads started in the parent must not be what the child relies on
+    engine.runner._pool = parent_pool = ThreadPoolExecutor(max_workers=1)  # as if created at import
+    engine.store.reader()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:
+            fresh = engine.runner._pool is None
             run, _ = engine.submit(PlanRequest("hello-world", {"name": "Child"}), ADMIN)
             done = wait_until(lambda: (r := engine.run(run.id)).status.is_terminal and r, 10)
-            os.write(write, done.status.value.encode())
+            new_pool = engine.runner._pool is not None and engine.runner._pool is not parent_pool
+            os.write(write, f"{fresh} {new_pool} {done.status.value}".encode())
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
-    assert os.read(read, 100) == b"succeeded"
+    assert os.read(read, 100) == b"True True succeeded"
+    parent_pool.shutdown()
     engine.close(grace=0)

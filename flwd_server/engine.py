@@ -8,6 +8,8 @@ use in the process that needs them, so an engine built before a fork is safe.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,17 @@ from typing import Any
 from .auth import Authenticator
 from .catalog import Catalog
 from .config import Settings
+from .containers import ContainerRuntime
 from .errors import PlanChanged, PolicyDenied, Unavailable
 from .eventhub import EventHub
+from .executors.container import ContainerExecutor, instance_label
 from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
+from .oci import RegistryClient
 from .planner import Planner, PlanRequest, plan_record
 from .runner import Runner, log_decision
+from .signatures import SignatureVerifier
 from .sources import LocalSource, Source
+from .sources.oci import OciSource
 from .store import Store
 
 log = logging.getLogger("flwd.engine")
@@ -36,10 +43,16 @@ class Engine:
         self.settings = settings
         self.store = store or Store(settings.resolved_db_path, settings.db_synchronous)
         self.store.migrate()
+        box = settings.container
+        self.registry = RegistryClient(box.insecure_registries, timeout=box.registry_timeout)
+        self.verifier = SignatureVerifier(self.registry, box.signature_keys, box.allowed_registries)
+        self.containers = ContainerRuntime(box, api_timeout=box.api_timeout)
+        self.container_executor = ContainerExecutor(self.containers, self.registry, lambda: instance_label(self.store.digest_key()), lambda: self.runner.owner)
+        self._swept_in: int | None = None
         self.catalog = Catalog(self._configured_sources())
         self.hub = EventHub(self.store, poll_interval=settings.sse.poll_interval)
-        self.planner = Planner(self.catalog, settings, self.store.digest_key, runtime=self.container_runtime)
-        self.runner = Runner(self.store, self.hub, self.planner, settings, affinity_only=local_affinity)
+        self.planner = Planner(self.catalog, settings, self.store.digest_key, runtime=self.container_runtime, verify_signature=self.verifier.verify_image)
+        self.runner = Runner(self.store, self.hub, self.planner, settings, affinity_only=local_affinity, container_executor=self.container_executor)
         self.authenticator = Authenticator(settings.dev)
         self.local_affinity = local_affinity
         self.closing = False
@@ -57,17 +70,25 @@ class Engine:
     def make_source(self, spec: dict[str, Any]) -> Source:
         if spec["type"] == "local":
             return LocalSource(spec["name"], spec, self.settings.limits.default_timeout)
+        if spec["type"] == "oci":
+            box = self.settings.container
+            return OciSource(
+                spec["name"], spec, registry=self.registry, verifier=self.verifier, allowed_registries=box.allowed_registries,
+                verify_signatures=box.verify_signatures, root=self.settings.resolved_data_dir / "addons", default_timeout=self.settings.limits.default_timeout,
+            )
         raise Unavailable(f"source type {spec['type']!r} is not supported by this build")
 
     def container_runtime(self) -> tuple[str | None, str | None]:
-        if self.settings.container.runtime == "none":
-            return None, "container.runtime is none: container steps cannot run"
-        return None, "no container runtime is available"
+        """``(engine, None)`` when a container engine answers, else ``(None, reason)``."""
+        return self.containers.status()
 
     def start(self) -> None:
         """Start the event poller and the runner in this process (idempotent)."""
         self.hub.start()
         self.runner.start()
+        if self._swept_in != os.getpid() and self.settings.container.runtime != "none":
+            self._swept_in = os.getpid()  # containers a crashed worker left behind go, once per process
+            threading.Thread(target=self.container_executor.sweep_orphans, args=(self.store, self.runner.owner), name="flwd-container-sweep", daemon=True).start()
 
     def begin_shutdown(self) -> None:
         """Refuse new runs and end event streams; running runs go on (see ``close``)."""
@@ -78,6 +99,8 @@ class Engine:
         self.closing = True
         self.runner.shutdown(grace)
         self.hub.close()
+        self.containers.close()
+        self.registry.close()
         self.store.close()
 
     # -- jobs and plans --------------------------------------------------------

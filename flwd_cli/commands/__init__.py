@@ -7,3 +7,6 @@ import click
 
 def register(cli: click.Group) -> None:
     """Add every command module's commands (one import line per module)."""
+    from .addon import addon_group
+
+    cli.add_command(addon_group)

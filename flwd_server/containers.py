@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ import docker
 import docker.errors
 import docker.tls
 import requests
+from docker.constants import DEFAULT_DOCKER_API_VERSION
 
 from .config import ContainerSettings
 from .errors import Unavailable
@@ -40,6 +42,7 @@ log = logging.getLogger("flwd.containers")
 
 DOCKER_SOCKET = "unix:///var/run/docker.sock"
 PODMAN_ROOTFUL_SOCKET = "unix:///run/podman/podman.sock"
+MIN_API_VERSION = "1.24"
 PROBE_TIMEOUT = 5.0
 RECHECK_OK = 30.0
 RECHECK_MISSING = 5.0
@@ -83,17 +86,55 @@ def tls_config(url: str, environ: Mapping[str, str]) -> docker.tls.TLSConfig | N
             f"{url} is a TCP endpoint without TLS; the engine's API is root-equivalent, so flwd uses it only over a unix "
             "socket or with DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem)"
         )
-    return docker.tls.TLSConfig(
-        client_cert=(os.path.join(cert_path, "cert.pem"), os.path.join(cert_path, "key.pem")),
-        ca_cert=os.path.join(cert_path, "ca.pem"),
-        verify=True,
-    )
+    try:
+        return docker.tls.TLSConfig(
+            client_cert=(os.path.join(cert_path, "cert.pem"), os.path.join(cert_path, "key.pem")),
+            ca_cert=os.path.join(cert_path, "ca.pem"),
+            verify=True,
+        )
+    except docker.errors.TLSParameterError:
+        raise Unavailable(f"DOCKER_CERT_PATH {cert_path} must hold ca.pem, cert.pem and key.pem for {url}") from None
 
 
 def engine_name(version: dict[str, Any]) -> str:
     components = version.get("Components") or []
     names = " ".join(str(c.get("Name", "")) for c in components if isinstance(c, dict))
     return "podman" if "podman" in names.lower() or "podman" in str(version.get("Platform", {}).get("Name", "")).lower() else "docker"
+
+
+def unix_socket_problem(path: str) -> str | None:
+    """Why nothing answers at a unix socket path (checked by hand: the docker SDK leaks the
+    socket of a refused connection)."""
+    if not os.path.exists(path):
+        return "no such socket"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(PROBE_TIMEOUT)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        return f"does not answer ({type(exc).__name__})"
+    finally:
+        sock.close()
+    return None
+
+
+def probe(url: str, tls: docker.tls.TLSConfig | None) -> dict[str, Any]:
+    """``_ping`` then ``version``, unversioned (an engine refuses API versions below its minimum)."""
+    api = docker.APIClient(base_url=url, version=MIN_API_VERSION, timeout=PROBE_TIMEOUT, tls=tls or False)
+    try:
+        api._raise_for_status(api._get(api._url("/_ping", versioned_api=False)))
+        return api.version(api_version=False)
+    finally:
+        api.close()
+
+
+def api_version(version: dict[str, Any]) -> str:
+    """The engine's API version, capped at the newest this docker SDK speaks."""
+    def key(text: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+    theirs = str(version.get("ApiVersion") or MIN_API_VERSION)
+    return theirs if key(theirs) <= key(DEFAULT_DOCKER_API_VERSION) else DEFAULT_DOCKER_API_VERSION
 
 
 class ContainerRuntime:
@@ -162,6 +203,8 @@ class ContainerRuntime:
         self._checked_at = now
         if self._client is not None:
             try:
+                if self._url and self._url.startswith("unix://") and unix_socket_problem(self._url[len("unix://"):]):
+                    raise docker.errors.DockerException("the socket is gone")
                 self._client.ping()
                 return
             except (docker.errors.DockerException, requests.RequestException):
@@ -189,23 +232,20 @@ class ContainerRuntime:
 
     def _try(self, candidate: Candidate) -> tuple[bool, str]:
         url = candidate.url
-        if url.startswith("unix://") and not os.path.exists(url[len("unix://"):]):
-            return False, "no such socket"
+        if url.startswith("unix://"):
+            problem = unix_socket_problem(url[len("unix://"):])
+            if problem:
+                return False, problem
         try:
             tls = tls_config(url, self.environ)
         except Unavailable as exc:
             return False, exc.detail
         try:
-            client = docker.DockerClient(base_url=url, timeout=PROBE_TIMEOUT, tls=tls or False, version="auto")
+            version = probe(url, tls)
         except (docker.errors.DockerException, requests.RequestException) as exc:
             return False, f"does not answer ({type(exc).__name__})"
-        try:
-            client.ping()
-            engine = engine_name(client.version())
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            client.close()
-            return False, f"does not answer ({type(exc).__name__})"
-        client.api.timeout = self.api_timeout
+        engine = engine_name(version)
+        client = docker.DockerClient(base_url=url, version=api_version(version), timeout=self.api_timeout, tls=tls or False)
         if candidate.engine and engine != candidate.engine:
             client.close()
             return False, f"answers as {engine}, but container.runtime is {candidate.engine}"

@@ -6,6 +6,8 @@ and the trusted key configured; images are pushed and signed per test purpose.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -43,6 +45,8 @@ def box(tmp_path_factory, registry, other_registry, podman, images, signing_keys
         "short-timeout": job("short-timeout", signed, ["sh", "-c", "echo started; sleep 300"], timeout=2),
         "quiet": job("quiet", signed, ["sh", "-c", "sleep 4; echo after-quiet"]),
         "instant": job("instant", signed, ["sh", "-c", "echo out-line; echo err-line >&2"]),
+        "long-line": job("long-line", signed, ["sh", "-c", "head -c 70000 /dev/zero | tr '\\0' x; echo; echo after"]),
+        "echo": {**job("echo", signed, ["echo", "{{ args.n }}"]), "args": {"n": {"type": "integer", "required": True}}},
         "inside": job("inside", signed, ["sh", "-c", 'echo "$GREETING $(pwd)"; ls /sys/class/net'], env={"GREETING": "hi"}, workdir="/work"),
         "other-key": job("other-key", other_key, ["echo", "must not run"]),
         "unsigned": job("unsigned", unsigned, ["echo", "must not run"]),
@@ -67,7 +71,7 @@ def box(tmp_path_factory, registry, other_registry, podman, images, signing_keys
         "sources": [{"type": "local", "name": "boxes", "path": str(root / "src")}],
     }
     server = ServerProcess(root / "server", config, dev=True, env=None).start()
-    yield {"server": server, "signed": signed, "unsigned": unsigned, "foreign": foreign, "other_key": other_key, "bundled": bundled}
+    yield {"server": server, "config": config, "signed": signed, "unsigned": unsigned, "foreign": foreign, "other_key": other_key, "bundled": bundled}
     server.stop(timeout=30)
 
 
@@ -109,6 +113,23 @@ def test_placeholders_fill_whole_argv_elements(box):
     run = server.submit("greet", {"name": name})
     assert server.wait_finished(run["id"], timeout=60)["status"] == "succeeded"
     assert outputs(server.events(run["id"])) == [("stdout", f"Hello, {name}")]
+
+
+def test_a_long_line_is_cut_with_a_marker(box):
+    server = box["server"]
+    run = server.submit("long-line")
+    assert server.wait_finished(run["id"], timeout=60)["status"] == "succeeded"
+    lines = outputs(server.events(run["id"]))
+    assert lines[0][1] == "x" * 65536 + " [flwd: line truncated]" and lines[1:] == [("stdout", "after")]
+
+
+def test_ten_runs_at_once_all_finish_and_leave_no_container(box, podman):
+    server = box["server"]
+    runs = [server.submit("echo", {"n": n}) for n in range(10)]
+    for n, run in enumerate(runs):
+        assert server.wait_finished(run["id"], timeout=120)["status"] == "succeeded"
+        assert outputs(server.events(run["id"])) == [("stdout", str(n))]
+    wait_until(lambda: all(podman.containers_of(r["id"]) == [] for r in runs), 10, 0.1, "every container to be removed")
 
 
 def test_env_workdir_and_no_network_unless_required(box):
@@ -205,3 +226,14 @@ def test_the_valid_signature_runs_and_events_show_the_decision(box):
     signature = [e["data"]["data"] for e in events if e.get("event") == "policy.decision" and e["data"]["data"]["check"] == "image-signature"]
     assert signature and signature[0]["outcome"] == "allow" and "trusted.pub" in signature[0]["reason"]
     assert [e["event"] for e in events if e["event"].startswith("step.")] == ["step.started", "step.output", "step.finished"]
+
+
+def test_containers_of_a_killed_worker_are_swept_when_it_is_replaced(box, podman, start_server):
+    server = start_server(box["config"])
+    run = server.submit("sleeper")
+    read_stream(f"{server.url}/runs/{run['id']}/events", server.headers(), until=lambda e: e["event"] == "step.output", timeout=60)
+    assert [c["State"] for c in podman.containers_of(run["id"])] == ["running"]
+    (worker,) = server.worker_pids()
+    os.kill(worker, signal.SIGKILL)  # gunicorn starts a new worker; its start-up sweep finds the orphan
+    wait_until(lambda: podman.containers_of(run["id"]) == [], 20, 0.1, "the orphaned container to be swept")
+    assert server.wait_finished(run["id"], timeout=20)["status"] == "lost"

@@ -44,6 +44,7 @@ DOCKER_SOCKET = "unix:///var/run/docker.sock"
 PODMAN_ROOTFUL_SOCKET = "unix:///run/podman/podman.sock"
 MIN_API_VERSION = "1.24"
 PROBE_TIMEOUT = 5.0
+MAX_POOL = 128
 RECHECK_OK = 30.0
 RECHECK_MISSING = 5.0
 
@@ -162,11 +163,6 @@ class ContainerRuntime:
                 return self._engine, None
             return None, self._problem
 
-    @property
-    def engine(self) -> str | None:
-        self.status()
-        return self._engine
-
     def client(self) -> docker.DockerClient:
         """A client for the engine found; raises Unavailable with the reason when there is none."""
         with self._lock:
@@ -224,11 +220,13 @@ class ContainerRuntime:
                 return
             tried.append(f"{candidate.url} ({candidate.origin}): {problem}")
         wanted = "" if self.settings.runtime == "auto" else f" {self.settings.runtime}"
-        self._problem = (
+        problem = (
             f"no{wanted} container runtime is available; tried " + "; ".join(tried)
             + ". Start one (e.g. `podman system service --time=0 unix:///run/podman/podman.sock`) or set container.socket"
         )
-        log.warning("%s", self._problem, extra={"event": "container.runtime_missing"})
+        if problem != self._problem:  # said once, not at every re-check
+            log.warning("%s", problem, extra={"event": "container.runtime_missing"})
+        self._problem = problem
 
     def _try(self, candidate: Candidate) -> tuple[bool, str]:
         url = candidate.url
@@ -245,10 +243,10 @@ class ContainerRuntime:
         except (docker.errors.DockerException, requests.RequestException) as exc:
             return False, f"does not answer ({type(exc).__name__})"
         engine = engine_name(version)
-        client = docker.DockerClient(base_url=url, version=api_version(version), timeout=self.api_timeout, tls=tls or False)
         if candidate.engine and engine != candidate.engine:
-            client.close()
             return False, f"answers as {engine}, but container.runtime is {candidate.engine}"
+        # Each running step holds two connections (attach, wait): size the pool for many.
+        client = docker.DockerClient(base_url=url, version=api_version(version), timeout=self.api_timeout, tls=tls or False, max_pool_size=MAX_POOL)
         self._client, self._engine, self._url, self._problem = client, engine, url, None
         log.info("container steps run on %s at %s", engine, url, extra={"event": "container.runtime", "engine": engine, "socket": url})
         return True, ""

@@ -45,6 +45,18 @@ def test_a_tampered_blob_is_refused(registry, images):
         client.get_blob(registry.host, "client/tampered", config, 1 << 20)
 
 
+def test_a_tampered_manifest_is_refused_by_digest_and_by_tag(registry, images):
+    image = images.push(registry, "client/tampered-manifest", "only-this-manifest")
+    digest = image.split("@")[1]
+    path = registry.blob_file(digest)
+    path.write_bytes(path.read_bytes().replace(b'"schemaVersion": 2', b'"schemaVersion":  2'))
+    client = RegistryClient([registry.host])
+    with pytest.raises(DigestMismatch, match="hash to"):
+        client.get_manifest(registry.host, "client/tampered-manifest", digest)
+    with pytest.raises(DigestMismatch, match="claims"):  # by tag: the registry's own digest header disagrees
+        client.get_manifest(registry.host, "client/tampered-manifest", "test")
+
+
 def test_an_oversized_blob_is_aborted(registry):
     session = registry.session()
     big = upload_blob(registry, session, "client/big", b"x" * (2 << 20))
@@ -160,7 +172,7 @@ class _Recorder(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802
-        self.seen.append({"host": self.server.server_address[0], "path": self.path, "authorization": self.headers.get("Authorization")})
+        self.seen.append({"host": self.server.server_address[0], "path": self.path, "authorization": self.headers.get("Authorization"), "accept": self.headers.get("Accept", "")})
         status, headers, body = self.routes[(self.server.server_address[0], self.path.split("?")[0])](self)
         self.send_response(status)
         for key, value in headers.items():
@@ -168,6 +180,29 @@ class _Recorder(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def test_manifests_are_asked_for_with_every_manifest_and_index_type():
+    port = free_port()
+    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}).encode()
+    _Recorder.routes = {("127.0.0.1", "/v2/r/x/manifests/1"): lambda h: (200, {"Content-Type": "application/vnd.oci.image.index.v1+json"}, body)}
+    _Recorder.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        manifest = RegistryClient([f"127.0.0.1:{port}"]).get_manifest(f"127.0.0.1:{port}", "r/x", "1")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert manifest is not None and manifest.is_index and manifest.digest == sha256_digest(body)
+    accept = _Recorder.seen[0]["accept"]
+    for media_type in (
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ):
+        assert media_type in accept
 
 
 def test_a_redirect_to_another_host_gets_no_authorization_header():

@@ -20,7 +20,10 @@ from tests.helpers import read_stream, wait_until
 
 pytestmark = pytest.mark.container
 
-WAIT_FOR_GO = "i=0; while [ ! -e /tmp/go ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done"
+# The container waits (at most 30 s) for SIGUSR1 from the test: no exec session, whose conmon would linger.
+ON_GO = "go=; trap 'go=1' USR1"
+WAIT_FOR_GO = 'i=0; while [ -z "$go" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done'
+
 
 
 def job(name: str, image: str, command: list[str], **extra: Any) -> dict[str, Any]:
@@ -39,7 +42,7 @@ def box(tmp_path_factory, registry, other_registry, podman, images, signing_keys
     cosign_v3_bundle(registry, bundled)
     root = tmp_path_factory.mktemp("container-jobs")
     jobs = {
-        "live": job("live", signed, ["sh", "-c", f"echo first; {WAIT_FOR_GO}; printf par; sleep 0.2; printf 'tial\\n'; printf 'err-' >&2; sleep 0.2; echo line >&2; exit 3"]),
+        "live": job("live", signed, ["sh", "-c", f"{ON_GO}; echo first; {WAIT_FOR_GO}; printf par; sleep 0.2; printf 'tial\\n'; printf 'err-' >&2; sleep 0.2; echo line >&2; exit 3"]),
         "greet": {**job("greet", signed, ["echo", "Hello,", "{{ args.name }}"]), "args": {"name": {"type": "string", "required": True}}},
         "sleeper": job("sleeper", signed, ["sh", "-c", "echo started; sleep 300"]),
         "short-timeout": job("short-timeout", signed, ["sh", "-c", "echo started; sleep 300"], timeout=2),
@@ -96,7 +99,7 @@ def test_container_step_streams_output_live_and_reports_its_exit_code(box, podma
     assert inspected["Image"] == podman.client().api.inspect_image(box["signed"])["Id"]  # run by the verified image ID
     assert inspected["HostConfig"]["Privileged"] is False
     assert inspected["HostConfig"]["NetworkMode"] == "none"
-    podman.client().api.exec_start(podman.client().api.exec_create(running[0]["Id"], ["touch", "/tmp/go"])["Id"])
+    podman.client().api.kill(running[0]["Id"], signal="SIGUSR1")
 
     finished = server.wait_finished(run["id"], timeout=60)
     assert finished["status"] == "failed" and finished["exit_code"] == 3

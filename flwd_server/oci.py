@@ -112,6 +112,7 @@ class RegistryClient:
         self.timeout = timeout
         self.credentials = credentials
         self._local = threading.local()
+        self._sessions: list[requests.Session] = []
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._lock = threading.Lock()
 
@@ -119,17 +120,21 @@ class RegistryClient:
 
     @property
     def session(self) -> requests.Session:
+        """One session per thread (requests sessions are not thread-safe)."""
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
             session.trust_env = False  # no proxies or .netrc credentials picked up behind our back
+            with self._lock:
+                self._sessions.append(session)
         return session
 
     def close(self) -> None:
-        session = getattr(self._local, "session", None)
-        if session is not None:
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
             session.close()
-            self._local.session = None
+        self._local = threading.local()
 
     def base_url(self, registry: str) -> str:
         registry = normalize_registry(registry)

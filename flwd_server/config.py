@@ -49,6 +49,8 @@ class ContainerSettings:
     allowed_registries: tuple[str, ...] = _opt((), "Registries images and OCI add-ons may come from (host[:port]).")
     insecure_registries: tuple[str, ...] = _opt((), "Registries reached over plain HTTP (loopback test registries).")
     pull_timeout: float = _opt(300.0, "Seconds a pull may take.", minimum=1)
+    api_timeout: float = _opt(60.0, "Seconds an engine API call may take (streams and waits have none).", minimum=1)
+    registry_timeout: float = _opt(30.0, "Seconds a registry request may take (signatures, add-ons).", minimum=1)
 
 
 @dataclass(frozen=True)

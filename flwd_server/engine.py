@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import secrets
+import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -18,13 +20,18 @@ from typing import Any
 from .auth import Authenticator
 from .catalog import Catalog
 from .config import Settings
+from .containers import ContainerRuntime
 from .errors import PlanChanged, PolicyDenied, Unauthenticated, Unavailable
 from .eventhub import EventHub
+from .executors.container import ContainerExecutor, instance_label
 from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
+from .oci import RegistryClient
 from .planner import Planner, PlanRequest, plan_record
 from .runner import Runner, log_decision
+from .signatures import SignatureVerifier
 from .sources import LocalSource, Source
 from .sources.git import GitSource
+from .sources.oci import OciSource
 from .sources.registry import SourceRegistry
 from .store import Store
 from .tokens import token_verifier
@@ -46,13 +53,19 @@ class Engine:
         self.settings = settings
         self.store = store or Store(settings.resolved_db_path, settings.db_synchronous)
         self.store.migrate()
+        box = settings.container
+        self.oci = RegistryClient(box.insecure_registries, timeout=box.registry_timeout)
+        self.verifier = SignatureVerifier(self.oci, box.signature_keys, box.allowed_registries)
+        self.containers = ContainerRuntime(box, api_timeout=box.api_timeout)
+        self.container_executor = ContainerExecutor(self.containers, self.oci, lambda: instance_label(self.store.digest_key()), lambda: self.runner.owner)
+        self._swept_in: int | None = None
         self.catalog = Catalog()
         self.registry = SourceRegistry(self.store, settings, self.catalog, self.make_source, bundled=self._configured_sources())
         self.catalog.before_read = self.registry.refresh
         self.registry.register_configured(sync_new=local_affinity)
         self.hub = EventHub(self.store, poll_interval=settings.sse.poll_interval)
-        self.planner = Planner(self.catalog, settings, self.store.digest_key, runtime=self.container_runtime)
-        self.runner = Runner(self.store, self.hub, self.planner, settings, affinity_only=local_affinity)
+        self.planner = Planner(self.catalog, settings, self.store.digest_key, runtime=self.container_runtime, verify_signature=self.verifier.verify_image)
+        self.runner = Runner(self.store, self.hub, self.planner, settings, affinity_only=local_affinity, container_executor=self.container_executor)
         self.authenticator = Authenticator(settings.dev, verify_jwt=token_verifier(settings.auth))
         self.local_affinity = local_affinity
         self.closing = False
@@ -72,17 +85,25 @@ class Engine:
             return LocalSource(spec["name"], spec, self.settings.limits.default_timeout)
         if spec["type"] == "git":
             return GitSource(spec["name"], spec, data_dir=self.settings.resolved_data_dir, git=self.settings.git, default_timeout=self.settings.limits.default_timeout)
+        if spec["type"] == "oci":
+            box = self.settings.container
+            return OciSource(
+                spec["name"], spec, registry=self.oci, verifier=self.verifier, allowed_registries=box.allowed_registries,
+                verify_signatures=box.verify_signatures, root=self.settings.resolved_data_dir / "addons", default_timeout=self.settings.limits.default_timeout,
+            )
         raise Unavailable(f"source type {spec['type']!r} is not supported by this build")
 
     def container_runtime(self) -> tuple[str | None, str | None]:
-        if self.settings.container.runtime == "none":
-            return None, "container.runtime is none: container steps cannot run"
-        return None, "no container runtime is available"
+        """``(engine, None)`` when a container engine answers, else ``(None, reason)``."""
+        return self.containers.status()
 
     def start(self) -> None:
         """Start the event poller and the runner in this process (idempotent)."""
         self.hub.start()
         self.runner.start()
+        if self._swept_in != os.getpid() and self.settings.container.runtime != "none":
+            self._swept_in = os.getpid()  # containers a crashed worker left behind go, once per process
+            threading.Thread(target=self.container_executor.sweep_orphans, args=(self.store, self.runner.owner), name="flwd-container-sweep", daemon=True).start()
 
     def begin_shutdown(self) -> None:
         """Refuse new runs and end event streams; running runs go on (see ``close``)."""
@@ -93,6 +114,8 @@ class Engine:
         self.closing = True
         self.runner.shutdown(grace)
         self.hub.close()
+        self.containers.close()
+        self.oci.close()
         self.store.close()
 
     # -- sources -----------------------------------------------------------------

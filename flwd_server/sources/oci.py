@@ -1,0 +1,124 @@
+"""A source that is an OCI add-on artifact: ``{"type": "oci", "name": …, "ref": "registry/repo:tag"}``.
+
+The artifact (format: :mod:`flwd_server.addons`) is pulled over the OCI
+distribution API from a registry in ``container.allowed_registries``.  Its
+manifest digest is the source's *revision*: every job, plan and run records
+it.  The signature is checked per ``container.verify_signatures`` before
+anything is unpacked (``enforce`` refuses an add-on that is not signed by a
+configured key; ``permissive`` loads it and says so in the source's errors).
+Each digest is unpacked once under ``DATA_DIR/addons/NAME/`` and reused.
+
+Pulling happens on ``sync`` (and on the first ``snapshot`` in a process); a
+later ``snapshot`` never touches the network.  A source whose registry cannot
+be reached has no jobs and an error saying why, and is retried on use after
+``RETRY_AFTER`` seconds; the other sources are not affected.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..addons import MAX_LAYER_BYTES, addon_layer, extract
+from ..errors import FlwdError, UnsafeSource
+from ..images import parse_image_ref, registry_allowed
+from ..oci import RegistryClient
+from .base import Source, SourceSnapshot, scan_jobs
+
+log = logging.getLogger("flwd.sources.oci")
+RETRY_AFTER = 10.0
+
+
+class OciSource(Source):
+    kind = "oci"
+
+    def __init__(
+        self,
+        name: str,
+        spec: dict[str, Any],
+        *,
+        registry: RegistryClient,
+        verifier: Any,
+        allowed_registries: tuple[str, ...],
+        verify_signatures: str,
+        root: Path,
+        default_timeout: float = 3600,
+    ) -> None:
+        super().__init__(name, spec)
+        self.ref = parse_image_ref(spec["ref"], field="ref")
+        if not registry_allowed(self.ref, allowed_registries):
+            listed = ", ".join(allowed_registries) or "none configured"
+            raise UnsafeSource(f"source {name!r}: registry {self.ref.registry} is not in container.allowed_registries ({listed})")
+        self.registry = registry
+        self.verifier = verifier
+        self.verify_signatures = verify_signatures
+        self.root = Path(root) / name
+        self.default_timeout = default_timeout
+        self._lock = threading.Lock()
+        self._current: SourceSnapshot | None = None
+        self._failed: SourceSnapshot | None = None
+        self._retry_at = 0.0
+
+    def snapshot(self) -> SourceSnapshot:
+        if self._current is not None:
+            return self._current
+        if self._failed is not None and time.monotonic() < self._retry_at:
+            return self._failed
+        try:
+            return self.sync()
+        except FlwdError as exc:
+            return self._failed_snapshot(exc.detail)
+
+    def sync(self) -> SourceSnapshot:
+        """Fetch the manifest; unpack a new digest; raise what went wrong (the last good jobs stay)."""
+        with self._lock:
+            try:
+                return self._sync()
+            except FlwdError as exc:
+                log.warning("add-on source %s (%s) failed: %s", self.name, self.ref, exc.detail, extra={"event": "source.failed", "source": self.name})
+                if self._current is None:
+                    self._failed_snapshot(exc.detail)
+                raise
+
+    def _sync(self) -> SourceSnapshot:
+        manifest = self.registry.require_manifest(self.ref)
+        digest = manifest.digest
+        if self._current is not None and self._current.revision == digest:
+            return self._current
+        where = f"{self.ref.registry}/{self.ref.repository}@{digest}"
+        layer = addon_layer(manifest, where)
+        notes = self._check_signature(digest, where)
+        target = self.root / digest.split(":", 1)[1]
+        if not (target / "jobs").is_dir():
+            size = layer.get("size")
+            if isinstance(size, int) and size > MAX_LAYER_BYTES:
+                raise UnsafeSource(f"{where}: its jobs layer is {size} bytes, more than {MAX_LAYER_BYTES}")
+            blob = self.registry.get_blob(self.ref.registry, self.ref.repository, str(layer.get("digest")), MAX_LAYER_BYTES)
+            extract(blob, target)
+        snap = scan_jobs(self.name, target, digest, self.default_timeout)
+        if notes:
+            snap = SourceSnapshot(snap.name, snap.revision, snap.root, snap.jobs, tuple(notes) + snap.errors)
+        self._current, self._failed = snap, None
+        log.info("add-on source %s at %s: %d jobs", self.name, where, len(snap.jobs), extra={"event": "source.synced", "source": self.name, "revision": digest})
+        return snap
+
+    def _check_signature(self, digest: str, where: str) -> list[dict[str, Any]]:
+        if self.verify_signatures == "disabled":
+            return []
+        result = self.verifier.verify_digest(self.ref, digest)
+        if result.status == "verified":
+            return []
+        if self.verify_signatures == "enforce":
+            raise UnsafeSource(f"add-on {where} refused: {result.reason} (container.verify_signatures: enforce)")
+        return [{"path": "", "field": "(signature)", "message": f"{result.reason} (container.verify_signatures: permissive)"}]
+
+    def _failed_snapshot(self, message: str) -> SourceSnapshot:
+        self._failed = SourceSnapshot(self.name, None, None, {}, ({"path": "", "field": "(source)", "message": message},))
+        self._retry_at = time.monotonic() + RETRY_AFTER
+        return self._failed
+
+    def checkout_for(self, revision: str | None) -> str | None:
+        return self._current.root if self._current and (revision is None or revision == self._current.revision) else None

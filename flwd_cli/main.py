@@ -8,6 +8,7 @@ command talks to a running server instead of the local engine.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 from typing import Any
@@ -239,6 +240,9 @@ register_commands(cli)
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Local commands share the server's core; its warnings read as flwd's own notes here
+    # (`:serve` replaces this with JSON logs).
+    logging.basicConfig(level=logging.WARNING, format="flwd: %(message)s")
     try:
         code = cli.main(args=argv, prog_name="flwd", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import secrets
 import threading
 import time
@@ -24,6 +23,7 @@ from .containers import ContainerRuntime
 from .errors import PlanChanged, PolicyDenied, Unauthenticated, Unavailable
 from .eventhub import EventHub
 from .executors.container import ContainerExecutor, instance_label
+from .forksafe import reset_after_fork
 from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
 from .oci import RegistryClient
 from .planner import Planner, PlanRequest, plan_record
@@ -58,7 +58,8 @@ class Engine:
         self.verifier = SignatureVerifier(self.oci, box.signature_keys, box.allowed_registries)
         self.containers = ContainerRuntime(box, api_timeout=box.api_timeout)
         self.container_executor = ContainerExecutor(self.containers, self.oci, lambda: instance_label(self.store.digest_key()), lambda: self.runner.owner)
-        self._swept_in: int | None = None
+        self._swept = False
+        reset_after_fork(self, "_forget_sweep")
         self.catalog = Catalog()
         self.registry = SourceRegistry(self.store, settings, self.catalog, self.make_source, bundled=self._configured_sources())
         self.catalog.before_read = self.registry.refresh
@@ -101,9 +102,12 @@ class Engine:
         """Start the event poller and the runner in this process (idempotent)."""
         self.hub.start()
         self.runner.start()
-        if self._swept_in != os.getpid() and self.settings.container.runtime != "none":
-            self._swept_in = os.getpid()  # containers a crashed worker left behind go, once per process
+        if not self._swept and not self.local_affinity and self.settings.container.runtime != "none":
+            self._swept = True  # containers a crashed worker left behind go, once per server process
             threading.Thread(target=self.container_executor.sweep_orphans, args=(self.store, self.runner.owner), name="flwd-container-sweep", daemon=True).start()
+
+    def _forget_sweep(self) -> None:
+        self._swept = False
 
     def begin_shutdown(self) -> None:
         """Refuse new runs and end event streams; running runs go on (see ``close``)."""

@@ -17,8 +17,11 @@ from .catalog import Catalog
 from .config import Settings
 from .errors import PlanChanged, PolicyDenied, Unavailable
 from .eventhub import EventHub
+from .metrics import Metrics
+from .metrics import install as install_metrics
 from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
 from .planner import Planner, PlanRequest, plan_record
+from .retention import Retention
 from .runner import Runner, log_decision
 from .sources import LocalSource, Source
 from .store import Store
@@ -41,6 +44,9 @@ class Engine:
         self.planner = Planner(self.catalog, settings, self.store.digest_key, runtime=self.container_runtime)
         self.runner = Runner(self.store, self.hub, self.planner, settings, affinity_only=local_affinity)
         self.authenticator = Authenticator(settings.dev)
+        install_metrics(self.store)
+        self.metrics = Metrics(self.store, settings.limits.max_run_history)
+        self.retention = Retention(self.store, self.hub, settings.limits.max_run_history)
         self.local_affinity = local_affinity
         self.closing = False
 

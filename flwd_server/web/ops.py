@@ -1,4 +1,4 @@
-"""Liveness and the API description: the two endpoints that need no token."""
+"""Operations: liveness and the API description (no token), metrics and the export."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from flask import Blueprint, Response, current_app
 
 from .. import __version__
 from ..errors import StorageError
-from .auth import public
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .auth import public, requires
 from .openapi import openapi_document
 from .render import json_response
 
@@ -29,3 +30,10 @@ def healthz() -> Response:
 @public
 def openapi() -> Response:
     return json_response(openapi_document(current_app))
+
+
+@bp.get("/metrics")
+@requires("metrics:read")
+def metrics() -> Response:
+    engine = current_app.config["FLWD_ENGINE"]
+    return Response(engine.metrics.exposition(), mimetype=None, content_type=METRICS_CONTENT_TYPE, headers={"Cache-Control": "no-store"})

@@ -8,6 +8,7 @@ use in the process that needs them, so an engine built before a fork is safe.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from .catalog import Catalog
 from .config import Settings
 from .errors import PlanChanged, PolicyDenied, Unavailable
 from .eventhub import EventHub
+from .export import ExportFilter, export_lines
 from .metrics import Metrics
 from .metrics import install as install_metrics
 from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
@@ -182,6 +184,10 @@ class Engine:
         run = self.store.request_cancel(run_id, principal.subject)
         self.runner.wake()
         return run
+
+    def export(self, filters: ExportFilter) -> Iterator[bytes]:
+        """The NDJSON audit export (see :mod:`flwd_server.export`), streamed."""
+        return export_lines(self.store, filters)
 
     def terminal_event_id(self, run_id: str) -> int | None:
         """Id of the run's ``run.finished`` event, or None while it runs."""

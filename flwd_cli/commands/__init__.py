@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from .export import export_command
+
 
 def register(cli: click.Group) -> None:
     """Add every command module's commands (one import line per module)."""
+    cli.add_command(export_command)

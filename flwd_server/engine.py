@@ -8,6 +8,7 @@ use in the process that needs them, so an engine built before a fork is safe.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -51,6 +52,7 @@ class Engine:
         self.retention = Retention(self.store, self.hub, settings.limits.max_run_history)
         self.local_affinity = local_affinity
         self.closing = False
+        self._drain_deadline: float | None = None
 
     # -- wiring ----------------------------------------------------------------
 
@@ -77,14 +79,26 @@ class Engine:
         self.hub.start()
         self.runner.start()
 
-    def begin_shutdown(self) -> None:
-        """Refuse new runs and end event streams; running runs go on (see ``close``)."""
+    def begin_shutdown(self, grace: float | None = None) -> None:
+        """SIGTERM: take no new runs (503) and claim no queued ones, end event streams, start the grace clock.
+
+        Running runs go on; :meth:`close` gives them what is left of ``grace``
+        (``shutdown_grace`` by default), counted from this call.
+        """
+        grace = self.settings.shutdown_grace if grace is None else grace
+        deadline = time.monotonic() + grace
+        if self._drain_deadline is None or deadline < self._drain_deadline:
+            self._drain_deadline = deadline
         self.closing = True
+        self.runner.stop_claiming()
         self.hub.close()
 
     def close(self, grace: float | None = None) -> None:
+        """Stop: running runs get until the grace deadline, then are cancelled with a reason."""
         self.closing = True
-        self.runner.shutdown(grace)
+        if grace is not None or self._drain_deadline is None:
+            self.begin_shutdown(grace)
+        self.runner.shutdown(self.settings.shutdown_grace if grace is None else grace, deadline=self._drain_deadline)
         self.hub.close()
         self.store.close()
 

@@ -89,6 +89,12 @@ class Engine:
         deadline = time.monotonic() + grace
         if self._drain_deadline is None or deadline < self._drain_deadline:
             self._drain_deadline = deadline
+            log.info(
+                "shutting down: no new runs; %d running get %gs to finish",
+                self.runner.active_count(),
+                grace,
+                extra={"event": "server.shutdown", "running": self.runner.active_count(), "grace": grace},
+            )
         self.closing = True
         self.runner.stop_claiming()
         self.hub.close()

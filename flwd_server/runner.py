@@ -43,11 +43,19 @@ HOSTNAME = socket.gethostname()
 
 
 def _proc_start_time(pid: int) -> str | None:
+    """The start time of a *living* process; None if it is gone or a zombie.
+
+    A killed process whose parent died too stays a zombie where PID 1 does not
+    reap (a container without an init): it must count as dead.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 def owner_id(pid: int | None = None) -> str:

@@ -135,3 +135,18 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
         assert chunk, data
         body += chunk
     return head, body
+
+
+def test_after_a_crash_the_next_start_ends_the_run_lost_and_kills_what_it_left(start_server, tmp_path):
+    (tmp_path / "ops" / "jobs").mkdir(parents=True)
+    (tmp_path / "ops" / "jobs" / "forky.yaml").write_text(FORKY)
+    server = start_server({"workers": 1, "threads": 8, "sources": [{"type": "local", "name": "ops", "path": str(tmp_path / "ops")}]})
+    run = server.submit("forky")
+    wait_running(server, run["id"])
+    wait_until(lambda: len(processes_of(run["id"])) >= 3, 10, 0.05, "the job's processes")
+    server.kill()  # SIGKILL to master and workers: no shutdown code runs
+    assert processes_of(run["id"]), "the job's own session outlives a killed server"
+    server.start()
+    status, reason, finished = stored(server, run["id"])
+    assert status == "lost" and finished["status"] == "lost" and "stopped" in reason
+    wait_until(lambda: processes_of(run["id"]) == [], 5, 0.05, "the lost run's processes to be killed")

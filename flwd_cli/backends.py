@@ -95,6 +95,11 @@ class LocalBackend:
     def sync_source(self, name: str) -> dict[str, Any]:
         return self.engine.sync_source(name, self.principal)
 
+    def export(self, filters: dict[str, str]) -> Iterator[bytes]:
+        from flwd_server.export import ExportFilter
+
+        return self.engine.export(ExportFilter.parse(filters))
+
     def events(self, run_id: str, after: int = 0, follow: bool = True) -> Iterator[dict[str, Any]]:
         self.engine.run(run_id)
         hub = self.engine.hub
@@ -178,6 +183,29 @@ class RemoteBackend:
 
     def sync_source(self, name: str) -> dict[str, Any]:
         return self._call("POST", f"/sources/{requests.utils.quote(name, safe='')}/sync", timeout=SOURCE_TIMEOUT)
+
+    def export(self, filters: dict[str, str]) -> Iterator[bytes]:
+        """Stream GET /export; a problem answer raises before anything is written."""
+        try:
+            response = self.session.get(f"{self.url}/export", params=filters, stream=True, timeout=(10, 300))
+        except requests.RequestException as exc:
+            raise RemoteError(0, {"detail": f"cannot reach {self.url}: {exc.__class__.__name__}"}) from None
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"detail": f"HTTP {response.status_code}"}
+            response.close()
+            raise RemoteError(response.status_code, problem)
+
+        def chunks() -> Iterator[bytes]:
+            with response:
+                try:
+                    yield from response.iter_content(64 * 1024)
+                except requests.RequestException:
+                    return  # the caller sees the missing end record
+
+        return chunks()
 
     def events(self, run_id: str, after: int = 0, follow: bool = True) -> Iterator[dict[str, Any]]:
         """Follow the SSE stream, reconnecting with Last-Event-ID if the connection drops."""

@@ -12,6 +12,7 @@ from flask import Flask, Response, g, request
 
 from .config import Settings, load_settings
 from .engine import Engine
+from .metrics import SSE_CLIENTS
 from .sse import StreamSlots
 from .web import auth, jobs, ops, plans, problems, runs, sources
 
@@ -28,7 +29,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.config.update(
         FLWD_ENGINE=engine,
         FLWD_DEV=settings.dev,
-        FLWD_STREAM_SLOTS=StreamSlots(settings.sse_max_streams),
+        FLWD_STREAM_SLOTS=StreamSlots(settings.sse_max_streams, on_change=lambda n: engine.metrics.set_process_gauge(SSE_CLIENTS, n)),
         MAX_CONTENT_LENGTH=settings.limits.max_body_bytes,
         MAX_FORM_MEMORY_SIZE=settings.limits.max_body_bytes,
     )

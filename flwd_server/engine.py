@@ -12,6 +12,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,14 @@ from .containers import ContainerRuntime
 from .errors import PlanChanged, PolicyDenied, Unauthenticated, Unavailable
 from .eventhub import EventHub
 from .executors.container import ContainerExecutor, instance_label
+from .export import ExportFilter, export_lines
 from .forksafe import reset_after_fork
+from .metrics import Metrics
+from .metrics import install as install_metrics
 from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
 from .oci import RegistryClient
 from .planner import Planner, PlanRequest, plan_record
+from .retention import Retention
 from .runner import Runner, log_decision
 from .signatures import SignatureVerifier
 from .sources import LocalSource, Source
@@ -68,8 +73,12 @@ class Engine:
         self.planner = Planner(self.catalog, settings, self.store.digest_key, runtime=self.container_runtime, verify_signature=self.verifier.verify_image)
         self.runner = Runner(self.store, self.hub, self.planner, settings, affinity_only=local_affinity, container_executor=self.container_executor)
         self.authenticator = Authenticator(settings.dev, verify_jwt=token_verifier(settings.auth))
+        install_metrics(self.store)
+        self.metrics = Metrics(self.store, settings.limits.max_run_history)
+        self.retention = Retention(self.store, self.hub, settings.limits.max_run_history)
         self.local_affinity = local_affinity
         self.closing = False
+        self._drain_deadline: float | None = None
 
     # -- wiring ----------------------------------------------------------------
 
@@ -109,14 +118,32 @@ class Engine:
     def _forget_sweep(self) -> None:
         self._swept = False
 
-    def begin_shutdown(self) -> None:
-        """Refuse new runs and end event streams; running runs go on (see ``close``)."""
+    def begin_shutdown(self, grace: float | None = None) -> None:
+        """SIGTERM: take no new runs (503) and claim no queued ones, end event streams, start the grace clock.
+
+        Running runs go on; :meth:`close` gives them what is left of ``grace``
+        (``shutdown_grace`` by default), counted from this call.
+        """
+        grace = self.settings.shutdown_grace if grace is None else grace
+        deadline = time.monotonic() + grace
+        if self._drain_deadline is None or deadline < self._drain_deadline:
+            self._drain_deadline = deadline
+            log.info(
+                "shutting down: no new runs; %d running get %gs to finish",
+                self.runner.active_count(),
+                grace,
+                extra={"event": "server.shutdown", "running": self.runner.active_count(), "grace": grace},
+            )
         self.closing = True
+        self.runner.stop_claiming()
         self.hub.close()
 
     def close(self, grace: float | None = None) -> None:
+        """Stop: running runs get until the grace deadline, then are cancelled with a reason."""
         self.closing = True
-        self.runner.shutdown(grace)
+        if grace is not None or self._drain_deadline is None:
+            self.begin_shutdown(grace)
+        self.runner.shutdown(self.settings.shutdown_grace if grace is None else grace, deadline=self._drain_deadline)
         self.hub.close()
         self.containers.close()
         self.oci.close()
@@ -259,6 +286,10 @@ class Engine:
         if bound_run is not None and bound_run != run_id:
             raise Unauthenticated("this stream ticket was issued for another run")
         return Principal(subject, frozenset({"runs:read"}))
+
+    def export(self, filters: ExportFilter) -> Iterator[bytes]:
+        """The NDJSON audit export (see :mod:`flwd_server.export`), streamed."""
+        return export_lines(self.store, filters)
 
     def terminal_event_id(self, run_id: str) -> int | None:
         """Id of the run's ``run.finished`` event, or None while it runs."""

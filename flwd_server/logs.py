@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
 # Attributes every LogRecord has; anything else came in through ``extra=`` and is a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+_QUERY = re.compile(r"(/[^\s?\"']*)\?[^\s\"']+")
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',]+")
+
+
+def redact(text: str) -> str:
+    """Drop query strings and bearer tokens from a log text (a query may carry a secret)."""
+    return _BEARER.sub(r"\1[redacted]", _QUERY.sub(r"\1?[redacted]", text))
 
 
 class JsonFormatter(logging.Formatter):
@@ -17,13 +27,13 @@ class JsonFormatter(logging.Formatter):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+            out["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(out, default=str, ensure_ascii=False)
 
 

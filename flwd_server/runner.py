@@ -44,11 +44,19 @@ HOSTNAME = socket.gethostname()
 
 
 def _proc_start_time(pid: int) -> str | None:
+    """The start time of a *living* process; None if it is gone or a zombie.
+
+    A killed process whose parent died too stays a zombie where PID 1 does not
+    reap (a container without an init): it must count as dead.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 def owner_id(pid: int | None = None) -> str:
@@ -176,17 +184,21 @@ class Runner:
     def active_count(self) -> int:
         return len(self._active)
 
-    def shutdown(self, grace: float | None = None, reason: str = "the server is shutting down") -> None:
-        """Stop claiming; give running runs ``grace`` seconds, then cancel them with ``reason``."""
+    def stop_claiming(self) -> None:
+        """Claim no more queued runs (they stay queued for another process or the next start)."""
+        self._draining = True
+
+    def shutdown(self, grace: float | None = None, reason: str = "the server is shutting down", deadline: float | None = None) -> None:
+        """Stop claiming; give running runs ``grace`` seconds (or until the monotonic ``deadline``), then cancel them with ``reason``."""
         if not self.started:
             return
         grace = self.settings.shutdown_grace if grace is None else grace
         self._draining = True
-        deadline = time.monotonic() + grace
+        deadline = time.monotonic() + grace if deadline is None else deadline
         while self._active and time.monotonic() < deadline:
             time.sleep(0.05)
         for active in list(self._active.values()):
-            active.reason = f"{reason}; it did not finish within the {grace:g}s grace period"
+            active.reason = f"{reason}; it did not finish within the {grace:g}s grace period (shutdown_grace)"
             active.cancel.set()
         stop_deadline = time.monotonic() + 15
         while self._active and time.monotonic() < stop_deadline:

@@ -14,12 +14,13 @@ import logging
 import signal
 from typing import Any
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
 from .app import create_app
 from .config import Settings, is_loopback_bind
 from .engine import Engine
-from .logs import configure_logging
+from .logs import JsonFormatter, configure_logging
 from .runner import recover_lost_runs
 from .store import Store
 from .tokens import require_auth
@@ -48,10 +49,51 @@ def _post_worker_init(worker: Any) -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
+def _worker_int(worker: Any) -> None:
+    """SIGINT/SIGQUIT is a quick stop: cancel running runs now instead of after the grace."""
+    engine = _engine_of(worker)
+    if engine is not None:
+        engine.begin_shutdown(grace=0)
+
+
 def _worker_exit(server: Any, worker: Any) -> None:
     engine = _engine_of(worker)
     if engine is not None:
         engine.close()
+
+
+class JsonLogger(glogging.Logger):
+    """gunicorn's own lines (start-up, worker life cycle, errors) as JSON, like flwd's.
+
+    flwd writes its own access line per request (with the request id), so
+    gunicorn's access log stays off; if it is switched on, it too is JSON
+    with the path only: never the query string or a header.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            for handler in logger.handlers:
+                handler.setFormatter(JsonFormatter())
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        if not self.access_log_enabled:
+            return
+        status = getattr(resp, "status_code", None) or str(getattr(resp, "status", "")).split(" ")[0]
+        self.access_log.info(
+            "%s %s %s",
+            req.method,
+            req.path,
+            status,
+            extra={
+                "event": "http.access",
+                "method": req.method,
+                "path": req.path,
+                "status": status,
+                "duration_ms": round(request_time.total_seconds() * 1000, 3),
+                "request_id": dict(resp.headers).get("X-Request-ID"),
+            },
+        )
 
 
 class FlwdServer(BaseApplication):
@@ -69,7 +111,9 @@ class FlwdServer(BaseApplication):
             "worker_class": "gthread",
             "worker_connections": max(1000, s.threads * 4),
             "timeout": 30,  # gthread: a heartbeat of the worker loop, not a request timeout
-            "graceful_timeout": int(s.shutdown_grace) + 20,
+            # A worker's runs get shutdown_grace from SIGTERM, then ~2 s to die (SIGTERM, SIGKILL of
+            # their process groups) and up to 15 s to record their end: the master must wait that long.
+            "graceful_timeout": graceful_timeout(s.shutdown_grace),
             "keepalive": 5,
             "max_requests": 0,  # recycling a worker would interrupt the runs it executes
             "preload_app": False,
@@ -79,6 +123,8 @@ class FlwdServer(BaseApplication):
             "proc_name": "flwd",
             "post_worker_init": _post_worker_init,
             "worker_exit": _worker_exit,
+            "worker_int": _worker_int,
+            "logger_class": JsonLogger,
             "limit_request_line": 8190,
             "limit_request_fields": 100,
             "limit_request_field_size": 16380,
@@ -90,6 +136,11 @@ class FlwdServer(BaseApplication):
 
     def load(self) -> Any:
         return create_app(self.settings)
+
+
+def graceful_timeout(shutdown_grace: float) -> int:
+    """Seconds gunicorn's master waits for a stopping worker before it kills it."""
+    return int(shutdown_grace) + 20
 
 
 def prepare_database(settings: Settings) -> list[str]:

@@ -35,9 +35,10 @@ def parse_last_event_id(header: str | None, query: str | None) -> int:
 class StreamSlots:
     """Caps open streams per process, so streams never starve API requests of threads."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_change: Callable[[int], None] | None = None) -> None:
         self.limit = limit
         self.open = 0
+        self.on_change = on_change  # told the new count (the open-streams gauge)
         self._lock = threading.Lock()
 
     def acquire(self) -> None:
@@ -45,10 +46,16 @@ class StreamSlots:
             if self.open >= self.limit:
                 raise Unavailable(f"this worker already serves {self.open} event streams (sse.max_streams); retry shortly", retry_after=2)
             self.open += 1
+            count = self.open
+        if self.on_change is not None:
+            self.on_change(count)
 
     def release(self) -> None:
         with self._lock:
             self.open -= 1
+            count = self.open
+        if self.on_change is not None:
+            self.on_change(count)
 
 
 def event_stream(

@@ -38,7 +38,7 @@ from typing import Any
 
 from .errors import IdempotencyMismatch, RunFinished, RunNotFound, StorageError, Unavailable
 from .forksafe import reset_after_fork
-from .models import TERMINAL_STATUSES, Event, EventType, Run, RunStatus
+from .models import Event, EventType, Run, RunStatus
 
 log = logging.getLogger("flwd.store")
 
@@ -113,6 +113,9 @@ _RUN_COLUMNS = (
     "id, job, source, revision, args, status, profile, submitted_by, created_at, "
     "started_at, finished_at, exit_code, reason, plan_digest"
 )
+# Finished runs, as the partial index ``runs_finished_seq`` spells it (the planner needs the same text).
+_FINISHED = "status NOT IN ('queued', 'running')"
+_INDEXES = (f"CREATE INDEX IF NOT EXISTS runs_finished_seq ON runs(seq) WHERE {_FINISHED}",)
 _INSERT_EVENT = "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)"
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -182,6 +185,7 @@ class Store:
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
         self._commit_listeners: list[Callable[[], None]] = []
+        self._prune_listeners: list[Callable[[sqlite3.Connection], Any]] = []
         self._closed = False
         self.events_written = 0
         self.write_failures = 0
@@ -242,6 +246,8 @@ class Store:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(target),))
+            for index in _INDEXES:
+                conn.execute(index)
             if not conn.execute("SELECT 1 FROM meta WHERE key = 'digest_key'").fetchone():
                 conn.execute("INSERT INTO meta(key, value) VALUES ('digest_key', ?)", (secrets.token_hex(32),))
             conn.execute("COMMIT")
@@ -297,6 +303,21 @@ class Store:
         if op.error is not None:
             raise op.error
         return op.result
+
+    def write_later(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        """Queue ``fn(conn)`` for the writer thread without waiting for it (a failure is logged)."""
+        if self._closed:
+            return
+
+        def logged(conn: sqlite3.Connection) -> Any:
+            try:
+                return fn(conn)
+            except Exception:
+                log.exception("queued write failed")
+                raise
+
+        self._ensure_writer()
+        self._queue.put(_Op(logged, None, wait=False))
 
     def emit(self, run_id: str | None, type: str, data: dict[str, Any], ts: float | None = None) -> None:
         """Queue an event without waiting (blocks only when the queue is full)."""
@@ -743,27 +764,35 @@ class Store:
 
     # -- housekeeping ----------------------------------------------------------
 
+    def add_prune_listener(self, listener: Callable[[sqlite3.Connection], Any]) -> None:
+        """``listener(conn)`` runs in the pruning transaction before anything is deleted."""
+        self._prune_listeners.append(listener)
+
     def prune(self, max_history: int) -> int:
         """Delete the oldest finished runs beyond ``max_history`` and their events."""
-        marks = ",".join("?" * len(TERMINAL_STATUSES))
+        return self.write(lambda conn: self.prune_in(conn, max_history))
 
-        def op(conn: sqlite3.Connection) -> int:
-            finished = conn.execute(f"SELECT count(*) FROM runs WHERE status IN ({marks})", TERMINAL_STATUSES).fetchone()[0]
-            excess = finished - max_history
-            if excess <= 0:
-                return 0
-            victims = [r[0] for r in conn.execute(
-                f"SELECT id FROM runs WHERE status IN ({marks}) ORDER BY seq LIMIT ?", (*TERMINAL_STATUSES, excess)
-            )]
-            for chunk in range(0, len(victims), 500):
-                part = victims[chunk : chunk + 500]
-                qs = ",".join("?" * len(part))
-                conn.execute(f"DELETE FROM events WHERE run_id IN ({qs})", part)
-                conn.execute(f"DELETE FROM idempotency WHERE run_id IN ({qs})", part)
-                conn.execute(f"DELETE FROM runs WHERE id IN ({qs})", part)
-            return len(victims)
+    def prune_in(self, conn: sqlite3.Connection, max_history: int) -> int:
+        """Prune inside a write transaction; queued and running runs are never touched.
 
-        return self.write(op)
+        When nothing is due this is one probe of the ``runs_finished_seq``
+        index, so it is cheap enough to run after every finished run.
+        """
+        row = conn.execute(
+            f"SELECT seq FROM runs WHERE {_FINISHED} ORDER BY seq DESC LIMIT 1 OFFSET ?", (max_history,)
+        ).fetchone()
+        if row is None:
+            return 0
+        for listener in self._prune_listeners:
+            listener(conn)
+        victims = [r[0] for r in conn.execute(f"SELECT id FROM runs WHERE {_FINISHED} AND seq <= ?", (row[0],))]
+        for chunk in range(0, len(victims), 500):
+            part = victims[chunk : chunk + 500]
+            qs = ",".join("?" * len(part))
+            conn.execute(f"DELETE FROM events WHERE run_id IN ({qs})", part)
+            conn.execute(f"DELETE FROM idempotency WHERE run_id IN ({qs})", part)
+            conn.execute(f"DELETE FROM runs WHERE id IN ({qs})", part)
+        return len(victims)
 
     def expire_idempotency(self, older_than: float) -> None:
         cutoff = time.time() - older_than

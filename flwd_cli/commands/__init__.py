@@ -8,6 +8,7 @@ import click
 def register(cli: click.Group) -> None:
     """Add every command module's commands (one import line per module)."""
     from .addon import addon_group
+    from .export import export_command
     from .keys import keys_group
     from .sources import sources_group
     from .token import token_command
@@ -16,3 +17,4 @@ def register(cli: click.Group) -> None:
     cli.add_command(keys_group)
     cli.add_command(sources_group)
     cli.add_command(addon_group)
+    cli.add_command(export_command)

@@ -313,6 +313,26 @@ def _paths() -> dict[str, Any]:
                 parameters=source_name,
             )
         },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics (text exposition format 0.0.4), the same from every worker",
+                "metrics:read",
+                {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            )
+        },
+        "/export": {
+            "get": _op(
+                "Runs with their events as NDJSON, oldest first, streamed; the last line is {\"record\": \"end\", \"runs\": N, \"events\": M}",
+                "export:read",
+                {"200": {"description": "One JSON record per line: export, then run and its events, ..., end", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, **_problem(400)},
+                parameters=[
+                    {"name": "since", "in": "query", "required": False, "schema": {"type": "string", "format": "date-time"}, "description": "runs created at or after (ISO 8601)"},
+                    {"name": "until", "in": "query", "required": False, "schema": {"type": "string", "format": "date-time"}, "description": "runs created before (ISO 8601)"},
+                    {"name": "status", "in": "query", "required": False, "schema": {"type": "string"}, "description": "one status or several, comma-separated"},
+                    {"name": "job", "in": "query", "required": False, "schema": {"type": "string"}, "description": "NAME or SOURCE:NAME"},
+                ],
+            )
+        },
     }
 
 

@@ -1,12 +1,16 @@
-"""Liveness and the API description: the two endpoints that need no token."""
+"""Operations: liveness and the API description (no token), metrics and the export."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+import time
+
+from flask import Blueprint, Response, current_app, request
 
 from .. import __version__
 from ..errors import StorageError
-from .auth import public
+from ..export import ExportFilter
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .auth import public, requires
 from .openapi import openapi_document
 from .render import json_response
 
@@ -29,3 +33,24 @@ def healthz() -> Response:
 @public
 def openapi() -> Response:
     return json_response(openapi_document(current_app))
+
+
+@bp.get("/metrics")
+@requires("metrics:read")
+def metrics() -> Response:
+    engine = current_app.config["FLWD_ENGINE"]
+    return Response(engine.metrics.exposition(), mimetype=None, content_type=METRICS_CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
+
+@bp.get("/export")
+@requires("export:read")
+def export() -> Response:
+    engine = current_app.config["FLWD_ENGINE"]
+    filters = ExportFilter.parse(request.args.to_dict(flat=True))  # 400 before the stream starts
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    headers = {
+        "Cache-Control": "no-store, no-transform",
+        "X-Accel-Buffering": "no",
+        "Content-Disposition": f'attachment; filename="flwd-export-{stamp}.ndjson"',
+    }
+    return Response(engine.export(filters), mimetype="application/x-ndjson", headers=headers, direct_passthrough=True)

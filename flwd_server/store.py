@@ -26,11 +26,12 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import secrets
 import sqlite3
 import threading
 import time
+from _thread import allocate_lock as _allocate_lock
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,16 +161,28 @@ class ClaimedRun:
 
 
 class _Op:
-    """One queued write: ``fn(conn)`` in a savepoint, or a plain event insert."""
+    """One queued write that runs ``fn(conn)`` in a savepoint; events are queued as bare tuples.
 
-    __slots__ = ("fn", "event", "done", "result", "error")
+    A waiting caller blocks on a plain lock that the writer releases: cheaper
+    than an Event (which is a Condition and a lock) on every write.
+    """
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any] | None, event: tuple | None, wait: bool) -> None:
+    __slots__ = ("fn", "lock", "result", "error")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], wait: bool) -> None:
         self.fn = fn
-        self.event = event
-        self.done = threading.Event() if wait else None
+        self.lock = _allocate_lock() if wait else None
+        if self.lock is not None:
+            self.lock.acquire()
         self.result: Any = None
         self.error: BaseException | None = None
+
+    def finish(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+_STOP = object()
 
 
 class Store:
@@ -180,10 +193,7 @@ class Store:
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
         self.queue_size = queue_size
-        self._local = threading.local()
-        self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=queue_size)
-        self._writer: threading.Thread | None = None
-        self._writer_lock = threading.Lock()
+        self._reset_after_fork()
         self._commit_listeners: list[Callable[[], None]] = []
         self._prune_listeners: list[Callable[[sqlite3.Connection], Any]] = []
         self._closed = False
@@ -207,8 +217,12 @@ class Store:
     def _reset_after_fork(self) -> None:
         """Forget every thread and connection inherited from a parent process."""
         self._local = threading.local()
-        self._queue = queue.Queue(maxsize=self.queue_size)
-        self._writer = None
+        self._pending: deque[Any] = deque()
+        self._idle = False
+        self._wakeup = threading.Event()
+        self._room = threading.Condition()
+        self._blocked = 0
+        self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
 
     def reader(self) -> sqlite3.Connection:
@@ -291,15 +305,31 @@ class Store:
                 self._writer = threading.Thread(target=self._write_loop, name="flwd-store-writer", daemon=True)
                 self._writer.start()
 
+    def _put(self, item: Any) -> None:
+        """Queue one item for the writer; wake it only if it is waiting.
+
+        The queue is bounded: a producer faster than the disk (a job printing
+        without pause) waits here for room, so memory stays flat.
+        """
+        self._ensure_writer()
+        if len(self._pending) >= self.queue_size and threading.current_thread() is not self._writer:
+            with self._room:
+                self._blocked += 1
+                try:
+                    self._room.wait_for(lambda: len(self._pending) < self.queue_size or self._writer is None or not self._writer.is_alive(), timeout=60)
+                finally:
+                    self._blocked -= 1
+        self._pending.append(item)
+        if self._idle:
+            self._wakeup.set()
+
     def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``fn(conn)`` in a write transaction on the writer thread; return its result."""
         if self._closed:
             raise Unavailable("the server is shutting down")
-        self._ensure_writer()
-        op = _Op(fn, None, wait=True)
-        self._queue.put(op)
-        assert op.done is not None
-        op.done.wait()
+        op = _Op(fn, wait=True)
+        self._put(op)
+        op.lock.acquire()  # type: ignore[union-attr]  # released by the writer
         if op.error is not None:
             raise op.error
         return op.result
@@ -316,69 +346,80 @@ class Store:
                 log.exception("queued write failed")
                 raise
 
-        self._ensure_writer()
-        self._queue.put(_Op(logged, None, wait=False))
+        self._put(_Op(logged, wait=False))
 
     def emit(self, run_id: str | None, type: str, data: dict[str, Any], ts: float | None = None) -> None:
         """Queue an event without waiting (blocks only when the queue is full)."""
-        self._ensure_writer()
-        self._queue.put(_Op(None, (run_id, type, ts or time.time(), _dumps(data)), wait=False))
+        self._put((run_id, type, ts or time.time(), _dumps(data)))
 
     def flush(self) -> None:
         """Wait until everything queued so far is committed."""
         self.write(lambda conn: None)
 
+    def _next_batch(self) -> tuple[list[Any], bool]:
+        """Everything queued (up to 5,000 items), waiting while there is nothing; and whether to stop."""
+        pending = self._pending
+        while not pending:
+            self._idle = True
+            if not pending:  # checked again after announcing idleness: no wake-up is lost
+                self._wakeup.wait()
+            self._wakeup.clear()
+            self._idle = False
+        batch: list[Any] = []
+        stop = False
+        while pending and len(batch) < 5000:
+            item = pending.popleft()
+            if item is _STOP:
+                stop = True
+                break
+            batch.append(item)
+        if self._blocked:
+            with self._room:
+                self._room.notify_all()
+        return batch, stop
+
     def _write_loop(self) -> None:
         conn: sqlite3.Connection | None = None
         try:
             while True:
-                first = self._queue.get()
-                if first is None:
-                    return
-                batch = [first]
-                while len(batch) < 5000:
+                batch, stop = self._next_batch()
+                if batch:
                     try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        self._queue.put(None)
-                        break
-                    batch.append(item)
-                try:
-                    conn = conn or self.connect()
-                except sqlite3.Error as exc:
-                    self._fail(batch, exc)
-                    continue
-                if not self._commit_batch(conn, batch):
-                    # Reopen after a failure: a remounted or repaired file needs a fresh handle.
-                    conn.close()
-                    conn = None
+                        conn = conn or self.connect()
+                    except sqlite3.Error as exc:
+                        self._fail(batch, exc)
+                        continue
+                    if not self._commit_batch(conn, batch):
+                        # Reopen after a failure: a remounted or repaired file needs a fresh handle.
+                        conn.close()
+                        conn = None
+                if stop:
+                    return
         finally:
             if conn is not None:
                 conn.close()
 
-    def _fail(self, batch: list[_Op], exc: Exception) -> None:
+    def _fail(self, batch: list[Any], exc: Exception) -> None:
         error = StorageError(f"the database cannot be written: {exc}")
         self.write_failures += 1
         for op in batch:
-            op.error = error
-            if op.done is not None:
-                op.done.set()
+            if type(op) is _Op:
+                op.error = error
+                op.finish()
 
-    def _apply(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+    def _apply(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         pending: list[tuple] = []
         for op in batch:
-            if op.event is not None:
-                pending.append(op.event)
+            if type(op) is tuple:
+                pending.append(op)
                 continue
             if pending:
                 conn.executemany(_INSERT_EVENT, pending)
                 pending = []
             conn.execute("SAVEPOINT op")
             try:
-                op.result, op.error = op.fn(conn), None  # type: ignore[misc]
+                op.result, op.error = op.fn(conn), None
                 conn.execute("RELEASE op")
             except Exception as exc:  # this op's own failure; the rest of the batch goes on
                 conn.execute("ROLLBACK TO op")
@@ -388,7 +429,7 @@ class Store:
             conn.executemany(_INSERT_EVENT, pending)
         conn.execute("COMMIT")
 
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> bool:
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> bool:
         """Commit a batch; on a storage failure tell waiting callers at once, retry queued events a while.
 
         Returns False if anything failed (the caller then reopens its connection).
@@ -405,21 +446,24 @@ class Store:
                 self.write_failures += 1
                 error = StorageError(f"the database cannot be written: {exc}")
                 for op in batch:
-                    if op.done is not None:
+                    if type(op) is _Op and op.lock is not None:
                         op.error = error
-                        op.done.set()
-                batch = [op for op in batch if op.done is None]
+                        op.finish()
+                batch = [op for op in batch if type(op) is tuple or op.lock is None]
                 if attempts >= 30:
-                    log.error("database write failed %d times (%s); %d queued events dropped", attempts, exc, len(batch))
+                    log.error("database write failed %d times (%s); %d queued writes dropped", attempts, exc, len(batch))
                     return False
                 if batch:
-                    log.warning("database write failed (%s); retrying %d queued events", exc, len(batch))
+                    log.warning("database write failed (%s); retrying %d queued writes", exc, len(batch))
                     time.sleep(min(0.1 * attempts, 1.0))
                 continue
-            self.events_written += sum(op.event is not None for op in batch)
+            written = 0
             for op in batch:
-                if op.done is not None:
-                    op.done.set()
+                if type(op) is tuple:
+                    written += 1
+                else:
+                    op.finish()
+            self.events_written += written
             break
         for listener in self._commit_listeners:
             try:
@@ -430,9 +474,11 @@ class Store:
 
     def close(self) -> None:
         """Flush and stop the writer (used on shutdown and by tests)."""
-        if self._writer is not None and self._writer.is_alive():
-            self._queue.put(None)
-            self._writer.join(timeout=10)
+        writer = self._writer
+        if writer is not None and writer.is_alive():
+            self._pending.append(_STOP)
+            self._wakeup.set()
+            writer.join(timeout=10)
         self._closed = True
         self.close_reader()
 
@@ -588,7 +634,7 @@ class Store:
 
     def set_pgid(self, run_id: str, pgid: int | None) -> None:
         self._ensure_writer()
-        self._queue.put(_Op(lambda conn: conn.execute("UPDATE runs SET pgid = ? WHERE id = ?", (pgid, run_id)), None, wait=False))
+        self._put(_Op(lambda conn: conn.execute("UPDATE runs SET pgid = ? WHERE id = ?", (pgid, run_id)), wait=False))
 
     def finish_run(self, run_id: str, status: RunStatus, *, exit_code: int | None = None, reason: str | None = None, data: dict[str, Any] | None = None, expect: tuple[str, ...] = ("running",)) -> bool:
         """End a run and write its terminal event in one transaction.

@@ -20,8 +20,7 @@ class Goal:
         return value >= self.target if self.op == ">=" else value <= self.target
 
     def __str__(self) -> str:
-        target = f"{self.target:,.0f}" if self.target == int(self.target) else f"{self.target:g}"
-        return f"{self.op} {target}"
+        return f"{self.op} {self.target:,}"
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nflwd bench, {started:%Y-%m-%d %H:%M} UTC, {info['cpus']} CPUs ({info['cpu_model']}), load {info['load_average'][0]:.1f}, commit {info['commit']}")
     print(f"command: {command}{'  [QUICK: smoke figures, not for quoting]' if opts.quick else ''}\n")
     print(table(rows))
+    for row in rows:
+        if row.error:
+            print(f"figure {row.figure}: {row.error}")
     print(f"\nJSON: {opts.json_path}")
     if interrupted:
         return 130

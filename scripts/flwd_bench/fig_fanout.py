@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import procs
-from .harness import LOOPBACK, wait_for
+from .harness import LOOPBACK, exited, wait_for
 from .jobsrc import BENCH_SOURCE
 from .report import Goal, Row, summary
 
@@ -61,8 +61,8 @@ def measure(ctx: Any) -> tuple[list[Row], dict[str, Any]]:
 
         def all_ready() -> bool:
             for proc, out in client_list:
-                if proc.poll() is not None and not out.with_suffix(".ready").exists():
-                    raise RuntimeError(f"a fan-out client exited with {proc.returncode} before connecting; see its log")
+                if exited(proc) and not out.with_suffix(".ready").exists():
+                    raise RuntimeError("a fan-out client exited before connecting; see fanout-N.log in the temp dir (--keep)")
             return all(out.with_suffix(".ready").exists() for _, out in client_list)
 
         wait_for(all_ready, 60 + clients / 10, f"{clients} SSE clients to connect", interval=0.1)
@@ -73,7 +73,7 @@ def measure(ctx: Any) -> tuple[list[Row], dict[str, Any]]:
         peak = procs.total_memory(pids)
         go.touch()
         deadline = began + timeout
-        while any(proc.poll() is None for proc, _ in client_list) and time.monotonic() < deadline:
+        while not all(exited(proc) for proc, _ in client_list) and time.monotonic() < deadline:
             peak = max(peak, procs.total_memory(pids), key=lambda m: m.rss)
             time.sleep(0.25)
         window = time.monotonic() - began

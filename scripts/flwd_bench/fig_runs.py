@@ -61,7 +61,7 @@ def run_wrk(ws: Workspace, name: str, url: str, body: dict[str, Any], clients: i
             stdout=stdout.fileno(),
         )
         try:
-            proc.wait(seconds + 60)
+            ws.wait(proc, seconds + 60)
         finally:
             ws.stop(proc)
     text = out.read_text()

@@ -90,17 +90,27 @@ class Workspace:
         self._procs.append(proc)
         return proc
 
+    def wait(self, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+        """Wait up to ``timeout`` for ``proc`` to exit *without reaping it* (see ``stop``)."""
+        deadline = time.monotonic() + timeout
+        while not exited(proc):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-        """SIGTERM the process's group, SIGKILL it after ``timeout``."""
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
+        """SIGTERM the process's group, SIGKILL what is left of it, then reap the leader.
+
+        Until the leader is reaped its pid, hence the group id, cannot be reused, so the
+        signals reach only this group.  A leader reaped earlier is left alone.
+        """
+        if proc.returncode is not None:
+            return
+        _signal_group(proc.pid, signal.SIGTERM)
+        self.wait(proc, timeout)
         _signal_group(proc.pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.wait(5)
+        proc.wait(10)
 
     def close(self) -> None:
         # A second Ctrl-C must not cut the cleanup short and leave servers running.
@@ -122,6 +132,16 @@ class Workspace:
                 shutil.rmtree(self.root, ignore_errors=True)
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+def exited(proc: subprocess.Popen[bytes]) -> bool:
+    """True once ``proc`` has exited; it is not reaped, so its pid stays ours until ``stop``."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -167,8 +187,8 @@ class FlwdServer:
         api = self.api()
 
         def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"flwd :serve exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            if self.proc is not None and exited(self.proc):
+                raise RuntimeError(f"flwd :serve exited; log:\n{self.log_tail()}")
             if len(self.worker_pids()) < self.config.get("workers", 2):
                 return False
             try:
@@ -178,6 +198,9 @@ class FlwdServer:
 
         try:
             wait_for(ready, timeout, f"flwd on {self.url} to answer /healthz")
+        except BaseException:
+            self.stop()  # not left running beside the next figure's servers
+            raise
         finally:
             api.close()
         return self
@@ -236,11 +259,15 @@ class WebhookServer:
         self.proc = self.ws.spawn([binary, "-hooks", str(self.hooks), "-ip", LOOPBACK, "-port", str(self.port)], log="webhook.log")
 
         def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"webhook exited with {self.proc.returncode}")
+            if self.proc is not None and exited(self.proc):
+                raise RuntimeError("webhook exited; see webhook.log in the temp dir (--keep)")
             return port_open(self.port)
 
-        wait_for(ready, timeout, f"webhook on port {self.port}")
+        try:
+            wait_for(ready, timeout, f"webhook on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def server_pids(self) -> list[int]:

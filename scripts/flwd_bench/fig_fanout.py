@@ -22,18 +22,21 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import procs
 from .harness import LOOPBACK, exited, wait_for
 from .jobsrc import BENCH_SOURCE
 from .report import Goal, Row, summary
 
+if TYPE_CHECKING:
+    from .cli import Context
+
 MB = 1024 * 1024
 SCRIPTS = str(Path(__file__).resolve().parent.parent)
 
 
-def measure(ctx: Any) -> tuple[list[Row], dict[str, Any]]:
+def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     clients = ctx.opts.fanout_clients
     lines = ctx.opts.pick(500, 200)  # 5 s (quick: 2 s) of ticks
     client_procs = max(1, min(4, os.cpu_count() or 1, math.ceil(clients / 100)))

@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import Frames, HttpConnection, frame_fields
 from .harness import LOOPBACK, FlwdServer
 from .jobsrc import BENCH_SOURCE
 from .report import Goal, Row, summary
+
+if TYPE_CHECKING:
+    from .cli import Context
 
 JOB = "bench-echo"
 
@@ -112,7 +115,7 @@ async def _measure(server: FlwdServer, runs: int, deadline: float) -> dict[str, 
         await api.close()
 
 
-def measure(ctx: Any) -> tuple[list[Row], dict[str, Any]]:
+def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     runs = ctx.opts.pick(300, 30)
     server = ctx.flwd("first-output")
     try:

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import procs
 from .jobsrc import write_many_source
 from .report import Goal, Row, summary
 
+if TYPE_CHECKING:
+    from .cli import Context
+
 MB = 1024 * 1024
 
 
-def measure(ctx: Any) -> tuple[list[Row], dict[str, Any]]:
+def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     count = 2000
     requests = ctx.opts.pick(200, 20)
     source = write_many_source(ctx.ws.path("many-source"), count)

@@ -20,12 +20,15 @@ import json
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import procs
 from .harness import FlwdServer, WebhookServer, Workspace, wait_for
 from .jobsrc import BENCH_SOURCE
 from .report import Goal, Row
+
+if TYPE_CHECKING:
+    from .cli import Context
 
 WRK_SCRIPT = """\
 wrk.method = "POST"
@@ -169,7 +172,7 @@ def webhook_runs_per_second(hook: WebhookServer, clients: int, seconds: int) -> 
     }
 
 
-def measure(ctx: Any) -> tuple[list[Row], dict[str, Any]]:
+def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     clients, seconds = ctx.opts.clients, ctx.opts.duration
     hook = WebhookServer(ctx.ws).start()
     try:

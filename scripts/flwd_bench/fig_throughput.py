@@ -19,12 +19,15 @@ import json
 import os
 import subprocess
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import HttpConnection
 from .harness import LOOPBACK, FlwdServer
 from .jobsrc import BENCH_SOURCE, LINES_COMMAND
 from .report import Goal, Row
+
+if TYPE_CHECKING:
+    from .cli import Context
 
 OUTPUT_EVENT = b"event: step.output\n"
 
@@ -87,7 +90,7 @@ async def _stream_run(server: FlwdServer, lines: int, timeout: float) -> dict[st
         await api.close()
 
 
-def measure(ctx: Any) -> tuple[list[Row], dict[str, Any]]:
+def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     lines = ctx.opts.pick(200_000, 20_000)
     base = baseline(lines)
     server = ctx.flwd("throughput")

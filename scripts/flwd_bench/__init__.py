@@ -1,0 +1,1 @@
+"""flwd's benchmark: flwd measured side by side with the peer `webhook` (docs/performance.rst)."""

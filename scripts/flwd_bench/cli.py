@@ -1,0 +1,207 @@
+"""``scripts/bench``: start flwd and webhook on loopback, measure, print the table, write JSON.
+
+Each figure starts the servers it needs, fresh, in the bench's temp dir and
+stops them when it is done, so one figure's leftovers (queued runs, a warm
+cache, thousands of stored events) never flatter or burden the next one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import shlex
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import fig_fanout, fig_first_output, fig_idle, fig_runs, fig_throughput
+from .harness import FlwdServer, Workspace
+from .jobsrc import write_bench_source
+from .report import Row, machine, table
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    measure: Callable[[Context], tuple[list[Row], dict[str, Any]]]
+
+
+# Figure 6 (later): runs/s with 1, 2 and 3 flwd nodes on one PostgreSQL.  It plugs
+# in here: start the database and N nodes (a ``Context.flwd`` per node with the
+# same database settings), then call ``fig_runs.flwd_runs_per_second`` with the
+# list of nodes; it already spreads its clients over several nodes.
+FIGURES: dict[int, Figure] = {
+    1: Figure("completed runs/s: flwd vs webhook", fig_runs.measure),
+    2: Figure("POST /runs -> first output line on SSE", fig_first_output.measure),
+    3: Figure("SSE fan-out to many clients", fig_fanout.measure),
+    4: Figure("output throughput", fig_throughput.measure),
+    5: Figure("idle memory and GET /jobs", fig_idle.measure),
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    quick: bool = False
+    only: tuple[int, ...] = tuple(FIGURES)
+    json_path: Path = Path("bench-results.json")
+    flwd_workers: int | None = None
+    flwd_threads: int | None = None
+    clients: int = 16
+    duration: int = 10
+    fanout_clients: int = 1000
+    keep: bool = False
+
+    def pick(self, full: Any, quick: Any) -> Any:
+        return quick if self.quick else full
+
+
+@dataclass
+class Context:
+    """What every figure gets: the workspace, the options and a way to start flwd."""
+
+    ws: Workspace
+    opts: Options
+    python: str = sys.executable
+    bench_source: dict[str, str] = field(default_factory=dict)
+
+    def flwd(self, name: str, *, sources: list[dict[str, str]] | None = None, **config: Any) -> FlwdServer:
+        """A fresh flwd with the bench's own job source (plus ``sources``) and flwd's defaults
+        for anything the figure does not set; ``--flwd-workers/--flwd-threads`` win."""
+        settings: dict[str, Any] = {"workers": 2, "threads": 32, **config}
+        if self.opts.flwd_workers:
+            settings["workers"] = self.opts.flwd_workers
+        if self.opts.flwd_threads:
+            settings["threads"] = self.opts.flwd_threads
+        settings["sources"] = [self.bench_source, *(sources or [])]
+        return FlwdServer(self.ws, name, self.python, settings).start()
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts and shorter windows: a smoke run, not figures to quote")
+    parser.add_argument("--only", default=",".join(map(str, FIGURES)), help="figures to measure, e.g. 1,3 (default: all)")
+    parser.add_argument("--json", dest="json_path", default="bench-results.json", help="where to write the results as JSON (default: %(default)s)")
+    parser.add_argument("--flwd-workers", type=int, help="gunicorn workers of every flwd started (default: 2, flwd's default)")
+    parser.add_argument("--flwd-threads", type=int, help="threads per worker of every flwd started (default: 32; figure 3: fan-out clients + 24)")
+    parser.add_argument("--clients", type=int, default=16, help="figure 1: concurrent client connections, the same for both servers (default: %(default)s)")
+    parser.add_argument("--duration", type=int, help="figure 1: seconds of load per server (default: 10, --quick: 3)")
+    parser.add_argument("--fanout-clients", type=int, help="figure 3: SSE clients (default: 1000, --quick: 100)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (server logs, configs) for a look afterwards")
+    ns = parser.parse_args(argv)
+    try:
+        only = tuple(sorted({int(x) for x in ns.only.split(",") if x.strip()}))
+    except ValueError:
+        parser.error(f"--only: expected figure numbers like 1,3, got {ns.only!r}")
+    unknown = [n for n in only if n not in FIGURES]
+    if unknown or not only:
+        parser.error(f"--only: figures are {', '.join(map(str, FIGURES))}; got {ns.only!r}")
+    for name in ("flwd_workers", "flwd_threads", "duration", "fanout_clients"):
+        value = getattr(ns, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')}: must be at least 1")
+    if ns.clients < 1:
+        parser.error("--clients: must be at least 1")
+    return Options(
+        quick=ns.quick,
+        only=only,
+        json_path=Path(ns.json_path),
+        flwd_workers=ns.flwd_workers,
+        flwd_threads=ns.flwd_threads,
+        clients=ns.clients,
+        duration=ns.duration or (3 if ns.quick else 10),
+        fanout_clients=ns.fanout_clients or (100 if ns.quick else 1000),
+        keep=ns.keep,
+    )
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _raise_open_files_limit() -> None:
+    """1,000 SSE clients need more than the common soft limit of 1,024 descriptors (servers inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    command = "scripts/bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    # Also SIGINT: a shell starts background jobs with it ignored, and Python keeps it so.
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    _raise_open_files_limit()
+    started = dt.datetime.now(dt.UTC)
+    info = machine(REPO)
+    rows: list[Row] = []
+    details: dict[str, Any] = {}
+    errors = 0
+    interrupted = False
+    ws = Workspace(keep=opts.keep)
+    log(f"temp dir {ws.root}; figures {', '.join(map(str, opts.only))}{' (quick)' if opts.quick else ''}")
+    try:
+        ctx = Context(ws, opts, bench_source=write_bench_source(ws.path("bench-source")))
+        for number in opts.only:
+            figure = FIGURES[number]
+            log(f"figure {number}: {figure.title} ...")
+            began = time.monotonic()
+            try:
+                figure_rows, figure_details = figure.measure(ctx)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                errors += 1
+                log(f"figure {number} failed: {exc}")
+                figure_rows = [Row(number, figure.title, None, error=f"{type(exc).__name__}: {exc}")]
+                figure_details = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            figure_details["seconds"] = round(time.monotonic() - began, 1)
+            rows += figure_rows
+            details[str(number)] = figure_details
+            log(f"figure {number} done in {figure_details['seconds']} s")
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: stopping servers and removing the temp dir")
+    finally:
+        ws.close()
+    info["load_average_after"] = os.getloadavg()
+    result = {
+        "schema": 1,
+        "command": command,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "quick": opts.quick,
+        "interrupted": interrupted,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items()},
+        "machine": info,
+        "rows": [row.to_dict() for row in rows],
+        "figures": details,
+    }
+    opts.json_path.parent.mkdir(parents=True, exist_ok=True)
+    opts.json_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nflwd bench, {started:%Y-%m-%d %H:%M} UTC, {info['cpus']} CPUs ({info['cpu_model']}), load {info['load_average'][0]:.1f}, commit {info['commit']}")
+    print(f"command: {command}{'  [QUICK: smoke figures, not for quoting]' if opts.quick else ''}\n")
+    print(table(rows))
+    for row in rows:
+        if row.error:
+            print(f"figure {row.figure}: {row.error}")
+    print(f"\nJSON: {opts.json_path}")
+    if interrupted:
+        return 130
+    return 1 if errors else 0

@@ -1,0 +1,121 @@
+"""scripts/bench keeps working as the code changes: a quick run measures every figure,
+prints the table, writes valid JSON, and leaves nothing behind, even when interrupted.
+
+Speed goals live in the benchmark, not here: nothing below asserts how fast flwd is,
+only that every figure was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.helpers import require_tool, wait_until
+
+pytestmark = pytest.mark.integration
+BENCH = str(REPO / "scripts" / "bench")
+TABLE_HEADER = ["#", "figure", "value", "goal", "result"]
+
+
+def bench_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FLWD_")}
+
+
+def processes_in(root: Path) -> list[int]:
+    """Processes whose working directory is inside ``root`` (the bench starts all of its own there)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd == str(root) or cwd.startswith(f"{root}/"):
+            found.append(int(entry.name))
+    return found
+
+
+def temp_dir_of(stderr: str) -> Path:
+    match = re.search(r"temp dir (\S+);", stderr)
+    assert match, stderr
+    return Path(match.group(1))
+
+
+def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_path):
+    require_tool("webhook")
+    require_tool("wrk")
+    out = tmp_path / "results" / "bench.json"
+    args = [BENCH, "--quick", "--duration", "1", "--fanout-clients", "40", "--json", str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=240, env=bench_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:5] == TABLE_HEADER)
+    table = lines[header + 2 :]
+    for figure in range(1, 6):
+        assert any(line.startswith(f"{figure} ") for line in table), proc.stdout
+    assert "runs/s ratio flwd / webhook" in proc.stdout
+    assert "ERROR" not in proc.stdout
+
+    result = json.loads(out.read_text())
+    assert result["schema"] == 1 and result["quick"] is True and result["interrupted"] is False
+    assert result["command"].startswith("scripts/bench --quick")
+    assert result["machine"]["cpus"] >= 1
+    rows = result["rows"]
+    assert {row["figure"] for row in rows} == {1, 2, 3, 4, 5}
+    for row in rows:
+        assert row["error"] is None, row
+        assert isinstance(row["value"], (int, float)), row
+        if row["goal"] is not None:
+            assert row["result"] in ("pass", "FAIL"), row
+    goals = {(row["figure"], row["goal"]["op"], row["goal"]["target"]) for row in rows if row["goal"]}
+    assert goals == {(1, ">=", 1.0), (2, "<=", 10), (2, "<=", 50), (3, "<=", 100), (4, ">=", 100000), (5, "<=", 80)}
+    figures = result["figures"]
+    assert figures["1"]["flwd"]["drain_timed_out"] is False
+    assert figures["1"]["flwd"]["statuses"] == {"succeeded": figures["1"]["flwd"]["finished"]}
+    assert figures["3"]["streams_complete"] == 40
+    assert figures["3"]["lines_per_client_min"] == figures["3"]["lines"]
+    assert figures["4"]["received"] == figures["4"]["lines"]
+    assert figures["5"]["listed"] >= 2000
+
+    assert not temp_dir_of(proc.stderr).exists()
+
+
+def test_an_interrupted_run_stops_every_server_and_removes_its_temp_dir(tmp_path):
+    require_tool("webhook")
+    require_tool("wrk")
+    stderr_path = tmp_path / "stderr"
+    out = tmp_path / "bench.json"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(
+            [BENCH, "--only", "1", "--duration", "30", "--json", str(out)], stdout=subprocess.DEVNULL, stderr=stderr, env=bench_env(), cwd=tmp_path
+        )
+    try:
+        root = wait_until(
+            lambda: "temp dir" in stderr_path.read_text() and temp_dir_of(stderr_path.read_text()), 30, 0.05, "the bench to announce its temp dir"
+        )
+        # webhook and wrk both running: the bench is in the middle of figure 1.
+        wait_until(lambda: len(processes_in(root)) >= 2, 30, 0.05, "webhook and wrk to start")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130, stderr_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert not root.exists()
+    assert processes_in(root) == []
+    assert json.loads(out.read_text())["interrupted"] is True
+
+
+def test_an_unknown_figure_is_refused_with_the_list_of_figures():
+    proc = subprocess.run([BENCH, "--only", "1,9"], capture_output=True, text=True, timeout=60, env=bench_env())
+    assert proc.returncode == 2
+    assert "--only: figures are 1, 2, 3, 4, 5" in proc.stderr

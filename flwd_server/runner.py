@@ -152,6 +152,7 @@ class Runner:
         self._active: dict[str, _Active] = {}
         self._futures: set[Future] = set()
         self._lock = threading.Lock()
+        self._claim_lock = threading.Lock()
         self._draining = False
         self._stopped = False
 
@@ -203,7 +204,8 @@ class Runner:
         stop_deadline = time.monotonic() + 15
         while self._active and time.monotonic() < stop_deadline:
             time.sleep(0.05)
-        self._stopped = True
+        with self._claim_lock:  # no claim is half done when the pool goes
+            self._stopped = True
         self._wakeup.set()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -259,15 +261,25 @@ class Runner:
                 active.cancel.set()
 
     def _claim(self) -> None:
-        free = self.settings.limits.max_concurrent_runs - len(self._active)
-        claimed = self.store.claim(self.owner, free, self.settings.limits.max_concurrent_runs, self.affinity_only) if free > 0 else []
-        for item in claimed:
-            active = _Active(item.run)
-            self._active[item.run.id] = active
-            assert self._pool is not None
-            future = self._pool.submit(self._execute, item, active)
-            self._futures.add(future)
-            future.add_done_callback(self._futures.discard)
+        with self._claim_lock:
+            free = self.settings.limits.max_concurrent_runs - len(self._active)
+            if free <= 0 or self._draining or self._stopped:
+                return
+            claimed = self.store.claim(self.owner, free, self.settings.limits.max_concurrent_runs, self.affinity_only)
+            for index, item in enumerate(claimed):
+                active = _Active(item.run)
+                self._active[item.run.id] = active
+                assert self._pool is not None
+                try:
+                    future = self._pool.submit(self._execute, item, active)
+                except RuntimeError:  # the interpreter is exiting: give the runs back, never strand them
+                    rest = [c.run.id for c in claimed[index:]]
+                    for run_id in rest:
+                        self._active.pop(run_id, None)
+                    self.store.release_claims(rest, self.owner)
+                    return
+                self._futures.add(future)
+                future.add_done_callback(self._futures.discard)
 
     # -- execution -------------------------------------------------------------
 

@@ -632,6 +632,16 @@ class Store:
 
         return self.write(op)
 
+    def release_claims(self, run_ids: list[str], owner: str) -> None:
+        """Put claimed runs that never started back in the queue, in their old place."""
+        if not run_ids:
+            return
+        marks = ",".join("?" * len(run_ids))
+        self.write(lambda conn: conn.execute(
+            f"UPDATE runs SET status = 'queued', owner = NULL, started_at = NULL WHERE owner = ? AND status = 'running' AND id IN ({marks})",
+            (owner, *run_ids),
+        ))
+
     def set_pgid(self, run_id: str, pgid: int | None) -> None:
         self._ensure_writer()
         self._put(_Op(lambda conn: conn.execute("UPDATE runs SET pgid = ? WHERE id = ?", (pgid, run_id)), wait=False))

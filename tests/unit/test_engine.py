@@ -11,7 +11,7 @@ from flwd_server.auth import SCOPES
 from flwd_server.engine import Engine
 from flwd_server.errors import PolicyDenied
 from flwd_server.models import Principal, Profile
-from flwd_server.planner import PlanRequest
+from flwd_server.planner import PlanRequest, plan_record
 from tests.helpers import wait_until
 
 ADMIN = Principal("alice", frozenset(SCOPES))
@@ -127,3 +127,13 @@ def test_an_engine_built_before_a_fork_runs_jobs_in_the_child(make_settings):
     assert os.read(read, 100) == b"True True succeeded"
     parent_pool.shutdown()
     engine.close(grace=0)
+
+
+def test_runs_claimed_while_the_pool_shuts_down_go_back_to_the_queue(eng):
+    plan = eng.planner.plan(PlanRequest("hello-world", {"name": "Late"}), ADMIN)
+    run, _ = eng.store.create_run(plan=plan_record(plan), public=plan.to_dict(), submitted_by="alice")
+    eng.runner._pool = ThreadPoolExecutor(max_workers=1)
+    eng.runner._pool.shutdown(wait=True)  # as at interpreter exit: submit() now raises
+    eng.runner._claim()  # the dispatcher is not running: this is the only claimer
+    again = eng.run(run.id)
+    assert (again.status.value, again.started_at) == ("queued", None) and run.id not in eng.runner._active

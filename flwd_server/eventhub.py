@@ -18,6 +18,7 @@ from collections.abc import Callable
 from .forksafe import reset_after_fork
 from .models import Event
 from .store import Store
+from .wakeups import Wakeups
 
 log = logging.getLogger("flwd.events")
 
@@ -29,8 +30,9 @@ class EventHub:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._listeners: list[Callable[[list[Event]], None]] = []
+        self.wakeups = Wakeups(store.path)
         self._reset()
-        store.add_commit_listener(self.wake)
+        store.add_commit_listener(self._after_commit)
         reset_after_fork(self, "_reset")
 
     def _reset(self) -> None:
@@ -40,7 +42,6 @@ class EventHub:
         self._bytes = 0
         self._floor = 0  # every event with floor < id <= last_id is in the buffer
         self._last_id = 0
-        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
         self.polls = 0
@@ -63,7 +64,7 @@ class EventHub:
 
     def close(self) -> None:
         self._closed = True
-        self._wake.set()
+        self.wakeups.wake_self()
         with self._cond:
             self._cond.notify_all()
 
@@ -76,15 +77,19 @@ class EventHub:
         return self._last_id
 
     def wake(self) -> None:
-        self._wake.set()
+        self.wakeups.wake_self()
+
+    def _after_commit(self) -> None:
+        """This process wrote: look now, and tell the other processes on this host to look too."""
+        self.wakeups.wake_self()
+        self.wakeups.wake_peers()
 
     def _poll_loop(self) -> None:
         conn = self.store.connect()
         version = None
         try:
             while not self._closed:
-                self._wake.wait(self.poll_interval)
-                self._wake.clear()
+                self.wakeups.wait(self.poll_interval)
                 self.polls += 1
                 try:
                     current = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -97,6 +102,7 @@ class EventHub:
                     version = None
         finally:
             conn.close()
+            self.wakeups.close()
 
     def _fetch(self, conn) -> None:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,22 @@ def test_stream_slots_cap_streams_and_are_released_exactly_once():
     body.close()
     body.close()
     assert slots.open == 1  # released once, although the generator never ran
+
+
+def test_a_commit_in_another_process_wakes_the_poller_at_once(store):
+    import subprocess
+    import sys
+
+    slow = EventHub(store, poll_interval=30.0)  # polling alone would take 30 s
+    slow.start()
+    wait_until(lambda: slow.polls >= 0 and slow._thread.is_alive(), 2)
+    wait_until(lambda: slow.wakeups.prefix in Path("/proc/net/unix").read_text(), 5, message="the poller's socket")
+    code = (
+        "from flwd_server.store import Store; from flwd_server.eventhub import EventHub; "
+        f"s = Store({store.path!r}); EventHub(s); s.emit('other', 'from.elsewhere', {{}}); s.close()"
+    )
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    wait_until(lambda: slow.last_id >= 1, 5, 0.005, message="the other process's event")
+    assert time.monotonic() - started < 5  # far below the 30 s poll interval: the datagram woke it
+    slow.close()

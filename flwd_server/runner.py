@@ -139,6 +139,7 @@ class Runner:
         self.affinity_only = affinity_only
         self.container_executor = container_executor
         self.hooks: list[RunHooks] = []
+        self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._reset()
         hub.add_listener(self._on_events)
@@ -301,9 +302,11 @@ class Runner:
         started = time.monotonic()
         status, exit_code, reason = RunStatus.FAILED, None, None
         workdir: Path | None = None
+        scrub = True
         try:
             record = claimed.plan
-            job = job_from_record(record)
+            scrub = bool(record.get("secret_args"))
+            job = self._job_of(claimed.plan_json, record)
             active.source_dir = self._source_dir(job)
             args = record["args"]
             profile = Profile(record["profile"])
@@ -316,8 +319,7 @@ class Runner:
                 return
             self.store.emit(run.id, EventType.RUN_STARTED.value, {"owner": self.owner, "profile": profile.value, "submitted_by": run.submitted_by})
             self._hook("after_run_started", run)
-            workdir = self.settings.resolved_data_dir / "work" / run.id
-            workdir.mkdir(parents=True, exist_ok=True)
+            workdir = self._workdir(run.id)
             deadline = time.time() + job.timeout
             used = 0
             status = RunStatus.SUCCEEDED
@@ -338,14 +340,34 @@ class Runner:
             status, reason = RunStatus.FAILED, f"flwd could not execute the run: {type(exc).__name__}"
         finally:
             if workdir is not None:
-                shutil.rmtree(workdir, ignore_errors=True)
+                _remove_workdir(workdir)
             try:
-                self.store.finish_run(run.id, status, exit_code=exit_code, reason=reason)
+                # Queued behind the run's own events; the next claim is queued behind it.
+                self.store.finish_run(run.id, status, exit_code=exit_code, reason=reason, scrub=scrub, wait=False)
             except Exception:
                 log.exception("could not record the end of run %s", run.id)
             self._active.pop(run.id, None)
             self._hook("after_run_finished", run, status, time.monotonic() - started)
             self._wakeup.set()
+
+    def _job_of(self, plan_json: str, record: dict[str, Any]) -> Job:
+        """The job of a stored plan; runs of the same plan share one parsed Job."""
+        job = self._jobs.get(plan_json)
+        if job is None:
+            if len(self._jobs) >= 256:
+                self._jobs.clear()
+            job = self._jobs[plan_json] = job_from_record(record)
+        return job
+
+    def _workdir(self, run_id: str) -> Path:
+        root = self.settings.resolved_data_dir / "work"
+        workdir = root / run_id
+        try:
+            os.mkdir(workdir, 0o700)
+        except FileNotFoundError:
+            root.mkdir(parents=True, exist_ok=True)
+            os.mkdir(workdir, 0o700)
+        return workdir
 
     def _source_dir(self, job: Job) -> str | None:
         """The source's files at the revision the run was planned with (FLWD_SOURCE_DIR)."""
@@ -399,6 +421,13 @@ class Runner:
         )
         self._hook("after_step_finished", run, step, outcome)
         return outcome, used
+
+
+def _remove_workdir(workdir: Path) -> None:
+    try:
+        os.rmdir(workdir)  # the usual case: the step left nothing
+    except OSError:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 SAFE_HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -156,8 +157,18 @@ def _dumps(data: Any) -> str:
 
 @dataclass
 class ClaimedRun:
+    """A run this process now owns, with its stored plan as JSON text.
+
+    The text is parsed by whoever executes the run, not on the writer thread,
+    which every process's writes go through.
+    """
+
     run: Run
-    plan: dict[str, Any]
+    plan_json: str
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        return _parse_plan(self.plan_json)
 
 
 class _Op:
@@ -224,6 +235,11 @@ class Store:
         self._blocked = 0
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        inherited = getattr(self, "_lock_fd", None)
+        if inherited is not None:
+            with contextlib.suppress(OSError):
+                os.close(inherited)
+        self._lock_fd: int | None = None  # a forked child opens its own: flock is per open file
 
     def reader(self) -> sqlite3.Connection:
         """This thread's read connection (never shared across threads or processes)."""
@@ -305,12 +321,15 @@ class Store:
                 self._writer = threading.Thread(target=self._write_loop, name="flwd-store-writer", daemon=True)
                 self._writer.start()
 
-    def _put(self, item: Any) -> None:
+    def _put(self, item: Any) -> bool:
         """Queue one item for the writer; wake it only if it is waiting.
 
         The queue is bounded: a producer faster than the disk (a job printing
         without pause) waits here for room, so memory stays flat.
         """
+        if self._closed:
+            log.debug("write after the store closed: dropped")
+            return False
         self._ensure_writer()
         if len(self._pending) >= self.queue_size and threading.current_thread() is not self._writer:
             with self._room:
@@ -322,13 +341,15 @@ class Store:
         self._pending.append(item)
         if self._idle:
             self._wakeup.set()
+        return True
 
     def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``fn(conn)`` in a write transaction on the writer thread; return its result."""
         if self._closed:
             raise Unavailable("the server is shutting down")
         op = _Op(fn, wait=True)
-        self._put(op)
+        if not self._put(op):
+            raise Unavailable("the server is shutting down")
         op.lock.acquire()  # type: ignore[union-attr]  # released by the writer
         if op.error is not None:
             raise op.error
@@ -400,14 +421,35 @@ class Store:
                 conn.close()
 
     def _fail(self, batch: list[Any], exc: Exception) -> None:
-        error = StorageError(f"the database cannot be written: {exc}")
+        error = exc if isinstance(exc, Unavailable) else StorageError(f"the database cannot be written: {exc}")
         self.write_failures += 1
         for op in batch:
             if type(op) is _Op:
                 op.error = error
                 op.finish()
 
+    def _write_lock(self) -> int:
+        """A file lock that orders the writers of every process.
+
+        SQLite's own busy handler polls with sleeps of up to 100 ms when
+        another process holds the write lock; a blocking ``flock`` is woken the
+        moment the holder lets go, so two workers' writers take turns without
+        those sleeps.
+        """
+        fd = self._lock_fd
+        if fd is None:
+            fd = self._lock_fd = os.open(self.path + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return fd
+
     def _apply(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        lock = self._write_lock()
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            self._apply_locked(conn, batch)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _apply_locked(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         pending: list[tuple] = []
         for op in batch:
@@ -475,12 +517,19 @@ class Store:
     def close(self) -> None:
         """Flush and stop the writer (used on shutdown and by tests)."""
         writer = self._writer
+        self._closed = True  # from now on nothing is queued (and no writer restarted)
         if writer is not None and writer.is_alive():
             self._pending.append(_STOP)
             self._wakeup.set()
             writer.join(timeout=10)
-        self._closed = True
+        # Anything that slipped in behind the stop marker never runs: release its waiter.
+        self._fail([item for item in self._pending if type(item) is _Op], Unavailable("the server is shutting down"))
+        self._pending.clear()
         self.close_reader()
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- runs ----------------------------------------------------------------
 
@@ -627,7 +676,7 @@ class Store:
                 conn.execute("UPDATE runs SET status = 'running', owner = ?, started_at = ? WHERE id = ?", (owner, now, row[0]))
                 run = _run_from_row(row)
                 run = Run(**{**run.__dict__, "status": RunStatus.RUNNING, "started_at": now})
-                claimed.append(ClaimedRun(run, json.loads(row[14])))
+                claimed.append(ClaimedRun(run, row[14]))
             return claimed
 
         return self.write(op)
@@ -646,24 +695,42 @@ class Store:
         self._ensure_writer()
         self._put(_Op(lambda conn: conn.execute("UPDATE runs SET pgid = ? WHERE id = ?", (pgid, run_id)), wait=False))
 
-    def finish_run(self, run_id: str, status: RunStatus, *, exit_code: int | None = None, reason: str | None = None, data: dict[str, Any] | None = None, expect: tuple[str, ...] = ("running",)) -> bool:
+    def finish_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        exit_code: int | None = None,
+        reason: str | None = None,
+        data: dict[str, Any] | None = None,
+        expect: tuple[str, ...] = ("running",),
+        scrub: bool = True,
+        wait: bool = True,
+    ) -> bool | None:
         """End a run and write its terminal event in one transaction.
 
         Returns False (and writes nothing) if the run was no longer in one of
-        ``expect`` - e.g. already marked ``lost`` by a sweeper.
+        ``expect`` - e.g. already marked ``lost`` by a sweeper.  ``scrub``
+        rewrites the stored plan without secret argument values (callers that
+        know the plan has none skip that work); with ``wait=False`` the end is
+        queued behind the run's own events and the call returns at once.
         """
         now = time.time()
 
         def op(conn: sqlite3.Connection) -> bool:
-            row = conn.execute("SELECT status, started_at, created_at, plan FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = conn.execute("SELECT status, started_at, created_at FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None or row[0] not in expect:
                 return False
             started = row[1] or row[2]
-            plan = json.loads(row[3])
             conn.execute(
-                "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, reason = ?, pgid = NULL, plan = ? WHERE id = ?",
-                (status.value, now, exit_code, reason, _dumps(_scrub_plan(plan)), run_id),
+                "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, reason = ?, pgid = NULL WHERE id = ?",
+                (status.value, now, exit_code, reason, run_id),
             )
+            if scrub:
+                stored = conn.execute("SELECT plan FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+                plan = json.loads(stored)
+                if plan.get("secret_args"):
+                    conn.execute("UPDATE runs SET plan = ? WHERE id = ?", (_dumps(_scrub_plan(plan)), run_id))
             payload = {"status": status.value, "exit_code": exit_code, "duration": round(now - started, 6)}
             if reason:
                 payload["reason"] = reason
@@ -674,6 +741,9 @@ class Store:
             )
             return True
 
+        if not wait:
+            self.write_later(op)
+            return None
         return self.write(op)
 
     def request_cancel(self, run_id: str, subject: str) -> Run:
@@ -857,6 +927,23 @@ class Store:
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
         """Checkpoint the WAL so it cannot grow without bound behind long readers."""
         return self.reader().execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+
+
+_PLANS: dict[str, dict[str, Any]] = {}
+
+
+def _parse_plan(text: str) -> dict[str, Any]:
+    """Parse a stored plan; identical plans (the same job and args) are parsed once.
+
+    The result is shared: callers must not modify it.
+    """
+    plan = _PLANS.get(text)
+    if plan is None:
+        plan = json.loads(text)
+        if len(_PLANS) >= 256:
+            _PLANS.clear()
+        _PLANS[text] = plan
+    return plan
 
 
 def _scrub_plan(plan: dict[str, Any]) -> dict[str, Any]:

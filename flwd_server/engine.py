@@ -206,7 +206,7 @@ class Engine:
             self._record_downgrade(downgrade, principal, plan)
             if downgrade.verdict is Verdict.DENY:
                 raise PolicyDenied(downgrade.reason, check="profile-downgrade")
-        public = plan.to_dict()
+        public = {"job": plan.job.name, "source": plan.job.source, "revision": plan.job.revision, "args": plan.public_args(), "profile": plan.profile.value, "digest": plan.digest}
         record = plan_record(plan)
         queued = {"job": plan.job.name, "source": plan.job.source, "revision": plan.job.revision, "args": plan.public_args(), "profile": plan.profile.value, "submitted_by": principal.subject}
         events: list[tuple[str, dict[str, Any]]] = [(EventType.RUN_QUEUED.value, queued)]
@@ -233,7 +233,7 @@ class Engine:
             if status is RunStatus.REJECTED:
                 for decision in plan.decisions:
                     log_decision(run.id, decision, job=plan.job.qualified_name)
-            log.info("run %s queued: %s by %s", run.id, plan.job.qualified_name, principal.subject, extra={"event": "run.queued", "run_id": run.id, "job": plan.job.qualified_name, "subject": principal.subject})
+            log.debug("run %s queued: %s by %s", run.id, plan.job.qualified_name, principal.subject, extra={"event": "run.queued", "run_id": run.id, "job": plan.job.qualified_name, "subject": principal.subject})
             self.start()
             self.runner.wake()
         return run, replayed

@@ -43,6 +43,7 @@ class Planner:
         self.catalog = catalog
         self.settings = settings
         self._digest_key = digest_key
+        self._key: bytes | None = None  # the installation's digest key never changes: read it once
         self._runtime = runtime
         self._verify_signature = verify_signature
 
@@ -92,32 +93,60 @@ class Planner:
         )
 
     def digest(self, job: Job, args: dict[str, Any], profile: Profile) -> str:
+        """HMAC over what would run: the job's definition (cached per revision), the args, the profile."""
+        if self._key is None:
+            self._key = self._digest_key()
+        tail = json.dumps({"args": args, "profile": profile.value}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        material = _job_canonical(job) + "\n" + tail
+        return "sha256:" + hmac.new(self._key, material.encode(), hashlib.sha256).hexdigest()
+
+
+_JOB_TEXT: dict[tuple[str, str | None, str], tuple[str, str]] = {}
+
+
+def _job_texts(job: Job) -> tuple[str, str]:
+    """``(canonical JSON for the digest, JSON for the plan record)`` of a job, made once per revision."""
+    key = (job.qualified_name, job.revision, job.file_digest)
+    texts = _JOB_TEXT.get(key)
+    if texts is None:
         material = {
             "job": job.qualified_name,
             "revision": job.revision,
             "file": job.file_digest,
-            "args": args,
             "env": dict(job.env),
             "timeout": job.timeout,
             "requires": list(job.requires),
             "steps": [s.to_dict() for s in job.steps],
-            "profile": profile.value,
         }
-        canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        return "sha256:" + hmac.new(self._digest_key(), canonical, hashlib.sha256).hexdigest()
+        texts = (
+            json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+            json.dumps(job.to_dict(), separators=(",", ":"), ensure_ascii=False),
+        )
+        if len(_JOB_TEXT) >= 4096:
+            _JOB_TEXT.clear()
+        _JOB_TEXT[key] = texts
+    return texts
 
 
-def plan_record(plan: Plan) -> dict[str, Any]:
-    """Everything a worker needs to execute the run, stored with it (so a later sync changes nothing)."""
-    return {
-        "job": plan.job.to_dict(),
-        "file_digest": plan.job.file_digest,
-        "args": plan.args,
-        "secret_args": [a.name for a in plan.job.args if a.secret],
-        "profile": plan.profile.value,
-        "decisions": [d.to_dict() for d in plan.decisions],
-        "digest": plan.digest,
-    }
+def _job_canonical(job: Job) -> str:
+    return _job_texts(job)[0]
+
+
+def plan_record(plan: Plan) -> str:
+    """Everything a worker needs to execute the run, as the JSON stored with it (a later sync changes nothing)."""
+    rest = json.dumps(
+        {
+            "file_digest": plan.job.file_digest,
+            "args": plan.args,
+            "secret_args": [a.name for a in plan.job.args if a.secret],
+            "profile": plan.profile.value,
+            "decisions": [d.to_dict() for d in plan.decisions],
+            "digest": plan.digest,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return '{"job":' + _job_texts(plan.job)[1] + "," + rest[1:]
 
 
 def job_from_record(record: dict[str, Any]) -> Job:

@@ -208,6 +208,8 @@ class Store:
         self._commit_listeners: list[Callable[[], None]] = []
         self._prune_listeners: list[Callable[[sqlite3.Connection], Any]] = []
         self._closed = False
+        self._queued_count = 0
+        self._queued_checked = 0.0
         self.events_written = 0
         self.write_failures = 0
         reset_after_fork(self, "_reset_after_fork")
@@ -536,7 +538,7 @@ class Store:
     def create_run(
         self,
         *,
-        plan: dict[str, Any],
+        plan: dict[str, Any] | str,
         public: dict[str, Any],
         submitted_by: str,
         status: RunStatus = RunStatus.QUEUED,
@@ -552,6 +554,24 @@ class Store:
         """
         run_id = new_run_id()
         now = time.time()
+        plan_text = plan if isinstance(plan, str) else _dumps(plan)
+        args_text = _dumps(public["args"])
+        event_rows = [(run_id, type_, now, _dumps(data)) for type_, data in initial_events]
+        finished = now if RunStatus(status).is_terminal else None
+        created = Run(
+            id=run_id,
+            job=public["job"],
+            source=public["source"],
+            revision=public.get("revision"),
+            args=public["args"],
+            status=status,
+            profile=public["profile"],
+            submitted_by=submitted_by,
+            created_at=now,
+            finished_at=finished,
+            reason=public.get("reason"),
+            plan_digest=public.get("digest"),
+        )
 
         def op(conn: sqlite3.Connection) -> tuple[Run, bool]:
             if idempotency is not None:
@@ -566,11 +586,8 @@ class Store:
                     existing = self._get_run(conn, row[1])
                     if existing is not None:
                         return existing, True
-            if max_queued is not None and status is RunStatus.QUEUED:
-                queued = conn.execute("SELECT count(*) FROM runs WHERE status = 'queued'").fetchone()[0]
-                if queued >= max_queued:
-                    raise Unavailable(f"{queued} runs are already queued (limits.max_queued_runs); retry later", retry_after=10)
-            finished = now if RunStatus(status).is_terminal else None
+            if max_queued is not None and status is RunStatus.QUEUED and self._queue_full(conn, max_queued):
+                raise Unavailable(f"{max_queued} runs are already queued (limits.max_queued_runs); retry later", retry_after=10)
             conn.execute(
                 "INSERT INTO runs(id, job, source, revision, args, status, profile, submitted_by, created_at, "
                 "finished_at, reason, plan_digest, plan, affinity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -579,7 +596,7 @@ class Store:
                     public["job"],
                     public["source"],
                     public.get("revision"),
-                    _dumps(public["args"]),
+                    args_text,
                     status.value,
                     public["profile"],
                     submitted_by,
@@ -587,23 +604,30 @@ class Store:
                     finished,
                     public.get("reason"),
                     public.get("digest"),
-                    _dumps(plan),
+                    plan_text,
                     affinity,
                 ),
             )
-            for type_, data in initial_events:
-                conn.execute("INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)", (run_id, type_, now, _dumps(data)))
+            conn.executemany(_INSERT_EVENT, event_rows)
             if idempotency is not None:
                 subject, key, body_hash = idempotency
                 conn.execute(
                     "INSERT INTO idempotency(subject, key, body_hash, run_id, created_at) VALUES (?, ?, ?, ?, ?)",
                     (subject, key, body_hash, run_id, now),
                 )
-            run = self._get_run(conn, run_id)
-            assert run is not None
-            return run, False
+            return created, False
 
         return self.write(op)
+
+    def _queue_full(self, conn: sqlite3.Connection, limit: int) -> bool:
+        """Whether ``limit`` runs are queued; counted at most twice a second (runs as the writer)."""
+        now = time.monotonic()
+        if now - self._queued_checked > 0.5 or self._queued_count >= limit - 1000:
+            self._queued_count = conn.execute("SELECT count(*) FROM runs WHERE status = 'queued'").fetchone()[0]
+            self._queued_checked = now
+        else:
+            self._queued_count += 1
+        return self._queued_count >= limit
 
     @staticmethod
     def _get_run(conn: sqlite3.Connection, run_id: str) -> Run | None:

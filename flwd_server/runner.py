@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as encode_json_string  # the C encoder, as json.dumps(ensure_ascii=False)
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from .store import ClaimedRun, Store
 log = logging.getLogger("flwd.runner")
 decision_log = logging.getLogger("flwd.decisions")
 
+OUTPUT = EventType.STEP_OUTPUT.value
 HEARTBEAT_EVERY = 2.0
 SWEEP_EVERY = 3.0
 HOUSEKEEP_EVERY = 10.0
@@ -387,6 +389,18 @@ class Runner:
                 data["truncated"] = True
             self.store.emit(run.id, EventType.STEP_OUTPUT.value, data)
 
+        step_json = encode_json_string(step.name)
+
+        def emit_many(stream: str, lines: list[tuple[str, bool]]) -> None:
+            """A chunk's lines as events in one go; their JSON is assembled, not dumped per line."""
+            head = f'{{"step":{step_json},"stream":"{stream}","line":'
+            now = time.time()
+            rows = [
+                (run.id, OUTPUT, now, head + encode_json_string(line) + (',"truncated":true}' if truncated else "}"))
+                for line, truncated in lines
+            ]
+            self.store.emit_rows(rows)
+
         def should_stop() -> str | None:
             return "cancelled" if active.cancel.is_set() else None
 
@@ -411,6 +425,7 @@ class Runner:
                 limits=host_limits(profile, self.settings),
                 on_spawn=lambda pgid: self.store.set_pgid(run.id, pgid),
                 output_used=used,
+                emit_many=emit_many,
             )
             outcome = run_host_step(task)
             used = task.output_used

@@ -375,6 +375,19 @@ class Store:
         """Queue an event without waiting (blocks only when the queue is full)."""
         self._put((run_id, type, ts or time.time(), _dumps(data)))
 
+    def emit_rows(self, rows: list[tuple[str | None, str, float, str]]) -> None:
+        """Queue ready-made ``(run_id, type, ts, data_json)`` rows (a chunk of output) at once."""
+        if not rows or self._closed:
+            return
+        if len(self._pending) >= self.queue_size:
+            for row in rows:  # the slow path waits for room, row by row
+                self._put(row)
+            return
+        self._ensure_writer()
+        self._pending.extend(rows)
+        if self._idle:
+            self._wakeup.set()
+
     def flush(self) -> None:
         """Wait until everything queued so far is committed."""
         self.write(lambda conn: None)

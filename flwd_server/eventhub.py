@@ -3,9 +3,21 @@
 Instead of one query per open stream, a single thread watches the database
 (``PRAGMA data_version`` changes on any other connection's commit, so an idle
 server runs no SELECT on the events table) and keeps the newest events in
-memory.  Streams read from that buffer and wait on one condition; a stream
-that fell behind the buffer reads the database directly, then catches up.
-Local commits wake the poller at once, so latency is not the poll interval.
+memory.  Local commits and other processes on the host wake it at once
+(:mod:`flwd_server.wakeups`); polling is the fallback.
+
+A thousand streams may follow one busy run, so neither reading nor waiting
+takes a shared lock:
+
+* the buffer is published as one immutable *view* ``(floor, last, events,
+  ids)``; the poller only appends to the lists or replaces them (when it
+  trims), so a reader that took the view reads a consistent snapshot bounded
+  by ``last``;
+* each waiting stream parks on its own lock, which the poller releases when
+  new events arrive - no thundering herd on one condition's lock.
+
+A stream that fell behind the buffer reads the database directly, then
+catches up.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
+from _thread import allocate_lock
 from collections.abc import Callable
 
 from .forksafe import reset_after_fork
@@ -21,6 +34,7 @@ from .store import Store
 from .wakeups import Wakeups
 
 log = logging.getLogger("flwd.events")
+FETCH_LIMIT = 5000
 
 
 class EventHub:
@@ -36,12 +50,11 @@ class EventHub:
         reset_after_fork(self, "_reset")
 
     def _reset(self) -> None:
-        self._cond = threading.Condition()
-        self._events: list[Event] = []
-        self._ids: list[int] = []
+        self._start_lock = threading.Lock()
+        # every event with floor < id <= last is in events (ids[i] is events[i].id)
+        self._view: tuple[int, int, list[Event], list[int]] = (0, 0, [], [])
         self._bytes = 0
-        self._floor = 0  # every event with floor < id <= last_id is in the buffer
-        self._last_id = 0
+        self._waiters: list = []
         self._thread: threading.Thread | None = None
         self._closed = False
         self.polls = 0
@@ -54,19 +67,18 @@ class EventHub:
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
-        with self._cond:
+        with self._start_lock:
             if self._thread is not None and self._thread.is_alive():
                 return
             last = self.store.last_event_id()
-            self._floor = self._last_id = last
+            self._view = (last, last, [], [])
             self._thread = threading.Thread(target=self._poll_loop, name="flwd-event-poller", daemon=True)
             self._thread.start()
 
     def close(self) -> None:
         self._closed = True
         self.wakeups.wake_self()
-        with self._cond:
-            self._cond.notify_all()
+        self._release_waiters()
 
     @property
     def closed(self) -> bool:
@@ -74,7 +86,13 @@ class EventHub:
 
     @property
     def last_id(self) -> int:
-        return self._last_id
+        return self._view[1]
+
+    @property
+    def _events(self) -> list[Event]:
+        """The buffered events (for tests and introspection)."""
+        floor, last, events, ids = self._view
+        return events[: bisect.bisect_right(ids, last)]
 
     def wake(self) -> None:
         self.wakeups.wake_self()
@@ -107,63 +125,78 @@ class EventHub:
     def _fetch(self, conn) -> None:
         while True:
             self.queries += 1
-            fresh = self.store.events_after(self._last_id, None, 5000, conn=conn)
+            fresh = self.store.events_after(self._view[1], None, FETCH_LIMIT, conn=conn)
             if not fresh:
                 return
-            with self._cond:
-                for event in fresh:
-                    self._events.append(event)
-                    self._ids.append(event.id)
-                    self._bytes += len(event.raw) + 64
-                self._last_id = fresh[-1].id
-                self._trim()
-                self._cond.notify_all()
+            self._publish(fresh)
+            self._release_waiters()
             for listener in self._listeners:
                 try:
                     listener(fresh)
                 except Exception:
                     log.exception("event listener failed")
-            if len(fresh) < 5000:
+            if len(fresh) < FETCH_LIMIT:
                 return
 
-    def _trim(self) -> None:
+    def _publish(self, fresh: list[Event]) -> None:
+        floor, _, events, ids = self._view
+        events.extend(fresh)  # appends never disturb a reader's snapshot: it stops at its ``last``
+        ids.extend(e.id for e in fresh)
+        self._bytes += sum(len(e.raw) + 64 for e in fresh)
         drop = 0
-        while drop < len(self._events) - 1 and (len(self._events) - drop > self.max_events or self._bytes > self.max_bytes):
-            self._bytes -= len(self._events[drop].raw) + 64
+        while drop < len(events) - 1 and (len(events) - drop > self.max_events or self._bytes > self.max_bytes):
+            self._bytes -= len(events[drop].raw) + 64
             drop += 1
         if drop:
-            self._floor = self._ids[drop - 1]
-            del self._events[:drop]
-            del self._ids[:drop]
+            floor = ids[drop - 1]
+            events, ids = events[drop:], ids[drop:]  # new lists: readers of the old ones are unaffected
+        self._view = (floor, fresh[-1].id, events, ids)
+
+    def _release_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for lock in waiters:
+            lock.release()
 
     def read(self, after: int, run_id: str | None = None, limit: int = 500) -> tuple[list[Event], int]:
         """Events with ``id > after`` (of one run, if given) and the position read up to."""
-        with self._cond:
-            last = self._last_id
-            if after >= last:
-                return [], after
-            if after >= self._floor:
-                start = bisect.bisect_right(self._ids, after)
-                if run_id is None:
-                    chunk = self._events[start : start + limit]
-                    return chunk, chunk[-1].id
-                out = []
-                position = last
-                for event in self._events[start:]:
-                    if event.run_id == run_id:
-                        out.append(event)
-                        if len(out) >= limit:
-                            position = event.id
-                            break
-                return out, position
+        floor, last, events, ids = self._view
+        if after >= last:
+            return [], after
+        if after >= floor:
+            start = bisect.bisect_right(ids, after)
+            end = bisect.bisect_right(ids, last, lo=start)
+            if run_id is None:
+                chunk = events[start : min(end, start + limit)]
+                return chunk, chunk[-1].id
+            out = []
+            for index in range(start, end):
+                event = events[index]
+                if event.run_id == run_id:
+                    out.append(event)
+                    if len(out) >= limit:
+                        return out, event.id
+            return out, last
         # Behind the buffer: read history from the database.  Everything up to
         # ``last`` was committed before this query starts, so it is all visible.
-        events = self.store.events_after(after, run_id, limit)
-        if len(events) >= limit:
-            return events, events[-1].id
-        return events, max(last, events[-1].id if events else after)
+        history = self.store.events_after(after, run_id, limit)
+        if len(history) >= limit:
+            return history, history[-1].id
+        return history, max(last, history[-1].id if history else after)
 
     def wait(self, after: int, timeout: float) -> bool:
         """Block until an event newer than ``after`` exists; False on timeout or close."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._last_id > after or self._closed, timeout) and not self._closed
+        if self._view[1] > after:
+            return True
+        if self._closed:
+            return False
+        lock = allocate_lock()
+        lock.acquire()
+        self._waiters.append(lock)
+        if self._view[1] > after or self._closed:  # arrived while we registered: no wake-up is lost
+            return not self._closed
+        if not lock.acquire(timeout=timeout):  # released by the poller when events arrive
+            try:
+                self._waiters.remove(lock)  # idle streams must not pile up stale locks
+            except ValueError:
+                pass  # the poller took the list meanwhile; its late release is harmless
+        return self._view[1] > after and not self._closed

@@ -32,6 +32,18 @@ def parse_last_event_id(header: str | None, query: str | None) -> int:
     return int(text)
 
 
+def crowd_pause(open_streams: int, longest: float) -> float:
+    """How long a stream waits after a write before the next, given how many this worker serves.
+
+    One stream never waits (a user following a run sees each line at once);
+    a thousand wait ``longest``, so a busy run wakes each of them a few dozen
+    times a second instead of once per line, which the GIL cannot afford.
+    """
+    if open_streams <= 1:
+        return 0.0
+    return longest * min(1.0, open_streams / 1000)
+
+
 class StreamSlots:
     """Caps open streams per process, so streams never starve API requests of threads."""
 
@@ -68,6 +80,7 @@ def event_stream(
     retry_ms: int = 2000,
     is_closing: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
+    pause: Callable[[], float] = lambda: 0.0,
 ) -> Iterator[bytes]:
     """Yield SSE frames: history after ``after``, then live events.
 
@@ -86,6 +99,9 @@ def event_stream(
             last_write = clock()
             if run_id is not None and any(e.type == terminal for e in events):
                 return
+            rest = pause()
+            if rest > 0.001:
+                time.sleep(rest)  # let events gather: one write carries several when streams are many
             continue
         now = clock()
         if now - started >= max_duration or is_closing() or hub.closed:

@@ -103,16 +103,22 @@ class Wakeups:
             return
         sender = self._sender
         if sender is None:
-            sender = self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sender.setblocking(False)
+            with self._lock:
+                if self._closed:
+                    return
+                if self._sender is None:
+                    self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    self._sender.setblocking(False)
+                sender = self._sender
         for name in names:
             with contextlib.suppress(OSError):  # gone, or its queue is full (it is awake anyway)
                 sender.sendto(b"!", name)
 
     def close(self) -> None:
-        self._closed = True
-        for sock in (self._sock, self._sender):
-            if sock is not None:
-                sock.close()
-        self._sock = self._sender = None
-        self._name = None
+        with self._lock:
+            self._closed = True
+            for sock in (self._sock, self._sender):
+                if sock is not None:
+                    sock.close()
+            self._sock = self._sender = None
+            self._name = None

@@ -84,7 +84,6 @@ class _Output:
         with self.lock:
             for stream, splitter in self.splitters.items():
                 self._deliver(stream, splitter.rest())
-                splitter.buf.clear()
 
     def note(self, text: str) -> None:
         self.emit("stderr", f"[flwd: {text}]", False)

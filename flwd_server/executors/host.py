@@ -94,8 +94,10 @@ class _Lines:
         return out
 
     def rest(self) -> list[tuple[bytes, bool]]:
-        if self.buf and not self.skipping:
-            return [(self.buf, False)]
+        """The unfinished last line, once: the splitter is empty afterwards."""
+        tail, self.buf = self.buf, b""
+        if tail and not self.skipping:
+            return [(tail, False)]
         return []
 
 

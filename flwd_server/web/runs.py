@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from ..errors import BadRequest, Unprocessable
 from ..models import RunStatus
-from ..sse import ClosingStream, event_stream, parse_last_event_id
+from ..sse import ClosingStream, crowd_pause, event_stream, parse_last_event_id
 from ..store import body_hash
 from .auth import principal, requires
 from .bodies import json_body, plan_request, query_choice, query_int, query_text
@@ -88,6 +88,7 @@ def sse_response(run_id: str | None) -> Response:
         max_duration=settings.sse.max_duration,
         retry_ms=settings.sse.retry_ms,
         is_closing=lambda: engine.closing,
+        pause=lambda: crowd_pause(slots.open, settings.sse.crowd_pause),
     )
     return Response(ClosingStream(frames, slots.release), mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True)
 

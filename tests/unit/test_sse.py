@@ -180,3 +180,31 @@ def test_a_commit_in_another_process_wakes_the_poller_at_once(store):
     wait_until(lambda: slow.last_id >= 1, 5, 0.005, message="the other process's event")
     assert time.monotonic() - started < 5  # far below the 30 s poll interval: the datagram woke it
     slow.close()
+
+
+def test_a_crowded_worker_pauses_streams_between_writes_and_a_lone_stream_never_waits():
+    from flwd_server.sse import crowd_pause
+
+    assert crowd_pause(1, 0.05) == 0.0
+    assert 0 < crowd_pause(100, 0.05) < crowd_pause(1000, 0.05) == 0.05
+    assert crowd_pause(5000, 0.05) == 0.05
+
+
+def test_many_waiting_streams_are_all_woken_by_one_batch(store, hub):
+    woken = []
+    ready = threading.Barrier(201)
+
+    def follower():
+        ready.wait()
+        if hub.wait(hub.last_id, 10):
+            woken.append(1)
+
+    threads = [threading.Thread(target=follower) for _ in range(200)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    wait_until(lambda: len(hub._waiters) == 200, 5, message="every follower to park")
+    store.emit("busy", "step.output", {"line": "x"})
+    for t in threads:
+        t.join(10)
+    assert len(woken) == 200 and hub._waiters == []

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -36,45 +34,17 @@ import requests
 from docker.constants import DEFAULT_DOCKER_API_VERSION
 
 from .config import ContainerSettings
+from .container_sockets import DOCKER_SOCKET, PODMAN_ROOTFUL_SOCKET, PROBE_TIMEOUT, Candidate, candidates, unix_socket_problem
 from .errors import Unavailable
+
+__all__ = ["DOCKER_SOCKET", "PODMAN_ROOTFUL_SOCKET", "Candidate", "ContainerRuntime", "candidates", "unix_socket_problem"]
 
 log = logging.getLogger("flwd.containers")
 
-DOCKER_SOCKET = "unix:///var/run/docker.sock"
-PODMAN_ROOTFUL_SOCKET = "unix:///run/podman/podman.sock"
 MIN_API_VERSION = "1.24"
-PROBE_TIMEOUT = 5.0
 MAX_POOL = 128
 RECHECK_OK = 30.0
 RECHECK_MISSING = 5.0
-
-
-@dataclass(frozen=True)
-class Candidate:
-    url: str
-    engine: str | None  # the engine expected there (None: whichever answers)
-    origin: str  # where the candidate came from, for messages
-
-
-def candidates(settings: ContainerSettings, environ: Mapping[str, str]) -> list[Candidate]:
-    """Where to look, in order, for ``settings.runtime``."""
-    wanted = settings.runtime
-    if wanted == "none":
-        return []
-    out: list[Candidate] = []
-    if settings.socket:
-        out.append(Candidate(settings.socket, None if wanted == "auto" else wanted, "container.socket"))
-        return out
-    if environ.get("DOCKER_HOST") and wanted in ("auto", "docker", "podman"):
-        out.append(Candidate(environ["DOCKER_HOST"], None if wanted == "auto" else wanted, "DOCKER_HOST"))
-    if wanted in ("auto", "docker"):
-        out.append(Candidate(DOCKER_SOCKET, "docker", "Docker's default socket"))
-    if wanted in ("auto", "podman"):
-        out.append(Candidate(PODMAN_ROOTFUL_SOCKET, "podman", "podman's rootful socket"))
-        runtime_dir = environ.get("XDG_RUNTIME_DIR")
-        if runtime_dir:
-            out.append(Candidate(f"unix://{runtime_dir.rstrip('/')}/podman/podman.sock", "podman", "podman's rootless socket"))
-    return out
 
 
 def tls_config(url: str, environ: Mapping[str, str]) -> docker.tls.TLSConfig | None:
@@ -101,22 +71,6 @@ def engine_name(version: dict[str, Any]) -> str:
     components = version.get("Components") or []
     names = " ".join(str(c.get("Name", "")) for c in components if isinstance(c, dict))
     return "podman" if "podman" in names.lower() or "podman" in str(version.get("Platform", {}).get("Name", "")).lower() else "docker"
-
-
-def unix_socket_problem(path: str) -> str | None:
-    """Why nothing answers at a unix socket path (checked by hand: the docker SDK leaks the
-    socket of a refused connection)."""
-    if not os.path.exists(path):
-        return "no such socket"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(PROBE_TIMEOUT)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        return f"does not answer ({type(exc).__name__})"
-    finally:
-        sock.close()
-    return None
 
 
 def probe(url: str, tls: docker.tls.TLSConfig | None) -> dict[str, Any]:

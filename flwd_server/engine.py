@@ -20,26 +20,20 @@ from typing import Any
 from .auth import Authenticator
 from .catalog import Catalog
 from .config import Settings
-from .containers import ContainerRuntime
+from .container_support import ContainerSupport
 from .errors import PlanChanged, PolicyDenied, Unauthenticated, Unavailable
 from .eventhub import EventHub
-from .executors.container import ContainerExecutor, instance_label
 from .export import ExportFilter, export_lines
 from .forksafe import reset_after_fork
 from .metrics import Metrics
 from .metrics import install as install_metrics
 from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
-from .oci import RegistryClient
 from .planner import Planner, PlanRequest, plan_record
 from .retention import Retention
 from .runner import Runner, log_decision
-from .signatures import SignatureVerifier
 from .sources import LocalSource, Source
-from .sources.git import GitSource
-from .sources.oci import OciSource
 from .sources.registry import SourceRegistry
 from .store import Store
-from .tokens import token_verifier
 
 log = logging.getLogger("flwd.engine")
 
@@ -47,6 +41,16 @@ log = logging.getLogger("flwd.engine")
 def _ticket_digest(ticket: str) -> str:
     return hashlib.sha256(ticket.encode()).hexdigest()
 BUNDLED_SOURCE = "examples"
+
+
+def _token_verifier(settings: Settings) -> Any:
+    """The JWT verifier, when the config asks for one (PyJWT and cryptography load only then)."""
+    auth = settings.auth
+    if not (auth.issuer or auth.audience or auth.jwk_file):
+        return None
+    from .tokens import token_verifier
+
+    return token_verifier(auth)
 
 
 def bundled_root() -> Path:
@@ -58,11 +62,7 @@ class Engine:
         self.settings = settings
         self.store = store or Store(settings.resolved_db_path, settings.db_synchronous)
         self.store.migrate()
-        box = settings.container
-        self.oci = RegistryClient(box.insecure_registries, timeout=box.registry_timeout)
-        self.verifier = SignatureVerifier(self.oci, box.signature_keys, box.allowed_registries)
-        self.containers = ContainerRuntime(box, api_timeout=box.api_timeout)
-        self.container_executor = ContainerExecutor(self.containers, self.oci, lambda: instance_label(self.store.digest_key()), lambda: self.runner.owner)
+        self.containers = ContainerSupport(settings, self.store.digest_key, lambda: self.runner.owner)
         self._swept = False
         reset_after_fork(self, "_forget_sweep")
         self.catalog = Catalog()
@@ -70,9 +70,9 @@ class Engine:
         self.catalog.before_read = self.registry.refresh
         self.registry.register_configured(sync_new=local_affinity)
         self.hub = EventHub(self.store, poll_interval=settings.sse.poll_interval)
-        self.planner = Planner(self.catalog, settings, self.store.digest_key, runtime=self.container_runtime, verify_signature=self.verifier.verify_image)
-        self.runner = Runner(self.store, self.hub, self.planner, settings, affinity_only=local_affinity, container_executor=self.container_executor)
-        self.authenticator = Authenticator(settings.dev, verify_jwt=token_verifier(settings.auth))
+        self.planner = Planner(self.catalog, settings, self.store.digest_key, runtime=self.container_runtime, verify_signature=self.containers.verify_image)
+        self.runner = Runner(self.store, self.hub, self.planner, settings, affinity_only=local_affinity, container_executor=self.containers.run_step)
+        self.authenticator = Authenticator(settings.dev, verify_jwt=_token_verifier(settings))
         install_metrics(self.store)
         self.metrics = Metrics(self.store, settings.limits.max_run_history)
         self.retention = Retention(self.store, self.hub, settings.limits.max_run_history)
@@ -94,11 +94,15 @@ class Engine:
         if spec["type"] == "local":
             return LocalSource(spec["name"], spec, self.settings.limits.default_timeout)
         if spec["type"] == "git":
+            from .sources.git import GitSource  # GitPython loads only for git sources
+
             return GitSource(spec["name"], spec, data_dir=self.settings.resolved_data_dir, git=self.settings.git, default_timeout=self.settings.limits.default_timeout)
         if spec["type"] == "oci":
+            from .sources.oci import OciSource
+
             box = self.settings.container
             return OciSource(
-                spec["name"], spec, registry=self.oci, verifier=self.verifier, allowed_registries=box.allowed_registries,
+                spec["name"], spec, registry=self.containers.registry, verifier=self.containers.verifier, allowed_registries=box.allowed_registries,
                 verify_signatures=box.verify_signatures, root=self.settings.resolved_data_dir / "addons", default_timeout=self.settings.limits.default_timeout,
             )
         raise Unavailable(f"source type {spec['type']!r} is not supported by this build")
@@ -113,7 +117,7 @@ class Engine:
         self.runner.start()
         if not self._swept and not self.local_affinity and self.settings.container.runtime != "none":
             self._swept = True  # containers a crashed worker left behind go, once per server process
-            threading.Thread(target=self.container_executor.sweep_orphans, args=(self.store, self.runner.owner), name="flwd-container-sweep", daemon=True).start()
+            threading.Thread(target=self.containers.sweep_orphans, args=(self.store, self.runner.owner), name="flwd-container-sweep", daemon=True).start()
 
     def _forget_sweep(self) -> None:
         self._swept = False
@@ -146,7 +150,6 @@ class Engine:
         self.runner.shutdown(self.settings.shutdown_grace if grace is None else grace, deadline=self._drain_deadline)
         self.hub.close()
         self.containers.close()
-        self.oci.close()
         self.store.close()
 
     # -- sources -----------------------------------------------------------------

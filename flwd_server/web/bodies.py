@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import g, request
@@ -13,6 +14,7 @@ from ..models import Profile
 from ..planner import PlanRequest
 
 MAX_DEPTH = 32
+ASCII_DIGITS = re.compile(r"[0-9]{1,20}")
 
 
 def _reject_constant(name: str) -> Any:
@@ -98,11 +100,12 @@ def plan_request(with_plan: bool) -> PlanRequest:
     )
 
 
-def query_int(name: str, default: int, minimum: int, maximum: int) -> int:
+def query_int(name: str, default: int, minimum: int, maximum: int, *, empty_is_absent: bool = False) -> int:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None or (raw == "" and empty_is_absent):
         return default
-    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+    # ASCII digits only: str.isdigit() also accepts '²' (int() then fails) and other scripts' digits.
+    if not ASCII_DIGITS.fullmatch(raw) or not minimum <= int(raw) <= maximum:
         raise BadRequest(f"query parameter {name!r} must be an integer from {minimum} to {maximum}")
     return int(raw)
 

@@ -31,6 +31,21 @@ def _depth(value: Any, level: int = 0) -> int:
     return level
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and any("\ud800" <= c <= "\udfff" for c in item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def json_body(allowed: tuple[str, ...]) -> dict[str, Any]:
     """The request's JSON object; 415, 413, 400 or 422 with the reason otherwise."""
     if request.mimetype != "application/json":
@@ -58,6 +73,9 @@ def json_body(allowed: tuple[str, ...]) -> dict[str, Any]:
         raise BadRequest("the request body must be a JSON object")
     if _depth(data) > MAX_DEPTH:
         raise BadRequest(f"the JSON body is nested deeper than {MAX_DEPTH} levels")
+    if _has_lone_surrogate(data):
+        # JSON lets "\ud800" through; such a string cannot be stored, logged or passed to a job.
+        raise BadRequest("the JSON body contains a lone UTF-16 surrogate (an escape from \\ud800 to \\udfff): not valid Unicode")
     g.flwd_body = data
     unknown = [key for key in data if key not in allowed]
     if unknown:

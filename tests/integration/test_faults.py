@@ -180,7 +180,7 @@ def owner_pid(server, run_id: str) -> int:
 
 ONE_LINE = "name: one-line\nsteps:\n  - run: 'head -c 52428800 /dev/zero | tr \"\\\\0\" x; echo; echo after'\n"
 # 1 GiB of 1 KiB lines; dd passes it through and writes how many bytes it passed to a file of the test.
-GIGABYTE = "name: gigabyte\nsteps:\n  - run: 'yes \"$(head -c 1023 /dev/zero | tr \"\\\\0\" y)\" | head -c 1073741824 | dd bs=65536 2>{stats}'\n"
+GIGABYTE = 'name: gigabyte\nsteps:\n  - run: \'yes "$(head -c 1023 /dev/zero | tr "\\\\0" y)" | head -c 1073741824 | dd bs=65536 2>{stats}\'\n'
 
 
 def test_a_50_mb_line_and_1_gb_of_output_keep_the_worker_s_memory_bounded(start_server, tmp_path):

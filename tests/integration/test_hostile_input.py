@@ -124,7 +124,16 @@ def test_rtl_overrides_and_other_unicode_stay_exactly_what_was_sent(hostile):
     assert hostile.get(f"/runs/{run['id']}").json()["run"]["args"]["text"] == text
 
 
-TRAVERSALS = ["../../etc/passwd", "..%2f..%2fetc%2fpasswd", "%2e%2e/%2e%2e/etc/passwd", "..%252f..%252fetc", "....//....//etc", "/etc/passwd", "%00", "..\\..\\etc"]
+TRAVERSALS = [
+    "../../etc/passwd",
+    "..%2f..%2fetc%2fpasswd",
+    "%2e%2e/%2e%2e/etc/passwd",
+    "..%252f..%252fetc",
+    "....//....//etc",
+    "/etc/passwd",
+    "%00",
+    "..\\..\\etc",
+]
 
 
 @pytest.mark.parametrize("evil", TRAVERSALS)
@@ -214,7 +223,13 @@ def test_crlf_and_control_bytes_in_request_ids_and_idempotency_keys_never_reach_
     for name in (b"X-Request-ID", b"Idempotency-Key"):
         head = (
             b"POST /runs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer dev-token\r\nContent-Type: application/json\r\n"
-            + name + b": " + value + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+            + name
+            + b": "
+            + value
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + body
         )
         answer = raw_request(hostile.port, head)
         status_line, _, rest = answer.partition(b"\r\n")

@@ -14,7 +14,7 @@ from .config import Settings, load_settings
 from .engine import Engine
 from .metrics import SSE_CLIENTS
 from .sse import StreamSlots
-from .web import auth, jobs, ops, plans, problems, runs, sources
+from .web import auth, jobs, ops, plans, problems, queries, runs, sources
 
 access_log = logging.getLogger("flwd.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     problems.register(app)
     _register_request_ids(app)
     auth.register(app)
+    queries.register(app)  # after authentication: no token is a 401 whatever the query says
     for blueprint in (jobs.bp, plans.bp, runs.bp, ops.bp, sources.bp):
         app.register_blueprint(blueprint)
     return app

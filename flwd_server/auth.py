@@ -57,7 +57,8 @@ class Authenticator:
 
     def authenticate(self, header: str | None) -> Principal:
         token = bearer_token(header)
-        if hmac.compare_digest(token, DEV_TOKEN):
+        # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500).
+        if hmac.compare_digest(token.encode("utf-8", "surrogateescape"), DEV_TOKEN.encode()):
             if self.dev:
                 return DEV_PRINCIPAL
             raise Unauthenticated("dev-token is accepted only by a server started with --dev")

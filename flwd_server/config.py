@@ -168,7 +168,7 @@ def validate_source_spec(spec: Any, key: str = "source") -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ConfigError(key, "expected a mapping with type and name")
     kind = spec.get("type")
-    if kind not in SOURCE_KEYS:
+    if not isinstance(kind, str) or kind not in SOURCE_KEYS:
         raise ConfigError(f"{key}.type", f"expected one of {', '.join(SOURCE_KEYS)}, got {kind!r}")
     allowed = {"type", *SOURCE_KEYS[kind]["required"], *SOURCE_KEYS[kind]["optional"]}
     for name in spec:

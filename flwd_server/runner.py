@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
+from .errors import StorageError
 from .eventhub import EventHub
 from .executors.host import HostStep, StepLimits, StepOutcome, run_host_step
 from .forksafe import reset_after_fork
@@ -246,7 +247,10 @@ class Runner:
                     next_housekeeping = now + HOUSEKEEP_EVERY
                 if not self._draining:
                     self._claim()
-            except Exception:  # the dispatcher must survive a bad moment (disk full, locked db)
+            except StorageError as exc:  # a full or read-only disk: expected, said in one line
+                log.error("dispatcher: %s; retrying", exc.detail)
+                time.sleep(0.5)
+            except Exception:  # the dispatcher must survive a bad moment
                 log.exception("dispatcher iteration failed; retrying")
                 time.sleep(0.5)
 

@@ -9,6 +9,7 @@ generator and its ``finally`` releases the stream slot.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,17 +20,22 @@ from .models import EventType
 
 HEARTBEAT = b": ping\n\n"
 MAX_EVENT_ID = 2**63 - 1
+_EVENT_ID_RE = re.compile(r"[0-9]{1,19}")
 
 
 def parse_last_event_id(header: str | None, query: str | None) -> int:
-    """Resume position from ``Last-Event-ID`` or ``?after=``; 0 means from the start."""
-    raw = header if header not in (None, "") else query
-    if raw in (None, ""):
-        return 0
-    text = str(raw).strip()
-    if len(text) > 20 or not text.isdigit() or int(text) > MAX_EVENT_ID:
-        raise BadRequest(f"Last-Event-ID / after must be a non-negative event id, got {text[:40]!r}")
-    return int(text)
+    """Resume position from ``Last-Event-ID`` or ``?after=`` (the header wins); 0 means from the start.
+
+    Both are checked when both are sent: a malformed value is a 400 even where the other one counts.
+    """
+    positions = [_event_id(raw) for raw in (header, query) if raw not in (None, "")]
+    return positions[0] if positions else 0
+
+
+def _event_id(raw: str) -> int:
+    if not _EVENT_ID_RE.fullmatch(raw) or int(raw) > MAX_EVENT_ID:  # ASCII digits: '²'.isdigit() is True
+        raise BadRequest(f"Last-Event-ID / after must be a non-negative event id, got {raw[:40]!r}")
+    return int(raw)
 
 
 def crowd_pause(open_streams: int, longest: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import g, request
@@ -13,6 +14,7 @@ from ..models import Profile
 from ..planner import PlanRequest
 
 MAX_DEPTH = 32
+ASCII_DIGITS = re.compile(r"[0-9]{1,20}")
 
 
 def _reject_constant(name: str) -> Any:
@@ -27,6 +29,21 @@ def _depth(value: Any, level: int = 0) -> int:
     if isinstance(value, list):
         return max((_depth(v, level + 1) for v in value), default=level + 1)
     return level
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and any("\ud800" <= c <= "\udfff" for c in item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def json_body(allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -56,6 +73,9 @@ def json_body(allowed: tuple[str, ...]) -> dict[str, Any]:
         raise BadRequest("the request body must be a JSON object")
     if _depth(data) > MAX_DEPTH:
         raise BadRequest(f"the JSON body is nested deeper than {MAX_DEPTH} levels")
+    if _has_lone_surrogate(data):
+        # JSON lets "\ud800" through; such a string cannot be stored, logged or passed to a job.
+        raise BadRequest("the JSON body contains a lone UTF-16 surrogate (an escape from \\ud800 to \\udfff): not valid Unicode")
     g.flwd_body = data
     unknown = [key for key in data if key not in allowed]
     if unknown:
@@ -98,11 +118,12 @@ def plan_request(with_plan: bool) -> PlanRequest:
     )
 
 
-def query_int(name: str, default: int, minimum: int, maximum: int) -> int:
+def query_int(name: str, default: int, minimum: int, maximum: int, *, empty_is_absent: bool = False) -> int:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None or (raw == "" and empty_is_absent):
         return default
-    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+    # ASCII digits only: str.isdigit() also accepts '²' (int() then fails) and other scripts' digits.
+    if not ASCII_DIGITS.fullmatch(raw) or not minimum <= int(raw) <= maximum:
         raise BadRequest(f"query parameter {name!r} must be an integer from {minimum} to {maximum}")
     return int(raw)
 

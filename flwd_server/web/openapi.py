@@ -8,7 +8,7 @@ from flask import Flask
 
 from .. import __version__
 from ..auth import SCOPES
-from ..models import RunStatus
+from ..models import EventType, RunStatus
 
 STATUSES = [s.value for s in RunStatus]
 PROFILES = ["secure", "permissive", "disabled"]
@@ -47,13 +47,40 @@ def _obj(properties: dict[str, Any], required: list[str] | None = None, addition
 
 
 NULLABLE_STR = {"type": ["string", "null"]}
+# A name in a query (?source=, ?job=): what web/bodies.py query_text accepts; empty means absent.
+NAME_QUERY = {"type": "string", "maxLength": 256, "pattern": "^[^\\x00-\\x1f]*$"}
+EVENT_TYPES = [t.value for t in EventType]
+EVENT = _obj(
+    {
+        "id": {"type": "integer", "minimum": 1},
+        "run_id": NULLABLE_STR,
+        "type": {"type": "string", "enum": EVENT_TYPES},
+        "time": {"type": "string"},
+        "data": {"type": "object"},
+    },
+    ["id", "run_id", "type", "time", "data"],
+)
 SSE = {
-    "description": "Server-Sent Events: `id:` is the event id, `event:` its type, `data:` the event as JSON",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "description": "Server-Sent Events: `id:` is the event id, `event:` its type, `data:` the event as JSON; "
+    "the stream opens with `retry:` and idle streams get `: ping` comments",
+    # OpenAPI 3.1 has no itemSchema: the schema of an event stream describes one event.
+    "content": {
+        "text/event-stream": {
+            "schema": _obj(
+                {
+                    "id": {"type": "string", "pattern": "^[0-9]+$"},
+                    "event": {"type": "string", "enum": EVENT_TYPES},
+                    "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {"$ref": "#/components/schemas/Event"}},
+                    "retry": {"type": "integer", "minimum": 0},
+                },
+                additional=True,
+            )
+        }
+    },
 }
 LAST_EVENT_ID = [
-    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"}},
-    {"name": "after", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"}},
+    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{0,19}$"}, "description": "resume after this event id (empty: from the start)"},
+    {"name": "after", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"}, "description": "like Last-Event-ID, for clients that cannot set it"},
     {
         "name": "ticket",
         "in": "query",
@@ -73,6 +100,7 @@ RUN_REQUEST = _obj(
 )
 
 SCHEMAS: dict[str, Any] = {
+    "Event": EVENT,
     "Problem": _obj(
         {
             "type": {"type": "string"},
@@ -200,6 +228,9 @@ def _op(summary: str, scope: str | None, responses: dict[str, Any], **extra: Any
         op["responses"] = {**_problem(401, 403), **responses}
     else:
         op["security"] = []
+    for parameter in extra.get("parameters", []):
+        if parameter["in"] == "query":
+            parameter.setdefault("allowEmptyValue", True)  # empty means absent, but for integers (limit)
     op.update(extra)
     return op
 
@@ -207,7 +238,7 @@ def _op(summary: str, scope: str | None, responses: dict[str, Any], **extra: Any
 def _paths() -> dict[str, Any]:
     run_id = [{"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}]
     job_name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}]
-    source_q = {"name": "source", "in": "query", "required": False, "schema": {"type": "string"}}
+    source_q = {"name": "source", "in": "query", "required": False, "schema": NAME_QUERY}
     source_name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}]
     body = lambda schema: {"required": True, "content": {"application/json": {"schema": schema}}}  # noqa: E731
     return {
@@ -251,10 +282,10 @@ def _paths() -> dict[str, Any]:
                 {"200": _json(_obj({"runs": {"type": "array", "items": _ref("Run")}, "next": NULLABLE_STR}, ["runs", "next"])), **_problem(400)},
                 parameters=[
                     {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": STATUSES}},
-                    {"name": "job", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {"name": "job", "in": "query", "required": False, "schema": NAME_QUERY},
                     source_q,
-                    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                    {"name": "limit", "in": "query", "required": False, "allowEmptyValue": False, "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,20}$"}, "description": "the `next` of the previous page"},
                 ],
             ),
         },
@@ -278,7 +309,7 @@ def _paths() -> dict[str, Any]:
                     "201": _json(_obj({"ticket": {"type": "string"}, "expires_in": {"type": "number"}, "run_id": NULLABLE_STR}, ["ticket", "expires_in", "run_id"]), "Created"),
                     **_problem(400, 404, 413, 415, 422),
                 },
-                requestBody={"required": False, "content": {"application/json": {"schema": _obj({"run": {"type": "string", "minLength": 1}})}}},
+                requestBody={"required": False, "content": {"application/json": {"schema": _obj({"run": {"type": ["string", "null"], "minLength": 1}})}}},
             )
         },
         "/events": {"get": _op("Stream every event", "runs:read", {"200": SSE, **_problem(400, 503)}, parameters=LAST_EVENT_ID)},
@@ -326,8 +357,8 @@ def _paths() -> dict[str, Any]:
                 "export:read",
                 {"200": {"description": "One JSON record per line: export, then run and its events, ..., end", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, **_problem(400)},
                 parameters=[
-                    {"name": "since", "in": "query", "required": False, "schema": {"type": "string", "format": "date-time"}, "description": "runs created at or after (ISO 8601)"},
-                    {"name": "until", "in": "query", "required": False, "schema": {"type": "string", "format": "date-time"}, "description": "runs created before (ISO 8601)"},
+                    {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}, "description": "runs created at or after (ISO 8601; no offset means UTC)"},
+                    {"name": "until", "in": "query", "required": False, "schema": {"type": "string"}, "description": "runs created before (ISO 8601; no offset means UTC)"},
                     {"name": "status", "in": "query", "required": False, "schema": {"type": "string"}, "description": "one status or several, comma-separated"},
                     {"name": "job", "in": "query", "required": False, "schema": {"type": "string"}, "description": "NAME or SOURCE:NAME"},
                 ],

@@ -50,7 +50,7 @@ def list_runs() -> Response:
         job=query_text("job"),
         source=query_text("source"),
         limit=query_int("limit", 50, 1, 500),
-        before=query_int("cursor", 0, 1, 2**62) or None,
+        before=query_int("cursor", 0, 1, 2**62, empty_is_absent=True) or None,
     )
     return json_response({"runs": [r.to_dict(base_url()) for r in runs], "next": str(cursor) if cursor else None})
 

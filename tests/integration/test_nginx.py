@@ -153,11 +153,11 @@ def test_heartbeats_keep_an_idle_stream_open_through_nginx_past_its_read_timeout
 
 def test_the_nginx_access_log_has_neither_query_strings_nor_tokens(proxy):
     marker = "q-marker-4711"
-    response = https(proxy, "GET", f"/jobs?source=examples&note={marker}", headers={"X-Request-ID": "nginx-log-check-1"})
+    response = https(proxy, "GET", f"/runs?job={marker}", headers={"X-Request-ID": "nginx-log-check-1"})
     assert response.status_code == 200 and response.headers["X-Request-ID"] == "nginx-log-check-1"
     assert https(proxy, "GET", "/jobs", headers={"Authorization": "Bearer not-a-real-token-4711"}).status_code == 401
     proxy_log = wait_until(lambda: (text := proxy.access_log.read_text()) and "nginx-log-check-1" in text and " 401 " in text and text, 5, 0.05, "the access log lines")
-    assert '"GET /jobs HTTP/1.1" 200' in proxy_log
+    assert '"GET /runs HTTP/1.1" 200' in proxy_log
     assert marker not in proxy_log and "not-a-real-token" not in proxy_log and "dev-token" not in proxy_log
 
 

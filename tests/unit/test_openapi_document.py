@@ -1,0 +1,84 @@
+"""/openapi.json describes exactly the routes the app has: every path, method, path parameter and scope."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from flwd_server.app import create_app
+from flwd_server.engine import Engine
+from flwd_server.web.auth import PUBLIC, required_scope
+from flwd_server.web.openapi import openapi_document
+from flwd_server.web.queries import declared_query_parameters, openapi_path
+
+METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+@pytest.fixture
+def app(make_settings):
+    engine = Engine(make_settings(dev=True))
+    yield create_app(engine=engine)
+    engine.close(grace=0)
+
+
+def url_map_operations(app) -> dict[tuple[str, str], str | None]:
+    """``(OpenAPI path, method) -> declared scope`` of every route, as Flask routes it."""
+    out = {}
+    for rule in app.url_map.iter_rules():
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:  # Flask adds these two itself
+            out[(openapi_path(rule.rule), method.lower())] = required_scope(app, rule.endpoint)
+    return out
+
+
+def document_operations(document) -> dict[tuple[str, str], dict]:
+    return {(path, method): op for path, ops in document["paths"].items() for method, op in ops.items() if method in METHODS}
+
+
+def test_every_route_of_the_app_is_in_the_document_and_nothing_else(app):
+    assert set(url_map_operations(app)) == set(document_operations(openapi_document(app)))
+
+
+def test_the_document_declares_each_routes_scope(app):
+    routes = url_map_operations(app)
+    for key, op in document_operations(openapi_document(app)).items():
+        scope = routes[key]
+        if scope == PUBLIC:
+            assert op["security"] == [], key
+        else:
+            assert op["x-required-scope"] == scope and op["security"] == [{"bearer": [scope]}], key
+            assert {"401", "403"} <= set(op["responses"]), key
+
+
+def test_path_parameters_are_declared_with_the_routes_names(app):
+    for (path, method), op in document_operations(openapi_document(app)).items():
+        in_path = set(re.findall(r"{([^}]+)}", path))
+        declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+        assert in_path == declared, (method, path)
+
+
+def test_every_operation_documents_its_errors_as_problems(app):
+    for key, op in document_operations(openapi_document(app)).items():
+        for status, response in op["responses"].items():
+            if int(status) >= 400:
+                assert list(response["content"]) == ["application/problem+json"], (key, status)
+
+
+def test_the_server_refuses_query_parameters_the_document_does_not_declare(app):
+    client = app.test_client()
+    auth = {"Authorization": "Bearer dev-token"}
+    response = client.get("/runs?limit=5&colour=red", headers=auth)
+    assert response.status_code == 400 and "colour" in response.get_json()["detail"]
+    assert client.get("/runs?limit=5&status=queued", headers=auth).status_code == 200
+    assert declared_query_parameters(openapi_document(app))[("/runs", "GET")] == {"status", "job", "source", "limit", "cursor"}
+
+
+def test_the_document_is_valid_openapi_3_1():
+    # The OpenAPI 3.1 meta-schema schemathesis ships (it does not validate documents loaded from a dict).
+    from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
+
+    errors = [str(e) for e in OPENAPI_31_VALIDATOR.iter_errors(openapi_document())]
+    assert errors == []
+    broken = openapi_document()
+    broken["paths"]["/runs"]["get"]["responses"]["200"] = {"content": 5}
+    assert list(OPENAPI_31_VALIDATOR.iter_errors(broken))  # the check can fail

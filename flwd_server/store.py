@@ -365,6 +365,9 @@ class Store:
         def logged(conn: sqlite3.Connection) -> Any:
             try:
                 return fn(conn)
+            except sqlite3.Error as exc:  # the disk, not the code: one line, the batch retries it
+                log.error("queued write failed: the database cannot be written: %s", exc)
+                raise
             except Exception:
                 log.exception("queued write failed")
                 raise

@@ -71,6 +71,7 @@ class SSESettings:
     max_streams: int = _opt(0, "Open streams per worker process; 0 means threads - 4.", minimum=0)
     poll_interval: float = _opt(0.02, "Seconds between checks for events written by other processes.", minimum=0.001)
     retry_ms: int = _opt(2000, "Reconnect delay suggested to clients.", minimum=0)
+    broadcast: bool = _opt(True, "Serve event streams from one sending thread per worker (under gunicorn) instead of one thread each.")
     crowd_pause: float = _opt(0.05, "Longest pause after a write when a worker serves ~1,000 streams, so several events go in one write (0: never).", minimum=0)
     ticket_ttl: float = _opt(60.0, "Seconds a single-use stream ticket (for browser EventSource) stays valid.", minimum=1)
 

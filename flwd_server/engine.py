@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .auth import Authenticator
+from .broadcast import Broadcaster
 from .catalog import Catalog
 from .config import Settings
 from .container_support import ContainerSupport
@@ -70,6 +71,9 @@ class Engine:
         self.catalog.before_read = self.registry.refresh
         self.registry.register_configured(sync_new=local_affinity)
         self.hub = EventHub(self.store, poll_interval=settings.sse.poll_interval)
+        self.broadcaster = Broadcaster(
+            self.hub, heartbeat=settings.sse.heartbeat, max_duration=settings.sse.max_duration, is_closing=lambda: self.closing
+        )
         self.planner = Planner(self.catalog, settings, self.store.digest_key, runtime=self.container_runtime, verify_signature=self.containers.verify_image)
         self.runner = Runner(self.store, self.hub, self.planner, settings, affinity_only=local_affinity, container_executor=self.containers.run_step)
         self.authenticator = Authenticator(settings.dev, verify_jwt=_token_verifier(settings))

@@ -80,13 +80,13 @@ def read_stream(url: str, headers: dict[str, str], *, until: Callable[[dict[str,
         assert response.status_code == 200, (response.status_code, response.text[:500])
         assert response.headers["Content-Type"].startswith("text/event-stream")
         for event in sse_events(response.iter_lines(chunk_size=None)):
+            if time.monotonic() > deadline:  # heartbeats keep the connection busy: check on every line
+                raise AssertionError(f"stream {url} did not finish within {timeout}s; got {len(out)} events")
             if "comment" in event and not comments:
                 continue
             out.append(event)
             if until is not None and "comment" not in event and until(event):
                 break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"stream {url} did not finish within {timeout}s; got {len(out)} events")
     return out
 
 

@@ -6,6 +6,7 @@ import re
 
 from flask import Blueprint, Response, current_app, g, request
 
+from ..broadcast import broadcast_stream, can_take_over
 from ..errors import BadRequest, Unprocessable
 from ..models import RunStatus
 from ..sse import ClosingStream, crowd_pause, event_stream, parse_last_event_id
@@ -80,6 +81,11 @@ def sse_response(run_id: str | None) -> Response:
     slots.acquire()
     engine.hub.start()
     settings = engine.settings
+    sock = can_take_over(request.environ) if settings.sse.broadcast else None
+    if sock is not None:
+        chunked = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
+        body = broadcast_stream(engine.broadcaster, sock, after=after, run_id=run_id, chunked=chunked, retry_ms=settings.sse.retry_ms)
+        return Response(ClosingStream(body, slots.release), mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True)
     frames = event_stream(
         engine.hub,
         after=after,

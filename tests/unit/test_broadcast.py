@@ -1,0 +1,136 @@
+"""The broadcaster: one thread writing every stream, with real sockets."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from flwd_server.broadcast import Broadcaster, broadcast_stream, can_take_over, chunk
+from flwd_server.eventhub import EventHub
+from flwd_server.store import Store
+
+
+@pytest.fixture
+def hub(tmp_path):
+    store = Store(tmp_path / "flwd.db")
+    store.migrate()
+    h = EventHub(store, poll_interval=0.01)
+    h.start()
+    yield h
+    h.close()
+    store.close()
+
+
+def read_until(sock: socket.socket, marker: bytes, limit: int = 1 << 20) -> bytes:
+    sock.settimeout(5)
+    data = b""
+    while marker not in data and len(data) < limit:
+        part = sock.recv(65536)
+        if not part:
+            break
+        data += part
+    return data
+
+
+def dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size, _, data = data.partition(b"\r\n")
+        length = int(size, 16)
+        out, data = out + data[:length], data[length:]
+        assert data.startswith(b"\r\n")
+        data = data[2:]
+    return out
+
+
+def test_followers_get_the_same_chunked_frames_and_the_socket_back_when_the_run_ends(hub):
+    caster = Broadcaster(hub, heartbeat=5, max_duration=60)
+    pairs = [socket.socketpair() for _ in range(3)]
+    subs = [caster.attach(server, 0, "r1", chunked=True) for server, _ in pairs]
+    hub.store.emit("r1", "step.output", {"line": "hello"})
+    hub.store.emit("r2", "step.output", {"line": "not yours"})
+    hub.store.emit("r1", "run.finished", {"status": "succeeded"})
+    for sub in subs:
+        assert sub.done.wait(5) and not sub.failed
+    received = [read_until(client, b"run.finished") for _, client in pairs]
+    assert received[0] == received[1] == received[2]
+    payload = dechunk(received[0])  # valid chunked framing, whatever the batches were
+    assert b"not yours" not in payload and b"hello" in payload and payload.endswith(b"\n\n")
+    assert all(server.getblocking() for server, _ in pairs)  # given back as the WSGI server expects
+    for server, client in pairs:
+        server.close()
+        client.close()
+
+
+def test_a_client_that_never_reads_is_dropped_and_the_others_go_on(hub):
+    caster = Broadcaster(hub, heartbeat=5, max_duration=60, stall_timeout=0.5)
+    slow_server, slow_client = socket.socketpair()
+    fast_server, fast_client = socket.socketpair()
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(read_until(fast_client, b"run.finished", limit=1 << 30)))
+    try:
+        slow = caster.attach(slow_server, 0, "busy", chunked=False)
+        fast = caster.attach(fast_server, 0, "busy", chunked=False)
+        reader.start()
+        line = "x" * 1000
+        for i in range(3000):  # ~3 MB: far more than the slow client's socket and buffer hold
+            hub.store.emit("busy", "step.output", {"i": i, "line": line})
+        hub.store.emit("busy", "run.finished", {"status": "succeeded"})
+        assert slow.done.wait(10) and slow.failed and "read nothing" in slow.reason
+        assert fast.done.wait(10) and not fast.failed
+        reader.join(10)
+        assert got[0].count(b"event: step.output") == 3000
+    finally:
+        for s in (slow_server, slow_client, fast_server, fast_client):
+            s.close()
+
+
+def test_an_idle_stream_gets_heartbeats_and_ends_at_its_max_duration(hub):
+    caster = Broadcaster(hub, heartbeat=0.1, max_duration=0.5)
+    server, client = socket.socketpair()
+    sub = caster.attach(server, hub.last_id, None, chunked=True)
+    assert sub.done.wait(5) and not sub.failed
+    data = read_until(client, b"", limit=1)  # whatever arrived
+    client.setblocking(False)
+    try:
+        data += client.recv(65536)
+    except BlockingIOError:
+        pass
+    assert data.count(chunk(b": ping\n\n")) >= 2
+    server.close()
+    client.close()
+
+
+def test_a_client_that_went_away_ends_its_stream(hub):
+    caster = Broadcaster(hub, heartbeat=0.05, max_duration=60)
+    server, client = socket.socketpair()
+    sub = caster.attach(server, hub.last_id, None, chunked=True)
+    client.close()
+    assert sub.done.wait(5) and sub.failed and "went away" in sub.reason
+    server.close()
+
+
+def test_the_wsgi_body_sends_the_first_chunk_itself_then_hands_over(hub):
+    caster = Broadcaster(hub, heartbeat=5, max_duration=60)
+    server, client = socket.socketpair()
+    body = broadcast_stream(caster, server, after=0, run_id="r9", chunked=True, retry_ms=1500)
+    assert next(body) == b"retry: 1500\n\n"
+    hub.store.emit("r9", "run.finished", {"status": "succeeded"})
+    assert list(body) == []  # returned after the terminal event: the WSGI server closes the response
+    assert b"run.finished" in read_until(client, b"run.finished")
+    server.close()
+    client.close()
+
+
+def test_only_plain_http1_gets_on_a_gunicorn_socket_are_taken_over():
+    sock = socket.socket()
+    try:
+        base = {"gunicorn.socket": sock, "REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1"}
+        assert can_take_over(base) is sock
+        assert can_take_over({**base, "SERVER_PROTOCOL": "HTTP/2"}) is None
+        assert can_take_over({**base, "REQUEST_METHOD": "HEAD"}) is None
+        assert can_take_over({k: v for k, v in base.items() if k != "gunicorn.socket"}) is None
+    finally:
+        sock.close()

@@ -104,17 +104,21 @@ class LocalBackend:
         self.engine.run(run_id)
         hub = self.engine.hub
         hub.start()
-        position = after
-        while True:
-            events, position = hub.read(position, run_id)
-            for event in events:
-                yield event.to_dict()
-                if event.type == "run.finished":
-                    return
-            if not events:
-                if not follow:
-                    return
-                hub.wait(position, 0.5)
+        hub.watch()
+        try:
+            position = after
+            while True:
+                events, position = hub.read(position, run_id)
+                for event in events:
+                    yield event.to_dict()
+                    if event.type == "run.finished":
+                        return
+                if not events:
+                    if not follow:
+                        return
+                    hub.wait(position, 0.5)
+        finally:
+            hub.unwatch()
 
 
 class RemoteBackend:

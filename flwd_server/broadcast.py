@@ -102,6 +102,7 @@ class Broadcaster:
         """Take over ``sock`` (the response head is already sent); returns when the broadcaster has it."""
         sub = Subscription(sock, after, run_id, chunked, self.max_duration)
         sock.setblocking(False)
+        self.hub.watch()
         with self._lock:
             self._ensure_thread()
             self._incoming.append(sub)
@@ -249,6 +250,7 @@ class Broadcaster:
         self._subs = keep
 
     def _give_back(self, sub: Subscription) -> None:
+        self.hub.unwatch()
         if not sub.failed:
             with contextlib.suppress(OSError):
                 sub.sock.setblocking(True)

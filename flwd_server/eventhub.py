@@ -55,6 +55,7 @@ class EventHub:
         self._view: tuple[int, int, list[Event], list[int]] = (0, 0, [], [])
         self._bytes = 0
         self._waiters: list = []
+        self._watchers = 0
         self._thread: threading.Thread | None = None
         self._closed = False
         self.polls = 0
@@ -122,7 +123,17 @@ class EventHub:
             conn.close()
             self.wakeups.close()
 
+    def watch(self) -> None:
+        """A follower (an event stream) is here: keep every event in memory, not just control events."""
+        self._watchers += 1
+
+    def unwatch(self) -> None:
+        self._watchers -= 1
+
     def _fetch(self, conn) -> None:
+        if self._watchers <= 0:
+            self._fetch_control(conn)
+            return
         while True:
             self.queries += 1
             fresh = self.store.events_after(self._view[1], None, FETCH_LIMIT, conn=conn)
@@ -137,6 +148,29 @@ class EventHub:
                     log.exception("event listener failed")
             if len(fresh) < FETCH_LIMIT:
                 return
+
+    def _fetch_control(self, conn) -> None:
+        """Nobody follows streams in this process: read only what the runner and the caches act on.
+
+        A job printing 100,000 lines a second would otherwise cost every worker
+        the parsing of every line.  The buffer stays empty; a stream that
+        starts later reads its history from the database, then the buffer fills.
+        """
+        self.queries += 1
+        last = self._view[1]
+        newest = self.store.last_event_id(conn)
+        if newest <= last:
+            return
+        control = self.store.control_events_after(last, newest, conn)
+        self._bytes = 0
+        self._view = (newest, newest, [], [])
+        self._release_waiters()
+        if control:
+            for listener in self._listeners:
+                try:
+                    listener(control)
+                except Exception:
+                    log.exception("event listener failed")
 
     def _publish(self, fresh: list[Event]) -> None:
         floor, _, events, ids = self._view

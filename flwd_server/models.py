@@ -66,12 +66,23 @@ class EventType(StrEnum):
     SOURCE_FAILED = "source.failed"
 
 
+_SECOND: list = [None, ""]  # the last whole second rendered: events come in bursts within one
+
+
 def iso(ts: float | None) -> str | None:
-    """Render an epoch timestamp as ISO 8601 UTC with milliseconds."""
+    """Render an epoch timestamp as ISO 8601 UTC with milliseconds (``2026-11-28T18:00:00.123Z``)."""
     if ts is None:
         return None
-    moment = _dt.datetime.fromtimestamp(ts, tz=_dt.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    second = int(ts)
+    micros = round((ts - second) * 1_000_000)  # as datetime does: nearest microsecond, then cut to ms
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached = _SECOND
+    if cached[0] != second:
+        text = _dt.datetime.fromtimestamp(second, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        cached = [second, text]
+        _SECOND[:] = cached
+    return f"{cached[1]}.{micros // 1000:03d}Z"
 
 
 def parse_iso(text: str) -> float:
@@ -305,7 +316,8 @@ class Event:
 
     def to_json(self) -> str:
         """The event as one JSON object, built around the stored text without re-encoding it."""
-        run = json.dumps(self.run_id)
+        run_id = self.run_id
+        run = f'"{run_id}"' if run_id is not None and run_id.isalnum() else json.dumps(run_id)
         return f'{{"id":{self.id},"run_id":{run},"type":"{self.type}","time":"{iso(self.ts)}","data":{self.raw}}}'
 
     def to_dict(self) -> dict[str, Any]:

@@ -95,7 +95,25 @@ def event_stream(
     the server shuts down.
     """
     terminal = EventType.RUN_FINISHED.value
-    yield f"retry: {retry_ms}\n\n".encode()
+    hub.watch()
+    try:
+        yield f"retry: {retry_ms}\n\n".encode()
+        yield from _follow(hub, after, run_id, heartbeat, max_duration, is_closing, clock, pause, terminal)
+    finally:
+        hub.unwatch()
+
+
+def _follow(
+    hub: EventHub,
+    after: int,
+    run_id: str | None,
+    heartbeat: float,
+    max_duration: float,
+    is_closing: Callable[[], bool],
+    clock: Callable[[], float],
+    pause: Callable[[], float],
+    terminal: str,
+) -> Iterator[bytes]:
     started = last_write = clock()
     position = after
     while True:

@@ -221,7 +221,16 @@ class Store:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        for attempt in range(100):
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                # Turning a new database to WAL needs it to itself, and SQLite's busy
+                # handler does not cover that: processes starting together retry.
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.05)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA temp_store = MEMORY")
@@ -889,6 +898,14 @@ class Store:
             rows = conn.execute(
                 "SELECT id, run_id, type, ts, data FROM events WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?", (run_id, after, limit)
             ).fetchall()
+        return [Event(*r) for r in rows]
+
+    def control_events_after(self, after: int, upto: int, conn: sqlite3.Connection | None = None) -> list[Event]:
+        """Every event but step output in ``(after, upto]`` (served by the partial index on non-output events)."""
+        conn = conn or self.reader()
+        rows = conn.execute(
+            "SELECT id, run_id, type, ts, data FROM events WHERE id > ? AND id <= ? AND type <> 'step.output' ORDER BY id", (after, upto)
+        ).fetchall()
         return [Event(*r) for r in rows]
 
     def last_event_id(self, conn: sqlite3.Connection | None = None) -> int:

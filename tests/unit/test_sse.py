@@ -208,3 +208,34 @@ def test_many_waiting_streams_are_all_woken_by_one_batch(store, hub):
     for t in threads:
         t.join(10)
     assert len(woken) == 200 and hub._waiters == []
+
+
+def test_without_followers_the_hub_reads_only_control_events_and_still_serves_history(store, hub):
+    store.emit("r", "run.queued", {})
+    for i in range(100):
+        store.emit("r", "step.output", {"i": i})
+    store.emit("r", "run.finished", {"status": "succeeded"})
+    store.flush()
+    wait_until(lambda: hub.last_id == 102, 5, message="the hub to move past every event")
+    assert hub._events == []  # nobody watches: output was not read into memory
+    hub.watch()
+    try:
+        events, _ = hub.read(0, "r")
+        assert [e.type for e in events] == ["run.queued"] + ["step.output"] * 100 + ["run.finished"]
+        store.emit("r2", "step.output", {"i": 1})
+        store.flush()
+        wait_until(lambda: [e.run_id for e in hub._events] == ["r2"], 5, message="a watched hub to buffer output")
+    finally:
+        hub.unwatch()
+
+
+def test_iso_timestamps_match_datetime_to_the_millisecond():
+    import datetime
+    import random
+
+    from flwd_server.models import iso
+
+    for _ in range(20000):
+        ts = random.choice([random.uniform(0, 2e9), round(random.uniform(0, 2e9), 3)])
+        expected = datetime.datetime.fromtimestamp(ts, tz=datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert iso(ts) == expected

@@ -24,6 +24,10 @@ class IdleHub:
         self.now += timeout
         return False
 
+    def watch(self) -> None: ...
+
+    def unwatch(self) -> None: ...
+
 
 def heartbeat_times(heartbeat: float, count: int) -> list[float]:
     hub = IdleHub()

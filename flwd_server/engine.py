@@ -8,6 +8,7 @@ use in the process that needs them, so an engine built before a fork is safe.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 import threading
@@ -83,6 +84,7 @@ class Engine:
         self.local_affinity = local_affinity
         self.closing = False
         self._drain_deadline: float | None = None
+        self._jobs_cache: tuple[Any, str] | None = None
 
     # -- wiring ----------------------------------------------------------------
 
@@ -181,6 +183,18 @@ class Engine:
 
     def jobs(self, source: str | None = None) -> list[Job]:
         return self.catalog.list_jobs(source)
+
+    def jobs_document(self, source: str | None = None) -> str:
+        """``{"jobs": [...]}`` as JSON, rendered once per state of the sources (GET /jobs)."""
+        snapshots = self.catalog.snapshots(source)
+        key = (source, tuple((snap.name, snap.revision, id(snap)) for snap in snapshots))
+        cached = self._jobs_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        jobs = [snap.jobs[name].summary() for snap in snapshots for name in sorted(snap.jobs)]
+        text = json.dumps({"jobs": jobs}, ensure_ascii=False)
+        self._jobs_cache = (key, text)
+        return text
 
     def job(self, name: str, source: str | None = None) -> Job:
         return self.catalog.resolve(name, source)

@@ -15,8 +15,7 @@ bp = Blueprint("jobs", __name__)
 @requires("jobs:read")
 def list_jobs() -> Response:
     engine = current_app.config["FLWD_ENGINE"]
-    jobs = engine.jobs(query_text("source"))
-    return json_response({"jobs": [job.summary() for job in jobs]})
+    return Response(engine.jobs_document(query_text("source")) + "\n", mimetype="application/json")
 
 
 @bp.get("/jobs/<path:name>")

@@ -43,6 +43,15 @@ def _request_of(body: dict[str, Any]) -> PlanRequest:
     )
 
 
+def _remote_error(response: requests.Response) -> RemoteError:
+    """The server's problem+json as an error (or the status, if the body is not one)."""
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {"detail": f"HTTP {response.status_code}: {response.text[:200]}"}
+    return RemoteError(response.status_code, problem)
+
+
 class LocalBackend:
     """Runs through the same engine and database as the server, in this process."""
 
@@ -142,11 +151,7 @@ class RemoteBackend:
         except requests.RequestException as exc:
             raise RemoteError(0, {"detail": f"cannot reach {self.url}: {exc.__class__.__name__}"}) from None
         if response.status_code >= 400:
-            try:
-                problem = response.json()
-            except ValueError:
-                problem = {"detail": f"HTTP {response.status_code}: {response.text[:200]}"}
-            raise RemoteError(response.status_code, problem)
+            raise _remote_error(response)
         return response.json() if response.content else {}
 
     def jobs(self, source: str | None = None) -> list[dict[str, Any]]:
@@ -195,12 +200,9 @@ class RemoteBackend:
         except requests.RequestException as exc:
             raise RemoteError(0, {"detail": f"cannot reach {self.url}: {exc.__class__.__name__}"}) from None
         if response.status_code >= 400:
-            try:
-                problem = response.json()
-            except ValueError:
-                problem = {"detail": f"HTTP {response.status_code}"}
+            error = _remote_error(response)
             response.close()
-            raise RemoteError(response.status_code, problem)
+            raise error
 
         def chunks() -> Iterator[bytes]:
             with response:
@@ -224,11 +226,7 @@ class RemoteBackend:
                     if response.status_code == 204:
                         return
                     if response.status_code >= 400:
-                        try:
-                            problem = response.json()
-                        except ValueError:
-                            problem = {"detail": f"HTTP {response.status_code}"}
-                        raise RemoteError(response.status_code, problem)
+                        raise _remote_error(response)
                     for event in parse_sse(response.iter_lines(decode_unicode=False)):
                         failures = 0
                         last = event["id"]

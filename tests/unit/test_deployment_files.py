@@ -16,26 +16,6 @@ from flwd_server.serving import graceful_timeout
 
 REPO = Path(__file__).resolve().parents[2]
 ETC = REPO / "etc"
-# Verbatim from the reference page "Serve Mode (HTTP + SSE)", section "Server configuration".
-SEED_EXAMPLE = """bind: 0.0.0.0:8080
-default_profile: secure
-db_path: /var/lib/flwd/flwd.db
-
-auth:
-  issuer: "https://auth.example.org/"
-  audience: "flwd"
-  jwk_file: /etc/flwd/jwks.json
-
-container:
-  runtime: auto
-  verify_signatures: permissive
-  allowed_registries:
-    - ghcr.io
-
-limits:
-  max_concurrent_runs: 32
-  max_run_history: 10000
-"""
 
 
 def test_the_reference_server_yaml_is_what_the_generator_writes():
@@ -62,12 +42,6 @@ def test_the_reference_server_yaml_loads_and_names_every_setting():
         name = key.rsplit(".", 1)[-1]
         block = text.split(f"\n{'  ' if '.' in key else ''}{name}:", 1)[0]
         assert block.rstrip().splitlines()[-1].lstrip().startswith("#"), f"{key} has no explanation above it"
-
-
-def test_the_seed_configuration_example_loads(tmp_path):
-    (tmp_path / "server.yaml").write_text(SEED_EXAMPLE)
-    settings = load_settings(tmp_path / "server.yaml", environ={})
-    assert settings.limits.max_run_history == 10000 and settings.container.allowed_registries == ("ghcr.io",)
 
 
 def test_systemd_stops_with_sigterm_to_the_master_and_waits_longer_than_the_grace():

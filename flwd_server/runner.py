@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .errors import StorageError
+from .errors import StorageError, Unavailable
 from .eventhub import EventHub
 from .executors.host import HostStep, StepLimits, StepOutcome, run_host_step
 from .forksafe import reset_after_fork
@@ -250,6 +250,8 @@ class Runner:
             except StorageError as exc:  # a full or read-only disk: expected, said in one line
                 log.error("dispatcher: %s; retrying", exc.detail)
                 time.sleep(0.5)
+            except Unavailable:  # the store closed under us: the process is shutting down
+                return
             except Exception:  # the dispatcher must survive a bad moment
                 log.exception("dispatcher iteration failed; retrying")
                 time.sleep(0.5)

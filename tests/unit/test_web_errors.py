@@ -41,7 +41,7 @@ def test_an_unexpected_error_is_a_500_problem_without_a_traceback(client, monkey
     def explode(*args, **kwargs):
         raise RuntimeError("secret internal detail at /srv/flwd/thing.py line 42")
 
-    monkeypatch.setattr(engine, "jobs", explode)
+    monkeypatch.setattr(engine, "jobs_document", explode)
     response = test_client.get("/jobs", headers=AUTH)
     assert response.status_code == 500 and response.mimetype == "application/problem+json"
     assert "secret internal detail" not in response.get_data(as_text=True)

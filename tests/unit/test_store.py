@@ -1,4 +1,9 @@
-"""The SQLite store: pragmas, transactions, claims across processes, fork safety (PITFALLS 2)."""
+"""The store on both backends: transactions, claims across processes, fork safety (PITFALLS 2).
+
+``store`` runs each test on SQLite and on PostgreSQL (a throwaway cluster,
+tests/fixtures/postgres.py); ``sqlite_store`` is for what only SQLite has
+(pragmas, WAL, per-thread connections).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,15 @@ from flwd_server.models import RunStatus
 from flwd_server.store import Store, new_run_id
 
 
+def open_backend(spec: tuple[str, str]) -> Store:
+    """A store from ``("sqlite", path)`` or ``("postgres", url)`` (picklable, for other processes)."""
+    if spec[0] == "postgres":
+        from flwd_server.pgstore import PgStore
+
+        return PgStore(spec[1])
+    return Store(spec[1])
+
+
 def _plan(job="j"):
     return {"job": {"name": job, "source": "s", "steps": []}, "args": {}, "profile": "secure"}
 
@@ -28,14 +42,30 @@ def queue_runs(store: Store, count: int) -> list[str]:
 
 
 @pytest.fixture
-def store(tmp_path):
+def sqlite_store(tmp_path):
     s = Store(tmp_path / "flwd.db")
     s.migrate()
     yield s
     s.close()
 
 
-def test_every_connection_has_the_pragmas(store):
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, tmp_path) -> tuple[str, str]:
+    if request.param == "sqlite":
+        return ("sqlite", str(tmp_path / "flwd.db"))
+    return ("postgres", request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def store(backend):
+    s = open_backend(backend)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def test_every_connection_has_the_pragmas(sqlite_store):
+    store = sqlite_store
     conn = store.connect()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
@@ -55,11 +85,13 @@ def test_migration_is_versioned_and_idempotent(store):
 def test_a_newer_schema_is_refused(store):
     conn = store.connect()
     conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.close()
     with pytest.raises(StorageError, match="newer than this flwd"):
         store.migrate()
 
 
-def test_claims_use_begin_immediate_and_leave_no_transaction_open(store):
+def test_claims_use_begin_immediate_and_leave_no_transaction_open(sqlite_store):
+    store = sqlite_store
     queue_runs(store, 2)
     statements = []
     traced = Store(store.path)  # a second store whose writer connection is traced
@@ -101,7 +133,8 @@ def test_fifty_threads_write_through_one_writer_without_errors(store):
     assert len(store.events_after(0, run_id, 10000)) == 1 + 50 * 20
 
 
-def test_reader_connections_are_per_thread_and_not_shared(store):
+def test_reader_connections_are_per_thread_and_not_shared(sqlite_store):
+    store = sqlite_store
     seen = []
 
     def grab():
@@ -124,8 +157,8 @@ def test_claims_never_exceed_the_limit_and_keep_submission_order(store):
     assert [c.run.id for c in store.claim("b", 10, 2)] == [ids[2]]
 
 
-def _claim_worker(path, owner, results):
-    store = Store(path)
+def _claim_worker(backend, owner, results):
+    store = open_backend(backend)
     got = []
     threads = []
 
@@ -146,11 +179,11 @@ def _claim_worker(path, owner, results):
     store.close()
 
 
-def test_two_processes_with_eight_threads_claim_each_run_exactly_once(store):
+def test_two_processes_with_eight_threads_claim_each_run_exactly_once(store, backend):
     ids = queue_runs(store, 500)
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_claim_worker, args=(store.path, f"p{i}", results)) for i in range(2)]
+    procs = [ctx.Process(target=_claim_worker, args=(backend, f"p{i}", results)) for i in range(2)]
     for p in procs:
         p.start()
     claimed = results.get(timeout=60) + results.get(timeout=60)
@@ -164,6 +197,10 @@ def test_a_writer_waits_for_a_lock_instead_of_failing(store):
     queue_runs(store, 1)
     blocker = store.connect()
     blocker.execute("BEGIN IMMEDIATE")
+    if store.dialect == "postgres":  # what another node's writer holds while it commits
+        from flwd_server.pgstore import LOCK_CLASS, WRITE_LOCK
+
+        blocker.execute("SELECT pg_advisory_xact_lock(?, ?)", (LOCK_CLASS, WRITE_LOCK))
     done = threading.Event()
 
     def write():
@@ -177,6 +214,7 @@ def test_a_writer_waits_for_a_lock_instead_of_failing(store):
     blocker.execute("COMMIT")
     assert done.wait(10)
     t.join()
+    blocker.close()
 
 
 def test_after_a_fork_the_child_opens_its_own_connections(store):
@@ -235,7 +273,7 @@ def test_run_ids_are_unique_and_time_ordered():
     assert len(set(ids)) == 1000 and all(len(i) == 26 for i in ids)
 
 
-def test_a_read_only_database_gives_storage_errors_then_recovers(tmp_path):
+def test_a_read_only_database_gives_storage_errors_then_recovers(tmp_path):  # PostgreSQL: see test_pgstore
     store = Store(tmp_path / "ro.db")
     store.migrate()
     read_only = True

@@ -56,7 +56,7 @@ except ImportError:  # pragma: no cover - the message below says what to install
 
 from .errors import ConfigError, StorageError
 from .models import Run, RunStatus
-from .store import _RUN_COLUMNS, ClaimedRun, Store, _run_from_row
+from .store import _INSERT_EVENT, _RUN_COLUMNS, ClaimedRun, Store, _run_from_row
 
 log = logging.getLogger("flwd.store")
 
@@ -69,6 +69,17 @@ LISTEN_FALLBACK = 1.0  # seconds between polls while LISTEN works (NOTIFY does t
 
 _BEGIN_WRITE = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {WRITE_LOCK})"
 _NOTIFY_COMMIT = f"NOTIFY {CHANNEL}; COMMIT"
+_BEGIN_CLAIM = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {CLAIM_LOCK})"
+_CLAIM_TEMPLATE = (
+    "WITH room AS (SELECT GREATEST(0, LEAST(%s, %s - count(*))) AS n FROM runs WHERE status = 'running'), "
+    "picked AS (SELECT id FROM runs WHERE status = 'queued' AND {affinity} "
+    "ORDER BY seq LIMIT (SELECT n FROM room) FOR UPDATE SKIP LOCKED) "
+    "UPDATE runs SET status = 'running', owner = %s, started_at = %s FROM picked WHERE runs.id = picked.id "
+    "RETURNING {columns}, runs.plan, runs.seq"
+)
+_CLAIM_COLUMNS = ", ".join(f"runs.{c.strip()}" for c in _RUN_COLUMNS.split(","))
+_CLAIM = _CLAIM_TEMPLATE.format(affinity="(affinity IS NULL OR affinity = %s)", columns=_CLAIM_COLUMNS)
+_CLAIM_AFFINITY_ONLY = _CLAIM_TEMPLATE.format(affinity="affinity = %s", columns=_CLAIM_COLUMNS)
 
 _INHERITED: list[Any] = []  # connections of a parent process: never used, never closed (that would end its sessions)
 
@@ -148,11 +159,13 @@ class PgConnection:
     def __init__(self, raw: Any) -> None:
         self.raw = raw
         self.wrote_events = False
+        self._cur = raw.cursor()  # one cursor, reused: a statement costs no new cursor object
 
     def execute(self, sql: str, params: Any = ()) -> Result:
         if sql.startswith("INSERT INTO events"):
             self.wrote_events = True
-        cur = self.raw.execute(translate(sql), tuple(params))
+        cur = self._cur
+        cur.execute(translate(sql), tuple(params))
         rows = cur.fetchall() if cur.description is not None else []
         return Result(rows, cur.rowcount)
 
@@ -335,7 +348,38 @@ class PgStore(Store):
     # -- the writer ----------------------------------------------------------------
 
     def _apply(self, conn: Any, batch: list[Any]) -> None:
-        self._apply_locked(conn, batch)  # the advisory lock in _begin orders writers; no file lock
+        """Commit a batch: first without savepoints, then - only if an operation failed - with them.
+
+        The advisory lock in ``_begin`` orders writers (no file lock here).  A
+        savepoint is two round trips to the server per operation; operations
+        rarely fail, so a batch first runs without them.  If one fails, the
+        whole attempt is rolled back and the batch runs again the SQLite way,
+        each operation in its own savepoint, so the failure stays its own.
+        """
+        if not self._apply_optimistic(conn, batch):
+            self._apply_locked(conn, batch)
+
+    def _apply_optimistic(self, conn: Any, batch: list[Any]) -> bool:
+        self._begin(conn)
+        pending: list[tuple] = []
+        try:
+            for op in batch:
+                if type(op) is tuple:
+                    pending.append(op)
+                    continue
+                if pending:
+                    conn.executemany(_INSERT_EVENT, pending)
+                    pending = []
+                op.result, op.error = op.fn(conn), None
+            if pending:
+                conn.executemany(_INSERT_EVENT, pending)
+        except Exception as exc:
+            if conn.closed or (isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled)):
+                raise  # the connection, not an operation: the caller retries on a new one
+            conn.raw.rollback()
+            return False
+        self._commit(conn)
+        return True
 
     def _begin(self, conn: Any) -> None:
         conn.wrote_events = False
@@ -364,30 +408,22 @@ class PgStore(Store):
         """
         if local_free <= 0 or self._closed:
             return []
-        affinity = "affinity = %s" if affinity_only else "(affinity IS NULL OR affinity = %s)"
+        sql = _CLAIM_AFFINITY_ONLY if affinity_only else _CLAIM
+        now = time.time()
         try:
             with self._pool.connection() as conn:
-                raw = conn.raw
-                with raw.transaction():
-                    raw.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, CLAIM_LOCK))
-                    running = raw.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
-                    room = min(local_free, max_running - running)
-                    if room <= 0:
-                        return []
-                    rows = raw.execute(
-                        f"SELECT {_RUN_COLUMNS}, plan FROM runs WHERE status = 'queued' AND {affinity} "
-                        "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED",
-                        (owner, room),
-                    ).fetchall()
-                    if not rows:
-                        return []
-                    now = time.time()
-                    raw.execute(
-                        "UPDATE runs SET status = 'running', owner = %s, started_at = %s WHERE id = ANY(%s)",
-                        (owner, now, [r[0] for r in rows]),
-                    )
+                # The lock first, in its own statement: the count below must be read after it is held
+                # (a statement's snapshot is taken when the statement starts).
+                conn.run(_BEGIN_CLAIM)
+                try:
+                    rows = conn.raw.execute(sql, (local_free, max_running, owner, owner, now)).fetchall()
+                except BaseException:
+                    conn.raw.rollback()
+                    raise
+                conn.run("COMMIT")
         except psycopg.Error as exc:
             raise StorageError(f"the database cannot be written: {exc}") from None
+        rows.sort(key=lambda r: r[15])  # RETURNING has no order: queue order is seq order
         claimed = []
         for row in rows:
             run = _run_from_row(row)

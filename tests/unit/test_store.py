@@ -293,3 +293,22 @@ def test_a_read_only_database_gives_storage_errors_then_recovers(tmp_path):  # P
     run, _ = store.create_run(plan=_plan(), public=_public(), submitted_by="t")
     assert store.get_run(run.id).status is RunStatus.QUEUED
     store.close()
+
+
+def test_one_failing_operation_in_a_batch_takes_nothing_else_with_it(store):
+    """PostgreSQL runs a batch without savepoints first and falls back to them when an operation fails."""
+    gate = threading.Event()
+    store.write_later(lambda conn: gate.wait(10))  # holds the writer: what follows queues up as one batch
+    store.write_later(lambda conn: conn.execute("INSERT INTO meta(key, value) VALUES ('before', '1')"))
+
+    def half_done(conn):
+        conn.execute("INSERT INTO meta(key, value) VALUES ('half', 'done')")
+        raise ValueError("boom")
+
+    store.write_later(half_done)
+    store.emit(None, "after", {})
+    store.write_later(lambda conn: conn.execute("INSERT INTO meta(key, value) VALUES ('after', '1')"))
+    gate.set()
+    store.flush()
+    assert (store.meta("before"), store.meta("half"), store.meta("after")) == ("1", None, "1")
+    assert [e.type for e in store.events_after(0)] == ["after"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .errors import StorageError
+from .errors import StorageError, Unavailable
 from .eventhub import EventHub
 from .executors.host import HostStep, StepLimits, StepOutcome, run_host_step
 from .forksafe import reset_after_fork
@@ -238,7 +238,7 @@ class Runner:
             now = time.monotonic()
             try:
                 if now >= next_beat:
-                    if not self.store.heartbeat(self.owner):
+                    if not self.store.heartbeat(self.owner) and not self._stopped:  # stopping: we removed it
                         self._declared_dead()
                     next_beat = now + HEARTBEAT_EVERY
                 if now >= next_sweep:
@@ -252,6 +252,10 @@ class Runner:
                     self._claim()
             except StorageError as exc:  # a full or read-only disk: expected, said in one line
                 log.error("dispatcher: %s; retrying", exc.detail)
+                time.sleep(0.5)
+            except Unavailable:  # the store closed under a last iteration: the process is stopping
+                if self._stopped:
+                    return
                 time.sleep(0.5)
             except Exception:  # the dispatcher must survive a bad moment
                 log.exception("dispatcher iteration failed; retrying")

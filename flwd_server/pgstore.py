@@ -69,6 +69,10 @@ LISTEN_FALLBACK = 1.0  # seconds between polls while LISTEN works (NOTIFY does t
 
 _BEGIN_WRITE = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {WRITE_LOCK})"
 _NOTIFY_COMMIT = f"NOTIFY {CHANNEL}; COMMIT"
+_INSERT_EVENTS_UNNEST = (
+    "INSERT INTO events(run_id, type, ts, data) "
+    "SELECT r, t, s, d FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]) WITH ORDINALITY AS u(r, t, s, d, n) ORDER BY n"
+)
 _BEGIN_CLAIM = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {CLAIM_LOCK})"
 _CLAIM_TEMPLATE = (
     "WITH room AS (SELECT GREATEST(0, LEAST(%s, %s - count(*))) AS n FROM runs WHERE status = 'running'), "
@@ -173,6 +177,16 @@ class PgConnection:
         rows = list(seq)
         if not rows:
             return Result([], 0)
+        if len(rows) == 1:
+            return self.execute(sql, rows[0])
+        if sql == _INSERT_EVENT:
+            # A batch of events is one statement with four arrays, not one per row (psycopg's
+            # executemany pipelines, but still spends Python time per row).  ORDER BY the
+            # ordinality: ids are drawn in the order the events were queued.
+            self.wrote_events = True
+            run_ids, types, stamps, data = zip(*rows, strict=True)
+            self._cur.execute(_INSERT_EVENTS_UNNEST, (list(run_ids), list(types), list(stamps), list(data)))
+            return Result([], len(rows))
         if sql.startswith("INSERT INTO events"):
             self.wrote_events = True
         with self.raw.cursor() as cur:

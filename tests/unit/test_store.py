@@ -312,3 +312,12 @@ def test_one_failing_operation_in_a_batch_takes_nothing_else_with_it(store):
     store.flush()
     assert (store.meta("before"), store.meta("half"), store.meta("after")) == ("1", None, "1")
     assert [e.type for e in store.events_after(0)] == ["after"]
+
+
+def test_a_chunk_of_output_keeps_its_order_in_the_ids(store):
+    rows = [("r", "step.output", 1.0, json.dumps({"line": f"line {i}"})) for i in range(3000)]
+    store.emit_rows(rows)
+    store.flush()
+    events = store.events_after(0, "r", limit=5000)
+    assert [e.data["line"] for e in events] == [f"line {i}" for i in range(3000)]
+    assert [e.id for e in events] == sorted(e.id for e in events)

@@ -77,7 +77,7 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
         if row["goal"] is not None:
             assert row["result"] in ("pass", "FAIL"), row
     goals = {(row["figure"], row["goal"]["op"], row["goal"]["target"]) for row in rows if row["goal"]}
-    assert goals == {(1, ">=", 1.0), (2, "<=", 10), (2, "<=", 50), (3, "<=", 100), (4, ">=", 100000), (5, "<=", 80)}
+    assert goals == {(1, ">=", 1.0), (2, "<=", 10), (2, "<=", 50), (3, "<=", 100), (4, ">=", 100000), (5, "<=", 80), (6, "<=", 100)}
     figures = result["figures"]
     assert figures["1"]["flwd"]["drain_timed_out"] is False
     assert figures["1"]["flwd"]["statuses"] == {"succeeded": figures["1"]["flwd"]["finished"]}
@@ -86,6 +86,7 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
     assert figures["4"]["received"] == figures["4"]["lines"]
     assert figures["5"]["listed"] >= 2000
     assert sorted(figures["6"]["nodes"]) == ["1", "2", "3"]
+    assert figures["6"]["cross_node"]["events"] == 40 and figures["6"]["cross_node"]["missing"] == 0
     for result in [figures["6"]["sqlite"], *figures["6"]["nodes"].values()]:
         assert result["drain_timed_out"] is False and result["statuses"] == {"succeeded": result["finished"]}
 

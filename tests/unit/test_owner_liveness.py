@@ -17,8 +17,9 @@ from flwd_server.engine import Engine
 from flwd_server.models import Principal, RunStatus
 from flwd_server.planner import PlanRequest
 from flwd_server.runner import owner_id, owner_is_dead, recover_lost_runs
+from tests.fixtures.postgres import open_backend
 from tests.helpers import processes_of_run, wait_until
-from tests.unit.test_store import _plan, _public, open_backend
+from tests.unit.test_store import _plan, _public
 
 
 def test_a_zombie_owner_counts_as_dead_and_a_live_one_as_alive():
@@ -44,10 +45,9 @@ def test_an_owner_on_another_host_is_judged_by_its_heartbeat_alone():
     assert owner_is_dead("db-2:1:100", "db-2", 1, None, timeout=5)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def liveness_store(request, tmp_path):
-    spec = ("sqlite", str(tmp_path / "flwd.db")) if request.param == "sqlite" else ("postgres", request.getfixturevalue("postgres_url"))
-    store = open_backend(spec)
+@pytest.fixture
+def liveness_store(store_spec):
+    store = open_backend(store_spec)
     store.migrate()
     yield store
     store.close()

@@ -18,15 +18,7 @@ import pytest
 from flwd_server.errors import IdempotencyMismatch, StorageError
 from flwd_server.models import RunStatus
 from flwd_server.store import Store, new_run_id
-
-
-def open_backend(spec: tuple[str, str]) -> Store:
-    """A store from ``("sqlite", path)`` or ``("postgres", url)`` (picklable, for other processes)."""
-    if spec[0] == "postgres":
-        from flwd_server.pgstore import PgStore
-
-        return PgStore(spec[1])
-    return Store(spec[1])
+from tests.fixtures.postgres import open_backend
 
 
 def _plan(job="j"):
@@ -49,16 +41,9 @@ def sqlite_store(tmp_path):
     s.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request, tmp_path) -> tuple[str, str]:
-    if request.param == "sqlite":
-        return ("sqlite", str(tmp_path / "flwd.db"))
-    return ("postgres", request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
-def store(backend):
-    s = open_backend(backend)
+def store(store_spec):
+    s = open_backend(store_spec)
     s.migrate()
     yield s
     s.close()
@@ -179,11 +164,11 @@ def _claim_worker(backend, owner, results):
     store.close()
 
 
-def test_two_processes_with_eight_threads_claim_each_run_exactly_once(store, backend):
+def test_two_processes_with_eight_threads_claim_each_run_exactly_once(store, store_spec):
     ids = queue_runs(store, 500)
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_claim_worker, args=(backend, f"p{i}", results)) for i in range(2)]
+    procs = [ctx.Process(target=_claim_worker, args=(store_spec, f"p{i}", results)) for i in range(2)]
     for p in procs:
         p.start()
     claimed = results.get(timeout=60) + results.get(timeout=60)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -210,3 +212,46 @@ def test_an_owner_on_another_host_is_lost_only_after_its_heartbeat_is_older_than
     assert gone == 0
     events = nodes[2].events(run_id)
     assert events[-1]["event"] == "run.finished" and events[-1]["data"]["data"]["status"] == "lost"
+
+
+def test_serve_takes_db_url_on_the_command_line_and_a_local_cli_run_shares_the_database(postgres, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.helpers import free_port
+
+    url = postgres.create_database()
+    with_password = url.replace("flwd@", "flwd:never-logged-pw@")  # trust auth ignores it; no log may show it
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLWD_")}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flwd_cli", ":serve", "--dev", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--data-dir", str(tmp_path / "node"), "--db-url", with_password],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: proc.poll() is None and _healthy(base), 30, 0.05, message="flwd :serve --db-url to answer")
+        local = subprocess.run(
+            [sys.executable, "-m", "flwd_cli", "hello-world", "--name", "Local"],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+            env={**env, "FLWD_DB_URL": with_password, "FLWD_DATA_DIR": str(tmp_path / "cli")},
+        )
+        assert local.returncode == 0 and local.stdout == "Hello, Local\n", local.stderr
+        runs = requests.get(f"{base}/runs", headers={"Authorization": "Bearer dev-token"}, timeout=10).json()["runs"]
+        assert [(r["job"], r["status"], r["submitted_by"].startswith("local:")) for r in runs] == [("hello-world", "succeeded", True)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        postgres.drop_database(url)
+    text = log_path.read_text()
+    assert "never-logged-pw" not in text and "flwd:***@127.0.0.1" in text
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return requests.get(base + "/healthz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False

@@ -31,6 +31,7 @@ import threading
 from _thread import allocate_lock
 from collections.abc import Callable
 
+from .errors import StorageError
 from .forksafe import reset_after_fork
 from .models import Event
 from .store import Store
@@ -108,13 +109,16 @@ class EventHub:
 
     def _poll_loop(self) -> None:
         watch = None
+        failing = False  # a database that cannot be read is said once, not at every poll
         try:
             while not self._closed:
                 if watch is None:
                     try:
                         watch = self.store.watch(self.wakeups)
-                    except self.store.errors as exc:  # the database is away: try again after a pause
-                        log.warning("event poller cannot reach the database: %s", exc)
+                    except (*self.store.errors, StorageError) as exc:  # the database is away: try again after a pause
+                        if not failing:
+                            log.warning("event poller cannot reach the database: %s; retrying", exc)
+                        failing = True
                         self.wakeups.wait(max(self.poll_interval, 1.0))
                         continue
                 watch.wait(self.poll_interval)
@@ -122,6 +126,15 @@ class EventHub:
                 try:
                     if watch.changed():
                         self._fetch(getattr(watch, "conn", None))
+                    if failing:
+                        log.info("event poller reads the database again")
+                        failing = False
+                except (*self.store.errors, StorageError) as exc:  # an expected condition: one line, then a pause
+                    if not failing:
+                        log.warning("event poller cannot read the database: %s; retrying", exc.detail if isinstance(exc, StorageError) else exc)
+                    failing = True
+                    watch.reset()
+                    self.wakeups.wait(max(self.poll_interval, 0.5))
                 except Exception:  # never let the poller die: streams depend on it
                     log.exception("event poller failed; retrying")
                     watch.reset()

@@ -282,9 +282,18 @@ class PooledReader:
         self.pool = pool
 
     def execute(self, sql: str, params: Any = ()) -> Result:
+        conn = None
         try:
-            with self.pool.connection() as conn:
-                return conn.execute(sql, params)
+            try:
+                with self.pool.connection() as conn:
+                    return conn.execute(sql, params)
+            except psycopg.OperationalError:
+                if conn is None or not conn.closed:
+                    raise
+                # A pooled connection the server closed while it was idle (a restart, a failover):
+                # a read is safe to repeat, once, on a new connection.
+                with self.pool.connection() as conn:
+                    return conn.execute(sql, params)
         except psycopg.OperationalError as exc:  # the server is away: a 503, not a 500
             raise StorageError(f"the database cannot be read: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
 

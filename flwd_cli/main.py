@@ -65,7 +65,8 @@ def cli() -> None:
 @click.option("--threads", type=click.IntRange(2, 10000), help="Request threads per worker.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the database and work dirs live.")
 @click.option("--db-path", type=click.Path(dir_okay=False), help="SQLite database file.")
-def serve_command(bind: str | None, profile: str | None, dev: bool | None, config_path: str | None, workers: int | None, threads: int | None, data_dir: str | None, db_path: str | None) -> None:
+@click.option("--db-url", help="PostgreSQL URL (postgresql://USER@HOST/DB): several nodes share one database.")
+def serve_command(bind: str | None, profile: str | None, dev: bool | None, config_path: str | None, workers: int | None, threads: int | None, data_dir: str | None, db_path: str | None, db_url: str | None) -> None:
     """Serve the HTTP + SSE API with gunicorn (gthread workers)."""
     from flwd_server.serving import serve
 
@@ -79,6 +80,7 @@ def serve_command(bind: str | None, profile: str | None, dev: bool | None, confi
             "threads": threads,
             "data_dir": data_dir,
             "db_path": db_path,
+            "db_url": db_url,
         }.items()
         if value is not None
     }

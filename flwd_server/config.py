@@ -97,6 +97,9 @@ class Settings:
     default_profile: str = _opt("secure", "Security profile of runs that ask for none.", PROFILES)
     data_dir: str | None = _opt(None, "Where the database, clones and work dirs live (default: ~/.local/share/flwd).")
     db_path: str | None = _opt(None, "SQLite database file (default: DATA_DIR/flwd.db).")
+    db_url: str | None = _opt(None, "PostgreSQL database (postgresql://USER@HOST/DB) shared by several flwd nodes, instead of SQLite; see docs/multinode.rst.")
+    db_pool_size: int = _opt(8, "PostgreSQL connections per process for reads and claims (the writer and the event listener have their own).", minimum=1)
+    liveness_timeout: float = _opt(15.0, "Seconds without a heartbeat after which a process on another host counts as dead and its runs end lost.", minimum=5)
     dev: bool = _opt(False, "Development mode: accept `dev-token`, CORS for http://localhost.")
     workers: int = _opt(2, "gunicorn worker processes.", minimum=1)
     threads: int = _opt(32, "Request threads per worker (each open SSE stream holds one).", minimum=2)
@@ -123,6 +126,15 @@ class Settings:
         if self.db_path:
             return Path(self.db_path).expanduser()
         return self.resolved_data_dir / "flwd.db"
+
+    @property
+    def database_label(self) -> str:
+        """The database as the logs name it (a PostgreSQL URL without its password)."""
+        if self.db_url:
+            from .pgstore import redact
+
+            return redact(self.db_url)
+        return str(self.resolved_db_path)
 
     @property
     def sse_max_streams(self) -> int:
@@ -333,6 +345,11 @@ def load_settings(
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError("sources", f"duplicate source names: {', '.join(dupes)}")
+    if settings.db_url is not None:
+        if not settings.db_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("db_url", "expected a PostgreSQL URL such as postgresql://flwd@db.example/flwd")
+        if settings.db_path is not None:
+            raise ConfigError("db_url", "set db_url (PostgreSQL) or db_path (SQLite), not both")
     for profile in settings.policy.allowed_downgrades:
         if profile not in PROFILES:
             raise ConfigError("policy.allowed_downgrades", f"unknown profile {profile!r}")

@@ -35,7 +35,7 @@ from .retention import Retention
 from .runner import Runner, log_decision
 from .sources import LocalSource, Source
 from .sources.registry import SourceRegistry
-from .store import Store
+from .store import Store, open_store
 
 log = logging.getLogger("flwd.engine")
 
@@ -62,7 +62,7 @@ def bundled_root() -> Path:
 class Engine:
     def __init__(self, settings: Settings, *, store: Store | None = None, local_affinity: bool = False) -> None:
         self.settings = settings
-        self.store = store or Store(settings.resolved_db_path, settings.db_synchronous)
+        self.store = store or open_store(settings)
         self.store.migrate()
         self.containers = ContainerSupport(settings, self.store.digest_key, lambda: self.runner.owner)
         self._swept = False

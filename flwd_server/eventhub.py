@@ -1,10 +1,13 @@
 """One poller per process that fans new events out to every waiting stream.
 
 Instead of one query per open stream, a single thread watches the database
-(``PRAGMA data_version`` changes on any other connection's commit, so an idle
-server runs no SELECT on the events table) and keeps the newest events in
-memory.  Local commits and other processes on the host wake it at once
-(:mod:`flwd_server.wakeups`); polling is the fallback.
+and keeps the newest events in memory.  What it waits on is the store's
+(``Store.watch``): with SQLite, ``PRAGMA data_version`` changes on any other
+connection's commit (so an idle server runs no SELECT on the events table),
+and local commits and other processes on the host wake it at once
+(:mod:`flwd_server.wakeups`); with PostgreSQL, a ``LISTEN`` connection is
+woken by the ``NOTIFY`` every event-writing transaction sends, from any node.
+Polling is the fallback.
 
 A thousand streams may follow one busy run, so neither reading nor waiting
 takes a shared lock:
@@ -28,6 +31,7 @@ import threading
 from _thread import allocate_lock
 from collections.abc import Callable
 
+from .errors import StorageError
 from .forksafe import reset_after_fork
 from .models import Event
 from .store import Store
@@ -44,7 +48,7 @@ class EventHub:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._listeners: list[Callable[[list[Event]], None]] = []
-        self.wakeups = Wakeups(store.path)
+        self.wakeups = Wakeups(store.wakeup_key)
         self._reset()
         store.add_commit_listener(self._after_commit)
         reset_after_fork(self, "_reset")
@@ -101,26 +105,43 @@ class EventHub:
     def _after_commit(self) -> None:
         """This process wrote: look now, and tell the other processes on this host to look too."""
         self.wakeups.wake_self()
-        self.wakeups.wake_peers()
+        if not self.store.notifies_peers:
+            self.wakeups.wake_peers()
 
     def _poll_loop(self) -> None:
-        conn = self.store.connect()
-        version = None
+        watch = None
+        failing = False  # a database that cannot be read is said once, not at every poll
         try:
             while not self._closed:
-                self.wakeups.wait(self.poll_interval)
+                if watch is None:
+                    try:
+                        watch = self.store.watch(self.wakeups)
+                    except (*self.store.errors, StorageError) as exc:  # the database is away: try again after a pause
+                        if not failing:
+                            log.warning("event poller cannot reach the database: %s; retrying", exc)
+                        failing = True
+                        self.wakeups.wait(max(self.poll_interval, 1.0))
+                        continue
+                watch.wait(self.poll_interval)
                 self.polls += 1
                 try:
-                    current = conn.execute("PRAGMA data_version").fetchone()[0]
-                    if current == version:
-                        continue
-                    version = current
-                    self._fetch(conn)
+                    if watch.changed():
+                        self._fetch(getattr(watch, "conn", None))
+                    if failing:
+                        log.info("event poller reads the database again")
+                        failing = False
+                except (*self.store.errors, StorageError) as exc:  # an expected condition: one line, then a pause
+                    if not failing:
+                        log.warning("event poller cannot read the database: %s; retrying", exc.detail if isinstance(exc, StorageError) else exc)
+                    failing = True
+                    watch.reset()
+                    self.wakeups.wait(max(self.poll_interval, 0.5))
                 except Exception:  # never let the poller die: streams depend on it
                     log.exception("event poller failed; retrying")
-                    version = None
+                    watch.reset()
         finally:
-            conn.close()
+            if watch is not None:
+                watch.close()
             self.wakeups.close()
 
     def watch(self) -> None:

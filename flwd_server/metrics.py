@@ -21,8 +21,9 @@ answer:
   ``process_gauges`` under its owner id (``host:pid:starttime``) whenever they
   change; a scrape sums the rows of live owners and drops the others.
 
-The events-written counter is SQLite's own ``AUTOINCREMENT`` sequence of the
-events table: every event ever committed, pruned or not.
+The events-written counter is the events table's id sequence (SQLite's
+``AUTOINCREMENT`` counter, PostgreSQL's sequence): every event id ever handed
+out, pruned or not.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any
 
 from . import __version__
 from .runner import owner_id, owner_is_dead
-from .store import Store
+from .store import SET_META, Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -66,7 +67,7 @@ CREATE INDEX IF NOT EXISTS events_counted ON events(id) WHERE type <> 'step.outp
 """
 _UPSERT = (
     "INSERT INTO metric_totals(name, labels, value) VALUES (?, ?, ?) "
-    "ON CONFLICT(name, labels) DO UPDATE SET value = value + excluded.value"
+    "ON CONFLICT(name, labels) DO UPDATE SET value = metric_totals.value + excluded.value"
 )
 
 
@@ -155,7 +156,7 @@ def fold(conn: sqlite3.Connection) -> int:
         if len(rows) < FOLD_BATCH:
             break
     if seen:
-        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (CURSOR_KEY, str(cursor)))
+        conn.execute(SET_META, (CURSOR_KEY, str(cursor)))
     return seen
 
 
@@ -274,7 +275,6 @@ class Metrics:
             runs.samples.append(("flwd_runs", {"source": source, "job": job, "status": status}, count))
         queued, oldest = conn.execute("SELECT count(*), min(created_at) FROM runs WHERE status = 'queued'").fetchone()
         running = conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         families = [
             runs,
             Family("flwd_queue_depth", "gauge", "Runs waiting for a free slot.", [("flwd_queue_depth", {}, queued)]),
@@ -285,7 +285,7 @@ class Metrics:
                 "How long the oldest queued run has waited (0 when none waits).",
                 [("flwd_oldest_queued_run_age_seconds", {}, max(0.0, time.time() - oldest) if oldest else 0.0)],
             ),
-            Family("flwd_events_written_total", "counter", "Events committed to the event store since it was created.", [("flwd_events_written_total", {}, row[0] if row else 0)]),
+            Family("flwd_events_written_total", "counter", "Events committed to the event store since it was created.", [("flwd_events_written_total", {}, self.store.events_sequence())]),
         ]
         if self.max_run_history is not None:
             families.append(Family("flwd_run_history_limit", "gauge", "Finished runs kept (limits.max_run_history).", [("flwd_run_history_limit", {}, self.max_run_history)]))

@@ -69,10 +69,12 @@ def owner_id(pid: int | None = None) -> str:
 
 
 def owner_is_dead(owner: str, host: str, pid: int, heartbeat_at: float | None, *, me: str | None = None, timeout: float = LIVENESS_TIMEOUT) -> bool:
+    """Whether ``owner`` is gone: on this host, its process is (pid and start time); elsewhere,
+    its heartbeat is older than ``timeout`` (``liveness_timeout``)."""
     if owner == me:
         return False
     parts = owner.split(":")
-    if len(parts) == 3 and parts[0] == HOSTNAME:
+    if len(parts) in (3, 4) and parts[0] == HOSTNAME and parts[1].isdigit():  # 4: re-registered (see _declared_dead)
         start = _proc_start_time(int(parts[1]))
         return start is None or start != parts[2]
     return heartbeat_at is None or time.time() - heartbeat_at > timeout
@@ -94,9 +96,9 @@ def kill_orphan_group(run_id: str, pgid: int | None) -> bool:
     return False
 
 
-def recover_lost_runs(store: Store, me: str | None = None, reason: str = "the process running it stopped") -> list[str]:
+def recover_lost_runs(store: Store, me: str | None = None, reason: str = "the process running it stopped", timeout: float = LIVENESS_TIMEOUT) -> list[str]:
     """End the runs whose owning process is gone (``lost``), killing what they left behind."""
-    lost = store.mark_lost(lambda o, h, p, b: owner_is_dead(o, h, p, b, me=me), reason)
+    lost = store.mark_lost(lambda o, h, p, b: owner_is_dead(o, h, p, b, me=me, timeout=timeout), reason)
     for run_id, pgid in lost:
         kill_orphan_group(run_id, pgid)
         log.warning("run %s ended lost: %s", run_id, reason)
@@ -236,10 +238,11 @@ class Runner:
             now = time.monotonic()
             try:
                 if now >= next_beat:
-                    self.store.heartbeat(self.owner)
+                    if not self.store.heartbeat(self.owner) and not self._stopped:  # stopping: we removed it
+                        self._declared_dead()
                     next_beat = now + HEARTBEAT_EVERY
                 if now >= next_sweep:
-                    recover_lost_runs(self.store, me=self.owner)
+                    recover_lost_runs(self.store, me=self.owner, timeout=self.settings.liveness_timeout)
                     self._check_cancellations()
                     next_sweep = now + SWEEP_EVERY
                 if now >= next_housekeeping:
@@ -250,11 +253,33 @@ class Runner:
             except StorageError as exc:  # a full or read-only disk: expected, said in one line
                 log.error("dispatcher: %s; retrying", exc.detail)
                 time.sleep(0.5)
-            except Unavailable:  # the store closed under us: the process is shutting down
-                return
+            except Unavailable:  # the store closed under a last iteration: the process is stopping
+                if self._stopped:
+                    return
+                time.sleep(0.5)
             except Exception:  # the dispatcher must survive a bad moment
                 log.exception("dispatcher iteration failed; retrying")
                 time.sleep(0.5)
+
+    def _declared_dead(self) -> None:
+        """Our owner row is gone: another process saw no heartbeat for ``liveness_timeout``.
+
+        Our runs already ended ``lost`` there and their slots went to other
+        runs; they are not resurrected (their end is not recorded again, the
+        run rows say ``lost``).  Stop them, then come back as a new owner.
+        """
+        log.error(
+            "this process was declared dead (no heartbeat for %gs, liveness_timeout); its %d running runs ended lost and are stopped",
+            self.settings.liveness_timeout,
+            len(self._active),
+        )
+        for active in list(self._active.values()):
+            active.reason = "this flwd process was declared dead (no heartbeat within liveness_timeout)"
+            active.cancel.set()
+        old = self.owner
+        self.owner = f"{owner_id()}:{os.urandom(3).hex()}"
+        self.store.register_owner(self.owner, HOSTNAME, os.getpid())
+        log.warning("re-registered as %s (was %s)", self.owner, old)
 
     def housekeeping(self) -> None:
         self.store.prune(self.settings.limits.max_run_history)

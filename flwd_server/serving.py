@@ -22,7 +22,7 @@ from .config import Settings, is_loopback_bind
 from .engine import Engine
 from .logs import JsonFormatter, configure_logging
 from .runner import recover_lost_runs
-from .store import Store
+from .store import open_store
 from .tokens import require_auth
 
 log = logging.getLogger("flwd.serve")
@@ -145,10 +145,10 @@ def graceful_timeout(shutdown_grace: float) -> int:
 
 def prepare_database(settings: Settings) -> list[str]:
     """Migrate and end the runs a previous server left ``running`` (their processes are gone)."""
-    store = Store(settings.resolved_db_path, settings.db_synchronous)
+    store = open_store(settings)
     store.migrate()
     try:
-        return recover_lost_runs(store, reason="the server stopped while it ran (found at start-up)")
+        return recover_lost_runs(store, reason="the server stopped while it ran (found at start-up)", timeout=settings.liveness_timeout)
     finally:
         store.close()
 
@@ -188,7 +188,7 @@ def serve(settings: Settings) -> None:
         settings.default_profile,
         settings.workers,
         settings.threads,
-        settings.resolved_db_path,
+        settings.database_label,
         ", --dev: token dev-token" if settings.dev else "",
     )
     FlwdServer(settings).run()

@@ -16,6 +16,11 @@ Design notes (see docs/architecture.rst):
 * Event ids come from ``INTEGER PRIMARY KEY AUTOINCREMENT``; SQLite has one
   writer at a time, so ids are strictly increasing in commit order and a
   reader that asks for ``id > last`` never misses one.
+
+The SQL here is written once for both backends: :mod:`flwd_server.pgstore`
+subclasses :class:`Store` for PostgreSQL and translates the few SQLite-only
+spellings (``?`` placeholders, ``BEGIN IMMEDIATE``, ``AUTOINCREMENT``, ``REAL``)
+as it executes them.  :func:`open_store` picks the backend from the settings.
 """
 
 from __future__ import annotations
@@ -119,6 +124,8 @@ _RUN_COLUMNS = (
 _FINISHED = "status NOT IN ('queued', 'running')"
 _INDEXES = (f"CREATE INDEX IF NOT EXISTS runs_finished_seq ON runs(seq) WHERE {_FINISHED}",)
 _INSERT_EVENT = "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)"
+# An upsert both SQLite (3.24+) and PostgreSQL understand; INSERT OR REPLACE is SQLite's alone.
+SET_META = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
@@ -199,11 +206,29 @@ _STOP = object()
 class Store:
     """SQLite-backed runs and events; one instance per process is enough."""
 
+    dialect = "sqlite"
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)  # what a failing database raises
+    notifies_peers = False  # PostgreSQL's NOTIFY wakes other processes; SQLite needs wake-up datagrams
+    _FOR_UPDATE = ""  # SQLite's writer is alone: no row locks to take
+
     def __init__(self, path: str | os.PathLike[str], synchronous: str = "normal", busy_timeout: float = 30.0, queue_size: int = 20000) -> None:
         self.path = str(path)
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
         self.queue_size = queue_size
+        self._init_common()
+
+    @property
+    def label(self) -> str:
+        """The database as logs and messages name it (never with a password)."""
+        return self.path
+
+    @property
+    def wakeup_key(self) -> str:
+        """What the processes sharing this database have in common (names their wake-up sockets)."""
+        return os.path.abspath(self.path)
+
+    def _init_common(self) -> None:
         self._reset_after_fork()
         self._commit_listeners: list[Callable[[], None]] = []
         self._prune_listeners: list[Callable[[sqlite3.Connection], Any]] = []
@@ -270,23 +295,24 @@ class Store:
 
     def migrate(self) -> int:
         """Create or upgrade the schema; returns the version.  Safe to call from every process."""
-        conn = self.connect()
         try:
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode.lower() != "wal":
-                raise StorageError(f"{self.path}: SQLite could not enable WAL (got {mode}); use a local filesystem")
-            conn.execute("BEGIN IMMEDIATE")
+            conn = self.connect()
+        except self.errors as exc:
+            raise StorageError(f"{self.label}: cannot open the database: {exc}") from None
+        try:
+            self._check_connection(conn)
+            self._begin_migration(conn)
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             version = int(row[0]) if row else 0
             if version > SCHEMA_VERSION:
                 conn.execute("ROLLBACK")
-                raise StorageError(f"{self.path}: schema version {version} is newer than this flwd ({SCHEMA_VERSION}); upgrade flwd")
+                raise StorageError(f"{self.label}: schema version {version} is newer than this flwd ({SCHEMA_VERSION}); upgrade flwd")
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[target].split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(target),))
+                conn.execute(SET_META, ("schema_version", str(target)))
             for index in _INDEXES:
                 conn.execute(index)
             if not conn.execute("SELECT 1 FROM meta WHERE key = 'digest_key'").fetchone():
@@ -294,12 +320,20 @@ class Store:
             conn.execute("COMMIT")
             self._self_check(conn)
             return SCHEMA_VERSION
-        except sqlite3.Error as exc:
+        except self.errors as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise StorageError(f"{self.path}: cannot prepare the database: {exc}") from None
+            raise StorageError(f"{self.label}: cannot prepare the database: {exc}") from None
         finally:
             conn.close()
+
+    def _check_connection(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StorageError(f"{self.path}: SQLite could not enable WAL (got {mode}); use a local filesystem")
+
+    def _begin_migration(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
 
     def _self_check(self, conn: sqlite3.Connection) -> None:
         """WAL needs working shared memory: write on one connection, read on another."""
@@ -374,7 +408,7 @@ class Store:
         def logged(conn: sqlite3.Connection) -> Any:
             try:
                 return fn(conn)
-            except sqlite3.Error as exc:  # the disk, not the code: one line, the batch retries it
+            except self.errors as exc:  # the disk, not the code: one line, the batch retries it
                 log.error("queued write failed: the database cannot be written: %s", exc)
                 raise
             except Exception:
@@ -434,7 +468,7 @@ class Store:
                 if batch:
                     try:
                         conn = conn or self.connect()
-                    except sqlite3.Error as exc:
+                    except self.errors as exc:
                         self._fail(batch, exc)
                         continue
                     if not self._commit_batch(conn, batch):
@@ -476,8 +510,15 @@ class Store:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _apply_locked(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """Open a write transaction (SQLite: take the database's write lock now)."""
         conn.execute("BEGIN IMMEDIATE")
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        conn.execute("COMMIT")
+
+    def _apply_locked(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        self._begin(conn)
         pending: list[tuple] = []
         for op in batch:
             if type(op) is tuple:
@@ -496,7 +537,7 @@ class Store:
                 op.error = exc
         if pending:
             conn.executemany(_INSERT_EVENT, pending)
-        conn.execute("COMMIT")
+        self._commit(conn)
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> bool:
         """Commit a batch; on a storage failure tell waiting callers at once, retry queued events a while.
@@ -507,9 +548,9 @@ class Store:
         while batch:
             try:
                 self._apply(conn, batch)
-            except sqlite3.Error as exc:
+            except self.errors as exc:
                 if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
+                    with contextlib.suppress(*self.errors):
                         conn.execute("ROLLBACK")
                 attempts += 1
                 self.write_failures += 1
@@ -655,8 +696,8 @@ class Store:
         return self._queued_count >= limit
 
     @staticmethod
-    def _get_run(conn: sqlite3.Connection, run_id: str) -> Run | None:
-        row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+    def _get_run(conn: sqlite3.Connection, run_id: str, suffix: str = "") -> Run | None:
+        row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?{suffix}", (run_id,)).fetchone()
         return _run_from_row(row) if row else None
 
     def get_run(self, run_id: str) -> Run:
@@ -800,7 +841,8 @@ class Store:
         now = time.time()
 
         def op(conn: sqlite3.Connection) -> Run:
-            run = self._get_run(conn, run_id)
+            # PostgreSQL: lock the row, so a claim on another connection either skips it or has committed.
+            run = self._get_run(conn, run_id, self._FOR_UPDATE)
             if run is None:
                 raise RunNotFound(f"no run with id {run_id!r}")
             if run.status is RunStatus.QUEUED:
@@ -839,13 +881,16 @@ class Store:
     def register_owner(self, owner: str, host: str, pid: int) -> None:
         now = time.time()
         self.write(lambda conn: conn.execute(
-            "INSERT OR REPLACE INTO owners(owner, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO owners(owner, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(owner) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
+            "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
             (owner, host, pid, now, now),
         ))
 
-    def heartbeat(self, owner: str) -> None:
+    def heartbeat(self, owner: str) -> bool:
+        """Say ``owner`` is alive; False if its row is gone (another process declared it dead)."""
         now = time.time()
-        self.write(lambda conn: conn.execute("UPDATE owners SET heartbeat_at = ? WHERE owner = ?", (now, owner)))
+        return bool(self.write(lambda conn: conn.execute("UPDATE owners SET heartbeat_at = ? WHERE owner = ?", (now, owner)).rowcount))
 
     def unregister_owner(self, owner: str) -> None:
         self.write(lambda conn: conn.execute("DELETE FROM owners WHERE owner = ?", (owner,)))
@@ -862,7 +907,8 @@ class Store:
         now = time.time()
 
         def op(conn: sqlite3.Connection) -> list[tuple[str, int | None]]:
-            owners = {row[0]: row[1:] for row in conn.execute("SELECT owner, host, pid, heartbeat_at FROM owners")}
+            skew = self._clock_skew(conn)  # heartbeats in the database's clock, read in ours
+            owners = {row[0]: (row[1], row[2], row[3] + skew) for row in conn.execute("SELECT owner, host, pid, heartbeat_at FROM owners")}
             lost = []
             rows = conn.execute("SELECT id, owner, pgid, started_at FROM runs WHERE status = 'running'").fetchall()
             dead_owners = set()
@@ -907,6 +953,19 @@ class Store:
             "SELECT id, run_id, type, ts, data FROM events WHERE id > ? AND id <= ? AND type <> 'step.output' ORDER BY id", (after, upto)
         ).fetchall()
         return [Event(*r) for r in rows]
+
+    def _clock_skew(self, conn: sqlite3.Connection) -> float:
+        """Our clock minus the one heartbeats are written in (SQLite: ours, so 0)."""
+        return 0.0
+
+    def events_sequence(self) -> int:
+        """The highest event id ever handed out (pruned events included)."""
+        row = self.reader().execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return row[0] if row else 0
+
+    def watch(self, wakeups: Any) -> Any:
+        """What the event poller waits on and asks whether anything changed (see eventhub)."""
+        return _DataVersionWatch(self, wakeups)
 
     def last_event_id(self, conn: sqlite3.Connection | None = None) -> int:
         conn = conn or self.reader()
@@ -984,6 +1043,45 @@ class Store:
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
         """Checkpoint the WAL so it cannot grow without bound behind long readers."""
         return self.reader().execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+
+
+class _DataVersionWatch:
+    """SQLite: ``PRAGMA data_version`` changes only when another connection commits.
+
+    An idle server therefore runs no query on the events table; commits of
+    this process and of the other processes on the host wake the waiter at
+    once (:mod:`flwd_server.wakeups`), polling every ``timeout`` is the fallback.
+    """
+
+    def __init__(self, store: Store, wakeups: Any) -> None:
+        self.wakeups = wakeups
+        self.conn = store.connect()
+        self._version: int | None = None
+
+    def wait(self, timeout: float) -> None:
+        self.wakeups.wait(timeout)
+
+    def changed(self) -> bool:
+        current = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if current == self._version:
+            return False
+        self._version = current
+        return True
+
+    def reset(self) -> None:
+        self._version = None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_store(settings: Any) -> Store:
+    """The store the settings ask for: PostgreSQL for ``db_url``, else SQLite at ``db_path``."""
+    if settings.db_url:
+        from .pgstore import PgStore  # psycopg loads only for PostgreSQL
+
+        return PgStore(settings.db_url, pool_size=settings.db_pool_size)
+    return Store(settings.resolved_db_path, settings.db_synchronous)
 
 
 _PLANS: dict[str, dict[str, Any]] = {}

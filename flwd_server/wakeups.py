@@ -66,11 +66,23 @@ class Wakeups:
             sock.recv(16)
         except (TimeoutError, BlockingIOError, InterruptedError):
             return False
+        self.drain()
+        return True
+
+    def fileno(self) -> int | None:
+        """The waiting socket's descriptor, for a caller that waits on it with others (select)."""
+        sock = self._bind()
+        return sock.fileno() if sock is not None else None
+
+    def drain(self) -> None:
+        """Consume every pending wake-up without blocking."""
+        sock = self._sock
+        if sock is None:
+            return
         sock.setblocking(False)
-        with contextlib.suppress(BlockingIOError, InterruptedError):
+        with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
             while sock.recv(16):
                 pass
-        return True
 
     def wake_self(self) -> None:
         """Wake this process's waiter, if it has one (only the event poller binds a socket)."""

@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.fixtures.containers",
     "tests.fixtures.git",
     "tests.fixtures.nginx",
+    "tests.fixtures.postgres",
     "tests.fixtures.tokens",
 ]
 

@@ -34,7 +34,7 @@ from git import GitCommandError, Remote, Repo
 from git.exc import GitError
 
 from ..config import GitSettings
-from ..errors import SourceError, UnsafeSource
+from ..errors import FlwdError, SourceError, UnsafeSource
 from .base import Source, SourceSnapshot, scan_jobs
 from .locking import source_lock
 from .safety import ABBREV_COMMIT_RE, COMMIT_RE, git_allow_protocol, redact_url, require_safe_ref, require_safe_url
@@ -150,21 +150,43 @@ class GitSource(Source):
         return snap
 
     def checkout_for(self, revision: str | None) -> str | None:
-        """The exported tree of ``revision`` (exported again, under the lock, if it was pruned)."""
+        """The exported tree of ``revision``: exported again if it was pruned, fetched if missing.
+
+        Several nodes share one database but each has its own clone: a source
+        synced on node A names a commit node B may never have fetched.  B then
+        fetches (and, if no branch or tag reaches it any more, asks for that
+        exact commit) before exporting, so every node runs the same revision.
+        """
         if revision is None or not COMMIT_RE.match(revision):
             return None
         tree = self.revs_dir / revision
         if tree.is_dir():
             return str(tree)
-        if not self.repo_dir.is_dir():
-            return None
         try:
-            with source_lock(self.data_dir, self.name, timeout=self.git_settings.timeout * 2), Repo(self.repo_dir) as repo:
-                self._export(repo, revision)
-        except (GitError, OSError, SourceError) as exc:
-            log.warning("source %s: cannot export %s: %s", self.name, revision, _git_error(exc, self.url))
+            with source_lock(self.data_dir, self.name, timeout=self.git_settings.timeout * 2):
+                if tree.is_dir():  # another thread or process got it meanwhile
+                    return str(tree)
+                if not (self.repo_dir / "HEAD").is_file():
+                    self.revs_dir.mkdir(parents=True, exist_ok=True)
+                    self._create_repo()
+                with Repo(self.repo_dir) as repo:
+                    if self._rev_parse(repo, revision) is None:
+                        self._fetch_commit(repo, revision)
+                    self._export(repo, revision)
+        except (GitError, OSError, FlwdError) as exc:
+            log.warning("source %s: cannot export %s: %s", self.name, revision, exc.detail if isinstance(exc, FlwdError) else _git_error(exc, self.url))
             return None
         return str(tree)
+
+    def _fetch_commit(self, repo: Repo, commit: str) -> None:
+        """Fetch so that ``commit`` is in the clone: branches and tags first, then the commit by id."""
+        log.info("source %s: fetching %s, which another node synced", self.name, commit)
+        self._fetch(repo)
+        if self._rev_parse(repo, commit) is None:
+            try:
+                self._git(repo, "fetch", "--quiet", "--no-recurse-submodules", "--no-write-fetch-head", "--end-of-options", REMOTE, f"+{commit}:{PINNED}")
+            except GitCommandError as exc:
+                raise SourceError(f"source {self.name!r}: {redact_url(self.url)} does not serve commit {commit}: {_git_error(exc, self.url)}") from None
 
     def sync(self) -> SourceSnapshot:
         """Fetch, resolve the ref, export its commit.  The caller holds the source lock."""

@@ -9,7 +9,11 @@ configured key; ``permissive`` loads it and says so in the source's errors).
 Each digest is unpacked once under ``DATA_DIR/addons/NAME/`` and reused.
 
 Pulling happens on ``sync`` (and on the first ``snapshot`` in a process); a
-later ``snapshot`` never touches the network.  A source whose registry cannot
+later ``snapshot`` never touches the network, unless the database says the
+source is now at another digest (another node synced it): then this process
+pulls that exact digest, so every node serves the same revision.  A run
+whose revision this node has never unpacked pulls it by digest too
+(``checkout_for``).  A source whose registry cannot
 be reached has no jobs and an error saying why, and is retried on use after
 ``RETRY_AFTER`` seconds; the other sources are not affected.
 """
@@ -17,6 +21,7 @@ be reached has no jobs and an error saying why, and is retried on use after
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -30,6 +35,7 @@ from .base import Source, SourceSnapshot, scan_jobs
 
 log = logging.getLogger("flwd.sources.oci")
 RETRY_AFTER = 10.0
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class OciSource(Source):
@@ -61,16 +67,33 @@ class OciSource(Source):
         self._current: SourceSnapshot | None = None
         self._failed: SourceSnapshot | None = None
         self._retry_at = 0.0
+        self._wanted: str | None = None  # the digest in the database (the last sync, on any node)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        wanted = state.get("revision")
+        self._wanted = wanted if isinstance(wanted, str) and _DIGEST.match(wanted) else None
 
     def snapshot(self) -> SourceSnapshot:
-        if self._current is not None:
-            return self._current
+        current, wanted = self._current, self._wanted
+        if current is not None and (wanted is None or current.revision == wanted):
+            return current
         if self._failed is not None and time.monotonic() < self._retry_at:
             return self._failed
         try:
-            return self.sync()
+            return self.sync_to(wanted) if wanted is not None else self.sync()
         except FlwdError as exc:
             return self._failed_snapshot(exc.detail)
+
+    def sync_to(self, digest: str) -> SourceSnapshot:
+        """Serve exactly ``digest`` (pulled by digest: the registry's bytes must hash to it)."""
+        with self._lock:
+            try:
+                if self._current is not None and self._current.revision == digest:
+                    return self._current
+                return self._serve(self.registry.require_manifest(self.ref.with_digest(digest)))
+            except FlwdError as exc:
+                log.warning("add-on source %s at %s failed: %s", self.name, digest, exc.detail, extra={"event": "source.failed", "source": self.name})
+                raise
 
     def sync(self) -> SourceSnapshot:
         """Fetch the manifest; unpack a new digest; raise what went wrong (the last good jobs stay)."""
@@ -84,10 +107,11 @@ class OciSource(Source):
                 raise
 
     def _sync(self) -> SourceSnapshot:
-        manifest = self.registry.require_manifest(self.ref)
+        return self._serve(self.registry.require_manifest(self.ref))
+
+    def _unpack(self, manifest: Any) -> tuple[Path, list[dict[str, Any]]]:
+        """Check the signature of ``manifest``'s digest and unpack its jobs layer (once per digest)."""
         digest = manifest.digest
-        if self._current is not None and self._current.revision == digest:
-            return self._current
         where = f"{self.ref.registry}/{self.ref.repository}@{digest}"
         layer = addon_layer(manifest, where)
         notes = self._check_signature(digest, where)
@@ -98,6 +122,14 @@ class OciSource(Source):
                 raise UnsafeSource(f"{where}: its jobs layer is {size} bytes, more than {MAX_LAYER_BYTES}")
             blob = self.registry.get_blob(self.ref.registry, self.ref.repository, str(layer.get("digest")), MAX_LAYER_BYTES)
             extract(blob, target)
+        return target, notes
+
+    def _serve(self, manifest: Any) -> SourceSnapshot:
+        digest = manifest.digest
+        if self._current is not None and self._current.revision == digest:
+            return self._current
+        where = f"{self.ref.registry}/{self.ref.repository}@{digest}"
+        target, notes = self._unpack(manifest)
         snap = scan_jobs(self.name, target, digest, self.default_timeout)
         if notes:
             snap = SourceSnapshot(snap.name, snap.revision, snap.root, snap.jobs, tuple(notes) + snap.errors)
@@ -121,4 +153,19 @@ class OciSource(Source):
         return self._failed
 
     def checkout_for(self, revision: str | None) -> str | None:
-        return self._current.root if self._current and (revision is None or revision == self._current.revision) else None
+        """The unpacked files of ``revision``; a digest this node never unpacked is pulled by digest."""
+        current = self._current
+        if current is not None and (revision is None or revision == current.revision):
+            return current.root
+        if revision is None or not _DIGEST.match(revision):
+            return None
+        target = self.root / revision.split(":", 1)[1]
+        if (target / "jobs").is_dir():  # unpacked here before, after its signature was checked
+            return str(target)
+        try:
+            with self._lock:
+                target, _ = self._unpack(self.registry.require_manifest(self.ref.with_digest(revision)))
+        except FlwdError as exc:
+            log.warning("add-on source %s: cannot get %s: %s", self.name, revision, exc.detail)
+            return None
+        return str(target)

@@ -39,7 +39,7 @@ def _dumps(data: Any) -> str:
 def _bump(conn: sqlite3.Connection) -> None:
     conn.execute(
         "INSERT INTO meta(key, value) VALUES (?, '1') "
-        "ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+        "ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT)",
         (VERSION_KEY,),
     )
 

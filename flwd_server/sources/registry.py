@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings, validate_source_spec
-from ..errors import ConfigError, Conflict, FlwdError, SourceError, SourceNotFound, Unprocessable
+from ..errors import ConfigError, Conflict, FlwdError, SourceError, SourceNotFound, StorageError, Unprocessable
 from ..models import EventType, iso
 from ..store import Store
 from .base import Source, SourceSnapshot
@@ -122,7 +121,7 @@ class SourceRegistry:
                 self._built = built
                 self.catalog.replace_all(sources)
                 self._version = version
-        except sqlite3.Error as exc:  # keep serving what we know; the next call tries again
+        except (*self.store.errors, StorageError) as exc:  # keep serving what we know; the next call tries again
             log.warning("cannot read the registered sources: %s", exc)
 
     def _build(self, row: SourceRecord) -> Source:

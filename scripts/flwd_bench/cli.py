@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fig_fanout, fig_first_output, fig_idle, fig_runs, fig_throughput
+from . import fig_fanout, fig_first_output, fig_idle, fig_multinode, fig_runs, fig_throughput
 from .harness import FlwdServer, Workspace
 from .jobsrc import write_bench_source
 from .report import Row, machine, table
@@ -36,16 +36,13 @@ class Figure:
     measure: Callable[[Context], tuple[list[Row], dict[str, Any]]]
 
 
-# Figure 6 (later): runs/s with 1, 2 and 3 flwd nodes on one PostgreSQL.  It plugs
-# in here: start the database and N nodes (a ``Context.flwd`` per node with the
-# same database settings), then call ``fig_runs.flwd_runs_per_second`` with the
-# list of nodes; it already spreads its clients over several nodes.
 FIGURES: dict[int, Figure] = {
     1: Figure("completed runs/s: flwd vs webhook", fig_runs.measure),
     2: Figure("POST /runs -> first output line on SSE", fig_first_output.measure),
     3: Figure("SSE fan-out to many clients", fig_fanout.measure),
     4: Figure("output throughput", fig_throughput.measure),
     5: Figure("idle memory and GET /jobs", fig_idle.measure),
+    6: Figure("completed runs/s with 1, 2 and 3 nodes on one PostgreSQL", fig_multinode.measure),
 }
 
 
@@ -91,10 +88,10 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--quick", action="store_true", help="smaller counts and shorter windows: a smoke run, not figures to quote")
     parser.add_argument("--only", default=",".join(map(str, FIGURES)), help="figures to measure, e.g. 1,3 (default: all)")
     parser.add_argument("--json", dest="json_path", default="bench-results.json", help="where to write the results as JSON (default: %(default)s)")
-    parser.add_argument("--flwd-workers", type=int, help="gunicorn workers of every flwd started (default: 2, flwd's default)")
+    parser.add_argument("--flwd-workers", type=int, help="gunicorn workers of every flwd started (default: 2, flwd's default; figure 6: 1 per node)")
     parser.add_argument("--flwd-threads", type=int, help="threads per worker of every flwd started (default: 32; figure 3: fan-out clients + 24)")
-    parser.add_argument("--clients", type=int, default=16, help="figure 1: concurrent client connections, the same for both servers (default: %(default)s)")
-    parser.add_argument("--duration", type=int, help="figure 1: seconds of load per server (default: 10, --quick: 3)")
+    parser.add_argument("--clients", type=int, default=16, help="figures 1 and 6: concurrent client connections, the same for every server (default: %(default)s)")
+    parser.add_argument("--duration", type=int, help="figures 1 and 6: seconds of load per server (default: 10, --quick: 3)")
     parser.add_argument("--fanout-clients", type=int, help="figure 3: SSE clients (default: 1000, --quick: 100)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (server logs, configs) for a look afterwards")
     ns = parser.parse_args(argv)

@@ -150,3 +150,39 @@ def test_publish_needs_a_registry_and_a_tag(tmp_path):
     (tmp_path / "jobs").mkdir()
     assert "name the registry" in publish(tmp_path, "tools:1").stderr
     assert "expected a tag" in publish(tmp_path, "registry.example.org/tools@sha256:" + "a" * 64).stderr
+
+
+def test_every_node_serves_and_runs_the_digest_in_the_database_not_the_moving_tag(addons, tmp_path, token_registry, signing_keys):
+    """Several nodes share one database: node B serves the digest node A synced, even after the tag moved."""
+    ref = f"{token_registry.host}/addons/moving:1"
+    key = str(signing_keys["trusted_pem"])
+    first = publish(addon_folder(tmp_path / "v1", "busybox", "first"), ref, "--sign-key", key)
+    assert first.returncode == 0, first.stderr
+    spec = {"type": "oci", "name": "moving", "ref": ref}
+    node_a = Engine(load_settings(None, {"data_dir": str(tmp_path / "a"), "container": addons["container"]}, environ={}))
+    node_b = Engine(load_settings(None, {"data_dir": str(tmp_path / "b"), "container": addons["container"]}, environ={}))
+    try:
+        on_a = node_a.make_source(spec)
+        digest_one = on_a.sync().revision
+        second = publish(addon_folder(tmp_path / "v2", "busybox", "second"), ref, "--sign-key", key)  # the tag moves on
+        assert second.returncode == 0, second.stderr
+        digest_two = second.stdout.strip().split("@")[1]
+        assert digest_two != digest_one
+
+        on_b = node_b.make_source(spec)
+        on_b.load_state({"revision": digest_one})  # what the database says
+        snap = on_b.snapshot()
+        assert snap.revision == digest_one and "first" in snap.jobs["addon-hello"].description
+        assert "second" not in (Path(on_b.checkout_for(digest_one)) / "jobs" / "hello.yaml").read_text()
+
+        fresh = node_b.make_source({**spec, "name": "moving"})
+        fresh.root = tmp_path / "c" / "moving"  # a third node that never unpacked anything
+        assert "first" in (Path(fresh.checkout_for(digest_one)) / "jobs" / "hello.yaml").read_text()
+
+        on_a.load_state({"revision": digest_two})  # node B synced the new tag: node A follows
+        assert on_a.snapshot().revision == digest_two
+        assert "second" in on_a.snapshot().jobs["addon-hello"].description
+        assert fresh.checkout_for("sha256:" + "0" * 64) is None  # no such digest: no files, no crash
+    finally:
+        node_a.close(grace=0)
+        node_b.close(grace=0)

@@ -60,7 +60,7 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:5] == TABLE_HEADER)
     table = lines[header + 2 :]
-    for figure in range(1, 6):
+    for figure in range(1, 7):
         assert any(line.startswith(f"{figure} ") for line in table), proc.stdout
     assert "runs/s ratio flwd / webhook" in proc.stdout
     assert "ERROR" not in proc.stdout
@@ -70,14 +70,14 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
     assert result["command"].startswith("scripts/bench --quick")
     assert result["machine"]["cpus"] >= 1
     rows = result["rows"]
-    assert {row["figure"] for row in rows} == {1, 2, 3, 4, 5}
+    assert {row["figure"] for row in rows} == {1, 2, 3, 4, 5, 6}
     for row in rows:
         assert row["error"] is None, row
         assert isinstance(row["value"], (int, float)), row
         if row["goal"] is not None:
             assert row["result"] in ("pass", "FAIL"), row
     goals = {(row["figure"], row["goal"]["op"], row["goal"]["target"]) for row in rows if row["goal"]}
-    assert goals == {(1, ">=", 1.0), (2, "<=", 10), (2, "<=", 50), (3, "<=", 100), (4, ">=", 100000), (5, "<=", 80)}
+    assert goals == {(1, ">=", 1.0), (2, "<=", 10), (2, "<=", 50), (3, "<=", 100), (4, ">=", 100000), (5, "<=", 80), (6, "<=", 100)}
     figures = result["figures"]
     assert figures["1"]["flwd"]["drain_timed_out"] is False
     assert figures["1"]["flwd"]["statuses"] == {"succeeded": figures["1"]["flwd"]["finished"]}
@@ -85,6 +85,10 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
     assert figures["3"]["lines_per_client_min"] == figures["3"]["lines"]
     assert figures["4"]["received"] == figures["4"]["lines"]
     assert figures["5"]["listed"] >= 2000
+    assert sorted(figures["6"]["nodes"]) == ["1", "2", "3"]
+    assert figures["6"]["cross_node"]["events"] == 40 and figures["6"]["cross_node"]["missing"] == 0
+    for result in [figures["6"]["sqlite"], *figures["6"]["nodes"].values()]:
+        assert result["drain_timed_out"] is False and result["statuses"] == {"succeeded": result["finished"]}
 
     assert not temp_dir_of(proc.stderr).exists()
 
@@ -118,4 +122,4 @@ def test_an_interrupted_run_stops_every_server_and_removes_its_temp_dir(tmp_path
 def test_an_unknown_figure_is_refused_with_the_list_of_figures():
     proc = subprocess.run([BENCH, "--only", "1,9"], capture_output=True, text=True, timeout=60, env=bench_env())
     assert proc.returncode == 2
-    assert "--only: figures are 1, 2, 3, 4, 5" in proc.stderr
+    assert "--only: figures are 1, 2, 3, 4, 5, 6" in proc.stderr

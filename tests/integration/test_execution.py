@@ -1,4 +1,4 @@
-"""Execution across worker processes: the concurrency bound, resume, crash recovery."""
+"""Execution across worker processes: the concurrency bound, resume, crash recovery - on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ steps:
 """
 
 
-def test_max_concurrent_runs_holds_across_three_workers_and_keeps_order(start_server, tmp_path):
-    server = start_server({"workers": 3, "limits": {"max_concurrent_runs": 2}, "sources": [local_source(tmp_path, {"nap": NAP})]})
+def test_max_concurrent_runs_holds_across_three_workers_and_keeps_order(start_server, tmp_path, db_backend):
+    server = start_server({**db_backend, "workers": 3, "limits": {"max_concurrent_runs": 2}, "sources": [local_source(tmp_path, {"nap": NAP})]})
     ids = [server.submit("nap")["id"] for _ in range(10)]
     runs = [server.wait_finished(run_id, timeout=60) for run_id in ids]
     assert [r["status"] for r in runs] == ["succeeded"] * 10
@@ -54,8 +54,8 @@ def test_max_concurrent_runs_holds_across_three_workers_and_keeps_order(start_se
     assert started == sorted(started)  # claimed in submission order
 
 
-def test_a_client_that_reconnects_with_last_event_id_gets_every_event_once(start_server, tmp_path):
-    server = start_server({"workers": 3, "sources": [local_source(tmp_path, {"ticker": TICKER})]})
+def test_a_client_that_reconnects_with_last_event_id_gets_every_event_once(start_server, tmp_path, db_backend):
+    server = start_server({**db_backend, "workers": 3, "sources": [local_source(tmp_path, {"ticker": TICKER})]})
     run = server.submit("ticker", {"count": 30})
     url = f"{server.url}/runs/{run['id']}/events"
     seen: list[int] = []
@@ -85,8 +85,8 @@ def test_a_client_that_reconnects_with_last_event_id_gets_every_event_once(start
     assert server.get(f"/runs/{run['id']}/events", headers={"Last-Event-ID": str(full[-1])}).status_code == 204
 
 
-def test_the_global_stream_sees_events_written_by_every_worker(start_server, tmp_path):
-    server = start_server({"workers": 3, "limits": {"max_concurrent_runs": 6}, "sources": [local_source(tmp_path, {"nap": NAP})]})
+def test_the_global_stream_sees_events_written_by_every_worker(start_server, tmp_path, db_backend):
+    server = start_server({**db_backend, "workers": 3, "limits": {"max_concurrent_runs": 6}, "sources": [local_source(tmp_path, {"nap": NAP})]})
     owners: set[str] = set()
     position = 0
     for _ in range(5):  # which worker claims a run is up to them: go on until two did
@@ -108,8 +108,8 @@ def test_the_global_stream_sees_events_written_by_every_worker(start_server, tmp
     assert len(owners) >= 2  # one stream, served by one worker, saw runs executed by several
 
 
-def test_a_server_killed_mid_run_loses_that_run_and_nothing_acknowledged(start_server, tmp_path):
-    config = {"workers": 2, "limits": {"max_concurrent_runs": 1}, "sources": [local_source(tmp_path, {"ticker": TICKER})]}
+def test_a_server_killed_mid_run_loses_that_run_and_nothing_acknowledged(start_server, tmp_path, db_backend):
+    config = {**db_backend, "workers": 2, "limits": {"max_concurrent_runs": 1}, "sources": [local_source(tmp_path, {"ticker": TICKER})]}
     server = start_server(config)
     victim = server.submit("ticker", {"count": 100000})
     waiting = [server.submit("ticker", {"count": 3}) for _ in range(2)]
@@ -132,8 +132,8 @@ def test_a_server_killed_mid_run_loses_that_run_and_nothing_acknowledged(start_s
     wait_until(lambda: processes_of_run(victim["id"]) == [], 10, message="the lost run's leftover processes to be killed")
 
 
-def test_a_killed_worker_is_replaced_and_its_runs_end_lost(start_server, tmp_path):
-    server = start_server({"workers": 2, "sources": [local_source(tmp_path, {"ticker": TICKER})]})
+def test_a_killed_worker_is_replaced_and_its_runs_end_lost(start_server, tmp_path, db_backend):
+    server = start_server({**db_backend, "workers": 2, "sources": [local_source(tmp_path, {"ticker": TICKER})]})
     run = server.submit("ticker", {"count": 100000})
     pid = _owner_pid(server, run["id"])
     assert pid in server.worker_pids()

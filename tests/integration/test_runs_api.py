@@ -24,14 +24,22 @@ def run_count(server) -> int:
     return len(server.get("/runs?limit=500").json()["runs"])
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One server for the read-mostly tests of this module."""
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def shared(request, tmp_path_factory):
+    """One server for the read-mostly tests of this module, on each backend."""
     from tests.conftest import ServerProcess
 
-    server = ServerProcess(tmp_path_factory.mktemp("runs-api"), {"sse": {"heartbeat": 1.0}, "workers": 2}, dev=True, env=None).start()
+    config = {"sse": {"heartbeat": 1.0}, "workers": 2}
+    url = None
+    if request.param == "postgres":
+        cluster = request.getfixturevalue("postgres")
+        url = cluster.create_database()
+        config["db_url"] = url
+    server = ServerProcess(tmp_path_factory.mktemp("runs-api"), config, dev=True, env=None).start()
     yield server
     server.stop()
+    if url is not None:
+        cluster.drop_database(url)
 
 
 BAD_REQUESTS = [

@@ -13,6 +13,7 @@ from flwd_server.errors import BadRequest
 from flwd_server.export import ExportFilter, export_lines
 from flwd_server.models import parse_iso
 from flwd_server.store import Store
+from tests.fixtures.postgres import open_backend
 
 DAY = parse_iso("2026-01-10T00:00:00Z")
 
@@ -45,12 +46,22 @@ def store(tmp_path: Path):
     s.close()
 
 
+@pytest.fixture
+def any_store(store_spec):
+    """The export's SQL on SQLite and on PostgreSQL."""
+    s = open_backend(store_spec)
+    s.migrate()
+    yield s
+    s.close()
+
+
 def records(store: Store, **params: str) -> list[dict]:
     body = b"".join(export_lines(store, ExportFilter.parse(params), run_page=7, event_page=3))
     return [json.loads(line) for line in body.splitlines()]
 
 
-def test_an_export_holds_every_run_and_every_event_in_order(store):
+def test_an_export_holds_every_run_and_every_event_in_order(any_store):
+    store = any_store
     fill(store, 20)
     out = records(store)
     assert out[0]["record"] == "export" and out[-1] == {"record": "end", "runs": 20, "events": 100}
@@ -78,7 +89,8 @@ def test_an_export_holds_every_run_and_every_event_in_order(store):
         ({"job": "other:build"}, []),
     ],
 )
-def test_filters_choose_the_runs(store, params, expected):
+def test_filters_choose_the_runs(any_store, params, expected):
+    store = any_store
     fill(store, 20, events_per_run=1)
     out = records(store, **params)
     assert [int(r["run"]["id"][4:]) for r in out if r["record"] == "run"] == expected

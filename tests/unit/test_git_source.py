@@ -127,3 +127,23 @@ def test_many_operations_leave_no_git_process_behind(repo, tmp_path):
         source.sync()
     assert len(os.listdir("/proc/self/fd")) <= fds + 2
     assert git_processes(parent=os.getpid()) == []
+
+
+def test_a_node_without_the_commit_another_node_synced_fetches_that_exact_commit(repo, tmp_path):
+    """Several nodes, one database, a clone each: node B serves and runs node A's revision."""
+    node_a = make_source(repo.url, tmp_path / "node-a")
+    first = node_a.sync().revision
+    repo.write("jobs/hello.yaml", job_yaml("hello", "echo two", "version two")).write("VERSION", "two\n").commit("two")
+
+    node_b = make_source(repo.url, tmp_path / "node-b")  # never synced: no clone at all
+    node_b.load_state({"revision": first})  # what the database says (node A's sync)
+    snap = node_b.snapshot()
+    assert snap.revision == first and snap.errors == ()
+    assert snap.jobs["hello"].description == "version one"  # not the branch's newer commit
+    assert (Path(node_b.checkout_for(first)) / "VERSION").read_text() == "one\n"
+
+    second = node_a.sync().revision  # node A moves on; node B's clone is behind
+    assert second != first
+    assert (Path(node_b.checkout_for(second)) / "VERSION").read_text() == "two\n"
+    assert node_b.checkout_for("0" * 40) is None  # a commit nobody has: no files, no crash
+    assert git_processes(parent=os.getpid()) == []

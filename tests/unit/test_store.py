@@ -1,4 +1,9 @@
-"""The SQLite store: pragmas, transactions, claims across processes, fork safety (PITFALLS 2)."""
+"""The store on both backends: transactions, claims across processes, fork safety (PITFALLS 2).
+
+``store`` runs each test on SQLite and on PostgreSQL (a throwaway cluster,
+tests/fixtures/postgres.py); ``sqlite_store`` is for what only SQLite has
+(pragmas, WAL, per-thread connections).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import pytest
 from flwd_server.errors import IdempotencyMismatch, StorageError
 from flwd_server.models import RunStatus
 from flwd_server.store import Store, new_run_id
+from tests.fixtures.postgres import open_backend
 
 
 def _plan(job="j"):
@@ -28,14 +34,23 @@ def queue_runs(store: Store, count: int) -> list[str]:
 
 
 @pytest.fixture
-def store(tmp_path):
+def sqlite_store(tmp_path):
     s = Store(tmp_path / "flwd.db")
     s.migrate()
     yield s
     s.close()
 
 
-def test_every_connection_has_the_pragmas(store):
+@pytest.fixture
+def store(store_spec):
+    s = open_backend(store_spec)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def test_every_connection_has_the_pragmas(sqlite_store):
+    store = sqlite_store
     conn = store.connect()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
@@ -55,11 +70,13 @@ def test_migration_is_versioned_and_idempotent(store):
 def test_a_newer_schema_is_refused(store):
     conn = store.connect()
     conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.close()
     with pytest.raises(StorageError, match="newer than this flwd"):
         store.migrate()
 
 
-def test_claims_use_begin_immediate_and_leave_no_transaction_open(store):
+def test_claims_use_begin_immediate_and_leave_no_transaction_open(sqlite_store):
+    store = sqlite_store
     queue_runs(store, 2)
     statements = []
     traced = Store(store.path)  # a second store whose writer connection is traced
@@ -101,7 +118,8 @@ def test_fifty_threads_write_through_one_writer_without_errors(store):
     assert len(store.events_after(0, run_id, 10000)) == 1 + 50 * 20
 
 
-def test_reader_connections_are_per_thread_and_not_shared(store):
+def test_reader_connections_are_per_thread_and_not_shared(sqlite_store):
+    store = sqlite_store
     seen = []
 
     def grab():
@@ -124,8 +142,8 @@ def test_claims_never_exceed_the_limit_and_keep_submission_order(store):
     assert [c.run.id for c in store.claim("b", 10, 2)] == [ids[2]]
 
 
-def _claim_worker(path, owner, results):
-    store = Store(path)
+def _claim_worker(backend, owner, results):
+    store = open_backend(backend)
     got = []
     threads = []
 
@@ -146,11 +164,11 @@ def _claim_worker(path, owner, results):
     store.close()
 
 
-def test_two_processes_with_eight_threads_claim_each_run_exactly_once(store):
+def test_two_processes_with_eight_threads_claim_each_run_exactly_once(store, store_spec):
     ids = queue_runs(store, 500)
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_claim_worker, args=(store.path, f"p{i}", results)) for i in range(2)]
+    procs = [ctx.Process(target=_claim_worker, args=(store_spec, f"p{i}", results)) for i in range(2)]
     for p in procs:
         p.start()
     claimed = results.get(timeout=60) + results.get(timeout=60)
@@ -164,6 +182,10 @@ def test_a_writer_waits_for_a_lock_instead_of_failing(store):
     queue_runs(store, 1)
     blocker = store.connect()
     blocker.execute("BEGIN IMMEDIATE")
+    if store.dialect == "postgres":  # what another node's writer holds while it commits
+        from flwd_server.pgstore import LOCK_CLASS, WRITE_LOCK
+
+        blocker.execute("SELECT pg_advisory_xact_lock(?, ?)", (LOCK_CLASS, WRITE_LOCK))
     done = threading.Event()
 
     def write():
@@ -177,6 +199,7 @@ def test_a_writer_waits_for_a_lock_instead_of_failing(store):
     blocker.execute("COMMIT")
     assert done.wait(10)
     t.join()
+    blocker.close()
 
 
 def test_after_a_fork_the_child_opens_its_own_connections(store):
@@ -235,7 +258,7 @@ def test_run_ids_are_unique_and_time_ordered():
     assert len(set(ids)) == 1000 and all(len(i) == 26 for i in ids)
 
 
-def test_a_read_only_database_gives_storage_errors_then_recovers(tmp_path):
+def test_a_read_only_database_gives_storage_errors_then_recovers(tmp_path):  # PostgreSQL: see test_pgstore
     store = Store(tmp_path / "ro.db")
     store.migrate()
     read_only = True
@@ -255,3 +278,31 @@ def test_a_read_only_database_gives_storage_errors_then_recovers(tmp_path):
     run, _ = store.create_run(plan=_plan(), public=_public(), submitted_by="t")
     assert store.get_run(run.id).status is RunStatus.QUEUED
     store.close()
+
+
+def test_one_failing_operation_in_a_batch_takes_nothing_else_with_it(store):
+    """PostgreSQL runs a batch without savepoints first and falls back to them when an operation fails."""
+    gate = threading.Event()
+    store.write_later(lambda conn: gate.wait(10))  # holds the writer: what follows queues up as one batch
+    store.write_later(lambda conn: conn.execute("INSERT INTO meta(key, value) VALUES ('before', '1')"))
+
+    def half_done(conn):
+        conn.execute("INSERT INTO meta(key, value) VALUES ('half', 'done')")
+        raise ValueError("boom")
+
+    store.write_later(half_done)
+    store.emit(None, "after", {})
+    store.write_later(lambda conn: conn.execute("INSERT INTO meta(key, value) VALUES ('after', '1')"))
+    gate.set()
+    store.flush()
+    assert (store.meta("before"), store.meta("half"), store.meta("after")) == ("1", None, "1")
+    assert [e.type for e in store.events_after(0)] == ["after"]
+
+
+def test_a_chunk_of_output_keeps_its_order_in_the_ids(store):
+    rows = [("r", "step.output", 1.0, json.dumps({"line": f"line {i}"})) for i in range(3000)]
+    store.emit_rows(rows)
+    store.flush()
+    events = store.events_after(0, "r", limit=5000)
+    assert [e.data["line"] for e in events] == [f"line {i}" for i in range(3000)]
+    assert [e.id for e in events] == sorted(e.id for e in events)

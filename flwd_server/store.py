@@ -460,21 +460,22 @@ class Store:
                 self._room.notify_all()
         return batch, stop
 
+    def _take_more(self, batch: list[Any]) -> None:
+        """Move what was queued since ``batch`` was taken into it (never past a stop marker)."""
+        pending = self._pending
+        while pending and len(batch) < 5000 and pending[0] is not _STOP:
+            batch.append(pending.popleft())
+        if self._blocked:
+            with self._room:
+                self._room.notify_all()
+
     def _write_loop(self) -> None:
         conn: sqlite3.Connection | None = None
         try:
             while True:
                 batch, stop = self._next_batch()
                 if batch:
-                    try:
-                        conn = conn or self.connect()
-                    except self.errors as exc:
-                        self._fail(batch, exc)
-                        continue
-                    if not self._commit_batch(conn, batch):
-                        # Reopen after a failure: a remounted or repaired file needs a fresh handle.
-                        conn.close()
-                        conn = None
+                    conn = self._commit_batch(conn, batch)
                 if stop:
                     return
         finally:
@@ -539,19 +540,26 @@ class Store:
             conn.executemany(_INSERT_EVENT, pending)
         self._commit(conn)
 
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> bool:
+    def _commit_batch(self, conn: sqlite3.Connection | None, batch: list[Any]) -> sqlite3.Connection | None:
         """Commit a batch; on a storage failure tell waiting callers at once, retry queued events a while.
 
-        Returns False if anything failed (the caller then reopens its connection).
+        Returns the connection to go on with, or None when the next batch must open a new one.
+        Every retry opens a fresh handle: a remounted or repaired file needs one.
         """
         attempts = 0
         while batch:
             try:
+                if conn is None:
+                    conn = self.connect()
                 self._apply(conn, batch)
             except self.errors as exc:
-                if conn.in_transaction:
+                if conn is not None:
                     with contextlib.suppress(*self.errors):
-                        conn.execute("ROLLBACK")
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    with contextlib.suppress(*self.errors):
+                        conn.close()
+                    conn = None
                 attempts += 1
                 self.write_failures += 1
                 error = StorageError(f"the database cannot be written: {exc}")
@@ -562,10 +570,13 @@ class Store:
                 batch = [op for op in batch if type(op) is tuple or op.lock is None]
                 if attempts >= 30:
                     log.error("database write failed %d times (%s); %d queued writes dropped", attempts, exc, len(batch))
-                    return False
+                    return None
                 if batch:
                     log.warning("database write failed (%s); retrying %d queued writes", exc, len(batch))
                     time.sleep(min(0.1 * attempts, 1.0))
+                    # Callers that queued meanwhile go into the retry: each learns within one
+                    # pause whether the disk has room, instead of waiting out every retry.
+                    self._take_more(batch)
                 continue
             written = 0
             for op in batch:
@@ -580,7 +591,7 @@ class Store:
                 listener()
             except Exception:  # a listener never breaks the writer
                 log.exception("commit listener failed")
-        return attempts == 0
+        return conn
 
     def close(self) -> None:
         """Flush and stop the writer (used on shutdown and by tests)."""

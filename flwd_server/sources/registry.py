@@ -346,9 +346,11 @@ class SourceRegistry:
             "by": subject,
         }
         self.store.emit(None, EventType.SOURCE_SYNCED.value, data)
+        self.store.flush()  # a client reading /events after the sync's answer must find it
         log.info("source %s synced at %s (%d jobs, %d file errors)", source.name, snap.revision, len(snap.jobs), len(snap.errors), extra={"event": "source.synced", **data, "jobs": len(snap.jobs)})
 
     def _emit_failed(self, source: Source, detail: str, revision: str | None, subject: str) -> None:
         data = {"source": source.name, "type": source.kind, "error": detail, "revision": revision, "by": subject}
         self.store.emit(None, EventType.SOURCE_FAILED.value, data)
+        self.store.flush()
         log.warning("source %s failed to sync (still serving %s): %s", source.name, revision, detail, extra={"event": "source.failed", **data})

@@ -280,6 +280,41 @@ def test_a_read_only_database_gives_storage_errors_then_recovers(tmp_path):  # P
     store.close()
 
 
+def test_a_caller_is_answered_while_queued_events_wait_for_the_disk(tmp_path):
+    """Events are retried for a while on a failing disk; a caller queued behind them is told at once."""
+    store = Store(tmp_path / "full.db")
+    store.migrate()
+    read_only = True
+    connect = store.connect
+
+    def maybe_read_only():
+        conn = connect()
+        if read_only:
+            conn.execute("PRAGMA query_only = 1")
+        return conn
+
+    store.connect = maybe_read_only
+    store.close_reader()
+    store.emit(None, "queued", {})  # the writer now retries this, pausing up to 1 s between attempts
+    outcome: list[BaseException] = []
+    caller = threading.Thread(target=lambda: outcome.append(_raised(lambda: store.create_run(plan=_plan(), public=_public(), submitted_by="t"))))
+    caller.start()
+    caller.join(timeout=5)  # all retries take about 25 s: before this, the caller waited them out
+    assert not caller.is_alive() and isinstance(outcome[0], StorageError)
+    read_only = False
+    store.flush()
+    assert [e.type for e in store.events_after(0)] == ["queued"]  # retried, not lost
+    store.close()
+
+
+def _raised(fn) -> BaseException | None:
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001 - the test inspects whatever it was
+        return exc
+    return None
+
+
 def test_one_failing_operation_in_a_batch_takes_nothing_else_with_it(store):
     """PostgreSQL runs a batch without savepoints first and falls back to them when an operation fails."""
     gate = threading.Event()

@@ -133,8 +133,8 @@ def cross_node_latency(writer: FlwdServer, follower: FlwdServer, runs: int) -> d
                     data = json.loads(line[6:])
                     written = dt.datetime.fromisoformat(data["time"].replace("Z", "+00:00")).timestamp()
                     arrivals[data["run_id"]] = (written, arrived)
-        except (OSError, ValueError, http.client.HTTPException):
-            return  # the bench closed the stream
+        except (OSError, ValueError, AttributeError, http.client.HTTPException):
+            return  # the bench closed the stream (http.client may then find its file gone: AttributeError)
 
     reader = threading.Thread(target=follow, daemon=True)
     reader.start()

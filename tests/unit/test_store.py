@@ -258,23 +258,29 @@ def test_run_ids_are_unique_and_time_ordered():
     assert len(set(ids)) == 1000 and all(len(i) == 26 for i in ids)
 
 
+class _ReadOnlySwitch:
+    """New connections of ``store`` are read-only while ``on``: what a read-only remount looks like to SQLite."""
+
+    def __init__(self, store: Store) -> None:
+        self.on = True
+        self._connect = store.connect
+        store.connect = self.connect
+
+    def connect(self) -> sqlite3.Connection:
+        conn = self._connect()
+        if self.on:
+            conn.execute("PRAGMA query_only = 1")
+        return conn
+
+
 def test_a_read_only_database_gives_storage_errors_then_recovers(tmp_path):  # PostgreSQL: see test_pgstore
     store = Store(tmp_path / "ro.db")
     store.migrate()
-    read_only = True
-    connect = store.connect
-
-    def maybe_read_only():
-        conn = connect()
-        if read_only:
-            conn.execute("PRAGMA query_only = 1")  # what a read-only remount looks like to SQLite
-        return conn
-
-    store.connect = maybe_read_only
+    read_only = _ReadOnlySwitch(store)
     with pytest.raises(StorageError, match="cannot be written"):
         store.create_run(plan=_plan(), public=_public(), submitted_by="t")
     assert store.list_runs()[0] == []
-    read_only = False
+    read_only.on = False
     run, _ = store.create_run(plan=_plan(), public=_public(), submitted_by="t")
     assert store.get_run(run.id).status is RunStatus.QUEUED
     store.close()
@@ -284,16 +290,7 @@ def test_a_caller_is_answered_while_queued_events_wait_for_the_disk(tmp_path):
     """Events are retried for a while on a failing disk; a caller queued behind them is told at once."""
     store = Store(tmp_path / "full.db")
     store.migrate()
-    read_only = True
-    connect = store.connect
-
-    def maybe_read_only():
-        conn = connect()
-        if read_only:
-            conn.execute("PRAGMA query_only = 1")
-        return conn
-
-    store.connect = maybe_read_only
+    read_only = _ReadOnlySwitch(store)
     store.close_reader()
     store.emit(None, "queued", {})  # the writer now retries this, pausing up to 1 s between attempts
     outcome: list[BaseException] = []
@@ -301,7 +298,7 @@ def test_a_caller_is_answered_while_queued_events_wait_for_the_disk(tmp_path):
     caller.start()
     caller.join(timeout=5)  # all retries take about 25 s: before this, the caller waited them out
     assert not caller.is_alive() and isinstance(outcome[0], StorageError)
-    read_only = False
+    read_only.on = False
     store.flush()
     assert [e.type for e in store.events_after(0)] == ["queued"]  # retried, not lost
     store.close()

@@ -146,7 +146,7 @@ class Engine:
             )
         self.closing = True
         self.runner.stop_claiming()
-        self.hub.close()
+        self.hub.close(wait=False)  # may run in a signal handler: the final close() waits
 
     def close(self, grace: float | None = None) -> None:
         """Stop: running runs get until the grace deadline, then are cancelled with a reason."""

@@ -80,10 +80,14 @@ class EventHub:
             self._thread = threading.Thread(target=self._poll_loop, name="flwd-event-poller", daemon=True)
             self._thread.start()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the poller; with ``wait``, until it is gone (the store closes next: its connections must be idle)."""
         self._closed = True
         self.wakeups.wake_self()
         self._release_waiters()
+        thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=15)
 
     @property
     def closed(self) -> bool:

@@ -219,6 +219,7 @@ class _Pool:
         self._made = 0
         self._lock = threading.Lock()
         self._all: list[PgConnection] = []
+        self._closed = False
 
     def take(self) -> PgConnection:
         try:
@@ -241,7 +242,7 @@ class _Pool:
             raise StorageError(f"no free database connection after 30 s (db_pool_size: {self.size})") from None
 
     def give(self, conn: PgConnection) -> None:
-        if conn.closed or conn.in_transaction:
+        if self._closed or conn.closed or conn.in_transaction:
             self.discard(conn)
             return
         self._idle.put(conn)
@@ -268,9 +269,25 @@ class _Pool:
         self.give(conn)
 
     def close(self) -> None:
+        """Close the idle connections now; one still borrowed is closed when it is given back.
+
+        Closing a connection while another thread runs a query on it is a
+        use-after-free inside libpq (a segfault, seen when a store closed under
+        its event poller).
+        """
+        idle: list[PgConnection] = []
         with self._lock:
-            conns, self._all, self._made = self._all, [], 0
-        for conn in conns:
+            self._closed = True
+            while True:
+                try:
+                    conn = self._idle.get_nowait()
+                except queue.Empty:
+                    break
+                idle.append(conn)
+                if conn in self._all:
+                    self._all.remove(conn)
+                    self._made -= 1
+        for conn in idle:
             with contextlib.suppress(Exception):
                 conn.close()
 
@@ -503,10 +520,14 @@ class _ListenWatch:
         self._listen()
 
     def _listen(self) -> None:
+        raw = None
         try:
             raw = psycopg.connect(self.store.url, autocommit=True, connect_timeout=10, application_name="flwd-listen")
             raw.execute(f"LISTEN {CHANNEL}")
         except psycopg.Error as exc:
+            if raw is not None:  # connected, then cut: never leave it to the garbage collector
+                with contextlib.suppress(Exception):
+                    raw.close()
             log.warning("event poller: LISTEN failed (%s); polling until it works", exc)
             self.listener = None
             self._retry_at = time.monotonic() + 2.0

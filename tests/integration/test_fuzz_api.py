@@ -72,11 +72,21 @@ for _kind, _schema in SCHEMAS.items():
     _schema.config.update(request_timeout=20)
 
 
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection", "expect", "te", "upgrade", "trailer"})
+
+
 def _aim_at_real_things(kind: str):
     turn = itertools.count()
 
     def map_case(context, case):
-        """Aim a third of the schema-valid cases at things that exist, so success paths get fuzzed too."""
+        """Aim a third of the schema-valid cases at things that exist, so success paths get fuzzed too.
+
+        Headers that frame the HTTP message (a generated ``Content-Length: v``) are left out:
+        gunicorn's parser answers them with its own 400 before any route, which no operation of
+        the document can describe; test_hostile_input.py tests them on purpose.
+        """
+        if case.headers:
+            case.headers = {k: v for k, v in case.headers.items() if k.lower() not in FRAMING_HEADERS}
         if case.meta is None or case.meta.generation.mode is not GenerationMode.POSITIVE or next(turn) % 3:
             return case
         path = case.operation.path

@@ -243,6 +243,32 @@ def test_crlf_and_control_bytes_in_request_ids_and_idempotency_keys_never_reach_
     assert run_count(hostile) - before <= 6
 
 
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: v\r\n",
+        b"Content-Length: -5\r\n",
+        b"Content-Length: 38\r\nContent-Length: 5\r\n",
+        b"Content-Length: 38\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: gzip, chunked, identity\r\n",
+    ],
+    ids=["not-a-number", "negative", "two-lengths", "length-and-chunked", "bad-coding"],
+)
+def test_a_request_whose_framing_is_malformed_is_a_400_and_changes_nothing(hostile, framing):
+    """The request smuggling shapes: gunicorn's parser refuses them before flwd sees a request.
+
+    The fuzzer leaves framing headers out (test_fuzz_api.py): this is where they are tested.
+    """
+    before = run_count(hostile)
+    body = b'{"job": "echo", "args": {"text": "x"}}'
+    for method, path in ((b"POST", b"/runs"), (b"DELETE", b"/sources/h")):
+        head = method + b" " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer dev-token\r\nContent-Type: application/json\r\n"
+        answer = raw_request(hostile.port, head + framing + b"Connection: close\r\n\r\n" + body)
+        assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == b"400", (method, answer[:200])
+    assert run_count(hostile) == before
+    assert [s["name"] for s in hostile.get("/sources").json()["sources"]] == ["examples", "h"]
+
+
 def test_a_token_flood_gets_401s_while_the_api_stays_responsive(hostile):
     bad = ["garbage", "dev-token2", "eyJhbGciOiJub25lIn0.e30.", "a" * 4000, "Bearer", "é", "dev-tokén", "\u00ff" * 300]
     slowest = []

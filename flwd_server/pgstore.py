@@ -341,10 +341,6 @@ class PgStore(Store):
         self._init_common()
 
     @property
-    def label(self) -> str:
-        return self.path
-
-    @property
     def wakeup_key(self) -> str:
         return "pg:" + self.path
 

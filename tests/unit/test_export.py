@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import tracemalloc
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,6 @@ from flwd_server.errors import BadRequest
 from flwd_server.export import ExportFilter, export_lines
 from flwd_server.models import parse_iso
 from flwd_server.store import Store
-from tests.fixtures.postgres import open_backend
 
 DAY = parse_iso("2026-01-10T00:00:00Z")
 
@@ -39,20 +37,8 @@ def fill(store: Store, runs: int, events_per_run: int = 5, start: int = 0) -> No
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path / "flwd.db")
-    s.migrate()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def any_store(store_spec):
-    """The export's SQL on SQLite and on PostgreSQL."""
-    s = open_backend(store_spec)
-    s.migrate()
-    yield s
-    s.close()
+def store(sqlite_store):
+    return sqlite_store
 
 
 def records(store: Store, **params: str) -> list[dict]:

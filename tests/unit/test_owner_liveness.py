@@ -11,13 +11,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from flwd_server.engine import Engine
 from flwd_server.models import Principal, RunStatus
 from flwd_server.planner import PlanRequest
 from flwd_server.runner import owner_id, owner_is_dead, recover_lost_runs
-from tests.fixtures.postgres import open_backend
 from tests.helpers import processes_of_run, wait_until
 from tests.unit.test_store import _plan, _public
 
@@ -45,16 +42,8 @@ def test_an_owner_on_another_host_is_judged_by_its_heartbeat_alone():
     assert owner_is_dead("db-2:1:100", "db-2", 1, None, timeout=5)
 
 
-@pytest.fixture
-def liveness_store(store_spec):
-    store = open_backend(store_spec)
-    store.migrate()
-    yield store
-    store.close()
-
-
-def test_runs_of_a_node_that_stopped_heartbeating_end_lost_and_free_their_slots(liveness_store):
-    store = liveness_store
+def test_runs_of_a_node_that_stopped_heartbeating_end_lost_and_free_their_slots(any_store):
+    store = any_store
     ids = [store.create_run(plan=_plan(), public=_public(), submitted_by="t")[0].id for _ in range(3)]
     store.register_owner("node-b.example:4242:777", "node-b.example", 4242)  # a node on another host
     claimed = store.claim("node-b.example:4242:777", 2, 2)

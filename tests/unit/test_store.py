@@ -34,19 +34,8 @@ def queue_runs(store: Store, count: int) -> list[str]:
 
 
 @pytest.fixture
-def sqlite_store(tmp_path):
-    s = Store(tmp_path / "flwd.db")
-    s.migrate()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def store(store_spec):
-    s = open_backend(store_spec)
-    s.migrate()
-    yield s
-    s.close()
+def store(any_store):
+    return any_store
 
 
 def test_every_connection_has_the_pragmas(sqlite_store):

@@ -448,20 +448,14 @@ class Store:
             self._wakeup.clear()
             self._idle = False
         batch: list[Any] = []
-        stop = False
-        while pending and len(batch) < 5000:
-            item = pending.popleft()
-            if item is _STOP:
-                stop = True
-                break
-            batch.append(item)
-        if self._blocked:
-            with self._room:
-                self._room.notify_all()
+        self._take_more(batch)
+        stop = len(batch) < 5000 and bool(pending) and pending[0] is _STOP
+        if stop:
+            pending.popleft()
         return batch, stop
 
     def _take_more(self, batch: list[Any]) -> None:
-        """Move what was queued since ``batch`` was taken into it (never past a stop marker)."""
+        """Move what is queued into ``batch`` (up to 5,000 items, never past a stop marker)."""
         pending = self._pending
         while pending and len(batch) < 5000 and pending[0] is not _STOP:
             batch.append(pending.popleft())

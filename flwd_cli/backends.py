@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from flwd_server.auth import SCOPES
+from flwd_server.auth.bearer import SCOPES
 from flwd_server.config import Settings
 from flwd_server.errors import FlwdError
 from flwd_server.models import Principal, Profile
@@ -105,7 +105,7 @@ class LocalBackend:
         return self.engine.sync_source(name, self.principal)
 
     def export(self, filters: dict[str, str]) -> Iterator[bytes]:
-        from flwd_server.export import ExportFilter
+        from flwd_server.store.export import ExportFilter
 
         return self.engine.export(ExportFilter.parse(filters))
 

@@ -68,7 +68,7 @@ def cli() -> None:
 @click.option("--db-url", help="PostgreSQL URL (postgresql://USER@HOST/DB): several nodes share one database.")
 def serve_command(bind: str | None, profile: str | None, dev: bool | None, config_path: str | None, workers: int | None, threads: int | None, data_dir: str | None, db_path: str | None, db_url: str | None) -> None:
     """Serve the HTTP + SSE API with gunicorn (gthread workers)."""
-    from flwd_server.serving import serve
+    from flwd_server.web.serving import serve
 
     overrides = {
         key: value

@@ -131,7 +131,7 @@ class Settings:
     def database_label(self) -> str:
         """The database as the logs name it (a PostgreSQL URL without its password)."""
         if self.db_url:
-            from .pgstore import redact
+            from .store.postgres import redact
 
             return redact(self.db_url)
         return str(self.resolved_db_path)

@@ -18,24 +18,24 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .auth import Authenticator
-from .broadcast import Broadcaster
+from .auth.bearer import Authenticator
 from .catalog import Catalog
 from .config import Settings
-from .container_support import ContainerSupport
+from .containers.support import ContainerSupport
 from .errors import PlanChanged, PolicyDenied, Unauthenticated, Unavailable
-from .eventhub import EventHub
-from .export import ExportFilter, export_lines
+from .events.broadcast import Broadcaster
+from .events.hub import EventHub
 from .forksafe import reset_after_fork
 from .metrics import Metrics
 from .metrics import install as install_metrics
 from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
 from .planner import Planner, PlanRequest, plan_record
-from .retention import Retention
-from .runner import Runner, log_decision
+from .runs.runner import Runner, log_decision
 from .sources import LocalSource, Source
 from .sources.registry import SourceRegistry
-from .store import Store, open_store
+from .store.export import ExportFilter, export_lines
+from .store.retention import Retention
+from .store.sqlite import Store, open_store
 
 log = logging.getLogger("flwd.engine")
 
@@ -50,7 +50,7 @@ def _token_verifier(settings: Settings) -> Any:
     auth = settings.auth
     if not (auth.issuer or auth.audience or auth.jwk_file):
         return None
-    from .tokens import token_verifier
+    from .auth.tokens import token_verifier
 
     return token_verifier(auth)
 
@@ -309,7 +309,7 @@ class Engine:
         return Principal(subject, frozenset({"runs:read"}))
 
     def export(self, filters: ExportFilter) -> Iterator[bytes]:
-        """The NDJSON audit export (see :mod:`flwd_server.export`), streamed."""
+        """The NDJSON audit export (see :mod:`flwd_server.store.export`), streamed."""
         return export_lines(self.store, filters)
 
     def terminal_event_id(self, run_id: str) -> int | None:

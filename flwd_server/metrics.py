@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .runner import owner_id, owner_is_dead
-from .store import SET_META, Store
+from .runs.runner import owner_id, owner_is_dead
+from .store.sqlite import SET_META, Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Settings
+from .containers.images import parse_image_ref, registry_allowed
 from .errors import FlwdError
-from .images import parse_image_ref, registry_allowed
 from .models import Decision, Job, Profile, Verdict
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")

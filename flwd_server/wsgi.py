@@ -1,15 +1,5 @@
-"""Plain WSGI entry point for gunicorn, uWSGI or mod_wsgi: ``flwd_server.wsgi:app``.
+"""The WSGI entry point under its historical name: ``flwd_server.wsgi:app`` (see :mod:`flwd_server.web.wsgi`)."""
 
-Configure it with ``FLWD_CONFIG=/etc/flwd/server.yaml`` and ``FLWD_*`` variables.
-Like ``flwd :serve``, it refuses to load without a way to verify tokens.
-"""
+from .web.wsgi import app
 
-import os
-
-from .app import create_app
-from .config import load_settings
-from .tokens import require_auth
-
-settings = load_settings(os.environ.get("FLWD_CONFIG") or None)
-require_auth(settings)
-app = create_app(settings)
+__all__ = ["app"]

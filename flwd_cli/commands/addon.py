@@ -1,7 +1,7 @@
 """``flwd :addon publish DIR REGISTRY/REPO:TAG``: make an OCI add-on source from a folder.
 
 The folder's ``jobs/`` tree becomes one layer of an OCI artifact (format:
-``flwd_server.addons``); with ``--sign-key`` the pushed digest is also signed in
+``flwd_server.containers.addons``); with ``--sign-key`` the pushed digest is also signed in
 cosign's key-based format, so servers with ``verify_signatures: enforce`` and the
 matching public key accept it.  Credentials for registries that need them come
 from ``FLWD_REGISTRY_USERNAME`` / ``FLWD_REGISTRY_PASSWORD``.
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import click
 
-from flwd_server.addons import publish
 from flwd_server.config import load_settings
+from flwd_server.containers.addons import publish
+from flwd_server.containers.images import normalize_registry, parse_image_ref
+from flwd_server.containers.registry_client import RegistryClient
+from flwd_server.containers.signatures import attach_signature, load_private_key
 from flwd_server.errors import ConfigError, Unprocessable
-from flwd_server.images import normalize_registry, parse_image_ref
 from flwd_server.jobs import parse_job
-from flwd_server.oci import RegistryClient
-from flwd_server.signatures import attach_signature, load_private_key
 
 
 @click.group(":addon")

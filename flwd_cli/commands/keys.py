@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from flwd_server.jwks import SUPPORTED_ALGORITHMS, parse_jwks
-from flwd_server.keys import KEY_ALGORITHMS, add_key, generate, private_pem, public_jwk, remove_key, write_atomic
+from flwd_server.auth.jwks import SUPPORTED_ALGORITHMS, parse_jwks
+from flwd_server.auth.keys import KEY_ALGORITHMS, add_key, generate, private_pem, public_jwk, remove_key, write_atomic
 
 
 @click.group(":keys")

@@ -12,9 +12,9 @@ import time
 
 import click
 
-from flwd_server.auth import SCOPES
+from flwd_server.auth.bearer import SCOPES
+from flwd_server.auth.keys import algorithm_of, load_private_key, mint, public_jwk
 from flwd_server.config import load_settings
-from flwd_server.keys import algorithm_of, load_private_key, mint, public_jwk
 
 DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

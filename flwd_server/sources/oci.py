@@ -1,6 +1,6 @@
 """A source that is an OCI add-on artifact: ``{"type": "oci", "name": …, "ref": "registry/repo:tag"}``.
 
-The artifact (format: :mod:`flwd_server.addons`) is pulled over the OCI
+The artifact (format: :mod:`flwd_server.containers.addons`) is pulled over the OCI
 distribution API from a registry in ``container.allowed_registries``.  Its
 manifest digest is the source's *revision*: every job, plan and run records
 it.  The signature is checked per ``container.verify_signatures`` before
@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..addons import MAX_LAYER_BYTES, addon_layer, extract
+from ..containers.addons import MAX_LAYER_BYTES, addon_layer, extract
+from ..containers.images import parse_image_ref, registry_allowed
+from ..containers.registry_client import RegistryClient
 from ..errors import FlwdError, UnsafeSource
-from ..images import parse_image_ref, registry_allowed
-from ..oci import RegistryClient
 from .base import Source, SourceSnapshot, scan_jobs
 
 log = logging.getLogger("flwd.sources.oci")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Conflict
-from ..store import Store
+from ..store.sqlite import Store
 
 VERSION_KEY = "sources_version"
 

@@ -31,7 +31,7 @@ from typing import Any
 from ..config import Settings, validate_source_spec
 from ..errors import ConfigError, Conflict, FlwdError, SourceError, SourceNotFound, StorageError, Unprocessable
 from ..models import EventType, iso
-from ..store import Store
+from ..store.sqlite import Store
 from .base import Source, SourceSnapshot
 from .locking import source_lock
 from .records import SourceRecord, SourceRecords

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask
 
 from .. import __version__
-from ..auth import SCOPES
+from ..auth.bearer import SCOPES
 from ..models import EventType, RunStatus
 
 STATUSES = [s.value for s in RunStatus]

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from flwd_server.config import load_settings
+from flwd_server.containers.registry_client import DigestMismatch
 from flwd_server.engine import Engine
 from flwd_server.errors import UnsafeSource
-from flwd_server.oci import DigestMismatch
 from tests.conftest import ServerProcess
 from tests.fixtures.containers import PUSHER
 

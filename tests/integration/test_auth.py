@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import requests
 
-from flwd_server.app import create_app
 from flwd_server.config import load_settings
 from flwd_server.engine import Engine
+from flwd_server.web.app import create_app
 from tests.conftest import ServerProcess
 from tests.fixtures.tokens import (
     ALL_SCOPES,

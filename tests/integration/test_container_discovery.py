@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flwd_server.config import ContainerSettings
-from flwd_server.containers import ContainerRuntime
+from flwd_server.containers.runtime import ContainerRuntime
 
 pytestmark = pytest.mark.container
 

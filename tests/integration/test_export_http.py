@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from flwd_server.store import Store
+from flwd_server.store.sqlite import Store
 from tests.conftest import ServerProcess
 from tests.unit.test_export import fill
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from flwd_server.addons import ARTIFACT_TYPE, CONFIG_TYPE, LAYER_TYPE, Limits, addon_layer, extract, manifest_for, pack
+from flwd_server.containers.addons import ARTIFACT_TYPE, CONFIG_TYPE, LAYER_TYPE, Limits, addon_layer, extract, manifest_for, pack
+from flwd_server.containers.registry_client import Manifest, sha256_digest
 from flwd_server.errors import UnsafeSource
-from flwd_server.oci import Manifest, sha256_digest
 
 
 def make_folder(root: Path) -> Path:

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from flwd_server.broadcast import Broadcaster, broadcast_stream, can_take_over, chunk
-from flwd_server.eventhub import EventHub
-from flwd_server.store import Store
+from flwd_server.events.broadcast import Broadcaster, broadcast_stream, can_take_over, chunk
+from flwd_server.events.hub import EventHub
+from flwd_server.store.sqlite import Store
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ import pytest
 import yaml
 
 from flwd_server.config import ContainerSettings
-from flwd_server.containers import ContainerRuntime, candidates, engine_name, tls_config
+from flwd_server.containers.runtime import ContainerRuntime, candidates, engine_name, tls_config
 from flwd_server.engine import Engine
 from flwd_server.errors import Unavailable, Unprocessable, UnsafeSource
-from flwd_server.executors.container import network_mode
 from flwd_server.models import Job, Principal, Step
 from flwd_server.planner import PlanRequest
+from flwd_server.runs.container_executor import network_mode
 from flwd_server.sources.oci import OciSource
 
 DIGEST = "sha256:" + "b" * 64

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from flwd_server.config import known_keys, load_settings
-from flwd_server.serving import graceful_timeout
+from flwd_server.web.serving import graceful_timeout
 
 REPO = Path(__file__).resolve().parents[2]
 ETC = REPO / "etc"

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from flwd_server.auth import SCOPES
+from flwd_server.auth.bearer import SCOPES
 from flwd_server.engine import Engine
 from flwd_server.errors import PolicyDenied
 from flwd_server.models import Principal, Profile

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from flwd_server.executors.host import HostStep, StepLimits, _Lines, group_alive, run_host_step
 from flwd_server.models import Step
+from flwd_server.runs.host_executor import HostStep, StepLimits, _Lines, group_alive, run_host_step
 from tests.helpers import wait_until
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from flwd_server.containers.images import parse_image_ref, registry_allowed
 from flwd_server.errors import Unprocessable
-from flwd_server.images import parse_image_ref, registry_allowed
 
 DIGEST = "sha256:" + "a" * 64
 

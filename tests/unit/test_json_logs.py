@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from gunicorn.config import Config
 
 from flwd_server.logs import JsonFormatter, redact
-from flwd_server.serving import JsonLogger
+from flwd_server.web.serving import JsonLogger
 
 
 def test_gunicorns_access_line_is_json_with_the_path_only(capsys):

@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-from flwd_server.app import create_app
 from flwd_server.engine import Engine
-from flwd_server.web.auth import PUBLIC, required_scope
+from flwd_server.web.access import PUBLIC, required_scope
+from flwd_server.web.app import create_app
 from flwd_server.web.openapi import openapi_document
-from flwd_server.web.queries import declared_query_parameters, openapi_path
+from flwd_server.web.query_params import declared_query_parameters, openapi_path
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 

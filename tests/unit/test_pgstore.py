@@ -10,10 +10,10 @@ import time
 import pytest
 
 from flwd_server.errors import StorageError
-from flwd_server.eventhub import EventHub
+from flwd_server.events.hub import EventHub
 from flwd_server.models import RunStatus
-from flwd_server.pgstore import CHANNEL, PgStore, redact, translate
-from flwd_server.store import open_store
+from flwd_server.store.postgres import CHANNEL, PgStore, redact, translate
+from flwd_server.store.sqlite import open_store
 from tests.helpers import wait_until
 from tests.unit.test_store import _plan, _public, queue_runs
 

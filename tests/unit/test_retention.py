@@ -6,12 +6,12 @@ import json
 import time
 from pathlib import Path
 
-from flwd_server.auth import SCOPES
+from flwd_server.auth.bearer import SCOPES
 from flwd_server.engine import Engine
 from flwd_server.models import Principal
 from flwd_server.planner import PlanRequest
-from flwd_server.runner import HOUSEKEEP_EVERY
-from flwd_server.store import Store
+from flwd_server.runs.runner import HOUSEKEEP_EVERY
+from flwd_server.store.sqlite import Store
 from tests.helpers import wait_until
 
 

@@ -7,10 +7,10 @@ import re
 import pytest
 from flask import Response
 
-from flwd_server.app import create_app
-from flwd_server.auth import SCOPES
+from flwd_server.auth.bearer import SCOPES
 from flwd_server.engine import Engine
-from flwd_server.web.auth import PUBLIC
+from flwd_server.web.access import PUBLIC
+from flwd_server.web.app import create_app
 from tests.fixtures.tokens import app_routes
 
 # DESIGN.md, "HTTP API": (method, rule with parameters as {}) -> scope.  Routes added by other

@@ -11,9 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from flwd_server.errors import ConfigError
-from flwd_server.images import parse_image_ref
-from flwd_server.signatures import (
+from flwd_server.containers.images import parse_image_ref
+from flwd_server.containers.signatures import (
     SIGNATURE_ANNOTATION,
     SIMPLESIGNING,
     load_private_key,
@@ -25,6 +24,7 @@ from flwd_server.signatures import (
     simple_signing_payload,
     verify_layers,
 )
+from flwd_server.errors import ConfigError
 
 DATA = Path(__file__).parent / "data" / "cosign"
 DIGEST_A = "sha256:" + hashlib.sha256(b"image A").hexdigest()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from flwd_server.errors import BadRequest, Unavailable
-from flwd_server.eventhub import EventHub
-from flwd_server.sse import HEARTBEAT, ClosingStream, StreamSlots, event_stream, parse_last_event_id
-from flwd_server.store import Store
+from flwd_server.events.hub import EventHub
+from flwd_server.events.sse import HEARTBEAT, ClosingStream, StreamSlots, event_stream, parse_last_event_id
+from flwd_server.store.sqlite import Store
 from tests.helpers import wait_until
 
 
@@ -121,7 +121,7 @@ def test_a_write_from_another_process_is_seen_promptly(store, hub, tmp_path):
     import subprocess
     import sys
 
-    code = f"from flwd_server.store import Store; s = Store({store.path!r}); s.emit('other', 'from.elsewhere', {{}}); s.close()"
+    code = f"from flwd_server.store.sqlite import Store; s = Store({store.path!r}); s.emit('other', 'from.elsewhere', {{}}); s.close()"
     subprocess.run([sys.executable, "-c", code], check=True)
     started = time.monotonic()
     wait_until(lambda: hub.last_id >= 1, 2, 0.005, message="the other process's event")
@@ -172,7 +172,7 @@ def test_a_commit_in_another_process_wakes_the_poller_at_once(store):
     wait_until(lambda: slow.polls >= 0 and slow._thread.is_alive(), 2)
     wait_until(lambda: slow.wakeups.prefix in Path("/proc/net/unix").read_text(), 5, message="the poller's socket")
     code = (
-        "from flwd_server.store import Store; from flwd_server.eventhub import EventHub; "
+        "from flwd_server.store.sqlite import Store; from flwd_server.events.hub import EventHub; "
         f"s = Store({store.path!r}); EventHub(s); s.emit('other', 'from.elsewhere', {{}}); s.close()"
     )
     started = time.monotonic()
@@ -183,7 +183,7 @@ def test_a_commit_in_another_process_wakes_the_poller_at_once(store):
 
 
 def test_a_crowded_worker_pauses_streams_between_writes_and_a_lone_stream_never_waits():
-    from flwd_server.sse import crowd_pause
+    from flwd_server.events.sse import crowd_pause
 
     assert crowd_pause(1, 0.05) == 0.0
     assert 0 < crowd_pause(100, 0.05) < crowd_pause(1000, 0.05) == 0.05

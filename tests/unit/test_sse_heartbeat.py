@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flwd_server.config import Settings
-from flwd_server.sse import HEARTBEAT, event_stream
+from flwd_server.events.sse import HEARTBEAT, event_stream
 
 
 class IdleHub:

@@ -17,7 +17,7 @@ import pytest
 
 from flwd_server.errors import IdempotencyMismatch, StorageError
 from flwd_server.models import RunStatus
-from flwd_server.store import Store, new_run_id
+from flwd_server.store.sqlite import Store, new_run_id
 from tests.fixtures.postgres import open_backend
 
 
@@ -172,7 +172,7 @@ def test_a_writer_waits_for_a_lock_instead_of_failing(store):
     blocker = store.connect()
     blocker.execute("BEGIN IMMEDIATE")
     if store.dialect == "postgres":  # what another node's writer holds while it commits
-        from flwd_server.pgstore import LOCK_CLASS, WRITE_LOCK
+        from flwd_server.store.postgres import LOCK_CLASS, WRITE_LOCK
 
         blocker.execute("SELECT pg_advisory_xact_lock(?, ?)", (LOCK_CLASS, WRITE_LOCK))
     done = threading.Event()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from flwd_server.store import Store
+from flwd_server.store.sqlite import Store
 
 
 def test_concurrent_migrations_of_one_database_all_succeed(tmp_path):

@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwd_cli.main import main
+from flwd_server.auth.jwks import parse_jwks
+from flwd_server.auth.tokens import TokenVerifier, unverified_header
 from flwd_server.config import AuthSettings
-from flwd_server.jwks import parse_jwks
-from flwd_server.tokens import TokenVerifier, unverified_header
 from tests.fixtures.tokens import AUDIENCE, ISSUER, b64url, new_key
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from flwd_server import keys as signing
-from flwd_server.auth import Authenticator, bearer_token
+from flwd_server.auth import keys as signing
+from flwd_server.auth.bearer import Authenticator, bearer_token
+from flwd_server.auth.jwks import parse_jwks
+from flwd_server.auth.tokens import TokenVerifier, require_auth, scopes_of, token_verifier
 from flwd_server.config import AuthSettings, load_settings
 from flwd_server.errors import ConfigError, Unauthenticated
-from flwd_server.jwks import parse_jwks
-from flwd_server.serving import warn_if_exposed
-from flwd_server.tokens import TokenVerifier, require_auth, scopes_of, token_verifier
+from flwd_server.web.serving import warn_if_exposed
 from tests.fixtures.tokens import (
     ALGORITHMS,
     AUDIENCE,
@@ -528,7 +528,7 @@ def test_the_bearer_scheme_is_case_insensitive():
 
 
 def test_the_token_modules_do_not_import_flask():
-    code = "import sys, flwd_server.tokens, flwd_server.jwks, flwd_server.keys, flwd_server.auth; sys.exit('flask' in sys.modules)"
+    code = "import sys, flwd_server.auth.tokens, flwd_server.auth.jwks, flwd_server.auth.keys, flwd_server.auth.bearer; sys.exit('flask' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 

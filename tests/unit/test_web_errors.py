@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flwd_server.app import create_app
+from flwd_server.web.app import create_app
 
 AUTH = {"Authorization": "Bearer dev-token"}
 

@@ -1,0 +1,67 @@
+"""Who is calling, and what they may do: bearer tokens to a :class:`Principal`.
+
+No Flask here: the web layer passes the ``Authorization`` header in and gets a
+principal or an :class:`~flwd_server.errors.Unauthenticated` back.  ``--dev``
+adds the fixed ``dev-token``; real deployments verify signed JWTs against a
+JWKS file (``auth.jwk_file``), see :mod:`flwd_server.auth.tokens`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from ..errors import Unauthenticated
+from ..models import Principal
+
+SCOPES = (
+    "jobs:read",
+    "runs:read",
+    "runs:write",
+    "runs:downgrade",
+    "sources:read",
+    "sources:write",
+    "metrics:read",
+    "export:read",
+)
+DEV_TOKEN = "dev-token"
+DEV_PRINCIPAL = Principal("dev", frozenset(SCOPES))
+MAX_TOKEN_LENGTH = 8192
+
+
+def bearer_token(header: str | None) -> str:
+    """Extract the token of an RFC 6750 ``Authorization: Bearer`` header.
+
+    No header, or another scheme (Basic, ...), counts as no credentials: the
+    401 then carries no ``error`` code (RFC 6750 section 3.1).
+    """
+    if not header or not header.strip():
+        raise Unauthenticated("this request needs an 'Authorization: Bearer <token>' header", error=None)
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthenticated("only bearer tokens are accepted: send 'Authorization: Bearer <token>'", error=None)
+    token = token.strip()
+    if not token:
+        raise Unauthenticated("the Authorization header has no token after 'Bearer'")
+    if len(token) > MAX_TOKEN_LENGTH or any(c.isspace() for c in token):
+        raise Unauthenticated("the bearer token is malformed (too long, or it contains spaces)")
+    return token
+
+
+class Authenticator:
+    """Turns a bearer token into a principal; ``verify_jwt`` is None when no JWKS is configured."""
+
+    def __init__(self, dev: bool, verify_jwt: Callable[[str], Principal] | None = None) -> None:
+        self.dev = dev
+        self.verify_jwt = verify_jwt
+
+    def authenticate(self, header: str | None) -> Principal:
+        token = bearer_token(header)
+        # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500).
+        if hmac.compare_digest(token.encode("utf-8", "surrogateescape"), DEV_TOKEN.encode()):
+            if self.dev:
+                return DEV_PRINCIPAL
+            raise Unauthenticated("dev-token is accepted only by a server started with --dev")
+        if self.verify_jwt is None:
+            raise Unauthenticated("this server has no token verification configured (auth.jwk_file); only --dev accepts dev-token")
+        return self.verify_jwt(token)

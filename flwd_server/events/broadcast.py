@@ -1,0 +1,283 @@
+"""One thread per process that writes every live event stream to its socket.
+
+With a thread per stream, an event that a thousand clients follow means a
+thousand threads woken, each taking the GIL in turn to send a few hundred
+bytes: the handoffs, not the work, cap how many clients a worker can serve.
+Here the request thread of a stream sends the response head through the
+WSGI server as usual, then hands its socket to the :class:`Broadcaster` and
+waits.  The broadcaster's one thread reads each batch of new events once per
+(run, position), frames it once, and sends it to every follower with
+non-blocking writes; a client that does not read gets a bounded buffer and
+is then dropped (it resumes with ``Last-Event-ID``).  When the stream ends it
+gives the socket back (blocking again, every byte written) and the request
+thread returns, so the WSGI server closes the response normally.
+
+This needs the raw socket (gunicorn's ``gunicorn.socket``, plain HTTP/1.x);
+anything else uses the per-thread generator in :mod:`flwd_server.events.sse`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from ..forksafe import reset_after_fork
+from ..models import EventType
+from .hub import EventHub
+from .sse import HEARTBEAT
+
+log = logging.getLogger("flwd.sse")
+TERMINAL = EventType.RUN_FINISHED.value
+
+
+def chunk(data: bytes) -> bytes:
+    """HTTP/1.1 chunked framing, as the WSGI server would have written it."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Subscription:
+    __slots__ = ("sock", "run_id", "position", "chunked", "out", "last_write", "last_progress", "ends_at", "finishing", "done", "failed", "reason", "writing")
+
+    def __init__(self, sock: socket.socket, after: int, run_id: str | None, chunked: bool, max_duration: float) -> None:
+        self.sock = sock
+        self.run_id = run_id
+        self.position = after
+        self.chunked = chunked
+        self.out = bytearray()
+        self.last_write = self.last_progress = time.monotonic()
+        self.ends_at = self.last_write + max_duration
+        self.finishing = False  # send what is buffered, then give the socket back
+        self.done = threading.Event()
+        self.failed = False
+        self.reason = ""
+        self.writing = False  # registered for EVENT_WRITE
+
+    def frame(self, data: bytes) -> bytes:
+        return chunk(data) if self.chunked else data
+
+
+class Broadcaster:
+    def __init__(
+        self,
+        hub: EventHub,
+        *,
+        heartbeat: float,
+        max_duration: float,
+        max_batch: int = 256 * 1024,
+        stall_timeout: float = 30.0,
+        is_closing: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.hub = hub
+        self.heartbeat = heartbeat
+        self.max_duration = max_duration
+        self.max_batch = max_batch
+        self.stall_timeout = stall_timeout
+        self.is_closing = is_closing
+        hub.add_listener(lambda events: self._poke())
+        self._reset()
+        reset_after_fork(self, "_reset")
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._incoming: list[Subscription] = []
+        self._subs: list[Subscription] = []
+        self._thread: threading.Thread | None = None
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
+        self._drained = False
+        self.sent_batches = 0
+
+    @property
+    def active(self) -> int:
+        return len(self._subs) + len(self._incoming)
+
+    def attach(self, sock: socket.socket, after: int, run_id: str | None, chunked: bool) -> Subscription:
+        """Take over ``sock`` (the response head is already sent); returns when the broadcaster has it."""
+        sub = Subscription(sock, after, run_id, chunked, self.max_duration)
+        sock.setblocking(False)
+        self.hub.watch()
+        with self._lock:
+            self._ensure_thread()
+            self._incoming.append(sub)
+        self._poke()
+        return sub
+
+    def _ensure_thread(self) -> None:
+        """Started on the first attach and kept (idle, it wakes once a second)."""
+        if self._thread is None or not self._thread.is_alive():
+            if self._wake_r is None:
+                self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._thread = threading.Thread(target=self._loop, name="flwd-broadcaster", daemon=True)
+            self._thread.start()
+
+    def _poke(self) -> None:
+        if self._wake_w is not None:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"!")
+
+    # -- the one thread --------------------------------------------------------
+
+    def _loop(self) -> None:
+        selector = selectors.DefaultSelector()
+        assert self._wake_r is not None
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        seen = self.hub.last_id
+        more = False
+        while True:
+            timeout = 0 if more else self._timeout()
+            for key, _ in selector.select(timeout):
+                if key.data is None:
+                    with contextlib.suppress(BlockingIOError, OSError):
+                        while os.read(self._wake_r, 4096):
+                            pass
+                else:
+                    self._flush(key.data, selector)
+            with self._lock:
+                fresh, self._incoming = self._incoming, []
+            self._subs.extend(fresh)
+            if fresh or more or self._drained or self.hub.last_id != seen:
+                seen = self.hub.last_id
+                self._drained = False
+                more = self._deliver()
+            self._housekeep(selector)
+
+    def _timeout(self) -> float:
+        if not self._subs:
+            return 1.0
+        now = time.monotonic()
+        soonest = min(min(s.last_write + self.heartbeat, s.ends_at) for s in self._subs)
+        return max(0.0, min(1.0, soonest - now))
+
+    def _deliver(self) -> bool:
+        """Read each (run, position) once, frame it once, queue it for every follower at that point.
+
+        A follower whose last batch is still unsent takes nothing new: it
+        falls behind (and later reads history) instead of piling up memory.
+        """
+        groups: dict[tuple[str | None, int], list[Subscription]] = {}
+        for sub in self._subs:
+            if not sub.finishing and not sub.out:
+                groups.setdefault((sub.run_id, sub.position), []).append(sub)
+        more = False
+        for (run_id, position), subs in groups.items():
+            events, new_position = self.hub.read(position, run_id)
+            if len(events) >= 500:
+                more = True
+            if not events:
+                for sub in subs:
+                    sub.position = new_position
+                continue
+            frames, size = [], 0
+            for event in events:  # one batch stays under max_batch bytes (a single event may exceed it)
+                frame = event.sse_frame()
+                if frames and size + len(frame) > self.max_batch:
+                    new_position, more = events[len(frames) - 1].id, True
+                    break
+                frames.append(frame)
+                size += len(frame)
+            data = b"".join(frames)
+            events = events[: len(frames)]
+            ended = run_id is not None and any(e.type == TERMINAL for e in events)
+            framed = {True: chunk(data), False: data}
+            for sub in subs:
+                sub.position = new_position
+                sub.out += framed[sub.chunked]
+                sub.finishing = sub.finishing or ended
+                self._send(sub)
+        self.sent_batches += 1
+        return more
+
+    def _send(self, sub: Subscription) -> None:
+        if not sub.out or sub.failed:
+            return
+        try:
+            sent = sub.sock.send(sub.out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._fail(sub, f"the client went away ({errno.errorcode.get(exc.errno or 0, exc.__class__.__name__)})")
+            return
+        now = time.monotonic()
+        if sent:
+            del sub.out[:sent]
+            sub.last_write = sub.last_progress = now
+        elif sub.out and now - sub.last_progress > self.stall_timeout:
+            self._fail(sub, f"the client read nothing for {self.stall_timeout:g}s; it may resume with Last-Event-ID")
+
+    def _flush(self, sub: Subscription, selector: selectors.BaseSelector) -> None:
+        self._send(sub)
+        if not sub.out and sub.writing:
+            selector.unregister(sub.sock)
+            sub.writing = False
+            self._drained = True  # it may be behind: give it the next batch
+
+    def _fail(self, sub: Subscription, reason: str) -> None:
+        sub.failed = True
+        sub.reason = reason
+        sub.out.clear()
+
+    def _housekeep(self, selector: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        closing = self.is_closing() or self.hub.closed
+        keep = []
+        for sub in self._subs:
+            if not sub.failed:
+                if closing or now >= sub.ends_at:
+                    sub.finishing = True
+                if sub.out and now - sub.last_progress > self.stall_timeout:
+                    self._fail(sub, f"the client read nothing for {self.stall_timeout:g}s; it may resume with Last-Event-ID")
+                elif not sub.out and not sub.finishing and now - sub.last_write >= self.heartbeat:
+                    sub.out += sub.frame(HEARTBEAT)
+                    self._send(sub)
+            if sub.failed or (sub.finishing and not sub.out):
+                if sub.writing:
+                    with contextlib.suppress(KeyError, ValueError, OSError):
+                        selector.unregister(sub.sock)
+                self._give_back(sub)
+                continue
+            if sub.out and not sub.writing:
+                with contextlib.suppress(ValueError, OSError):
+                    selector.register(sub.sock, selectors.EVENT_WRITE, sub)
+                    sub.writing = True
+            keep.append(sub)
+        self._subs = keep
+
+    def _give_back(self, sub: Subscription) -> None:
+        self.hub.unwatch()
+        if not sub.failed:
+            with contextlib.suppress(OSError):
+                sub.sock.setblocking(True)
+        sub.done.set()
+
+
+def broadcast_stream(broadcaster: Broadcaster, sock: socket.socket, *, after: int, run_id: str | None, chunked: bool, retry_ms: int) -> Iterator[bytes]:
+    """The WSGI body of a stream served by the broadcaster.
+
+    The first chunk goes through the WSGI server (which sends the head with
+    it); then the socket is the broadcaster's until the stream ends.  A client
+    that went away ends the response with a connection reset, which the
+    server closes quietly.
+    """
+    yield f"retry: {retry_ms}\n\n".encode()
+    sub = broadcaster.attach(sock, after, run_id, chunked)
+    sub.done.wait()
+    if sub.failed:
+        log.debug("event stream dropped: %s", sub.reason)
+        raise ConnectionResetError(errno.ECONNRESET, sub.reason)
+
+
+def can_take_over(environ: dict) -> socket.socket | None:
+    """The raw socket of a plain HTTP/1.x GET under gunicorn, or None (then the generator path serves)."""
+    sock = environ.get("gunicorn.socket")
+    if type(sock) is not socket.socket or environ.get("REQUEST_METHOD") != "GET":
+        return None
+    if environ.get("SERVER_PROTOCOL") not in ("HTTP/1.1", "HTTP/1.0"):
+        return None
+    return sock

@@ -1,0 +1,261 @@
+"""One poller per process that fans new events out to every waiting stream.
+
+Instead of one query per open stream, a single thread watches the database
+and keeps the newest events in memory.  What it waits on is the store's
+(``Store.watch``): with SQLite, ``PRAGMA data_version`` changes on any other
+connection's commit (so an idle server runs no SELECT on the events table),
+and local commits and other processes on the host wake it at once
+(:mod:`flwd_server.events.wakeups`); with PostgreSQL, a ``LISTEN`` connection is
+woken by the ``NOTIFY`` every event-writing transaction sends, from any node.
+Polling is the fallback.
+
+A thousand streams may follow one busy run, so neither reading nor waiting
+takes a shared lock:
+
+* the buffer is published as one immutable *view* ``(floor, last, events,
+  ids)``; the poller only appends to the lists or replaces them (when it
+  trims), so a reader that took the view reads a consistent snapshot bounded
+  by ``last``;
+* each waiting stream parks on its own lock, which the poller releases when
+  new events arrive - no thundering herd on one condition's lock.
+
+A stream that fell behind the buffer reads the database directly, then
+catches up.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from _thread import allocate_lock
+from collections.abc import Callable
+
+from ..errors import StorageError
+from ..forksafe import reset_after_fork
+from ..models import Event
+from ..store.sqlite import Store
+from .wakeups import Wakeups
+
+log = logging.getLogger("flwd.events")
+FETCH_LIMIT = 5000
+
+
+class EventHub:
+    def __init__(self, store: Store, poll_interval: float = 0.02, max_events: int = 20000, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.store = store
+        self.poll_interval = poll_interval
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._listeners: list[Callable[[list[Event]], None]] = []
+        self.wakeups = Wakeups(store.wakeup_key)
+        self._reset()
+        store.add_commit_listener(self._after_commit)
+        reset_after_fork(self, "_reset")
+
+    def _reset(self) -> None:
+        self._start_lock = threading.Lock()
+        # every event with floor < id <= last is in events (ids[i] is events[i].id)
+        self._view: tuple[int, int, list[Event], list[int]] = (0, 0, [], [])
+        self._bytes = 0
+        self._waiters: list = []
+        self._watchers = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.polls = 0
+        self.queries = 0
+
+    def add_listener(self, listener: Callable[[list[Event]], None]) -> None:
+        """Called with each new batch of events (on the poller thread; keep it quick)."""
+        self._listeners.append(listener)
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._start_lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            last = self.store.last_event_id()
+            self._view = (last, last, [], [])
+            self._thread = threading.Thread(target=self._poll_loop, name="flwd-event-poller", daemon=True)
+            self._thread.start()
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the poller; with ``wait``, until it is gone (the store closes next: its connections must be idle)."""
+        self._closed = True
+        self.wakeups.wake_self()
+        self._release_waiters()
+        thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=15)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def last_id(self) -> int:
+        return self._view[1]
+
+    @property
+    def _events(self) -> list[Event]:
+        """The buffered events (for tests and introspection)."""
+        floor, last, events, ids = self._view
+        return events[: bisect.bisect_right(ids, last)]
+
+    def wake(self) -> None:
+        self.wakeups.wake_self()
+
+    def _after_commit(self) -> None:
+        """This process wrote: look now, and tell the other processes on this host to look too."""
+        self.wakeups.wake_self()
+        if not self.store.notifies_peers:
+            self.wakeups.wake_peers()
+
+    def _poll_loop(self) -> None:
+        watch = None
+        failing = False  # a database that cannot be read is said once, not at every poll
+        try:
+            while not self._closed:
+                if watch is None:
+                    try:
+                        watch = self.store.watch(self.wakeups)
+                    except (*self.store.errors, StorageError) as exc:  # the database is away: try again after a pause
+                        if not failing:
+                            log.warning("event poller cannot reach the database: %s; retrying", exc)
+                        failing = True
+                        self.wakeups.wait(max(self.poll_interval, 1.0))
+                        continue
+                watch.wait(self.poll_interval)
+                self.polls += 1
+                try:
+                    if watch.changed():
+                        self._fetch(getattr(watch, "conn", None))
+                    if failing:
+                        log.info("event poller reads the database again")
+                        failing = False
+                except (*self.store.errors, StorageError) as exc:  # an expected condition: one line, then a pause
+                    if not failing:
+                        log.warning("event poller cannot read the database: %s; retrying", exc.detail if isinstance(exc, StorageError) else exc)
+                    failing = True
+                    watch.reset()
+                    self.wakeups.wait(max(self.poll_interval, 0.5))
+                except Exception:  # never let the poller die: streams depend on it
+                    log.exception("event poller failed; retrying")
+                    watch.reset()
+        finally:
+            if watch is not None:
+                watch.close()
+            self.wakeups.close()
+
+    def watch(self) -> None:
+        """A follower (an event stream) is here: keep every event in memory, not just control events."""
+        self._watchers += 1
+
+    def unwatch(self) -> None:
+        self._watchers -= 1
+
+    def _fetch(self, conn) -> None:
+        if self._watchers <= 0:
+            self._fetch_control(conn)
+            return
+        while True:
+            self.queries += 1
+            fresh = self.store.events_after(self._view[1], None, FETCH_LIMIT, conn=conn)
+            if not fresh:
+                return
+            self._publish(fresh)
+            self._release_waiters()
+            for listener in self._listeners:
+                try:
+                    listener(fresh)
+                except Exception:
+                    log.exception("event listener failed")
+            if len(fresh) < FETCH_LIMIT:
+                return
+
+    def _fetch_control(self, conn) -> None:
+        """Nobody follows streams in this process: read only what the runner and the caches act on.
+
+        A job printing 100,000 lines a second would otherwise cost every worker
+        the parsing of every line.  The buffer stays empty; a stream that
+        starts later reads its history from the database, then the buffer fills.
+        """
+        self.queries += 1
+        last = self._view[1]
+        newest = self.store.last_event_id(conn)
+        if newest <= last:
+            return
+        control = self.store.control_events_after(last, newest, conn)
+        self._bytes = 0
+        self._view = (newest, newest, [], [])
+        self._release_waiters()
+        if control:
+            for listener in self._listeners:
+                try:
+                    listener(control)
+                except Exception:
+                    log.exception("event listener failed")
+
+    def _publish(self, fresh: list[Event]) -> None:
+        floor, _, events, ids = self._view
+        events.extend(fresh)  # appends never disturb a reader's snapshot: it stops at its ``last``
+        ids.extend(e.id for e in fresh)
+        self._bytes += sum(len(e.raw) + 64 for e in fresh)
+        drop = 0
+        while drop < len(events) - 1 and (len(events) - drop > self.max_events or self._bytes > self.max_bytes):
+            self._bytes -= len(events[drop].raw) + 64
+            drop += 1
+        if drop:
+            floor = ids[drop - 1]
+            events, ids = events[drop:], ids[drop:]  # new lists: readers of the old ones are unaffected
+        self._view = (floor, fresh[-1].id, events, ids)
+
+    def _release_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for lock in waiters:
+            lock.release()
+
+    def read(self, after: int, run_id: str | None = None, limit: int = 500) -> tuple[list[Event], int]:
+        """Events with ``id > after`` (of one run, if given) and the position read up to."""
+        floor, last, events, ids = self._view
+        if after >= last:
+            return [], after
+        if after >= floor:
+            start = bisect.bisect_right(ids, after)
+            end = bisect.bisect_right(ids, last, lo=start)
+            if run_id is None:
+                chunk = events[start : min(end, start + limit)]
+                return chunk, chunk[-1].id
+            out = []
+            for index in range(start, end):
+                event = events[index]
+                if event.run_id == run_id:
+                    out.append(event)
+                    if len(out) >= limit:
+                        return out, event.id
+            return out, last
+        # Behind the buffer: read history from the database.  Everything up to
+        # ``last`` was committed before this query starts, so it is all visible.
+        history = self.store.events_after(after, run_id, limit)
+        if len(history) >= limit:
+            return history, history[-1].id
+        return history, max(last, history[-1].id if history else after)
+
+    def wait(self, after: int, timeout: float) -> bool:
+        """Block until an event newer than ``after`` exists; False on timeout or close."""
+        if self._view[1] > after:
+            return True
+        if self._closed:
+            return False
+        lock = allocate_lock()
+        lock.acquire()
+        self._waiters.append(lock)
+        if self._view[1] > after or self._closed:  # arrived while we registered: no wake-up is lost
+            return not self._closed
+        if not lock.acquire(timeout=timeout):  # released by the poller when events arrive
+            try:
+                self._waiters.remove(lock)  # idle streams must not pile up stale locks
+            except ValueError:
+                pass  # the poller took the list meanwhile; its late release is harmless
+        return self._view[1] > after and not self._closed

@@ -1,0 +1,537 @@
+"""The pool that executes runs: claims from the store, runs steps, reports through hooks.
+
+One :class:`Runner` per process.  Its thread pool and dispatcher thread are
+created on first use *in the process that uses them* (never before a fork).
+The database claim, not the pool size, enforces ``max_concurrent_runs``
+across every process; the pool is sized to the same number so a single
+process can use the whole allowance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring as encode_json_string  # the C encoder, as json.dumps(ensure_ascii=False)
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..errors import StorageError, Unavailable
+from ..events.hub import EventHub
+from ..forksafe import reset_after_fork
+from ..jobs import arg_env
+from ..models import Decision, Event, EventType, Job, Profile, Run, RunStatus, Step, Verdict
+from ..planner import Planner, job_from_record
+from ..policy import evaluate
+from ..store.sqlite import ClaimedRun, Store
+from .host_executor import HostStep, StepLimits, StepOutcome, run_host_step
+
+log = logging.getLogger("flwd.runner")
+decision_log = logging.getLogger("flwd.decisions")
+
+OUTPUT = EventType.STEP_OUTPUT.value
+HEARTBEAT_EVERY = 2.0
+SWEEP_EVERY = 3.0
+HOUSEKEEP_EVERY = 10.0
+LIVENESS_TIMEOUT = 15.0
+HOSTNAME = socket.gethostname()
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """The start time of a *living* process; None if it is gone or a zombie.
+
+    A killed process whose parent died too stays a zombie where PID 1 does not
+    reap (a container without an init): it must count as dead.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def owner_id(pid: int | None = None) -> str:
+    """``host:pid:starttime`` names this process uniquely, even after pid reuse."""
+    pid = pid or os.getpid()
+    return f"{HOSTNAME}:{pid}:{_proc_start_time(pid) or '0'}"
+
+
+def owner_is_dead(owner: str, host: str, pid: int, heartbeat_at: float | None, *, me: str | None = None, timeout: float = LIVENESS_TIMEOUT) -> bool:
+    """Whether ``owner`` is gone: on this host, its process is (pid and start time); elsewhere,
+    its heartbeat is older than ``timeout`` (``liveness_timeout``)."""
+    if owner == me:
+        return False
+    parts = owner.split(":")
+    if len(parts) in (3, 4) and parts[0] == HOSTNAME and parts[1].isdigit():  # 4: re-registered (see _declared_dead)
+        start = _proc_start_time(int(parts[1]))
+        return start is None or start != parts[2]
+    return heartbeat_at is None or time.time() - heartbeat_at > timeout
+
+
+def kill_orphan_group(run_id: str, pgid: int | None) -> bool:
+    """Kill a lost run's leftover process group, but only if it really is that run's."""
+    if not pgid:
+        return False
+    try:
+        environ = Path(f"/proc/{pgid}/environ").read_bytes()
+    except OSError:
+        return False
+    if f"FLWD_RUN_ID={run_id}".encode() not in environ.split(b"\0"):
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+        return True
+    return False
+
+
+def recover_lost_runs(store: Store, me: str | None = None, reason: str = "the process running it stopped", timeout: float = LIVENESS_TIMEOUT) -> list[str]:
+    """End the runs whose owning process is gone (``lost``), killing what they left behind."""
+    lost = store.mark_lost(lambda o, h, p, b: owner_is_dead(o, h, p, b, me=me, timeout=timeout), reason)
+    for run_id, pgid in lost:
+        kill_orphan_group(run_id, pgid)
+        log.warning("run %s ended lost: %s", run_id, reason)
+    return [run_id for run_id, _ in lost]
+
+
+class RunHooks:
+    """Observers of the run lifecycle (metrics, logs); a hook that raises is logged, the run goes on."""
+
+    def after_run_started(self, run: Run) -> None: ...
+
+    def after_step_finished(self, run: Run, step: Step, outcome: StepOutcome) -> None: ...
+
+    def after_run_finished(self, run: Run, status: RunStatus, duration: float) -> None: ...
+
+    def after_decision(self, run_id: str | None, decision: Decision) -> None: ...
+
+
+@dataclass
+class _Active:
+    run: Run
+    cancel: threading.Event = field(default_factory=threading.Event)
+    reason: str | None = None
+    status: str = "cancelled"
+    source_dir: str | None = None
+
+
+class Runner:
+    def __init__(
+        self,
+        store: Store,
+        hub: EventHub,
+        planner: Planner,
+        settings: Settings,
+        *,
+        affinity_only: bool = False,
+        container_executor: Callable[..., StepOutcome] | None = None,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.planner = planner
+        self.settings = settings
+        self.affinity_only = affinity_only
+        self.container_executor = container_executor
+        self.hooks: list[RunHooks] = []
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._reset()
+        hub.add_listener(self._on_events)
+        reset_after_fork(self, "_reset")
+
+    def _reset(self) -> None:
+        self.owner = owner_id()
+        self._pool: ThreadPoolExecutor | None = None
+        self._dispatcher: threading.Thread | None = None
+        self._wakeup = threading.Event()
+        self._active: dict[str, _Active] = {}
+        self._futures: set[Future] = set()
+        self._lock = threading.Lock()
+        self._claim_lock = threading.Lock()
+        self._draining = False
+        self._stopped = False
+
+    # -- life cycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the pool and dispatcher in this process (again after a fork)."""
+        if self.started:
+            return
+        with self._lock:
+            if self._dispatcher is not None and self._dispatcher.is_alive():
+                return
+            self.hub.start()
+            self.store.register_owner(self.owner, HOSTNAME, os.getpid())
+            self._pool = ThreadPoolExecutor(max_workers=self.settings.limits.max_concurrent_runs, thread_name_prefix="flwd-run")
+            self._dispatcher = threading.Thread(target=self._dispatch_loop, name="flwd-dispatcher", daemon=True)
+            self._dispatcher.start()
+
+    @property
+    def started(self) -> bool:
+        return self._dispatcher is not None and self._dispatcher.is_alive()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def active_count(self) -> int:
+        return len(self._active)
+
+    def stop_claiming(self) -> None:
+        """Claim no more queued runs (they stay queued for another process or the next start)."""
+        self._draining = True
+
+    def shutdown(self, grace: float | None = None, reason: str = "the server is shutting down", deadline: float | None = None) -> None:
+        """Stop claiming; give running runs ``grace`` seconds (or until the monotonic ``deadline``), then cancel them with ``reason``."""
+        if not self.started:
+            return
+        grace = self.settings.shutdown_grace if grace is None else grace
+        self._draining = True
+        deadline = time.monotonic() + grace if deadline is None else deadline
+        while self._active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for active in list(self._active.values()):
+            active.reason = f"{reason}; it did not finish within the {grace:g}s grace period (shutdown_grace)"
+            active.cancel.set()
+        stop_deadline = time.monotonic() + 15
+        while self._active and time.monotonic() < stop_deadline:
+            time.sleep(0.05)
+        with self._claim_lock:  # no claim is half done when the pool goes
+            self._stopped = True
+        self._wakeup.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self.store.unregister_owner(self.owner)
+
+    # -- dispatch --------------------------------------------------------------
+
+    def _on_events(self, events: list[Event]) -> None:
+        for event in events:
+            if event.type in (EventType.RUN_QUEUED.value, EventType.RUN_FINISHED.value):
+                self._wakeup.set()
+            elif event.type == EventType.RUN_CANCEL_REQUESTED.value and event.run_id in self._active:
+                active = self._active[event.run_id]
+                active.reason = f"cancelled by {event.data.get('by', 'a client')}"
+                active.cancel.set()
+
+    def _dispatch_loop(self) -> None:
+        next_beat = next_sweep = 0.0
+        next_housekeeping = time.monotonic() + HOUSEKEEP_EVERY
+        while not self._stopped:
+            self._wakeup.wait(timeout=1.0)
+            self._wakeup.clear()
+            now = time.monotonic()
+            try:
+                if now >= next_beat:
+                    if not self.store.heartbeat(self.owner) and not self._stopped:  # stopping: we removed it
+                        self._declared_dead()
+                    next_beat = now + HEARTBEAT_EVERY
+                if now >= next_sweep:
+                    recover_lost_runs(self.store, me=self.owner, timeout=self.settings.liveness_timeout)
+                    self._check_cancellations()
+                    next_sweep = now + SWEEP_EVERY
+                if now >= next_housekeeping:
+                    self.housekeeping()
+                    next_housekeeping = now + HOUSEKEEP_EVERY
+                if not self._draining:
+                    self._claim()
+            except StorageError as exc:  # a full or read-only disk: expected, said in one line
+                log.error("dispatcher: %s; retrying", exc.detail)
+                time.sleep(0.5)
+            except Unavailable:  # the store closed under a last iteration: the process is stopping
+                if self._stopped:
+                    return
+                time.sleep(0.5)
+            except Exception:  # the dispatcher must survive a bad moment
+                log.exception("dispatcher iteration failed; retrying")
+                time.sleep(0.5)
+
+    def _declared_dead(self) -> None:
+        """Our owner row is gone: another process saw no heartbeat for ``liveness_timeout``.
+
+        Our runs already ended ``lost`` there and their slots went to other
+        runs; they are not resurrected (their end is not recorded again, the
+        run rows say ``lost``).  Stop them, then come back as a new owner.
+        """
+        log.error(
+            "this process was declared dead (no heartbeat for %gs, liveness_timeout); its %d running runs ended lost and are stopped",
+            self.settings.liveness_timeout,
+            len(self._active),
+        )
+        for active in list(self._active.values()):
+            active.reason = "this flwd process was declared dead (no heartbeat within liveness_timeout)"
+            active.cancel.set()
+        old = self.owner
+        self.owner = f"{owner_id()}:{os.urandom(3).hex()}"
+        self.store.register_owner(self.owner, HOSTNAME, os.getpid())
+        log.warning("re-registered as %s (was %s)", self.owner, old)
+
+    def housekeeping(self) -> None:
+        self.store.prune(self.settings.limits.max_run_history)
+        self.store.expire_idempotency(24 * 3600)
+        self.store.checkpoint()
+
+    def _check_cancellations(self) -> None:
+        """Catch a cancel whose event this process missed (e.g. it was just starting)."""
+        for run_id in self.store.cancel_requested(list(self._active)):
+            active = self._active.get(run_id)
+            if active and not active.cancel.is_set():
+                active.reason = active.reason or "cancelled by a client"
+                active.cancel.set()
+
+    def _claim(self) -> None:
+        with self._claim_lock:
+            free = self.settings.limits.max_concurrent_runs - len(self._active)
+            if free <= 0 or self._draining or self._stopped:
+                return
+            claimed = self.store.claim(self.owner, free, self.settings.limits.max_concurrent_runs, self.affinity_only)
+            for index, item in enumerate(claimed):
+                active = _Active(item.run)
+                self._active[item.run.id] = active
+                assert self._pool is not None
+                try:
+                    future = self._pool.submit(self._execute, item, active)
+                except RuntimeError:  # the interpreter is exiting: give the runs back, never strand them
+                    rest = [c.run.id for c in claimed[index:]]
+                    for run_id in rest:
+                        self._active.pop(run_id, None)
+                    self.store.release_claims(rest, self.owner)
+                    return
+                self._futures.add(future)
+                future.add_done_callback(self._futures.discard)
+
+    # -- execution -------------------------------------------------------------
+
+    def _hook(self, name: str, *args: Any) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, name)(*args)
+            except Exception:
+                log.exception("hook %s.%s failed", type(hook).__name__, name)
+
+    def _decide(self, run_id: str, decisions: tuple[Decision, ...] | list[Decision]) -> None:
+        for decision in decisions:
+            self.store.emit(run_id, EventType.POLICY_DECISION.value, decision.to_dict())
+            log_decision(run_id, decision)
+            self._hook("after_decision", run_id, decision)
+
+    def _execute(self, claimed: ClaimedRun, active: _Active) -> None:
+        run = claimed.run
+        started = time.monotonic()
+        status, exit_code, reason = RunStatus.FAILED, None, None
+        workdir: Path | None = None
+        scrub = True
+        try:
+            record = claimed.plan
+            scrub = bool(record.get("secret_args"))
+            job = self._job_of(claimed.plan_json, record)
+            active.source_dir = self._source_dir(job)
+            args = record["args"]
+            profile = Profile(record["profile"])
+            decisions = evaluate(self.planner.context(job, profile))
+            self._decide(run.id, decisions)
+            denied = [d for d in decisions if d.verdict is Verdict.DENY]
+            if denied:
+                status = RunStatus.REJECTED
+                reason = "denied by policy: " + "; ".join(f"{d.check}: {d.reason}" for d in denied)
+                return
+            self.store.emit(run.id, EventType.RUN_STARTED.value, {"owner": self.owner, "profile": profile.value, "submitted_by": run.submitted_by})
+            self._hook("after_run_started", run)
+            workdir = self._workdir(run.id)
+            deadline = time.time() + job.timeout
+            used = 0
+            status = RunStatus.SUCCEEDED
+            for index, step in enumerate(job.steps):
+                outcome, used = self._run_step(run, job, step, index, args, profile, workdir, deadline, active, used)
+                exit_code = outcome.exit_code
+                if outcome.status != "succeeded":
+                    status = RunStatus(outcome.status)
+                    if status is RunStatus.CANCELLED:
+                        reason = active.reason or "cancelled"
+                    elif status is RunStatus.TIMED_OUT:
+                        reason = f"the job's timeout of {job.timeout:g}s was reached"
+                    else:
+                        reason = f"step {step.name!r} exited with {outcome.exit_code}"
+                    break
+        except Exception as exc:
+            log.exception("run %s failed inside flwd", run.id)
+            status, reason = RunStatus.FAILED, f"flwd could not execute the run: {type(exc).__name__}"
+        finally:
+            if workdir is not None:
+                _remove_workdir(workdir)
+            try:
+                # Queued behind the run's own events; the next claim is queued behind it.
+                self.store.finish_run(run.id, status, exit_code=exit_code, reason=reason, scrub=scrub, wait=False)
+            except Exception:
+                log.exception("could not record the end of run %s", run.id)
+            self._active.pop(run.id, None)
+            self._hook("after_run_finished", run, status, time.monotonic() - started)
+            self._wakeup.set()
+
+    def _job_of(self, plan_json: str, record: dict[str, Any]) -> Job:
+        """The job of a stored plan; runs of the same plan share one parsed Job."""
+        job = self._jobs.get(plan_json)
+        if job is None:
+            if len(self._jobs) >= 256:
+                self._jobs.clear()
+            job = self._jobs[plan_json] = job_from_record(record)
+        return job
+
+    def _workdir(self, run_id: str) -> Path:
+        root = self.settings.resolved_data_dir / "work"
+        workdir = root / run_id
+        try:
+            os.mkdir(workdir, 0o700)
+        except FileNotFoundError:
+            root.mkdir(parents=True, exist_ok=True)
+            os.mkdir(workdir, 0o700)
+        return workdir
+
+    def _source_dir(self, job: Job) -> str | None:
+        """The source's files at the revision the run was planned with (FLWD_SOURCE_DIR)."""
+        try:
+            return self.planner.catalog.get(job.source).checkout_for(job.revision)
+        except Exception:  # a source removed since planning: the run goes on without it
+            log.warning("run of %s: no files of source %s at %s", job.name, job.source, job.revision)
+            return None
+
+    def _run_step(self, run: Run, job: Job, step: Step, index: int, args: dict[str, Any], profile: Profile, workdir: Path, deadline: float, active: _Active, used: int) -> tuple[StepOutcome, int]:
+        self.store.emit(run.id, EventType.STEP_STARTED.value, {"step": step.name, "index": index, "kind": step.kind})
+        step_deadline = min(deadline, time.time() + step.timeout) if step.timeout else deadline
+
+        def emit(stream: str, line: str, truncated: bool) -> None:
+            data: dict[str, Any] = {"step": step.name, "stream": stream, "line": line}
+            if truncated:
+                data["truncated"] = True
+            self.store.emit(run.id, EventType.STEP_OUTPUT.value, data)
+
+        step_json = encode_json_string(step.name)
+
+        def emit_many(stream: str, lines: list[tuple[str, bool]]) -> None:
+            """A chunk's lines as events in one go; their JSON is assembled, not dumped per line."""
+            head = f'{{"step":{step_json},"stream":"{stream}","line":'
+            now = time.time()
+            rows = [
+                (run.id, OUTPUT, now, head + encode_json_string(line) + (',"truncated":true}' if truncated else "}"))
+                for line, truncated in lines
+            ]
+            self.store.emit_rows(rows)
+
+        def should_stop() -> str | None:
+            return "cancelled" if active.cancel.is_set() else None
+
+        if step.image:
+            if self.container_executor is None:
+                outcome = StepOutcome(None, "failed", 0.0)
+                emit("stderr", "[flwd: no container runtime is available for this step]", False)
+            else:
+                outcome = self.container_executor(
+                    run_id=run.id, step=step, args=args, env=dict(job.env), deadline=step_deadline,
+                    should_stop=should_stop, emit=emit, job=job, settings=self.settings,
+                )
+        else:
+            task = HostStep(
+                run_id=run.id,
+                step=step,
+                env=host_environment(run.id, job, step, args, profile, workdir, self.settings, source_dir=active.source_dir),
+                cwd=str(workdir),
+                deadline=step_deadline,
+                should_stop=should_stop,
+                emit=emit,
+                limits=host_limits(profile, self.settings),
+                on_spawn=lambda pgid: self.store.set_pgid(run.id, pgid),
+                output_used=used,
+                emit_many=emit_many,
+            )
+            outcome = run_host_step(task)
+            used = task.output_used
+        self.store.emit(
+            run.id,
+            EventType.STEP_FINISHED.value,
+            {"step": step.name, "index": index, "status": outcome.status, "exit_code": outcome.exit_code, "duration": round(outcome.duration, 6)},
+        )
+        self._hook("after_step_finished", run, step, outcome)
+        return outcome, used
+
+
+def _remove_workdir(workdir: Path) -> None:
+    try:
+        os.rmdir(workdir)  # the usual case: the step left nothing
+    except OSError:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+SAFE_HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def host_environment(run_id: str, job: Job, step: Step, args: dict[str, Any], profile: Profile, workdir: Path, settings: Settings, source_dir: str | None = None) -> dict[str, str]:
+    """The environment of a host step: scrubbed, unless the job may have the host's.
+
+    Under ``secure`` (and whenever the job does not require ``host-env``) a step
+    sees only PATH, HOME (its own work dir), LANG, the job's variables and
+    ``FLWD_*``: a secret in the server's environment never reaches a job.
+    """
+    env: dict[str, str] = {}
+    if "host-env" in job.requires and profile is not Profile.SECURE:
+        allowed = settings.policy.host_env_passthrough
+        env.update({k: v for k, v in os.environ.items() if not allowed or k in allowed})
+    env.update(
+        {
+            "PATH": os.environ.get("PATH", SAFE_HOST_PATH) if profile is not Profile.SECURE else SAFE_HOST_PATH,
+            "HOME": str(workdir),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(dict(job.env))
+    env.update(dict(step.env))
+    env.update(arg_env(args))
+    env.update(
+        {
+            "FLWD_RUN_ID": run_id,
+            "FLWD_JOB": job.name,
+            "FLWD_SOURCE": job.source,
+            "FLWD_STEP": step.name,
+            "FLWD_WORKDIR": str(workdir),
+        }
+    )
+    if job.revision:
+        env["FLWD_SOURCE_REVISION"] = job.revision
+    if source_dir:
+        env["FLWD_SOURCE_DIR"] = source_dir
+    return env
+
+
+def host_limits(profile: Profile, settings: Settings) -> StepLimits:
+    limits = StepLimits(max_line_bytes=settings.limits.max_line_bytes, max_output_bytes=settings.limits.max_output_bytes)
+    if profile is Profile.SECURE:
+        limits.cpu_seconds = settings.policy.cpu_seconds
+        limits.open_files = settings.policy.open_files
+        limits.file_size_bytes = settings.policy.file_size_bytes
+    return limits
+
+
+def log_decision(run_id: str | None, decision: Decision, job: str | None = None) -> None:
+    """One structured line per policy decision (the JSON formatter renders ``extra``)."""
+    decision_log.info(
+        "policy %s: %s (%s)",
+        decision.check,
+        decision.verdict.value,
+        decision.reason,
+        extra={"event": "policy.decision", "run_id": run_id, "job": job, "check": decision.check, "outcome": decision.verdict.value, "reason": decision.reason},
+    )

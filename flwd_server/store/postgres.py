@@ -1,0 +1,596 @@
+"""Runs and events in PostgreSQL (psycopg 3): several flwd nodes on one database.
+
+The store is :class:`flwd_server.store.sqlite.Store` with another connection and a few
+other statements; everything above it (engine, runner, HTTP, CLI) is the same.
+What differs, and why (see docs/multinode.rst):
+
+* **One body of SQL.**  :class:`PgConnection` wraps a psycopg connection in the
+  small part of the ``sqlite3`` interface the store uses (``execute`` with
+  ``?`` placeholders, ``executemany``, ``rowcount``, ``in_transaction``) and
+  translates SQLite's spellings once per statement text (cached): ``?`` ->
+  ``%s``, ``BEGIN IMMEDIATE`` -> ``BEGIN``, ``AUTOINCREMENT`` -> ``BIGSERIAL``,
+  ``REAL`` -> ``DOUBLE PRECISION``, ``INDEXED BY`` and ``WITHOUT ROWID`` dropped.
+* **Event ids in commit order.**  A sequence hands out ids when rows are
+  inserted, not when they commit: transaction A can take id 10, B id 11, B
+  commit first, and a reader that saw 11 and then asks for ``id > 11`` never
+  sees 10.  So every write transaction (the writer thread's batches, which are
+  the only ones that insert events) first takes one transaction-level advisory
+  lock (``pg_advisory_xact_lock``), cluster-wide: ids are taken only by the
+  holder, the lock is released after the commit is visible, so the next holder's
+  ids are larger *and* later.  This is SQLite's one-writer rule, across nodes;
+  group commit (one transaction per batch of queued writes) keeps it cheap.
+* **Claims** run on their own connection, not in the writer: a claim
+  transaction takes the *claim* advisory lock (claims are serialised, so the
+  count of running runs it reads is exact), then ``SELECT ... FOR UPDATE SKIP
+  LOCKED`` the oldest queued runs: a queued run that another transaction holds
+  (a cancel in progress) is skipped, not waited for.  ``max_concurrent_runs``
+  holds across every process of every node, and runs start in queue order.
+* **Wake-ups.**  A transaction that wrote events sends ``NOTIFY flwd_events``;
+  it is delivered at commit to every ``LISTEN``ing event poller on every node,
+  which reads the new events at once.  Polling stays as the fallback.
+* **Readers** share a small pool of autocommit connections per process
+  (``db_pool_size``), not one per thread: a node with 32 request threads
+  would otherwise hold 32 connections.
+* **Clocks.**  Heartbeats are written in the database's clock and compared in
+  it, so nodes whose clocks disagree do not declare each other dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import re
+import select
+import sqlite3
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+try:
+    import psycopg
+    from psycopg import pq
+except ImportError:  # pragma: no cover - the message below says what to install
+    psycopg = None  # type: ignore[assignment]
+
+from ..errors import ConfigError, StorageError
+from ..models import Run, RunStatus
+from .sqlite import _INSERT_EVENT, _RUN_COLUMNS, ClaimedRun, Store, _run_from_row
+
+log = logging.getLogger("flwd.store")
+
+LOCK_CLASS = 0x666C7764  # "flwd": the first key of every advisory lock flwd takes
+WRITE_LOCK = 1  # every write transaction: event ids in commit order
+CLAIM_LOCK = 2  # every claim: the count of running runs is exact
+MIGRATE_LOCK = 3  # one migration at a time
+CHANNEL = "flwd_events"
+LISTEN_FALLBACK = 1.0  # seconds between polls while LISTEN works (NOTIFY does the waking)
+
+_BEGIN_WRITE = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {WRITE_LOCK})"
+_NOTIFY_COMMIT = f"NOTIFY {CHANNEL}; COMMIT"
+_INSERT_EVENTS_UNNEST = (
+    "INSERT INTO events(run_id, type, ts, data) "
+    "SELECT r, t, s, d FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]) WITH ORDINALITY AS u(r, t, s, d, n) ORDER BY n"
+)
+_BEGIN_CLAIM = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {CLAIM_LOCK})"
+_CLAIM_TEMPLATE = (
+    "WITH room AS (SELECT GREATEST(0, LEAST(%s, %s - count(*))) AS n FROM runs WHERE status = 'running'), "
+    "picked AS (SELECT id FROM runs WHERE status = 'queued' AND {affinity} "
+    "ORDER BY seq LIMIT (SELECT n FROM room) FOR UPDATE SKIP LOCKED) "
+    "UPDATE runs SET status = 'running', owner = %s, started_at = %s FROM picked WHERE runs.id = picked.id "
+    "RETURNING {columns}, runs.plan, runs.seq"
+)
+_CLAIM_COLUMNS = ", ".join(f"runs.{c.strip()}" for c in _RUN_COLUMNS.split(","))
+_CLAIM = _CLAIM_TEMPLATE.format(affinity="(affinity IS NULL OR affinity = %s)", columns=_CLAIM_COLUMNS)
+_CLAIM_AFFINITY_ONLY = _CLAIM_TEMPLATE.format(affinity="affinity = %s", columns=_CLAIM_COLUMNS)
+
+_INHERITED: list[Any] = []  # connections of a parent process: never used, never closed (that would end its sessions)
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for logs and messages)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://(unparseable URL)"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    host = netloc[-1]
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+# -- the dialect ---------------------------------------------------------------------
+
+_TRANSLATED: dict[str, str] = {}
+_DDL_TYPES = (
+    (re.compile(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b", re.I), "BIGSERIAL PRIMARY KEY"),
+    (re.compile(r"\bREAL\b", re.I), "DOUBLE PRECISION"),
+    (re.compile(r"\bINTEGER\b", re.I), "BIGINT"),
+)
+_INDEXED_BY = re.compile(r"\s+INDEXED BY \w+", re.I)
+_WITHOUT_ROWID = re.compile(r"\)\s*WITHOUT ROWID\s*$", re.I)
+
+
+def translate(sql: str) -> str:
+    """SQLite's spelling of a statement -> PostgreSQL's (cached per statement text)."""
+    out = _TRANSLATED.get(sql)
+    if out is not None:
+        return out
+    out = sql.replace("%", "%%").replace("?", "%s")
+    out = out.replace("BEGIN IMMEDIATE", "BEGIN")
+    out = _INDEXED_BY.sub("", out)
+    if out.lstrip().upper().startswith("CREATE TABLE"):
+        out = _WITHOUT_ROWID.sub(")", out.rstrip())
+        for pattern, replacement in _DDL_TYPES:
+            out = pattern.sub(replacement, out)
+    if len(_TRANSLATED) > 2000:  # texts with a variable IN (...) list: keep the cache bounded
+        _TRANSLATED.clear()
+    _TRANSLATED[sql] = out
+    return out
+
+
+class Result:
+    """The rows of one statement, fetched at once (the connection goes back to its pool)."""
+
+    __slots__ = ("rows", "rowcount", "_next")
+
+    def __init__(self, rows: list[tuple], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+        self._next = 0
+
+    def fetchone(self) -> tuple | None:
+        if self._next >= len(self.rows):
+            return None
+        self._next += 1
+        return self.rows[self._next - 1]
+
+    def fetchall(self) -> list[tuple]:
+        rows = self.rows[self._next :]
+        self._next = len(self.rows)
+        return rows
+
+    def __iter__(self) -> Any:
+        return iter(self.fetchall())
+
+
+class PgConnection:
+    """A psycopg connection (autocommit; transactions are explicit) that speaks the store's SQL."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.wrote_events = False
+        self._cur = raw.cursor()  # one cursor, reused: a statement costs no new cursor object
+
+    def execute(self, sql: str, params: Any = ()) -> Result:
+        if sql.startswith("INSERT INTO events"):
+            self.wrote_events = True
+        cur = self._cur
+        cur.execute(translate(sql), tuple(params))
+        rows = cur.fetchall() if cur.description is not None else []
+        return Result(rows, cur.rowcount)
+
+    def executemany(self, sql: str, seq: Any) -> Result:
+        rows = list(seq)
+        if not rows:
+            return Result([], 0)
+        if len(rows) == 1:
+            return self.execute(sql, rows[0])
+        if sql == _INSERT_EVENT:
+            # A batch of events is one statement with four arrays, not one per row (psycopg's
+            # executemany pipelines, but still spends Python time per row).  ORDER BY the
+            # ordinality: ids are drawn in the order the events were queued.
+            self.wrote_events = True
+            run_ids, types, stamps, data = zip(*rows, strict=True)
+            self._cur.execute(_INSERT_EVENTS_UNNEST, (list(run_ids), list(types), list(stamps), list(data)))
+            return Result([], len(rows))
+        if sql.startswith("INSERT INTO events"):
+            self.wrote_events = True
+        with self.raw.cursor() as cur:
+            cur.executemany(translate(sql), rows)
+            return Result([], cur.rowcount)
+
+    def run(self, script: str) -> None:
+        """Fixed statements without parameters, several in one round trip."""
+        self.raw.execute(script.encode(), prepare=False)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
+
+    @property
+    def closed(self) -> bool:
+        return self.raw.closed
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class _Pool:
+    """Reader connections shared by the threads of one process (created on demand, at most ``size``)."""
+
+    def __init__(self, store: PgStore, size: int) -> None:
+        self.store = store
+        self.size = size
+        self._idle: queue.LifoQueue[PgConnection] = queue.LifoQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+        self._all: list[PgConnection] = []
+        self._closed = False
+
+    def take(self) -> PgConnection:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._made < self.size:
+                self._made += 1
+                try:
+                    conn = self.store.connect()
+                except BaseException:
+                    self._made -= 1
+                    raise
+                self._all.append(conn)
+                return conn
+        try:
+            return self._idle.get(timeout=30)
+        except queue.Empty:
+            raise StorageError(f"no free database connection after 30 s (db_pool_size: {self.size})") from None
+
+    def give(self, conn: PgConnection) -> None:
+        if self._closed or conn.closed or conn.in_transaction:
+            self.discard(conn)
+            return
+        self._idle.put(conn)
+
+    def discard(self, conn: PgConnection) -> None:
+        with self._lock:
+            if conn in self._all:
+                self._all.remove(conn)
+                self._made -= 1
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    @contextlib.contextmanager
+    def connection(self) -> Any:
+        conn = self.take()
+        try:
+            yield conn
+        except BaseException:
+            if conn.closed or conn.in_transaction:
+                with contextlib.suppress(Exception):
+                    conn.raw.rollback()
+            self.give(conn)
+            raise
+        self.give(conn)
+
+    def close(self) -> None:
+        """Close the idle connections now; one still borrowed is closed when it is given back.
+
+        Closing a connection while another thread runs a query on it is a
+        use-after-free inside libpq (a segfault, seen when a store closed under
+        its event poller).
+        """
+        idle: list[PgConnection] = []
+        with self._lock:
+            self._closed = True
+            while True:
+                try:
+                    conn = self._idle.get_nowait()
+                except queue.Empty:
+                    break
+                idle.append(conn)
+                if conn in self._all:
+                    self._all.remove(conn)
+                    self._made -= 1
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class PooledReader:
+    """What ``store.reader()`` returns: each ``execute`` borrows a pooled connection for one statement."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+
+    def execute(self, sql: str, params: Any = ()) -> Result:
+        conn = None
+        try:
+            try:
+                with self.pool.connection() as conn:
+                    return conn.execute(sql, params)
+            except psycopg.OperationalError:
+                if conn is None or not conn.closed:
+                    raise
+                # A pooled connection the server closed while it was idle (a restart, a failover):
+                # a read is safe to repeat, once, on a new connection.
+                with self.pool.connection() as conn:
+                    return conn.execute(sql, params)
+        except psycopg.OperationalError as exc:  # the server is away: a 503, not a 500
+            raise StorageError(f"the database cannot be read: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+
+    def executemany(self, sql: str, seq: Any) -> Result:
+        with self.pool.connection() as conn:
+            return conn.executemany(sql, seq)
+
+    in_transaction = False
+
+
+class PgStore(Store):
+    """PostgreSQL-backed runs and events; one instance per process, any number of processes and nodes."""
+
+    dialect = "postgres"
+    notifies_peers = True
+    _FOR_UPDATE = " FOR UPDATE"
+
+    def __init__(self, url: str, pool_size: int = 8, queue_size: int = 20000) -> None:
+        if psycopg is None:
+            raise ConfigError("db_url", "PostgreSQL needs psycopg 3: pip install 'flwd[postgres]'")
+        self.errors = (psycopg.Error, sqlite3.Error)  # type: ignore[misc]
+        self.url = url
+        self.path = redact(url)
+        self.pool_size = pool_size
+        self.queue_size = queue_size
+        self.synchronous = "NORMAL"
+        self.busy_timeout = 30.0
+        self._init_common()
+
+    @property
+    def wakeup_key(self) -> str:
+        return "pg:" + self.path
+
+    # -- connections ---------------------------------------------------------------
+
+    def connect(self) -> PgConnection:  # type: ignore[override]
+        raw = psycopg.connect(self.url, autocommit=True, connect_timeout=10, application_name="flwd")
+        return PgConnection(raw)
+
+    def _reset_after_fork(self) -> None:
+        super()._reset_after_fork()
+        old = getattr(self, "_pool", None)
+        if old is not None:
+            _INHERITED.append(old)  # the parent's sessions: closing them here would end them there
+        self._pool = _Pool(self, getattr(self, "pool_size", 8))
+        self._reader = PooledReader(self._pool)
+
+    def reader(self) -> PooledReader:  # type: ignore[override]
+        return self._reader
+
+    def close_reader(self) -> None:
+        pass  # pooled connections belong to the process, not to a thread
+
+    def close(self) -> None:
+        super().close()
+        self._pool.close()
+
+    # -- schema --------------------------------------------------------------------
+
+    def _check_connection(self, conn: Any) -> None:
+        version = conn.raw.info.server_version
+        if version < 120000:
+            raise StorageError(f"{self.label}: PostgreSQL {version // 10000} is too old; flwd needs 12 or newer")
+
+    def _begin_migration(self, conn: Any) -> None:
+        conn.run(f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {MIGRATE_LOCK})")
+
+    def _self_check(self, conn: Any) -> None:
+        pass  # SQLite's WAL check; PostgreSQL needs none
+
+    # -- the writer ----------------------------------------------------------------
+
+    def _apply(self, conn: Any, batch: list[Any]) -> None:
+        """Commit a batch: first without savepoints, then - only if an operation failed - with them.
+
+        The advisory lock in ``_begin`` orders writers (no file lock here).  A
+        savepoint is two round trips to the server per operation; operations
+        rarely fail, so a batch first runs without them.  If one fails, the
+        whole attempt is rolled back and the batch runs again the SQLite way,
+        each operation in its own savepoint, so the failure stays its own.
+        """
+        if not self._apply_optimistic(conn, batch):
+            self._apply_locked(conn, batch)
+
+    def _apply_optimistic(self, conn: Any, batch: list[Any]) -> bool:
+        self._begin(conn)
+        pending: list[tuple] = []
+        try:
+            for op in batch:
+                if type(op) is tuple:
+                    pending.append(op)
+                    continue
+                if pending:
+                    conn.executemany(_INSERT_EVENT, pending)
+                    pending = []
+                op.result, op.error = op.fn(conn), None
+            if pending:
+                conn.executemany(_INSERT_EVENT, pending)
+        except Exception as exc:
+            if conn.closed or (isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled)):
+                raise  # the connection, not an operation: the caller retries on a new one
+            conn.raw.rollback()
+            return False
+        self._commit(conn)
+        return True
+
+    def _begin(self, conn: Any) -> None:
+        conn.wrote_events = False
+        conn.run(_BEGIN_WRITE)
+
+    def _commit(self, conn: Any) -> None:
+        conn.run(_NOTIFY_COMMIT if conn.wrote_events else "COMMIT")
+
+    def _write_loop(self) -> None:
+        try:
+            super()._write_loop()
+        except Exception:  # pragma: no cover - the writer must not die silently
+            log.exception("database writer stopped")
+            raise
+
+    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
+        return (0, 0, 0)  # PostgreSQL checkpoints by itself
+
+    # -- claims --------------------------------------------------------------------
+
+    def claim(self, owner: str, local_free: int, max_running: int, affinity_only: bool = False) -> list[ClaimedRun]:
+        """The oldest queued runs, for ``owner``, never above ``max_running`` across every node.
+
+        One transaction on a pooled connection: the claim lock (claims are
+        serialised, so the count is exact), then ``FOR UPDATE SKIP LOCKED``.
+        """
+        if local_free <= 0 or self._closed:
+            return []
+        sql = _CLAIM_AFFINITY_ONLY if affinity_only else _CLAIM
+        now = time.time()
+        try:
+            with self._pool.connection() as conn:
+                # The lock first, in its own statement: the count below must be read after it is held
+                # (a statement's snapshot is taken when the statement starts).
+                conn.run(_BEGIN_CLAIM)
+                try:
+                    rows = conn.raw.execute(sql, (local_free, max_running, owner, owner, now)).fetchall()
+                except BaseException:
+                    conn.raw.rollback()
+                    raise
+                conn.run("COMMIT")
+        except psycopg.Error as exc:
+            raise StorageError(f"the database cannot be written: {exc}") from None
+        rows.sort(key=lambda r: r[15])  # RETURNING has no order: queue order is seq order
+        claimed = []
+        for row in rows:
+            run = _run_from_row(row)
+            claimed.append(ClaimedRun(Run(**{**run.__dict__, "status": RunStatus.RUNNING, "started_at": now}), row[14]))
+        return claimed
+
+    # -- owners: the database's clock ------------------------------------------------
+
+    def register_owner(self, owner: str, host: str, pid: int) -> None:
+        self.write(lambda conn: conn.execute(
+            "INSERT INTO owners(owner, host, pid, started_at, heartbeat_at) "
+            "VALUES (?, ?, ?, extract(epoch FROM clock_timestamp()), extract(epoch FROM clock_timestamp())) "
+            "ON CONFLICT(owner) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
+            "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+            (owner, host, pid),
+        ))
+
+    def heartbeat(self, owner: str) -> bool:
+        return bool(self.write(lambda conn: conn.execute(
+            "UPDATE owners SET heartbeat_at = extract(epoch FROM clock_timestamp()) WHERE owner = ?", (owner,)
+        ).rowcount))
+
+    def _clock_skew(self, conn: Any) -> float:
+        before = time.time()
+        db_now = float(conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
+        return (before + time.time()) / 2 - db_now
+
+    # -- events ----------------------------------------------------------------------
+
+    def events_sequence(self) -> int:
+        row = self.reader().execute("SELECT last_value, is_called FROM events_id_seq").fetchone()
+        return int(row[0]) if row and row[1] else 0
+
+    def watch(self, wakeups: Any) -> _ListenWatch:
+        return _ListenWatch(self, wakeups)
+
+
+class _ListenWatch:
+    """The event poller's view of PostgreSQL: ``LISTEN flwd_events`` on a connection of its own.
+
+    ``wait`` blocks on that connection's socket and on this process's wake-up
+    socket at once; a notification (a commit with events, on any node), a local
+    commit, or the fallback poll marks a change.  While the listening
+    connection is down the poller polls every ``timeout`` and reconnects.
+    """
+
+    def __init__(self, store: PgStore, wakeups: Any) -> None:
+        self.store = store
+        self.wakeups = wakeups
+        self.listener: Any = None
+        self._pending = True
+        self._next_poll = 0.0
+        self._retry_at = 0.0
+        self._listen()
+
+    def _listen(self) -> None:
+        raw = None
+        try:
+            raw = psycopg.connect(self.store.url, autocommit=True, connect_timeout=10, application_name="flwd-listen")
+            raw.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error as exc:
+            if raw is not None:  # connected, then cut: never leave it to the garbage collector
+                with contextlib.suppress(Exception):
+                    raw.close()
+            log.warning("event poller: LISTEN failed (%s); polling until it works", exc)
+            self.listener = None
+            self._retry_at = time.monotonic() + 2.0
+            return
+        self.listener = raw
+        self._pending = True  # whatever was sent while nobody listened: read it now
+
+    def wait(self, timeout: float) -> None:
+        if self.listener is None and time.monotonic() >= self._retry_at:
+            self._listen()
+        fds = []
+        wake = self.wakeups.fileno()
+        if wake is not None:
+            fds.append(wake)
+        if self.listener is not None:
+            fds.append(self.listener.fileno())
+            now = time.monotonic()
+            if now >= self._next_poll:
+                self._next_poll = now + max(timeout, LISTEN_FALLBACK)
+                self._pending = True
+            timeout = max(0.0, min(self._next_poll - now, LISTEN_FALLBACK))
+        else:
+            self._pending = True  # no LISTEN: every interval is a poll
+        if self._pending and fds:
+            timeout = 0.0  # a change is already known: only collect what else is waiting
+        try:
+            ready = select.select(fds, [], [], timeout)[0] if fds else []
+        except (OSError, ValueError):
+            ready = []
+            self._drop()
+        if not fds:
+            time.sleep(timeout)
+        if wake is not None and wake in ready:
+            self.wakeups.drain()
+            self._pending = True
+        if self.listener is not None and self.listener.fileno() in ready:
+            self._consume()
+
+    def _consume(self) -> None:
+        pgconn = self.listener.pgconn
+        try:
+            pgconn.consume_input()
+            while pgconn.notifies() is not None:
+                self._pending = True
+        except psycopg.Error as exc:
+            log.warning("event poller: the LISTEN connection failed (%s); reconnecting", exc)
+            self._drop()
+        if pgconn.status != pq.ConnStatus.OK:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self.listener is not None:
+            with contextlib.suppress(Exception):
+                self.listener.close()
+        self.listener = None
+        self._pending = True
+        self._retry_at = time.monotonic() + 1.0
+
+    def changed(self) -> bool:
+        pending, self._pending = self._pending, False
+        return pending
+
+    def reset(self) -> None:
+        self._pending = True
+
+    def close(self) -> None:
+        if self.listener is not None:
+            with contextlib.suppress(Exception):
+                self.listener.close()
+            self.listener = None

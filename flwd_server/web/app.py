@@ -1,0 +1,75 @@
+"""The Flask application factory: no side effects at import, tests pass their own engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import time
+
+from flask import Flask, Response, g, request
+
+from ..config import Settings, load_settings
+from ..engine import Engine
+from ..events.sse import StreamSlots
+from ..metrics import SSE_CLIENTS
+from . import access, jobs_api, ops_api, plans_api, problems, query_params, runs_api, sources_api
+
+access_log = logging.getLogger("flwd.access")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
+    if engine is None:
+        settings = settings or load_settings(os.environ.get("FLWD_CONFIG") or None)
+        engine = Engine(settings)
+    settings = engine.settings
+    app = Flask("flwd_server", static_folder=None)  # no static files: every route is a declared API route
+    app.config.update(
+        FLWD_ENGINE=engine,
+        FLWD_DEV=settings.dev,
+        FLWD_STREAM_SLOTS=StreamSlots(settings.sse_max_streams, on_change=lambda n: engine.metrics.set_process_gauge(SSE_CLIENTS, n)),
+        MAX_CONTENT_LENGTH=settings.limits.max_body_bytes,
+        MAX_FORM_MEMORY_SIZE=settings.limits.max_body_bytes,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    problems.register(app)
+    _register_request_ids(app)
+    access.register(app)
+    query_params.register(app)  # after authentication: no token is a 401 whatever the query says
+    for blueprint in (jobs_api.bp, plans_api.bp, runs_api.bp, ops_api.bp, sources_api.bp):
+        app.register_blueprint(blueprint)
+    return app
+
+
+def _register_request_ids(app: Flask) -> None:
+    @app.before_request
+    def start_request() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if REQUEST_ID_RE.match(incoming) else secrets.token_hex(8)
+        g.started = time.monotonic()
+        app.config["FLWD_ENGINE"].start()
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        request_id = getattr(g, "request_id", None) or secrets.token_hex(8)
+        response.headers["X-Request-ID"] = request_id
+        principal = getattr(g, "principal", None)
+        access_log.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "event": "http.request",
+                "request_id": request_id,
+                "method": request.method,
+                "path": request.path,  # never the query string: it may carry secrets
+                "status": response.status_code,
+                "duration_ms": round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 3),
+                "subject": principal.subject if principal else None,
+                "remote": request.remote_addr,
+            },
+        )
+        return response

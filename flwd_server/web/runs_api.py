@@ -1,0 +1,124 @@
+"""Runs: submit, list, get, cancel, and each run's event stream."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response, current_app, g, request
+
+from ..errors import BadRequest, Unprocessable
+from ..events.broadcast import broadcast_stream, can_take_over
+from ..events.sse import ClosingStream, crowd_pause, event_stream, parse_last_event_id
+from ..models import RunStatus
+from ..store.sqlite import body_hash
+from .access import principal, requires
+from .bodies import json_body, plan_request, query_choice, query_int, query_text
+from .render import base_url, json_response
+
+bp = Blueprint("runs", __name__)
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+SSE_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+}
+
+
+def _engine():
+    return current_app.config["FLWD_ENGINE"]
+
+
+@bp.post("/runs")
+@requires("runs:write")
+def submit_run() -> Response:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY_RE.match(key):
+        raise BadRequest("Idempotency-Key must be 1-255 visible ASCII characters")
+    run_request = plan_request(with_plan=True)
+    idempotency = (key, body_hash(g.flwd_body)) if key else None
+    run, replayed = _engine().submit(run_request, principal(), idempotency)
+    body = run.to_dict(base_url())
+    headers = {"Location": body["links"]["self"]}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response({"run": body}, status=202, headers=headers)
+
+
+@bp.get("/runs")
+@requires("runs:read")
+def list_runs() -> Response:
+    runs, cursor = _engine().runs(
+        status=query_choice("status", tuple(s.value for s in RunStatus)),
+        job=query_text("job"),
+        source=query_text("source"),
+        limit=query_int("limit", 50, 1, 500),
+        before=query_int("cursor", 0, 1, 2**62, empty_is_absent=True) or None,
+    )
+    return json_response({"runs": [r.to_dict(base_url()) for r in runs], "next": str(cursor) if cursor else None})
+
+
+@bp.get("/runs/<run_id>")
+@requires("runs:read")
+def get_run(run_id: str) -> Response:
+    return json_response({"run": _engine().run(run_id).to_dict(base_url())})
+
+
+@bp.post("/runs/<run_id>/cancel")
+@requires("runs:write")
+def cancel_run(run_id: str) -> Response:
+    run = _engine().cancel(run_id, principal())
+    return json_response({"run": run.to_dict(base_url())}, status=202)
+
+
+def sse_response(run_id: str | None) -> Response:
+    engine = _engine()
+    after = parse_last_event_id(request.headers.get("Last-Event-ID"), request.args.get("after"))
+    if run_id is not None:
+        engine.run(run_id)  # 404 for an unknown run, before any stream starts
+        terminal = engine.terminal_event_id(run_id)
+        if terminal is not None and after >= terminal:
+            return Response(status=204)  # finished and fully seen: tells EventSource to stop
+    slots = current_app.config["FLWD_STREAM_SLOTS"]
+    slots.acquire()
+    engine.hub.start()
+    settings = engine.settings
+    sock = can_take_over(request.environ) if settings.sse.broadcast else None
+    if sock is not None:
+        chunked = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
+        body = broadcast_stream(engine.broadcaster, sock, after=after, run_id=run_id, chunked=chunked, retry_ms=settings.sse.retry_ms)
+        return Response(ClosingStream(body, slots.release), mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True)
+    frames = event_stream(
+        engine.hub,
+        after=after,
+        run_id=run_id,
+        heartbeat=settings.sse.heartbeat,
+        max_duration=settings.sse.max_duration,
+        retry_ms=settings.sse.retry_ms,
+        is_closing=lambda: engine.closing,
+        pause=lambda: crowd_pause(slots.open, settings.sse.crowd_pause),
+    )
+    return Response(ClosingStream(frames, slots.release), mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True)
+
+
+@bp.post("/stream-tickets")
+@requires("runs:read")
+def create_stream_ticket() -> Response:
+    """For browsers: EventSource cannot send Authorization, so it opens ``...events?ticket=T`` once."""
+    run_id = None
+    if request.content_length:
+        body = json_body(("run",))
+        run_id = body.get("run")
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
+            raise Unprocessable("run: expected a run id", [{"field": "run", "message": "expected a run id"}])
+    return json_response(_engine().issue_stream_ticket(principal(), run_id), status=201)
+
+
+@bp.get("/runs/<run_id>/events")
+@requires("runs:read")
+def run_events(run_id: str) -> Response:
+    return sse_response(run_id)
+
+
+@bp.get("/events")
+@requires("runs:read")
+def all_events() -> Response:
+    return sse_response(None)

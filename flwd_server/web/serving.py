@@ -1,0 +1,194 @@
+"""``flwd :serve``: gunicorn with gthread workers, embedded in-process.
+
+The master prepares the database (migrations, runs lost by a previous
+server) and opens nothing that survives the fork.  Each worker builds its own
+app and engine after the fork; threads (runner, event poller) start in
+``post_worker_init``.  On SIGTERM a worker stops taking runs and ends its event
+streams at once, lets running jobs finish within ``shutdown_grace``, then
+cancels the rest (``worker_exit``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+from gunicorn import glogging
+from gunicorn.app.base import BaseApplication
+
+from ..auth.tokens import require_auth
+from ..config import Settings, is_loopback_bind
+from ..engine import Engine
+from ..logs import JsonFormatter, configure_logging
+from ..runs.runner import recover_lost_runs
+from ..store.sqlite import open_store
+from .app import create_app
+
+log = logging.getLogger("flwd.serve")
+
+
+def _engine_of(worker: Any) -> Engine | None:
+    app = getattr(worker, "wsgi", None)
+    config = getattr(app, "config", None)
+    return config.get("FLWD_ENGINE") if config else None
+
+
+def _post_worker_init(worker: Any) -> None:
+    engine = _engine_of(worker)
+    if engine is None:
+        return
+    engine.start()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        engine.begin_shutdown()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def _worker_int(worker: Any) -> None:
+    """SIGINT/SIGQUIT is a quick stop: cancel running runs now instead of after the grace."""
+    engine = _engine_of(worker)
+    if engine is not None:
+        engine.begin_shutdown(grace=0)
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    engine = _engine_of(worker)
+    if engine is not None:
+        engine.close()
+
+
+class JsonLogger(glogging.Logger):
+    """gunicorn's own lines (start-up, worker life cycle, errors) as JSON, like flwd's.
+
+    flwd writes its own access line per request (with the request id), so
+    gunicorn's access log stays off; if it is switched on, it too is JSON
+    with the path only: never the query string or a header.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            for handler in logger.handlers:
+                handler.setFormatter(JsonFormatter())
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        if not self.access_log_enabled:
+            return
+        status = getattr(resp, "status_code", None) or str(getattr(resp, "status", "")).split(" ")[0]
+        self.access_log.info(
+            "%s %s %s",
+            req.method,
+            req.path,
+            status,
+            extra={
+                "event": "http.access",
+                "method": req.method,
+                "path": req.path,
+                "status": status,
+                "duration_ms": round(request_time.total_seconds() * 1000, 3),
+                "request_id": dict(resp.headers).get("X-Request-ID"),
+            },
+        )
+
+
+class FlwdServer(BaseApplication):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        host_port = s.bind
+        options: dict[str, Any] = {
+            "bind": [host_port],
+            "workers": s.workers,
+            "threads": s.threads,
+            "worker_class": "gthread",
+            "worker_connections": max(1000, s.threads * 4),
+            "timeout": 30,  # gthread: a heartbeat of the worker loop, not a request timeout
+            # A worker's runs get shutdown_grace from SIGTERM, then ~2 s to die (SIGTERM, SIGKILL of
+            # their process groups) and up to 15 s to record their end: the master must wait that long.
+            "graceful_timeout": graceful_timeout(s.shutdown_grace),
+            "keepalive": 5,
+            "max_requests": 0,  # recycling a worker would interrupt the runs it executes
+            "preload_app": False,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": s.log_level,
+            "proc_name": "flwd",
+            "post_worker_init": _post_worker_init,
+            "worker_exit": _worker_exit,
+            "worker_int": _worker_int,
+            "logger_class": JsonLogger,
+            "limit_request_line": 8190,
+            "limit_request_fields": 100,
+            "limit_request_field_size": 16380,
+        }
+        if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25: no runtime control socket
+            options["control_socket_disable"] = True
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return create_app(self.settings)
+
+
+def graceful_timeout(shutdown_grace: float) -> int:
+    """Seconds gunicorn's master waits for a stopping worker before it kills it."""
+    return int(shutdown_grace) + 20
+
+
+def prepare_database(settings: Settings) -> list[str]:
+    """Migrate and end the runs a previous server left ``running`` (their processes are gone)."""
+    store = open_store(settings)
+    store.migrate()
+    try:
+        return recover_lost_runs(store, reason="the server stopped while it ran (found at start-up)", timeout=settings.liveness_timeout)
+    finally:
+        store.close()
+
+
+def prepare_sources(settings: Settings) -> None:
+    """Store the config file's sources and fetch its git sources once, before the workers fork."""
+    engine = Engine(settings)
+    try:
+        engine.prepare_sources()
+    finally:
+        engine.close(grace=0)
+
+
+def warn_if_exposed(settings: Settings) -> None:
+    """Say it loudly when ``--dev`` (a public, fixed token) listens beyond loopback."""
+    if settings.dev and not is_loopback_bind(settings.bind):
+        for _ in range(3):
+            log.warning(
+                "--dev on %s: anyone who can reach this address can run jobs with the public dev-token. "
+                "Bind 127.0.0.1 or drop --dev.",
+                settings.bind,
+                extra={"event": "serve.dev_exposed", "bind": settings.bind},
+            )
+
+
+def serve(settings: Settings) -> None:
+    configure_logging(settings.log_level)
+    require_auth(settings)
+    warn_if_exposed(settings)
+    lost = prepare_database(settings)
+    if lost:
+        log.warning("%d runs were left running by a previous server and are now lost: %s", len(lost), ", ".join(lost))
+    prepare_sources(settings)
+    log.info(
+        "flwd serving on %s (profile %s, %d workers x %d threads, database %s%s)",
+        settings.bind,
+        settings.default_profile,
+        settings.workers,
+        settings.threads,
+        settings.database_label,
+        ", --dev: token dev-token" if settings.dev else "",
+    )
+    FlwdServer(settings).run()

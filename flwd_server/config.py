@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .logs import redact_url
 
 PROFILES = ("secure", "permissive", "disabled")
 
@@ -131,9 +132,7 @@ class Settings:
     def database_label(self) -> str:
         """The database as the logs name it (a PostgreSQL URL without its password)."""
         if self.db_url:
-            from .store.postgres import redact
-
-            return redact(self.db_url)
+            return redact_url(self.db_url)
         return str(self.resolved_db_path)
 
     @property

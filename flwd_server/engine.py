@@ -33,9 +33,9 @@ from .planner import Planner, PlanRequest, plan_record
 from .runs.runner import Runner, log_decision
 from .sources import LocalSource, Source
 from .sources.registry import SourceRegistry
+from .store import Store, open_store
 from .store.export import ExportFilter, export_lines
 from .store.retention import Retention
-from .store.sqlite import Store, open_store
 
 log = logging.getLogger("flwd.engine")
 
@@ -80,7 +80,8 @@ class Engine:
         self.authenticator = Authenticator(settings.dev, verify_jwt=_token_verifier(settings))
         install_metrics(self.store)
         self.metrics = Metrics(self.store, settings.limits.max_run_history)
-        self.retention = Retention(self.store, self.hub, settings.limits.max_run_history)
+        self.retention = Retention(self.store, settings.limits.max_run_history)
+        self.hub.add_listener(self.retention.on_events)
         self.local_affinity = local_affinity
         self.closing = False
         self._drain_deadline: float | None = None

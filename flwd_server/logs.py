@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 # Attributes every LogRecord has; anything else came in through ``extra=`` and is a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -19,6 +20,20 @@ _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',]+")
 def redact(text: str) -> str:
     """Drop query strings and bearer tokens from a log text (a query may carry a secret)."""
     return _BEARER.sub(r"\1[redacted]", _QUERY.sub(r"\1?[redacted]", text))
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password, if it has one, replaced by ``***`` (for output, logs and events)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        return f"{scheme}://(unparseable URL)" if scheme.isalpha() else "(unparseable URL)"
+    if password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 class JsonFormatter(logging.Formatter):

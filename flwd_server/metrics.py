@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .runs.runner import owner_id, owner_is_dead
-from .store.sqlite import SET_META, Store
+from .store import Store
+from .store.owners import owner_id, owner_is_dead
+from .store.queries import SET_META
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -49,33 +50,10 @@ SSE_CLIENTS = "sse_clients"
 CURSOR_KEY = "metrics_cursor"
 FOLD_BATCH = 2000
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS metric_totals (
-    name TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    value REAL NOT NULL,
-    PRIMARY KEY (name, labels)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS process_gauges (
-    owner TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (owner, name)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS events_counted ON events(id) WHERE type <> 'step.output'
-"""
 _UPSERT = (
     "INSERT INTO metric_totals(name, labels, value) VALUES (?, ?, ?) "
     "ON CONFLICT(name, labels) DO UPDATE SET value = metric_totals.value + excluded.value"
 )
-
-
-def install_schema(conn: sqlite3.Connection) -> None:
-    """Create the metric tables and the index of countable events (idempotent)."""
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
 
 
 def _le_label(le: float) -> str:
@@ -161,8 +139,7 @@ def fold(conn: sqlite3.Connection) -> int:
 
 
 def install(store: Store) -> None:
-    """Create the schema and count pruned events before they go."""
-    store.write(install_schema)
+    """Count pruned events before they go (the metric tables are in the store's schema)."""
     store.add_prune_listener(fold)
 
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from ..errors import StorageError
 from ..forksafe import reset_after_fork
 from ..models import Event
-from ..store.sqlite import Store
+from ..store import Store
 from .wakeups import Wakeups
 
 log = logging.getLogger("flwd.events")

@@ -36,10 +36,10 @@ from ..containers.registry_client import RegistryClient
 from ..errors import FlwdError, RunNotFound
 from ..jobs import arg_env, render_command
 from ..models import Job, Step
-from ..store.sqlite import Store
+from ..store import Store
+from ..store.owners import owner_is_dead
 from .host_executor import TRUNCATED_MARK, StepOutcome
 from .host_executor import _Lines as LineSplitter
-from .runner import owner_is_dead
 
 log = logging.getLogger("flwd.containers")
 

@@ -13,8 +13,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +30,9 @@ from ..jobs import arg_env
 from ..models import Decision, Event, EventType, Job, Profile, Run, RunStatus, Step, Verdict
 from ..planner import Planner, job_from_record
 from ..policy import evaluate
-from ..store.sqlite import ClaimedRun, Store
+from ..store import Store
+from ..store.owners import HOSTNAME, owner_id, recover_lost_runs
+from ..store.queries import ClaimedRun
 from .host_executor import HostStep, StepLimits, StepOutcome, run_host_step
 
 log = logging.getLogger("flwd.runner")
@@ -42,67 +42,6 @@ OUTPUT = EventType.STEP_OUTPUT.value
 HEARTBEAT_EVERY = 2.0
 SWEEP_EVERY = 3.0
 HOUSEKEEP_EVERY = 10.0
-LIVENESS_TIMEOUT = 15.0
-HOSTNAME = socket.gethostname()
-
-
-def _proc_start_time(pid: int) -> str | None:
-    """The start time of a *living* process; None if it is gone or a zombie.
-
-    A killed process whose parent died too stays a zombie where PID 1 does not
-    reap (a container without an init): it must count as dead.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
-
-
-def owner_id(pid: int | None = None) -> str:
-    """``host:pid:starttime`` names this process uniquely, even after pid reuse."""
-    pid = pid or os.getpid()
-    return f"{HOSTNAME}:{pid}:{_proc_start_time(pid) or '0'}"
-
-
-def owner_is_dead(owner: str, host: str, pid: int, heartbeat_at: float | None, *, me: str | None = None, timeout: float = LIVENESS_TIMEOUT) -> bool:
-    """Whether ``owner`` is gone: on this host, its process is (pid and start time); elsewhere,
-    its heartbeat is older than ``timeout`` (``liveness_timeout``)."""
-    if owner == me:
-        return False
-    parts = owner.split(":")
-    if len(parts) in (3, 4) and parts[0] == HOSTNAME and parts[1].isdigit():  # 4: re-registered (see _declared_dead)
-        start = _proc_start_time(int(parts[1]))
-        return start is None or start != parts[2]
-    return heartbeat_at is None or time.time() - heartbeat_at > timeout
-
-
-def kill_orphan_group(run_id: str, pgid: int | None) -> bool:
-    """Kill a lost run's leftover process group, but only if it really is that run's."""
-    if not pgid:
-        return False
-    try:
-        environ = Path(f"/proc/{pgid}/environ").read_bytes()
-    except OSError:
-        return False
-    if f"FLWD_RUN_ID={run_id}".encode() not in environ.split(b"\0"):
-        return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-        return True
-    return False
-
-
-def recover_lost_runs(store: Store, me: str | None = None, reason: str = "the process running it stopped", timeout: float = LIVENESS_TIMEOUT) -> list[str]:
-    """End the runs whose owning process is gone (``lost``), killing what they left behind."""
-    lost = store.mark_lost(lambda o, h, p, b: owner_is_dead(o, h, p, b, me=me, timeout=timeout), reason)
-    for run_id, pgid in lost:
-        kill_orphan_group(run_id, pgid)
-        log.warning("run %s ended lost: %s", run_id, reason)
-    return [run_id for run_id, _ in lost]
 
 
 class RunHooks:

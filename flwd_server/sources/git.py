@@ -35,9 +35,10 @@ from git.exc import GitError
 
 from ..config import GitSettings
 from ..errors import FlwdError, SourceError, UnsafeSource
+from ..logs import redact_url
 from .base import Source, SourceSnapshot, scan_jobs
 from .locking import source_lock
-from .safety import ABBREV_COMMIT_RE, COMMIT_RE, git_allow_protocol, redact_url, require_safe_ref, require_safe_url
+from .safety import ABBREV_COMMIT_RE, COMMIT_RE, git_allow_protocol, require_safe_ref, require_safe_url
 
 log = logging.getLogger("flwd.sources.git")
 

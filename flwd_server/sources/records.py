@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Conflict
-from ..store.sqlite import Store
+from ..store import Store
 
 VERSION_KEY = "sources_version"
 

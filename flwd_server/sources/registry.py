@@ -30,12 +30,12 @@ from typing import Any
 
 from ..config import Settings, validate_source_spec
 from ..errors import ConfigError, Conflict, FlwdError, SourceError, SourceNotFound, StorageError, Unprocessable
+from ..logs import redact_url
 from ..models import EventType, iso
-from ..store.sqlite import Store
+from ..store import Store
 from .base import Source, SourceSnapshot
 from .locking import source_lock
 from .records import SourceRecord, SourceRecords
-from .safety import redact_url
 
 log = logging.getLogger("flwd.sources")
 SPEC_FIELDS = ("type", "name", "path", "url", "ref")

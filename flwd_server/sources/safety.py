@@ -27,7 +27,6 @@ _TRANSPORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::|^::")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
 _SCP_RE = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>[^@/:\[\]]+|\[[^\]/]+\]):(?P<path>.*)$", re.DOTALL)
 _REF_BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
-_PASSWORD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*):[^/@]*@")
 
 
 def url_problem(url: object, allowed_schemes: tuple[str, ...] | list[str]) -> str | None:
@@ -112,11 +111,6 @@ def require_safe_ref(ref: object, field: str = "ref") -> str:
         raise UnsafeSource(f"{field}: {problem}", errors=[{"field": field, "message": problem}])
     assert isinstance(ref, str)
     return ref
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for output, logs and events."""
-    return _PASSWORD_RE.sub(r"\1:***@", url)
 
 
 def git_allow_protocol(allowed_schemes: tuple[str, ...] | list[str]) -> str:

@@ -31,7 +31,8 @@ from typing import Any
 
 from ..errors import BadRequest
 from ..models import Event, RunStatus, iso, parse_iso
-from .sqlite import _RUN_COLUMNS, Store, _run_from_row
+from .backend import Store
+from .queries import RUN_COLUMNS, run_from_row
 
 FORMAT = 1
 PARAMETERS = ("since", "until", "status", "job")
@@ -131,10 +132,10 @@ def export_lines(store: Store, filters: ExportFilter, *, run_page: int = RUN_PAG
         last_seq = 0
         while True:
             rows = conn.execute(
-                f"SELECT {_RUN_COLUMNS}, seq FROM runs WHERE {where} ORDER BY seq LIMIT ?", (last_seq, *params, run_page)
+                f"SELECT {RUN_COLUMNS}, seq FROM runs WHERE {where} ORDER BY seq LIMIT ?", (last_seq, *params, run_page)
             ).fetchall()
             for row in rows:
-                run = _run_from_row(row)
+                run = run_from_row(row)
                 buffer.append(_line({"record": "run", "run": run.to_dict()}))
                 runs += 1
                 after = 0

@@ -1,15 +1,10 @@
 """Runs and events in PostgreSQL (psycopg 3): several flwd nodes on one database.
 
-The store is :class:`flwd_server.store.sqlite.Store` with another connection and a few
+The store is :class:`flwd_server.store.backend.Store` with another connection and a few
 other statements; everything above it (engine, runner, HTTP, CLI) is the same.
 What differs, and why (see docs/multinode.rst):
 
-* **One body of SQL.**  :class:`PgConnection` wraps a psycopg connection in the
-  small part of the ``sqlite3`` interface the store uses (``execute`` with
-  ``?`` placeholders, ``executemany``, ``rowcount``, ``in_transaction``) and
-  translates SQLite's spellings once per statement text (cached): ``?`` ->
-  ``%s``, ``BEGIN IMMEDIATE`` -> ``BEGIN``, ``AUTOINCREMENT`` -> ``BIGSERIAL``,
-  ``REAL`` -> ``DOUBLE PRECISION``, ``INDEXED BY`` and ``WITHOUT ROWID`` dropped.
+* **One body of SQL**, translated per statement (:mod:`.postgres_sql`).
 * **Event ids in commit order.**  A sequence hands out ids when rows are
   inserted, not when they commit: transaction A can take id 10, B id 11, B
   commit first, and a reader that saw 11 and then asks for ``id > 11`` never
@@ -40,23 +35,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import re
 import select
 import sqlite3
 import threading
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 try:
     import psycopg
     from psycopg import pq
+
+    from .postgres_sql import PgConnection, Result
 except ImportError:  # pragma: no cover - the message below says what to install
     psycopg = None  # type: ignore[assignment]
 
 from ..errors import ConfigError, StorageError
+from ..logs import redact_url
 from ..models import Run, RunStatus
-from .sqlite import _INSERT_EVENT, _RUN_COLUMNS, ClaimedRun, Store, _run_from_row
+from .backend import Store
+from .queries import INSERT_EVENT, RUN_COLUMNS, ClaimedRun, run_from_row
 
 log = logging.getLogger("flwd.store")
 
@@ -69,10 +66,6 @@ LISTEN_FALLBACK = 1.0  # seconds between polls while LISTEN works (NOTIFY does t
 
 _BEGIN_WRITE = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {WRITE_LOCK})"
 _NOTIFY_COMMIT = f"NOTIFY {CHANNEL}; COMMIT"
-_INSERT_EVENTS_UNNEST = (
-    "INSERT INTO events(run_id, type, ts, data) "
-    "SELECT r, t, s, d FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]) WITH ORDINALITY AS u(r, t, s, d, n) ORDER BY n"
-)
 _BEGIN_CLAIM = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {CLAIM_LOCK})"
 _CLAIM_TEMPLATE = (
     "WITH room AS (SELECT GREATEST(0, LEAST(%s, %s - count(*))) AS n FROM runs WHERE status = 'running'), "
@@ -81,138 +74,17 @@ _CLAIM_TEMPLATE = (
     "UPDATE runs SET status = 'running', owner = %s, started_at = %s FROM picked WHERE runs.id = picked.id "
     "RETURNING {columns}, runs.plan, runs.seq"
 )
-_CLAIM_COLUMNS = ", ".join(f"runs.{c.strip()}" for c in _RUN_COLUMNS.split(","))
+_CLAIM_COLUMNS = ", ".join(f"runs.{c.strip()}" for c in RUN_COLUMNS.split(","))
 _CLAIM = _CLAIM_TEMPLATE.format(affinity="(affinity IS NULL OR affinity = %s)", columns=_CLAIM_COLUMNS)
 _CLAIM_AFFINITY_ONLY = _CLAIM_TEMPLATE.format(affinity="affinity = %s", columns=_CLAIM_COLUMNS)
 
 _INHERITED: list[Any] = []  # connections of a parent process: never used, never closed (that would end its sessions)
 
 
-def redact(url: str) -> str:
-    """The URL without its password (for logs and messages)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "postgresql://(unparseable URL)"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    host = netloc[-1]
-    user = parts.username or ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
-
-
-# -- the dialect ---------------------------------------------------------------------
-
-_TRANSLATED: dict[str, str] = {}
-_DDL_TYPES = (
-    (re.compile(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b", re.I), "BIGSERIAL PRIMARY KEY"),
-    (re.compile(r"\bREAL\b", re.I), "DOUBLE PRECISION"),
-    (re.compile(r"\bINTEGER\b", re.I), "BIGINT"),
-)
-_INDEXED_BY = re.compile(r"\s+INDEXED BY \w+", re.I)
-_WITHOUT_ROWID = re.compile(r"\)\s*WITHOUT ROWID\s*$", re.I)
-
-
-def translate(sql: str) -> str:
-    """SQLite's spelling of a statement -> PostgreSQL's (cached per statement text)."""
-    out = _TRANSLATED.get(sql)
-    if out is not None:
-        return out
-    out = sql.replace("%", "%%").replace("?", "%s")
-    out = out.replace("BEGIN IMMEDIATE", "BEGIN")
-    out = _INDEXED_BY.sub("", out)
-    if out.lstrip().upper().startswith("CREATE TABLE"):
-        out = _WITHOUT_ROWID.sub(")", out.rstrip())
-        for pattern, replacement in _DDL_TYPES:
-            out = pattern.sub(replacement, out)
-    if len(_TRANSLATED) > 2000:  # texts with a variable IN (...) list: keep the cache bounded
-        _TRANSLATED.clear()
-    _TRANSLATED[sql] = out
-    return out
-
-
-class Result:
-    """The rows of one statement, fetched at once (the connection goes back to its pool)."""
-
-    __slots__ = ("rows", "rowcount", "_next")
-
-    def __init__(self, rows: list[tuple], rowcount: int) -> None:
-        self.rows = rows
-        self.rowcount = rowcount
-        self._next = 0
-
-    def fetchone(self) -> tuple | None:
-        if self._next >= len(self.rows):
-            return None
-        self._next += 1
-        return self.rows[self._next - 1]
-
-    def fetchall(self) -> list[tuple]:
-        rows = self.rows[self._next :]
-        self._next = len(self.rows)
-        return rows
-
-    def __iter__(self) -> Any:
-        return iter(self.fetchall())
-
-
-class PgConnection:
-    """A psycopg connection (autocommit; transactions are explicit) that speaks the store's SQL."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self.wrote_events = False
-        self._cur = raw.cursor()  # one cursor, reused: a statement costs no new cursor object
-
-    def execute(self, sql: str, params: Any = ()) -> Result:
-        if sql.startswith("INSERT INTO events"):
-            self.wrote_events = True
-        cur = self._cur
-        cur.execute(translate(sql), tuple(params))
-        rows = cur.fetchall() if cur.description is not None else []
-        return Result(rows, cur.rowcount)
-
-    def executemany(self, sql: str, seq: Any) -> Result:
-        rows = list(seq)
-        if not rows:
-            return Result([], 0)
-        if len(rows) == 1:
-            return self.execute(sql, rows[0])
-        if sql == _INSERT_EVENT:
-            # A batch of events is one statement with four arrays, not one per row (psycopg's
-            # executemany pipelines, but still spends Python time per row).  ORDER BY the
-            # ordinality: ids are drawn in the order the events were queued.
-            self.wrote_events = True
-            run_ids, types, stamps, data = zip(*rows, strict=True)
-            self._cur.execute(_INSERT_EVENTS_UNNEST, (list(run_ids), list(types), list(stamps), list(data)))
-            return Result([], len(rows))
-        if sql.startswith("INSERT INTO events"):
-            self.wrote_events = True
-        with self.raw.cursor() as cur:
-            cur.executemany(translate(sql), rows)
-            return Result([], cur.rowcount)
-
-    def run(self, script: str) -> None:
-        """Fixed statements without parameters, several in one round trip."""
-        self.raw.execute(script.encode(), prepare=False)
-
-    @property
-    def in_transaction(self) -> bool:
-        return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
-
-    @property
-    def closed(self) -> bool:
-        return self.raw.closed
-
-    def close(self) -> None:
-        self.raw.close()
-
-
 class _Pool:
     """Reader connections shared by the threads of one process (created on demand, at most ``size``)."""
 
-    def __init__(self, store: PgStore, size: int) -> None:
+    def __init__(self, store: PostgresStore, size: int) -> None:
         self.store = store
         self.size = size
         self._idle: queue.LifoQueue[PgConnection] = queue.LifoQueue()
@@ -321,24 +193,30 @@ class PooledReader:
     in_transaction = False
 
 
-class PgStore(Store):
+
+class PostgresStore(Store):
     """PostgreSQL-backed runs and events; one instance per process, any number of processes and nodes."""
 
     dialect = "postgres"
     notifies_peers = True
     _FOR_UPDATE = " FOR UPDATE"
+    DB_CLOCK = "extract(epoch FROM clock_timestamp())"
 
     def __init__(self, url: str, pool_size: int = 8, queue_size: int = 20000) -> None:
         if psycopg is None:
             raise ConfigError("db_url", "PostgreSQL needs psycopg 3: pip install 'flwd[postgres]'")
         self.errors = (psycopg.Error, sqlite3.Error)  # type: ignore[misc]
         self.url = url
-        self.path = redact(url)
+        self.path = redact_url(url)
         self.pool_size = pool_size
         self.queue_size = queue_size
         self.synchronous = "NORMAL"
         self.busy_timeout = 30.0
         self._init_common()
+
+    @property
+    def label(self) -> str:
+        return self.path
 
     @property
     def wakeup_key(self) -> str:
@@ -404,11 +282,11 @@ class PgStore(Store):
                     pending.append(op)
                     continue
                 if pending:
-                    conn.executemany(_INSERT_EVENT, pending)
+                    conn.executemany(INSERT_EVENT, pending)
                     pending = []
                 op.result, op.error = op.fn(conn), None
             if pending:
-                conn.executemany(_INSERT_EVENT, pending)
+                conn.executemany(INSERT_EVENT, pending)
         except Exception as exc:
             if conn.closed or (isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled)):
                 raise  # the connection, not an operation: the caller retries on a new one
@@ -462,30 +340,9 @@ class PgStore(Store):
         rows.sort(key=lambda r: r[15])  # RETURNING has no order: queue order is seq order
         claimed = []
         for row in rows:
-            run = _run_from_row(row)
+            run = run_from_row(row)
             claimed.append(ClaimedRun(Run(**{**run.__dict__, "status": RunStatus.RUNNING, "started_at": now}), row[14]))
         return claimed
-
-    # -- owners: the database's clock ------------------------------------------------
-
-    def register_owner(self, owner: str, host: str, pid: int) -> None:
-        self.write(lambda conn: conn.execute(
-            "INSERT INTO owners(owner, host, pid, started_at, heartbeat_at) "
-            "VALUES (?, ?, ?, extract(epoch FROM clock_timestamp()), extract(epoch FROM clock_timestamp())) "
-            "ON CONFLICT(owner) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
-            "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
-            (owner, host, pid),
-        ))
-
-    def heartbeat(self, owner: str) -> bool:
-        return bool(self.write(lambda conn: conn.execute(
-            "UPDATE owners SET heartbeat_at = extract(epoch FROM clock_timestamp()) WHERE owner = ?", (owner,)
-        ).rowcount))
-
-    def _clock_skew(self, conn: Any) -> float:
-        before = time.time()
-        db_now = float(conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
-        return (before + time.time()) / 2 - db_now
 
     # -- events ----------------------------------------------------------------------
 
@@ -506,7 +363,7 @@ class _ListenWatch:
     connection is down the poller polls every ``timeout`` and reconnects.
     """
 
-    def __init__(self, store: PgStore, wakeups: Any) -> None:
+    def __init__(self, store: PostgresStore, wakeups: Any) -> None:
         self.store = store
         self.wakeups = wakeups
         self.listener: Any = None

@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import threading
 
-from ..events.hub import EventHub
 from ..models import Event, EventType
-from .sqlite import Store
+from .backend import Store
 
 
 class Retention:
-    def __init__(self, store: Store, hub: EventHub, max_history: int) -> None:
+    def __init__(self, store: Store, max_history: int) -> None:
         self.store = store
         self.max_history = max_history
         self._lock = threading.Lock()
         self._queued = False
         self.pruned = 0
-        hub.add_listener(self.on_events)
 
     def on_events(self, events: list[Event]) -> None:
         if any(e.type == EventType.RUN_FINISHED.value for e in events):

@@ -10,7 +10,7 @@ from ..errors import BadRequest, Unprocessable
 from ..events.broadcast import broadcast_stream, can_take_over
 from ..events.sse import ClosingStream, crowd_pause, event_stream, parse_last_event_id
 from ..models import RunStatus
-from ..store.sqlite import body_hash
+from ..store.run_records import body_hash
 from .access import principal, requires
 from .bodies import json_body, plan_request, query_choice, query_int, query_text
 from .render import base_url, json_response

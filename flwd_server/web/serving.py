@@ -21,8 +21,8 @@ from ..auth.tokens import require_auth
 from ..config import Settings, is_loopback_bind
 from ..engine import Engine
 from ..logs import JsonFormatter, configure_logging
-from ..runs.runner import recover_lost_runs
-from ..store.sqlite import open_store
+from ..store import open_store
+from ..store.owners import recover_lost_runs
 from .app import create_app
 
 log = logging.getLogger("flwd.serve")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from flwd_server.store.sqlite import Store
+from flwd_server.store.sqlite import SQLiteStore
 from tests.conftest import ServerProcess
 from tests.unit.test_export import fill
 
@@ -30,7 +30,7 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
 def big_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("export")
     server = ServerProcess(root, {"workers": 1, "threads": 8}, dev=True, env=None)
-    store = Store(server.data_dir / "flwd.db")
+    store = SQLiteStore(server.data_dir / "flwd.db")
     store.migrate()
     fill(store, RUNS, EVENTS_PER_RUN)  # inserted directly, for speed: 10,000 runs, 100,000 events
     store.close()

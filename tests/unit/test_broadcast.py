@@ -9,12 +9,12 @@ import pytest
 
 from flwd_server.events.broadcast import Broadcaster, broadcast_stream, can_take_over, chunk
 from flwd_server.events.hub import EventHub
-from flwd_server.store.sqlite import Store
+from flwd_server.store.sqlite import SQLiteStore
 
 
 @pytest.fixture
 def hub(tmp_path):
-    store = Store(tmp_path / "flwd.db")
+    store = SQLiteStore(tmp_path / "flwd.db")
     store.migrate()
     h = EventHub(store, poll_interval=0.01)
     h.start()

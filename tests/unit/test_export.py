@@ -10,8 +10,8 @@ import pytest
 
 from flwd_server.errors import BadRequest
 from flwd_server.models import parse_iso
+from flwd_server.store import Store
 from flwd_server.store.export import ExportFilter, export_lines
-from flwd_server.store.sqlite import Store
 
 DAY = parse_iso("2026-01-10T00:00:00Z")
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from gunicorn.config import Config
 
-from flwd_server.logs import JsonFormatter, redact
+from flwd_server.logs import JsonFormatter, redact, redact_url
 from flwd_server.web.serving import JsonLogger
 
 
@@ -34,3 +34,14 @@ def test_messages_lose_query_strings_and_bearer_tokens():
     assert redact("run 01abc queued: examples:hello-world by dev") == "run 01abc queued: examples:hello-world by dev"
     record = logging.LogRecord("flwd.test", logging.INFO, __file__, 1, "bad request line %r", ("GET /x?secret=1",), None)
     assert "secret" not in JsonFormatter().format(record)
+
+
+def test_passwords_in_urls_are_redacted_wherever_a_url_is_shown():
+    """One function for git sources, the PostgreSQL URL and anything else that shows a URL."""
+    assert redact_url("https://bob:s3cret@git.example.org/x.git") == "https://bob:***@git.example.org/x.git"
+    assert redact_url("https://token@git.example.org/x.git") == "https://token@git.example.org/x.git"
+    assert redact_url("git@host:x") == "git@host:x"
+    assert redact_url("postgresql://flwd:s3cret@db:5432/flwd") == "postgresql://flwd:***@db:5432/flwd"
+    assert redact_url("postgresql://flwd@db/flwd") == "postgresql://flwd@db/flwd"
+    assert redact_url("https://bob:p@ss@git.example.org/x.git") == "https://bob:***@git.example.org/x.git"  # no part of it
+    assert redact_url("https://bob:s3cret@[::1/x") == "https://(unparseable URL)"

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from flwd_server import metrics
 from flwd_server.metrics import Family, Metrics, render
-from flwd_server.store.sqlite import Store
+from flwd_server.store import Store
 from tests.fixtures.postgres import open_backend
 
 

@@ -11,7 +11,8 @@ from flwd_server.engine import Engine
 from flwd_server.models import Principal
 from flwd_server.planner import PlanRequest
 from flwd_server.runs.runner import HOUSEKEEP_EVERY
-from flwd_server.store.sqlite import Store
+from flwd_server.store import Store
+from flwd_server.store.sqlite import SQLiteStore
 from tests.helpers import wait_until
 
 
@@ -28,7 +29,7 @@ def insert(store: Store, run_id: str, status: str, events: int = 3) -> None:
 
 
 def test_prune_keeps_the_newest_finished_runs_and_every_queued_or_running_one(tmp_path: Path):
-    store = Store(tmp_path / "flwd.db")
+    store = SQLiteStore(tmp_path / "flwd.db")
     store.migrate()
     try:
         insert(store, "old-queued", "queued")

@@ -12,13 +12,13 @@ import pytest
 from flwd_server.errors import BadRequest, Unavailable
 from flwd_server.events.hub import EventHub
 from flwd_server.events.sse import HEARTBEAT, ClosingStream, StreamSlots, event_stream, parse_last_event_id
-from flwd_server.store.sqlite import Store
+from flwd_server.store.sqlite import SQLiteStore
 from tests.helpers import wait_until
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store(tmp_path / "flwd.db")
+    s = SQLiteStore(tmp_path / "flwd.db")
     s.migrate()
     yield s
     s.close()
@@ -121,7 +121,7 @@ def test_a_write_from_another_process_is_seen_promptly(store, hub, tmp_path):
     import subprocess
     import sys
 
-    code = f"from flwd_server.store.sqlite import Store; s = Store({store.path!r}); s.emit('other', 'from.elsewhere', {{}}); s.close()"
+    code = f"from flwd_server.store.sqlite import SQLiteStore; s = SQLiteStore({store.path!r}); s.emit('other', 'from.elsewhere', {{}}); s.close()"
     subprocess.run([sys.executable, "-c", code], check=True)
     started = time.monotonic()
     wait_until(lambda: hub.last_id >= 1, 2, 0.005, message="the other process's event")
@@ -172,8 +172,8 @@ def test_a_commit_in_another_process_wakes_the_poller_at_once(store):
     wait_until(lambda: slow.polls >= 0 and slow._thread.is_alive(), 2)
     wait_until(lambda: slow.wakeups.prefix in Path("/proc/net/unix").read_text(), 5, message="the poller's socket")
     code = (
-        "from flwd_server.store.sqlite import Store; from flwd_server.events.hub import EventHub; "
-        f"s = Store({store.path!r}); EventHub(s); s.emit('other', 'from.elsewhere', {{}}); s.close()"
+        "from flwd_server.store.sqlite import SQLiteStore; from flwd_server.events.hub import EventHub; "
+        f"s = SQLiteStore({store.path!r}); EventHub(s); s.emit('other', 'from.elsewhere', {{}}); s.close()"
     )
     started = time.monotonic()
     subprocess.run([sys.executable, "-c", code], check=True)

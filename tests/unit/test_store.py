@@ -17,7 +17,9 @@ import pytest
 
 from flwd_server.errors import IdempotencyMismatch, StorageError
 from flwd_server.models import RunStatus
-from flwd_server.store.sqlite import Store, new_run_id
+from flwd_server.store import Store
+from flwd_server.store.queries import new_run_id
+from flwd_server.store.sqlite import SQLiteStore
 from tests.fixtures.postgres import open_backend
 
 
@@ -45,14 +47,14 @@ def test_every_connection_has_the_pragmas(sqlite_store):
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    full = Store(store.path, synchronous="full").connect()
+    full = SQLiteStore(store.path, synchronous="full").connect()
     assert full.execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
 def test_migration_is_versioned_and_idempotent(store):
     key = store.digest_key()
-    assert store.migrate() == 1
-    assert store.meta("schema_version") == "1"
+    assert store.migrate() == 2
+    assert store.meta("schema_version") == "2"
     assert store.digest_key() == key and len(key) == 32  # a second migrate keeps the key
 
 
@@ -68,7 +70,7 @@ def test_claims_use_begin_immediate_and_leave_no_transaction_open(sqlite_store):
     store = sqlite_store
     queue_runs(store, 2)
     statements = []
-    traced = Store(store.path)  # a second store whose writer connection is traced
+    traced = SQLiteStore(store.path)  # a second store whose writer connection is traced
     original = traced.connect
 
     def connect():
@@ -263,7 +265,7 @@ class _ReadOnlySwitch:
 
 
 def test_a_read_only_database_gives_storage_errors_then_recovers(tmp_path):  # PostgreSQL: see test_pgstore
-    store = Store(tmp_path / "ro.db")
+    store = SQLiteStore(tmp_path / "ro.db")
     store.migrate()
     read_only = _ReadOnlySwitch(store)
     with pytest.raises(StorageError, match="cannot be written"):
@@ -277,7 +279,7 @@ def test_a_read_only_database_gives_storage_errors_then_recovers(tmp_path):  # P
 
 def test_a_caller_is_answered_while_queued_events_wait_for_the_disk(tmp_path):
     """Events are retried for a while on a failing disk; a caller queued behind them is told at once."""
-    store = Store(tmp_path / "full.db")
+    store = SQLiteStore(tmp_path / "full.db")
     store.migrate()
     read_only = _ReadOnlySwitch(store)
     store.close_reader()

@@ -1,10 +1,15 @@
-"""Worker processes start together: their migrations and WAL self-checks must not trip over each other."""
+"""Migrations: worker processes migrating at once, and databases made by earlier versions of flwd."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+from pathlib import Path
 
-from flwd_server.store.sqlite import Store
+from flwd_server.metrics import Metrics
+from flwd_server.models import RunStatus
+from flwd_server.store.schema import FINISHED_RUNS, SCHEMA_VERSION
+from flwd_server.store.sqlite import SQLiteStore
 
 
 def test_concurrent_migrations_of_one_database_all_succeed(tmp_path):
@@ -16,7 +21,7 @@ def test_concurrent_migrations_of_one_database_all_succeed(tmp_path):
         barrier.wait()
         try:
             for _ in range(20):
-                Store(path).migrate()
+                SQLiteStore(path).migrate()
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
@@ -26,6 +31,49 @@ def test_concurrent_migrations_of_one_database_all_succeed(tmp_path):
     for t in threads:
         t.join(120)
     assert errors == []
-    store = Store(path)
+    store = SQLiteStore(path)
     assert store.reader().execute("SELECT count(*) FROM meta WHERE key LIKE 'self_check%'").fetchone()[0] == 0
     store.close()
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def layout(conn: sqlite3.Connection) -> dict[str, list[tuple]]:
+    """Every table and index with its columns: what a migration must leave, whatever its history."""
+    out = {}
+    for kind, name in conn.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"):
+        pragma = "table_info" if kind == "table" else "index_info"
+        out[f"{kind} {name}"] = [tuple(row) for row in conn.execute(f"PRAGMA {pragma}({name})")]
+    return out
+
+
+def test_a_database_made_by_flwd_0_1_0_upgrades_to_the_current_schema(tmp_path):
+    """schema1-by-flwd-0.1.0.sql is the dump of a database flwd 0.1.0 made (schema version 1, with the
+    metric tables it created outside the migrations) after one run of hello-world."""
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.executescript((DATA / "schema1-by-flwd-0.1.0.sql").read_text())
+    conn.close()
+    store = SQLiteStore(old)
+    assert store.migrate() == SCHEMA_VERSION
+    fresh = SQLiteStore(tmp_path / "fresh.db")
+    fresh.migrate()
+    try:
+        assert store.meta("schema_version") == str(SCHEMA_VERSION)
+        assert layout(store.reader()) == layout(fresh.reader())
+        runs, _ = store.list_runs()
+        assert [(r.job, r.status.value) for r in runs] == [("hello-world", "succeeded")]
+        assert [e.type for e in store.events_after(0, runs[0].id)][-1] == "run.finished"
+        text = Metrics(store).exposition()  # the totals folded by 0.1.0 are kept, not counted again
+        assert 'flwd_runs_finished_total{source="examples",job="hello-world",status="succeeded"} 1' in text
+    finally:
+        store.close()
+        fresh.close()
+
+
+def test_finished_runs_are_spelled_as_the_run_statuses_say():
+    """The partial index on finished runs and the queries that use it share one text; it must name
+    exactly the statuses that are not terminal."""
+    unfinished = ", ".join(f"'{s.value}'" for s in RunStatus if not s.is_terminal)
+    assert FINISHED_RUNS == f"status NOT IN ({unfinished})"

@@ -1,0 +1,105 @@
+"""Every table, index and migration of the store, under one ``SCHEMA_VERSION``.
+
+A migration is frozen once released: a database made by any earlier flwd is
+upgraded by running the migrations after its version, in order, in one
+transaction (:meth:`flwd_server.store.backend.Store.migrate`).  The SQL is
+SQLite's spelling; PostgreSQL gets it translated (:mod:`.postgres_sql`).
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 2
+
+# Finished runs, exactly as the partial index ``runs_finished_seq`` spells it: a query
+# uses that index only if its WHERE says the same (a test checks it against RunStatus).
+FINISHED_RUNS = "status NOT IN ('queued', 'running')"
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE runs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        job TEXT NOT NULL,
+        source TEXT NOT NULL,
+        revision TEXT,
+        args TEXT NOT NULL,
+        status TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        submitted_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        exit_code INTEGER,
+        reason TEXT,
+        plan_digest TEXT,
+        plan TEXT NOT NULL,
+        owner TEXT,
+        affinity TEXT,
+        pgid INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX runs_status_seq ON runs(status, seq);
+    CREATE INDEX runs_job_seq ON runs(job, seq);
+    CREATE INDEX runs_owner ON runs(owner) WHERE status = 'running';
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT,
+        type TEXT NOT NULL,
+        ts REAL NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX events_run_id ON events(run_id, id);
+    CREATE TABLE idempotency (
+        subject TEXT NOT NULL,
+        key TEXT NOT NULL,
+        body_hash TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (subject, key)
+    );
+    CREATE TABLE owners (
+        owner TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL
+    );
+    CREATE TABLE stream_tickets (
+        digest TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        run_id TEXT,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE sources (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
+    # 2: the metric tables and the indexes that earlier versions created outside the
+    # migrations (at every start, IF NOT EXISTS): a database made by them may have these.
+    2: f"""
+    CREATE TABLE IF NOT EXISTS metric_totals (
+        name TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (name, labels)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS process_gauges (
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (owner, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS events_counted ON events(id) WHERE type <> 'step.output';
+    CREATE INDEX IF NOT EXISTS runs_finished_seq ON runs(seq) WHERE {FINISHED_RUNS}
+    """,
+}
+
+
+def statements(version: int) -> list[str]:
+    """The statements of one migration, in order."""
+    return [statement for statement in MIGRATIONS[version].split(";") if statement.strip()]

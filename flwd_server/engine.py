@@ -30,7 +30,8 @@ from .metrics import Metrics
 from .metrics import install as install_metrics
 from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
 from .planner import Planner, PlanRequest, plan_record
-from .runs.runner import Runner, log_decision
+from .policy import log_decision
+from .runs.runner import Runner
 from .sources import LocalSource, Source
 from .sources.registry import SourceRegistry
 from .store import Store, open_store

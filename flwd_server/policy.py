@@ -10,6 +10,7 @@ every profile.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from .config import Settings
 from .containers.images import parse_image_ref, registry_allowed
 from .errors import FlwdError
 from .models import Decision, Job, Profile, Verdict
+
+decision_log = logging.getLogger("flwd.decisions")
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 
@@ -224,3 +227,14 @@ def downgrade_decision(default: Profile, requested: Profile, allowed: tuple[str,
     if requested.value not in allowed:
         return Decision("profile-downgrade", Verdict.DENY, f"{subject} asked for {requested.value}, which policy.allowed_downgrades does not allow ({', '.join(allowed) or 'none'})")
     return Decision("profile-downgrade", Verdict.WARN, f"{subject} runs under {requested.value}, below the default {default.value}")
+
+
+def log_decision(run_id: str | None, decision: Decision, job: str | None = None) -> None:
+    """One structured line per policy decision (the JSON formatter renders ``extra``)."""
+    decision_log.info(
+        "policy %s: %s (%s)",
+        decision.check,
+        decision.verdict.value,
+        decision.reason,
+        extra={"event": "policy.decision", "run_id": run_id, "job": job, "check": decision.check, "outcome": decision.verdict.value, "reason": decision.reason},
+    )

@@ -38,8 +38,8 @@ from ..jobs import arg_env, render_command
 from ..models import Job, Step
 from ..store import Store
 from ..store.owners import owner_is_dead
-from .host_executor import TRUNCATED_MARK, StepOutcome
-from .host_executor import _Lines as LineSplitter
+from .capture import StepOutput
+from .host_executor import StepOutcome
 
 log = logging.getLogger("flwd.containers")
 
@@ -63,43 +63,6 @@ class _Stopped(Exception):
     def __init__(self, status: str) -> None:
         super().__init__(status)
         self.status = status
-
-
-class _Output:
-    """Lines of both streams, cut and capped like host steps' output."""
-
-    def __init__(self, emit: Callable[[str, str, bool], None], max_line: int, max_total: int) -> None:
-        self.emit = emit
-        self.max_total = max_total
-        self.splitters = {"stdout": LineSplitter(max_line), "stderr": LineSplitter(max_line)}
-        self.used = 0
-        self.dropped = 0
-        self.lock = threading.Lock()
-
-    def feed(self, stream: str, chunk: bytes) -> None:
-        with self.lock:
-            self._deliver(stream, self.splitters[stream].feed(chunk))
-
-    def finish(self) -> None:
-        with self.lock:
-            for stream, splitter in self.splitters.items():
-                self._deliver(stream, splitter.rest())
-
-    def note(self, text: str) -> None:
-        self.emit("stderr", f"[flwd: {text}]", False)
-
-    def _deliver(self, stream: str, pieces: list[tuple[bytes, bool]]) -> None:
-        for raw, truncated in pieces:
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
-            if self.used >= self.max_total:
-                if not self.dropped:
-                    self.emit(stream, f"[flwd: output limit of {self.max_total} bytes reached; the rest is not stored]", True)
-                self.dropped += len(raw) + 1
-                continue
-            self.used += len(raw) + 1
-            text = raw.decode("utf-8", errors="replace")
-            self.emit(stream, text + TRUNCATED_MARK if truncated else text, truncated)
 
 
 def _call_until(fn: Callable[[], Any], deadline: float, should_stop: Callable[[], str | None]) -> Any:
@@ -161,15 +124,15 @@ class ContainerExecutor:
         env: dict[str, str],
         deadline: float,
         should_stop: Callable[[], str | None],
-        emit: Callable[[str, str, bool], None],
+        output: StepOutput,
         job: Job,
         settings: Settings,
     ) -> StepOutcome:
         started = time.monotonic()
-        out = _Output(emit, settings.limits.max_line_bytes, settings.limits.max_output_bytes)
+        out = output
 
         def outcome(code: int | None, status: str) -> StepOutcome:
-            return StepOutcome(code, status, time.monotonic() - started, out.used, out.dropped)
+            return StepOutcome(code, status, time.monotonic() - started)
 
         try:
             client = self.runtime.client()
@@ -223,7 +186,7 @@ class ContainerExecutor:
 
     # -- container -------------------------------------------------------------
 
-    def _run(self, client: Any, image_id: str, run_id: str, step: Step, args: dict[str, Any], env: dict[str, str], deadline: float, should_stop: Callable[[], str | None], out: _Output, job: Job, outcome: Callable[[int | None, str], StepOutcome]) -> StepOutcome:
+    def _run(self, client: Any, image_id: str, run_id: str, step: Step, args: dict[str, Any], env: dict[str, str], deadline: float, should_stop: Callable[[], str | None], out: StepOutput, job: Job, outcome: Callable[[int | None, str], StepOutcome]) -> StepOutcome:
         api = client.api
         environment = {**env, **dict(step.env), **arg_env(args), "FLWD_RUN_ID": run_id, "FLWD_JOB": job.name, "FLWD_SOURCE": job.source, "FLWD_STEP": step.name}
         host_config: dict[str, Any] = {"privileged": False, "security_opt": ["no-new-privileges"]}
@@ -289,7 +252,7 @@ class ContainerExecutor:
         return outcome(exit_code, "succeeded" if exit_code == 0 else "failed")
 
     @staticmethod
-    def _read(frames: Any, out: _Output) -> None:
+    def _read(frames: Any, out: StepOutput) -> None:
         try:
             for stdout, stderr in frames:
                 if stdout:

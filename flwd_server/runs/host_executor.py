@@ -4,7 +4,7 @@
   timeout reach every process it forked (``killpg``), not just the shell.
 * stdout and stderr are read with one selector in fixed-size chunks, so
   neither pipe can fill and block the child, and a 50 MB line without a
-  newline costs at most ``max_line_bytes`` of memory.
+  newline costs at most ``max_line_bytes`` of memory (:mod:`.capture`).
 * Arguments reach the script only as ``FLWD_ARG_*`` variables; the script text
   is the job author's, never spliced with user input.
 * Resource limits are set by a tiny ``sh`` prologue (``ulimit``) rather than a
@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..models import Step
+from .capture import StepOutput
 
 KILL_GRACE = 2.0
 DRAIN_AFTER_EXIT = 0.5
-TRUNCATED_MARK = " [flwd: line truncated]"
 
 
 @dataclass
@@ -33,14 +33,12 @@ class StepOutcome:
     exit_code: int | None
     status: str  # succeeded | failed | timed_out | cancelled
     duration: float
-    output_bytes: int = 0
-    dropped_bytes: int = 0
 
 
 @dataclass
 class StepLimits:
-    max_line_bytes: int = 65536
-    max_output_bytes: int = 64 * 1024 * 1024
+    """Limits the step's shell sets on itself (``ulimit``); None leaves the server's."""
+
     cpu_seconds: int | None = None
     open_files: int | None = None
     file_size_bytes: int | None = None
@@ -54,51 +52,9 @@ class HostStep:
     cwd: str
     deadline: float
     should_stop: Callable[[], str | None]  # returns "cancelled"/"timed_out"-style reason or None
-    emit: Callable[[str, str, bool], None]  # (stream, line, truncated)
+    output: StepOutput
     limits: StepLimits = field(default_factory=StepLimits)
     on_spawn: Callable[[int], None] | None = None
-    output_used: int = 0
-    emit_many: Callable[[str, list[tuple[str, bool]]], None] | None = None  # (stream, [(line, truncated)])
-
-
-class _Lines:
-    """Split a byte stream into lines, cutting any line longer than ``max_bytes``.
-
-    Works a chunk at a time (``bytes.split``), not a line at a time: a job
-    printing short lines as fast as it can costs one C call per 64 KiB.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.buf = b""
-        self.skipping = False  # inside a line already cut: drop until its newline
-
-    def feed(self, chunk: bytes) -> list[tuple[bytes, bool]]:
-        data = self.buf + chunk if self.buf else chunk
-        parts = data.split(b"\n")
-        tail = parts.pop()
-        out: list[tuple[bytes, bool]] = []
-        limit = self.max_bytes
-        if parts and self.skipping:
-            parts = parts[1:]  # the end of the line that was cut
-            self.skipping = False
-        for line in parts:
-            out.append((line[:limit], True) if len(line) > limit else (line, False))
-        if self.skipping or len(tail) > limit:
-            if not self.skipping:
-                out.append((tail[:limit], True))
-                self.skipping = True
-            self.buf = b""
-        else:
-            self.buf = tail
-        return out
-
-    def rest(self) -> list[tuple[bytes, bool]]:
-        """The unfinished last line, once: the splitter is empty afterwards."""
-        tail, self.buf = self.buf, b""
-        if tail and not self.skipping:
-            return [(tail, False)]
-        return []
 
 
 def _prologue(limits: StepLimits) -> list[str]:
@@ -182,39 +138,14 @@ def run_host_step(task: HostStep) -> StepOutcome:
     if task.on_spawn:
         task.on_spawn(pgid)
     selector = selectors.DefaultSelector()
-    splitters = {}
     for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
         assert pipe is not None
         os.set_blocking(pipe.fileno(), False)
         selector.register(pipe, selectors.EVENT_READ, name)
-        splitters[name] = _Lines(limits.max_line_bytes)
+    output = task.output
     stopped: str | None = None
     kill_at: float | None = None
     exited_at: float | None = None
-    used = task.output_used
-    dropped = 0
-
-    def deliver(stream: str, pieces: list[tuple[bytes, bool]]) -> None:
-        nonlocal used, dropped
-        lines: list[tuple[str, bool]] = []
-        for raw, truncated in pieces:
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
-            if used + len(raw) + 1 > limits.max_output_bytes:
-                if not dropped:
-                    lines.append((f"[flwd: output limit of {limits.max_output_bytes} bytes reached; the rest is not stored]", True))
-                dropped += len(raw) + 1
-                continue
-            used += len(raw) + 1
-            text = raw.decode("utf-8", errors="replace")
-            lines.append((text + TRUNCATED_MARK if truncated else text, truncated))
-        if not lines:
-            return
-        if task.emit_many is not None:
-            task.emit_many(stream, lines)
-        else:
-            for text, truncated in lines:
-                task.emit(stream, text, truncated)
 
     try:
         while selector.get_map():
@@ -241,9 +172,9 @@ def run_host_step(task: HostStep) -> StepOutcome:
                 except BlockingIOError:
                     continue
                 if chunk:
-                    deliver(key.data, splitters[key.data].feed(chunk))
+                    output.feed(key.data, chunk)
                 else:
-                    deliver(key.data, splitters[key.data].rest())
+                    output.end(key.data)
                     selector.unregister(key.fileobj)
     finally:
         for key in list(selector.get_map().values()):
@@ -261,5 +192,4 @@ def run_host_step(task: HostStep) -> StepOutcome:
         status = stopped
     else:
         status = "succeeded" if code == 0 else "failed"
-    task.output_used = used
-    return StepOutcome(exit_code, status, duration, used, dropped)
+    return StepOutcome(exit_code, status, duration)

@@ -26,34 +26,22 @@ from ..config import Settings
 from ..errors import StorageError, Unavailable
 from ..events.hub import EventHub
 from ..forksafe import reset_after_fork
-from ..jobs import arg_env
 from ..models import Decision, Event, EventType, Job, Profile, Run, RunStatus, Step, Verdict
 from ..planner import Planner, job_from_record
-from ..policy import evaluate
+from ..policy import evaluate, log_decision
 from ..store import Store
 from ..store.owners import HOSTNAME, owner_id, recover_lost_runs
 from ..store.queries import ClaimedRun
-from .host_executor import HostStep, StepLimits, StepOutcome, run_host_step
+from .capture import OutputBudget, StepOutput
+from .environment import host_environment, host_limits
+from .host_executor import HostStep, StepOutcome, run_host_step
 
 log = logging.getLogger("flwd.runner")
-decision_log = logging.getLogger("flwd.decisions")
 
 OUTPUT = EventType.STEP_OUTPUT.value
 HEARTBEAT_EVERY = 2.0
 SWEEP_EVERY = 3.0
 HOUSEKEEP_EVERY = 10.0
-
-
-class RunHooks:
-    """Observers of the run lifecycle (metrics, logs); a hook that raises is logged, the run goes on."""
-
-    def after_run_started(self, run: Run) -> None: ...
-
-    def after_step_finished(self, run: Run, step: Step, outcome: StepOutcome) -> None: ...
-
-    def after_run_finished(self, run: Run, status: RunStatus, duration: float) -> None: ...
-
-    def after_decision(self, run_id: str | None, decision: Decision) -> None: ...
 
 
 @dataclass
@@ -82,7 +70,6 @@ class Runner:
         self.settings = settings
         self.affinity_only = affinity_only
         self.container_executor = container_executor
-        self.hooks: list[RunHooks] = []
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._reset()
@@ -256,22 +243,13 @@ class Runner:
 
     # -- execution -------------------------------------------------------------
 
-    def _hook(self, name: str, *args: Any) -> None:
-        for hook in self.hooks:
-            try:
-                getattr(hook, name)(*args)
-            except Exception:
-                log.exception("hook %s.%s failed", type(hook).__name__, name)
-
     def _decide(self, run_id: str, decisions: tuple[Decision, ...] | list[Decision]) -> None:
         for decision in decisions:
             self.store.emit(run_id, EventType.POLICY_DECISION.value, decision.to_dict())
             log_decision(run_id, decision)
-            self._hook("after_decision", run_id, decision)
 
     def _execute(self, claimed: ClaimedRun, active: _Active) -> None:
         run = claimed.run
-        started = time.monotonic()
         status, exit_code, reason = RunStatus.FAILED, None, None
         workdir: Path | None = None
         scrub = True
@@ -290,13 +268,12 @@ class Runner:
                 reason = "denied by policy: " + "; ".join(f"{d.check}: {d.reason}" for d in denied)
                 return
             self.store.emit(run.id, EventType.RUN_STARTED.value, {"owner": self.owner, "profile": profile.value, "submitted_by": run.submitted_by})
-            self._hook("after_run_started", run)
             workdir = self._workdir(run.id)
             deadline = time.time() + job.timeout
-            used = 0
+            budget = OutputBudget(self.settings.limits.max_output_bytes)
             status = RunStatus.SUCCEEDED
             for index, step in enumerate(job.steps):
-                outcome, used = self._run_step(run, job, step, index, args, profile, workdir, deadline, active, used)
+                outcome = self._run_step(run, job, step, index, args, profile, workdir, deadline, active, budget)
                 exit_code = outcome.exit_code
                 if outcome.status != "succeeded":
                     status = RunStatus(outcome.status)
@@ -319,7 +296,6 @@ class Runner:
             except Exception:
                 log.exception("could not record the end of run %s", run.id)
             self._active.pop(run.id, None)
-            self._hook("after_run_finished", run, status, time.monotonic() - started)
             self._wakeup.set()
 
     def _job_of(self, plan_json: str, record: dict[str, Any]) -> Job:
@@ -349,16 +325,9 @@ class Runner:
             log.warning("run of %s: no files of source %s at %s", job.name, job.source, job.revision)
             return None
 
-    def _run_step(self, run: Run, job: Job, step: Step, index: int, args: dict[str, Any], profile: Profile, workdir: Path, deadline: float, active: _Active, used: int) -> tuple[StepOutcome, int]:
+    def _run_step(self, run: Run, job: Job, step: Step, index: int, args: dict[str, Any], profile: Profile, workdir: Path, deadline: float, active: _Active, budget: OutputBudget) -> StepOutcome:
         self.store.emit(run.id, EventType.STEP_STARTED.value, {"step": step.name, "index": index, "kind": step.kind})
         step_deadline = min(deadline, time.time() + step.timeout) if step.timeout else deadline
-
-        def emit(stream: str, line: str, truncated: bool) -> None:
-            data: dict[str, Any] = {"step": step.name, "stream": stream, "line": line}
-            if truncated:
-                data["truncated"] = True
-            self.store.emit(run.id, EventType.STEP_OUTPUT.value, data)
-
         step_json = encode_json_string(step.name)
 
         def emit_many(stream: str, lines: list[tuple[str, bool]]) -> None:
@@ -371,17 +340,19 @@ class Runner:
             ]
             self.store.emit_rows(rows)
 
+        output = StepOutput(emit_many, budget, self.settings.limits.max_line_bytes)
+
         def should_stop() -> str | None:
             return "cancelled" if active.cancel.is_set() else None
 
         if step.image:
             if self.container_executor is None:
                 outcome = StepOutcome(None, "failed", 0.0)
-                emit("stderr", "[flwd: no container runtime is available for this step]", False)
+                output.note("no container runtime is available for this step")
             else:
                 outcome = self.container_executor(
                     run_id=run.id, step=step, args=args, env=dict(job.env), deadline=step_deadline,
-                    should_stop=should_stop, emit=emit, job=job, settings=self.settings,
+                    should_stop=should_stop, output=output, job=job, settings=self.settings,
                 )
         else:
             task = HostStep(
@@ -391,21 +362,17 @@ class Runner:
                 cwd=str(workdir),
                 deadline=step_deadline,
                 should_stop=should_stop,
-                emit=emit,
+                output=output,
                 limits=host_limits(profile, self.settings),
                 on_spawn=lambda pgid: self.store.set_pgid(run.id, pgid),
-                output_used=used,
-                emit_many=emit_many,
             )
             outcome = run_host_step(task)
-            used = task.output_used
         self.store.emit(
             run.id,
             EventType.STEP_FINISHED.value,
             {"step": step.name, "index": index, "status": outcome.status, "exit_code": outcome.exit_code, "duration": round(outcome.duration, 6)},
         )
-        self._hook("after_step_finished", run, step, outcome)
-        return outcome, used
+        return outcome
 
 
 def _remove_workdir(workdir: Path) -> None:
@@ -413,64 +380,3 @@ def _remove_workdir(workdir: Path) -> None:
         os.rmdir(workdir)  # the usual case: the step left nothing
     except OSError:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-SAFE_HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def host_environment(run_id: str, job: Job, step: Step, args: dict[str, Any], profile: Profile, workdir: Path, settings: Settings, source_dir: str | None = None) -> dict[str, str]:
-    """The environment of a host step: scrubbed, unless the job may have the host's.
-
-    Under ``secure`` (and whenever the job does not require ``host-env``) a step
-    sees only PATH, HOME (its own work dir), LANG, the job's variables and
-    ``FLWD_*``: a secret in the server's environment never reaches a job.
-    """
-    env: dict[str, str] = {}
-    if "host-env" in job.requires and profile is not Profile.SECURE:
-        allowed = settings.policy.host_env_passthrough
-        env.update({k: v for k, v in os.environ.items() if not allowed or k in allowed})
-    env.update(
-        {
-            "PATH": os.environ.get("PATH", SAFE_HOST_PATH) if profile is not Profile.SECURE else SAFE_HOST_PATH,
-            "HOME": str(workdir),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.update(dict(job.env))
-    env.update(dict(step.env))
-    env.update(arg_env(args))
-    env.update(
-        {
-            "FLWD_RUN_ID": run_id,
-            "FLWD_JOB": job.name,
-            "FLWD_SOURCE": job.source,
-            "FLWD_STEP": step.name,
-            "FLWD_WORKDIR": str(workdir),
-        }
-    )
-    if job.revision:
-        env["FLWD_SOURCE_REVISION"] = job.revision
-    if source_dir:
-        env["FLWD_SOURCE_DIR"] = source_dir
-    return env
-
-
-def host_limits(profile: Profile, settings: Settings) -> StepLimits:
-    limits = StepLimits(max_line_bytes=settings.limits.max_line_bytes, max_output_bytes=settings.limits.max_output_bytes)
-    if profile is Profile.SECURE:
-        limits.cpu_seconds = settings.policy.cpu_seconds
-        limits.open_files = settings.policy.open_files
-        limits.file_size_bytes = settings.policy.file_size_bytes
-    return limits
-
-
-def log_decision(run_id: str | None, decision: Decision, job: str | None = None) -> None:
-    """One structured line per policy decision (the JSON formatter renders ``extra``)."""
-    decision_log.info(
-        "policy %s: %s (%s)",
-        decision.check,
-        decision.verdict.value,
-        decision.reason,
-        extra={"event": "policy.decision", "run_id": run_id, "job": job, "check": decision.check, "outcome": decision.verdict.value, "reason": decision.reason},
-    )

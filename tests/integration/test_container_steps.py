@@ -49,6 +49,13 @@ def box(tmp_path_factory, registry, other_registry, podman, images, signing_keys
         "quiet": job("quiet", signed, ["sh", "-c", "sleep 4; echo after-quiet"]),
         "instant": job("instant", signed, ["sh", "-c", "echo out-line; echo err-line >&2"]),
         "long-line": job("long-line", signed, ["sh", "-c", "head -c 70000 /dev/zero | tr '\\0' x; echo; echo after"]),
+        "capped": {
+            "name": "capped",  # 800 bytes on the host, then 800 in a container: one run's output
+            "steps": [
+                {"name": "host", "run": "for i in $(seq 100); do echo hhhhhhh; done"},
+                {"name": "box", "image": signed, "command": ["sh", "-c", "for i in $(seq 100); do echo ccccccc; done"]},
+            ],
+        },
         "echo": {**job("echo", signed, ["echo", "{{ args.n }}"]), "args": {"n": {"type": "integer", "required": True}}},
         "inside": job("inside", signed, ["sh", "-c", 'echo "$GREETING $(pwd)"; ls /sys/class/net'], env={"GREETING": "hi"}, workdir="/work"),
         "other-key": job("other-key", other_key, ["echo", "must not run"]),
@@ -124,6 +131,24 @@ def test_a_long_line_is_cut_with_a_marker(box):
     assert server.wait_finished(run["id"], timeout=60)["status"] == "succeeded"
     lines = outputs(server.events(run["id"]))
     assert lines[0][1] == "x" * 65536 + " [flwd: line truncated]" and lines[1:] == [("stdout", "after")]
+
+
+def test_a_container_step_shares_the_run_s_output_cap_with_host_steps(box, tmp_path):
+    """limits.max_output_bytes is the run's, whichever executor prints: the container step stores only
+    what the host step left of it, whole lines only, then one marker and nothing more."""
+    server = ServerProcess(tmp_path, {**box["config"], "limits": {"max_output_bytes": 1024}}, dev=True, env=None).start()
+    try:
+        run = server.submit("capped")
+        assert server.wait_finished(run["id"], timeout=60)["status"] == "succeeded"
+        lines = [e["data"]["data"] for e in server.events(run["id"]) if e["event"] == "step.output"]
+    finally:
+        server.stop(timeout=30)
+    marker = "[flwd: output limit of 1024 bytes reached; the rest is not stored]"
+    assert [o["line"] for o in lines].count(marker) == 1 and lines[-1]["line"] == marker
+    stored = lines[:-1]
+    assert [o["step"] for o in stored].count("host") == 100
+    assert [o["line"] for o in stored if o["step"] == "box"] == ["ccccccc"] * 28  # 224 of 1024 bytes were left
+    assert sum(len(o["line"]) + 1 for o in stored) == 1024
 
 
 def test_ten_runs_at_once_all_finish_and_leave_no_container(box, podman):

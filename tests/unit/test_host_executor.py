@@ -1,4 +1,4 @@
-"""Shell steps: process groups, both pipes, long lines, limits, no leftovers (PITFALLS 3.5-3.10)."""
+"""Shell steps: process groups, both pipes, long lines, limits, no leftovers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import time
 import pytest
 
 from flwd_server.models import Step
-from flwd_server.runs.host_executor import HostStep, StepLimits, _Lines, group_alive, run_host_step
+from flwd_server.runs.capture import LineSplitter, OutputBudget, StepOutput
+from flwd_server.runs.host_executor import HostStep, StepLimits, group_alive, run_host_step
 from tests.helpers import wait_until
 
 
@@ -20,11 +21,14 @@ class Collector:
         self.lines: list[tuple[str, str, bool, float]] = []
         self.stop_reason: str | None = None
         self.pgid: int | None = None
+        self.budget: OutputBudget | None = None
 
-    def emit(self, stream: str, line: str, truncated: bool) -> None:
-        self.lines.append((stream, line, truncated, time.monotonic()))
+    def emit_lines(self, stream: str, lines: list[tuple[str, bool]]) -> None:
+        now = time.monotonic()
+        self.lines.extend((stream, line, truncated, now) for line, truncated in lines)
 
-    def task(self, script: str, tmp_path, timeout: float = 30, **limits) -> HostStep:
+    def task(self, script: str, tmp_path, timeout: float = 30, max_line_bytes: int = 65536, max_output_bytes: int = 64 << 20, **limits) -> HostStep:
+        self.budget = OutputBudget(max_output_bytes)
         return HostStep(
             run_id="test",
             step=Step(name="s", run=script),
@@ -32,7 +36,7 @@ class Collector:
             cwd=str(tmp_path),
             deadline=time.time() + timeout,
             should_stop=lambda: self.stop_reason,
-            emit=self.emit,
+            output=StepOutput(self.emit_lines, self.budget, max_line_bytes),
             limits=StepLimits(**limits),
             on_spawn=lambda pgid: setattr(self, "pgid", pgid),
         )
@@ -119,7 +123,16 @@ def test_output_beyond_the_run_limit_is_counted_not_stored(tmp_path):
     stored = [line for _, line, *_ in out.lines]
     assert "output limit" in stored[-1]
     assert sum(len(line) + 1 for line in stored[:-1]) <= 10000
-    assert result.dropped_bytes > 0 and result.status == "succeeded"
+    assert out.budget.dropped > 0 and result.status == "succeeded"
+
+
+def test_nothing_is_stored_after_the_first_line_that_does_not_fit(tmp_path):
+    """A later, shorter line that would fit is not stored either: the stored output is a prefix."""
+    out = Collector()
+    script = "head -c 600 /dev/zero | tr '\\0' a; echo; head -c 600 /dev/zero | tr '\\0' b; echo; echo c"
+    run_host_step(out.task(script, tmp_path, max_output_bytes=1024))
+    assert [line[:1] for _, line, *_ in out.lines] == ["a", "["]
+    assert out.budget.used == 601 and out.budget.dropped == 601 + 2
 
 
 def test_exit_codes_and_signals_are_reported(tmp_path):
@@ -163,7 +176,7 @@ def test_a_hundred_cancelled_steps_leave_no_zombies(tmp_path):
     ],
 )
 def test_line_splitting(chunks, expected):
-    lines = _Lines(4)
+    lines = LineSplitter(4)
     got = []
     for chunk in chunks:
         got.extend(lines.feed(chunk))

@@ -9,7 +9,7 @@ here: on a 2-core machine three nodes of two workers each would only measure
 the scheduler), and the same ``db_url``.  ``max_concurrent_runs`` is the
 number of clients, as in figure 1, across all nodes.
 
-The database is a throwaway cluster (tests/pgcluster.py) with ``fsync=on``
+The database is a throwaway cluster (tests/fixtures/pgcluster.py) with ``fsync=on``
 and ``synchronous_commit=off`` - commits do not wait for their WAL flush, as
 SQLite's ``synchronous=normal`` (flwd's default) does not.  A SQLite node with
 the same settings is measured first, for reference.  Each measurement gets a
@@ -57,7 +57,7 @@ NODE_COUNTS = (1, 2, 3)
 def _cluster(root: Path) -> Any:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from tests.pgcluster import throwaway_cluster
+    from tests.fixtures.pgcluster import throwaway_cluster
 
     return throwaway_cluster(root, durable=True)
 

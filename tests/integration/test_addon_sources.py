@@ -19,8 +19,8 @@ from flwd_server.config import load_settings
 from flwd_server.containers.registry_client import DigestMismatch
 from flwd_server.engine import Engine
 from flwd_server.errors import UnsafeSource
-from tests.conftest import ServerProcess
 from tests.fixtures.containers import PUSHER
+from tests.fixtures.server import ServerProcess
 
 pytestmark = pytest.mark.container
 

@@ -22,7 +22,8 @@ import requests
 from flwd_server.config import load_settings
 from flwd_server.engine import Engine
 from flwd_server.web.app import create_app
-from tests.conftest import ServerProcess
+from tests.fixtures.helpers import read_stream, require_tool, wait_until
+from tests.fixtures.server import ServerProcess
 from tests.fixtures.tokens import (
     ALL_SCOPES,
     AUDIENCE,
@@ -38,7 +39,6 @@ from tests.fixtures.tokens import (
     unsigned_token,
     write_jwks,
 )
-from tests.helpers import read_stream, require_tool, wait_until
 
 READ_WRITE = "jobs:read runs:read runs:write"
 HELLO = {"job": "hello-world", "args": {"name": "Alice"}}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.helpers import require_tool, wait_until
+from tests.fixtures.helpers import require_tool, wait_until
+from tests.fixtures.server import REPO
 
 pytestmark = pytest.mark.integration
 BENCH = str(REPO / "scripts" / "bench")

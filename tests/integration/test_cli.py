@@ -11,8 +11,8 @@ import sys
 import pytest
 import requests
 
-from tests.conftest import REPO
-from tests.helpers import free_port, wait_until
+from tests.fixtures.helpers import free_port, wait_until
+from tests.fixtures.server import REPO
 
 pytestmark = pytest.mark.integration
 

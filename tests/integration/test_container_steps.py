@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ServerProcess
 from tests.fixtures.containers import cosign_sign, cosign_v3_bundle
-from tests.helpers import read_stream, wait_until
+from tests.fixtures.helpers import read_stream, wait_until
+from tests.fixtures.server import ServerProcess
 
 pytestmark = pytest.mark.container
 

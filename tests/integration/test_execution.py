@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from flwd_server.models import parse_iso
-from tests.helpers import processes_of_run, read_stream, sse_events, wait_until
+from tests.fixtures.helpers import processes_of_run, read_stream, sse_events, wait_until
 
 pytestmark = pytest.mark.integration
 

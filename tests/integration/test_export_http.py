@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from flwd_server.store.sqlite import SQLiteStore
-from tests.conftest import ServerProcess
+from tests.fixtures.server import ServerProcess
 from tests.unit.test_export import fill
 
 RUNS, EVENTS_PER_RUN = 10_000, 10

@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from tests.fixtures.git import job_yaml
-from tests.helpers import IN_CI, read_stream, require_tool, wait_until
+from tests.fixtures.helpers import IN_CI, read_stream, require_tool, wait_until
 
 pytestmark = pytest.mark.integration
 

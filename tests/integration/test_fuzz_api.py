@@ -34,7 +34,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from flwd_server.web.openapi import openapi_document
-from tests.conftest import ServerProcess
+from tests.fixtures.server import ServerProcess
 from tests.fixtures.tokens import ALL_SCOPES, AUDIENCE, ISSUER, claims, make_token, new_key, write_jwks
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import sqlite3
 
 import requests
 
-from tests.helpers import wait_until
+from tests.fixtures.helpers import wait_until
 
 
 def test_history_keeps_the_newest_hundred_runs_and_only_their_events(start_server):

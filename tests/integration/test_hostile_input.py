@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.conftest import ServerProcess
+from tests.fixtures.server import ServerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.conftest import ServerProcess
-from tests.helpers import wait_until
+from tests.fixtures.helpers import wait_until
+from tests.fixtures.server import ServerProcess
 
 
 @pytest.fixture(scope="module")

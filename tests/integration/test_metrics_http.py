@@ -12,8 +12,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ServerProcess
-from tests.helpers import wait_until
+from tests.fixtures.helpers import wait_until
+from tests.fixtures.server import ServerProcess
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ import pytest
 import requests
 
 from flwd_server.models import parse_iso
-from tests.conftest import ServerProcess
-from tests.helpers import processes_of_run, read_stream, sse_events, wait_until
+from tests.fixtures.helpers import processes_of_run, read_stream, sse_events, wait_until
+from tests.fixtures.server import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -218,8 +218,8 @@ def test_serve_takes_db_url_on_the_command_line_and_a_local_cli_run_shares_the_d
     import subprocess
     import sys
 
-    from tests.conftest import REPO
-    from tests.helpers import free_port
+    from tests.fixtures.helpers import free_port
+    from tests.fixtures.server import REPO
 
     url = postgres.create_database()
     with_password = url.replace("flwd@", "flwd:never-logged-pw@")  # trust auth ignores it; no log may show it

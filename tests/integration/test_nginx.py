@@ -12,9 +12,9 @@ import pytest
 import requests
 
 from flwd_server.models import parse_iso
-from tests.conftest import ServerProcess
+from tests.fixtures.helpers import require_tool, sse_events, wait_until
 from tests.fixtures.nginx import NginxProxy, start_nginx
-from tests.helpers import require_tool, sse_events, wait_until
+from tests.fixtures.server import ServerProcess
 from tests.integration.test_seed_commands import LIST_JOBS, PLAN, STREAM, SUBMIT
 
 pytestmark = pytest.mark.nginx

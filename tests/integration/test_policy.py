@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers import read_stream, wait_until
+from tests.fixtures.helpers import read_stream, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ PROFILES = ("secure", "permissive", "disabled")
 
 @pytest.fixture(scope="module")
 def policy_server(tmp_path_factory):
-    from tests.conftest import ServerProcess
+    from tests.fixtures.server import ServerProcess
 
     root = tmp_path_factory.mktemp("policy")
     (root / "src" / "jobs").mkdir(parents=True)

@@ -18,7 +18,7 @@ from flwd_server.containers.images import parse_image_ref
 from flwd_server.containers.registry_client import DigestMismatch, RegistryClient, RegistryError, TooLarge, sha256_digest
 from flwd_server.containers.signatures import SignatureVerifier
 from tests.fixtures.containers import cosign_sign, cosign_v3_bundle, payload_for, put_manifest, upload_blob
-from tests.helpers import free_port
+from tests.fixtures.helpers import free_port
 
 pytestmark = pytest.mark.container
 

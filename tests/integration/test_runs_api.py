@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from tests.helpers import processes_of_run, read_stream, wait_until
+from tests.fixtures.helpers import processes_of_run, read_stream, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def run_count(server) -> int:
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def shared(request, tmp_path_factory):
     """One server for the read-mostly tests of this module, on each backend."""
-    from tests.conftest import ServerProcess
+    from tests.fixtures.server import ServerProcess
 
     config = {"sse": {"heartbeat": 1.0}, "workers": 2}
     url = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from tests.helpers import require_tool
+from tests.fixtures.helpers import require_tool
 
 # Verbatim from the reference page "Serve Mode (HTTP + SSE)".
 LIST_JOBS = """curl -s -H 'Authorization: Bearer dev-token' \\

@@ -11,7 +11,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from tests.helpers import wait_until
+from tests.fixtures.helpers import wait_until
 
 FORKY = """name: forky
 description: Start a grandchild and wait for a long time

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import ServerProcess
 from tests.fixtures.git import GitRepo, git_processes, job_yaml
-from tests.helpers import read_stream, require_tool
+from tests.fixtures.helpers import read_stream, require_tool
+from tests.fixtures.server import ServerProcess
 
 # Verbatim from the reference page ("Working with sources"); the test swaps in its port and repository.
 SEED_ADD_SOURCE = """curl -s -X POST http://127.0.0.1:8080/sources \\

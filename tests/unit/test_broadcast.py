@@ -5,22 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 
-import pytest
-
 from flwd_server.events.broadcast import Broadcaster, broadcast_stream, can_take_over, chunk
-from flwd_server.events.hub import EventHub
-from flwd_server.store.sqlite import SQLiteStore
-
-
-@pytest.fixture
-def hub(tmp_path):
-    store = SQLiteStore(tmp_path / "flwd.db")
-    store.migrate()
-    h = EventHub(store, poll_interval=0.01)
-    h.start()
-    yield h
-    h.close()
-    store.close()
 
 
 def read_until(sock: socket.socket, marker: bytes, limit: int = 1 << 20) -> bytes:

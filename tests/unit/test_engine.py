@@ -12,7 +12,7 @@ from flwd_server.engine import Engine
 from flwd_server.errors import PolicyDenied
 from flwd_server.models import Principal, Profile
 from flwd_server.planner import PlanRequest, plan_record
-from tests.helpers import wait_until
+from tests.fixtures.helpers import wait_until
 
 ADMIN = Principal("alice", frozenset(SCOPES))
 NO_DOWNGRADE = Principal("bob", frozenset(SCOPES) - {"runs:downgrade"})

@@ -36,9 +36,6 @@ def fill(store: Store, runs: int, events_per_run: int = 5, start: int = 0) -> No
     store.write(op)
 
 
-@pytest.fixture
-def store(sqlite_store):
-    return sqlite_store
 
 
 def records(store: Store, **params: str) -> list[dict]:
@@ -47,9 +44,9 @@ def records(store: Store, **params: str) -> list[dict]:
 
 
 def test_an_export_holds_every_run_and_every_event_in_order(any_store):
-    store = any_store
-    fill(store, 20)
-    out = records(store)
+    sqlite_store = any_store
+    fill(sqlite_store, 20)
+    out = records(sqlite_store)
     assert out[0]["record"] == "export" and out[-1] == {"record": "end", "runs": 20, "events": 100}
     runs = [r["run"]["id"] for r in out if r["record"] == "run"]
     assert runs == [f"run-{i:06d}" for i in range(20)]
@@ -76,9 +73,9 @@ def test_an_export_holds_every_run_and_every_event_in_order(any_store):
     ],
 )
 def test_filters_choose_the_runs(any_store, params, expected):
-    store = any_store
-    fill(store, 20, events_per_run=1)
-    out = records(store, **params)
+    sqlite_store = any_store
+    fill(sqlite_store, 20, events_per_run=1)
+    out = records(sqlite_store, **params)
     assert [int(r["run"]["id"][4:]) for r in out if r["record"] == "run"] == expected
     assert out[-1]["runs"] == len(expected) and out[-1]["events"] == len(expected)
 
@@ -113,22 +110,22 @@ def peak_memory(store: Store) -> int:
     return peak
 
 
-def test_an_export_of_ten_thousand_runs_needs_no_more_memory_than_one_of_a_thousand(store):
-    fill(store, 1000)
-    small = peak_memory(store)
-    fill(store, 9000, start=1000)
-    large = peak_memory(store)  # 10,000 runs, 50,000 events, about 8 MB of NDJSON
+def test_an_export_of_ten_thousand_runs_needs_no_more_memory_than_one_of_a_thousand(sqlite_store):
+    fill(sqlite_store, 1000)
+    small = peak_memory(sqlite_store)
+    fill(sqlite_store, 9000, start=1000)
+    large = peak_memory(sqlite_store)  # 10,000 runs, 50,000 events, about 8 MB of NDJSON
     assert large < small * 1.3 + 256 * 1024, f"peak {large} bytes for 10,000 runs vs {small} for 1,000: memory grows with the export"
     assert large < 4 * 1024 * 1024
 
 
-def test_a_paused_export_holds_no_read_transaction(store, tmp_path):
-    fill(store, 50, events_per_run=400)  # more than one chunk
-    chunks = export_lines(store, ExportFilter())
+def test_a_paused_export_holds_no_read_transaction(sqlite_store, tmp_path):
+    fill(sqlite_store, 50, events_per_run=400)  # more than one chunk
+    chunks = export_lines(sqlite_store, ExportFilter())
     next(chunks)
     next(chunks)  # the generator is suspended mid-export, as with a slow client
-    fill(store, 50, events_per_run=400, start=50)
-    other = sqlite3.connect(store.path, timeout=0.5, isolation_level=None)
+    fill(sqlite_store, 50, events_per_run=400, start=50)
+    other = sqlite3.connect(sqlite_store.path, timeout=0.5, isolation_level=None)
     try:
         busy, log_frames, checkpointed = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     finally:
@@ -139,9 +136,9 @@ def test_a_paused_export_holds_no_read_transaction(store, tmp_path):
     assert end["record"] == "end" and end["runs"] >= 50
 
 
-def test_closing_an_export_early_closes_its_connection(store):
-    fill(store, 50, events_per_run=400)
-    chunks = export_lines(store, ExportFilter())
+def test_closing_an_export_early_closes_its_connection(sqlite_store):
+    fill(sqlite_store, 50, events_per_run=400)
+    chunks = export_lines(sqlite_store, ExportFilter())
     next(chunks)
     next(chunks)
     frame = chunks.gi_frame

@@ -13,7 +13,7 @@ from flwd_server.config import GitSettings
 from flwd_server.errors import UnsafeSource
 from flwd_server.sources.git import GitSource
 from flwd_server.sources.safety import git_allow_protocol, ref_problem, url_problem
-from tests.helpers import require_tool
+from tests.fixtures.helpers import require_tool
 
 DEFAULT = GitSettings().allowed_schemes
 

@@ -13,7 +13,7 @@ import pytest
 from flwd_server.models import Step
 from flwd_server.runs.capture import LineSplitter, OutputBudget, StepOutput
 from flwd_server.runs.host_executor import HostStep, StepLimits, group_alive, run_host_step
-from tests.helpers import wait_until
+from tests.fixtures.helpers import wait_until
 
 
 class Collector:

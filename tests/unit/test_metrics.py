@@ -14,16 +14,6 @@ from flwd_server.store import Store
 from tests.fixtures.postgres import open_backend
 
 
-@pytest.fixture
-def store(store_spec):
-    """Each test on SQLite and on PostgreSQL."""
-    s = open_backend(store_spec)
-    s.migrate()
-    metrics.install(s)
-    yield s
-    s.close()
-
-
 def add_run(store: Store, run_id: str, job: str = "hello", status: str = "succeeded", started: float = 10.0, finished: float = 12.5, steps: tuple[float, ...] = (0.3,)) -> None:
     """A run and the events a real one writes, inserted directly."""
 
@@ -84,6 +74,7 @@ def test_each_event_is_counted_once_however_often_and_wherever_metrics_are_read(
 
 
 def test_pruning_never_makes_a_counter_go_down(store):
+    metrics.install(store)
     for i in range(5):
         add_run(store, f"r{i}")
     assert store.prune(2) == 3  # never scraped before: the pruned runs' events are folded first

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
-from flwd_server.engine import Engine
 from flwd_server.web.access import PUBLIC, required_scope
-from flwd_server.web.app import create_app
 from flwd_server.web.openapi import openapi_document
 from flwd_server.web.query_params import declared_query_parameters, openapi_path
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 
 
-@pytest.fixture
-def app(make_settings):
-    engine = Engine(make_settings(dev=True))
-    yield create_app(engine=engine)
-    engine.close(grace=0)
 
 
 def url_map_operations(app) -> dict[tuple[str, str], str | None]:

@@ -15,7 +15,7 @@ from flwd_server.engine import Engine
 from flwd_server.models import Principal, RunStatus
 from flwd_server.planner import PlanRequest
 from flwd_server.store.owners import owner_id, owner_is_dead, recover_lost_runs
-from tests.helpers import processes_of_run, wait_until
+from tests.fixtures.helpers import processes_of_run, wait_until
 from tests.unit.test_store import _plan, _public
 
 

@@ -15,7 +15,7 @@ from flwd_server.models import RunStatus
 from flwd_server.store import open_store
 from flwd_server.store.postgres import CHANNEL, PostgresStore
 from flwd_server.store.postgres_sql import translate
-from tests.helpers import wait_until
+from tests.fixtures.helpers import wait_until
 from tests.unit.test_store import _plan, _public, queue_runs
 
 

@@ -13,7 +13,7 @@ from flwd_server.planner import PlanRequest
 from flwd_server.runs.runner import HOUSEKEEP_EVERY
 from flwd_server.store import Store
 from flwd_server.store.sqlite import SQLiteStore
-from tests.helpers import wait_until
+from tests.fixtures.helpers import wait_until
 
 
 def insert(store: Store, run_id: str, status: str, events: int = 3) -> None:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from flask import Response
 
 from flwd_server.auth.bearer import SCOPES
-from flwd_server.engine import Engine
 from flwd_server.web.access import PUBLIC
-from flwd_server.web.app import create_app
 from tests.fixtures.tokens import app_routes
 
 # DESIGN.md, "HTTP API": (method, rule with parameters as {}) -> scope.  Routes added by other
@@ -39,11 +36,6 @@ DESIGN_SCOPES = {
 PUBLIC_PATHS = {"/healthz", "/openapi.json"}
 
 
-@pytest.fixture
-def app(make_settings):
-    engine = Engine(make_settings(dev=True))
-    yield create_app(engine=engine)
-    engine.close(grace=0)
 
 
 def test_every_route_declares_a_known_scope_or_is_public(app):

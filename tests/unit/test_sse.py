@@ -12,24 +12,7 @@ import pytest
 from flwd_server.errors import BadRequest, Unavailable
 from flwd_server.events.hub import EventHub
 from flwd_server.events.sse import HEARTBEAT, ClosingStream, StreamSlots, event_stream, parse_last_event_id
-from flwd_server.store.sqlite import SQLiteStore
-from tests.helpers import wait_until
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = SQLiteStore(tmp_path / "flwd.db")
-    s.migrate()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def hub(store):
-    h = EventHub(store, poll_interval=0.01, max_events=50)
-    h.start()
-    yield h
-    h.close()
+from tests.fixtures.helpers import wait_until
 
 
 def frames(stream, count):
@@ -61,28 +44,28 @@ def test_a_forged_last_event_id_is_a_400(bad):
         parse_last_event_id(bad, None)
 
 
-def test_history_then_live_then_the_stream_ends_after_the_run_finishes(store, hub):
-    store.emit("r1", "run.queued", {})
-    store.emit("r2", "run.queued", {})
-    store.flush()
+def test_history_then_live_then_the_stream_ends_after_the_run_finishes(sqlite_store, hub):
+    sqlite_store.emit("r1", "run.queued", {})
+    sqlite_store.emit("r2", "run.queued", {})
+    sqlite_store.flush()
     stream = event_stream(hub, after=0, run_id="r1", heartbeat=5)
     assert next(stream).startswith(b"retry: ")
     assert [e["event"] for e in parse(next(stream))] == ["run.queued"]
-    store.emit("r1", "step.output", {"line": "hi"})
-    store.emit("r1", "run.finished", {"status": "succeeded"})
+    sqlite_store.emit("r1", "step.output", {"line": "hi"})
+    sqlite_store.emit("r1", "run.finished", {"status": "succeeded"})
     rest = b"".join(stream)  # ends by itself
     assert [e["event"] for e in parse(rest)] == ["step.output", "run.finished"]
     assert all(e["data"]["run_id"] == "r1" for e in parse(rest))
 
 
-def test_an_idle_stream_sends_heartbeat_comments(store, hub):
+def test_an_idle_stream_sends_heartbeat_comments(sqlite_store, hub):
     stream = event_stream(hub, after=0, heartbeat=0.1, max_duration=0.35)
     got = list(stream)
     assert got[0].startswith(b"retry:")
     assert got[1:].count(HEARTBEAT) >= 2 and set(got[1:]) == {HEARTBEAT}  # then it closed at max_duration
 
 
-def test_streams_end_when_the_server_shuts_down(store, hub):
+def test_streams_end_when_the_server_shuts_down(sqlite_store, hub):
     stream = event_stream(hub, after=0, heartbeat=10, max_duration=60)
     next(stream)
     closer = threading.Timer(0.2, hub.close)
@@ -92,10 +75,10 @@ def test_streams_end_when_the_server_shuts_down(store, hub):
     assert time.monotonic() - started < 2
 
 
-def test_a_reader_behind_the_buffer_reads_history_from_the_database(store, hub):
+def test_a_reader_behind_the_buffer_reads_history_from_the_database(sqlite_store, hub):
     for i in range(200):
-        store.emit("r", "step.output", {"i": i})
-    store.flush()
+        sqlite_store.emit("r", "step.output", {"i": i})
+    sqlite_store.flush()
     wait_until(lambda: hub.last_id >= 200, 5, message="the hub to see 200 events")
     assert len(hub._events) <= 50  # the buffer is bounded
     got, position = [], 0
@@ -107,9 +90,9 @@ def test_a_reader_behind_the_buffer_reads_history_from_the_database(store, hub):
     assert got == list(range(200))
 
 
-def test_an_idle_server_runs_no_query_on_the_events_table(store, hub):
-    store.emit(None, "x", {})
-    store.flush()
+def test_an_idle_server_runs_no_query_on_the_events_table(sqlite_store, hub):
+    sqlite_store.emit(None, "x", {})
+    sqlite_store.flush()
     wait_until(lambda: hub.last_id == 1, 5, message="the first event")
     queries = hub.queries
     polls = hub.polls
@@ -117,11 +100,11 @@ def test_an_idle_server_runs_no_query_on_the_events_table(store, hub):
     assert hub.queries == queries  # data_version did not move: no SELECT on events
 
 
-def test_a_write_from_another_process_is_seen_promptly(store, hub, tmp_path):
+def test_a_write_from_another_process_is_seen_promptly(sqlite_store, hub, tmp_path):
     import subprocess
     import sys
 
-    code = f"from flwd_server.store.sqlite import SQLiteStore; s = SQLiteStore({store.path!r}); s.emit('other', 'from.elsewhere', {{}}); s.close()"
+    code = f"from flwd_server.store.sqlite import SQLiteStore; s = SQLiteStore({sqlite_store.path!r}); s.emit('other', 'from.elsewhere', {{}}); s.close()"
     subprocess.run([sys.executable, "-c", code], check=True)
     started = time.monotonic()
     wait_until(lambda: hub.last_id >= 1, 2, 0.005, message="the other process's event")
@@ -129,19 +112,19 @@ def test_a_write_from_another_process_is_seen_promptly(store, hub, tmp_path):
     assert hub.read(0)[0][0].type == "from.elsewhere"
 
 
-def test_idle_streams_do_not_let_the_wal_grow(store, hub, tmp_path):
+def test_idle_streams_do_not_let_the_wal_grow(sqlite_store, hub, tmp_path):
     streams = [event_stream(hub, after=0, heartbeat=0.05, max_duration=30) for _ in range(20)]
     for s in streams:
         next(s)
     for _ in range(10):
         for i in range(1000):
-            store.emit("w", "step.output", {"i": i, "pad": "x" * 100})
-        store.flush()
+            sqlite_store.emit("w", "step.output", {"i": i, "pad": "x" * 100})
+        sqlite_store.flush()
         for s in streams:
             next(s)  # each stream reads, nothing holds a snapshot across yields
-        busy, _, _ = store.checkpoint("PASSIVE")
+        busy, _, _ = sqlite_store.checkpoint("PASSIVE")
         assert busy == 0
-    store.checkpoint("TRUNCATE")
+    sqlite_store.checkpoint("TRUNCATE")
     wal = tmp_path / "flwd.db-wal"
     assert wal.stat().st_size < 4 * 1024 * 1024
 
@@ -163,17 +146,17 @@ def test_stream_slots_cap_streams_and_are_released_exactly_once():
     assert slots.open == 1  # released once, although the generator never ran
 
 
-def test_a_commit_in_another_process_wakes_the_poller_at_once(store):
+def test_a_commit_in_another_process_wakes_the_poller_at_once(sqlite_store):
     import subprocess
     import sys
 
-    slow = EventHub(store, poll_interval=30.0)  # polling alone would take 30 s
+    slow = EventHub(sqlite_store, poll_interval=30.0)  # polling alone would take 30 s
     slow.start()
     wait_until(lambda: slow.polls >= 0 and slow._thread.is_alive(), 2)
     wait_until(lambda: slow.wakeups.prefix in Path("/proc/net/unix").read_text(), 5, message="the poller's socket")
     code = (
         "from flwd_server.store.sqlite import SQLiteStore; from flwd_server.events.hub import EventHub; "
-        f"s = SQLiteStore({store.path!r}); EventHub(s); s.emit('other', 'from.elsewhere', {{}}); s.close()"
+        f"s = SQLiteStore({sqlite_store.path!r}); EventHub(s); s.emit('other', 'from.elsewhere', {{}}); s.close()"
     )
     started = time.monotonic()
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -190,7 +173,7 @@ def test_a_crowded_worker_pauses_streams_between_writes_and_a_lone_stream_never_
     assert crowd_pause(5000, 0.05) == 0.05
 
 
-def test_many_waiting_streams_are_all_woken_by_one_batch(store, hub):
+def test_many_waiting_streams_are_all_woken_by_one_batch(sqlite_store, hub):
     woken = []
     ready = threading.Barrier(201)
 
@@ -204,26 +187,26 @@ def test_many_waiting_streams_are_all_woken_by_one_batch(store, hub):
         t.start()
     ready.wait()
     wait_until(lambda: len(hub._waiters) == 200, 5, message="every follower to park")
-    store.emit("busy", "step.output", {"line": "x"})
+    sqlite_store.emit("busy", "step.output", {"line": "x"})
     for t in threads:
         t.join(10)
     assert len(woken) == 200 and hub._waiters == []
 
 
-def test_without_followers_the_hub_reads_only_control_events_and_still_serves_history(store, hub):
-    store.emit("r", "run.queued", {})
+def test_without_followers_the_hub_reads_only_control_events_and_still_serves_history(sqlite_store, hub):
+    sqlite_store.emit("r", "run.queued", {})
     for i in range(100):
-        store.emit("r", "step.output", {"i": i})
-    store.emit("r", "run.finished", {"status": "succeeded"})
-    store.flush()
+        sqlite_store.emit("r", "step.output", {"i": i})
+    sqlite_store.emit("r", "run.finished", {"status": "succeeded"})
+    sqlite_store.flush()
     wait_until(lambda: hub.last_id == 102, 5, message="the hub to move past every event")
     assert hub._events == []  # nobody watches: output was not read into memory
     hub.watch()
     try:
         events, _ = hub.read(0, "r")
         assert [e.type for e in events] == ["run.queued"] + ["step.output"] * 100 + ["run.finished"]
-        store.emit("r2", "step.output", {"i": 1})
-        store.flush()
+        sqlite_store.emit("r2", "step.output", {"i": 1})
+        sqlite_store.flush()
         wait_until(lambda: [e.run_id for e in hub._events] == ["r2"], 5, message="a watched hub to buffer output")
     finally:
         hub.unwatch()

@@ -35,9 +35,6 @@ def queue_runs(store: Store, count: int) -> list[str]:
     return [store.create_run(plan=_plan(), public=_public(), submitted_by="t", initial_events=[("run.queued", {})])[0].id for _ in range(count)]
 
 
-@pytest.fixture
-def store(any_store):
-    return any_store
 
 
 def test_every_connection_has_the_pragmas(sqlite_store):

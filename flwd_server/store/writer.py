@@ -20,9 +20,9 @@ import contextlib
 import logging
 import threading
 import time
-from _thread import allocate_lock as _allocate_lock
 from collections import deque
 from collections.abc import Callable
+from threading import Lock as _allocate_lock  # a plain lock: the cheapest thing to block on
 from typing import Any
 
 from ..errors import StorageError, Unavailable

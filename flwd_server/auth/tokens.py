@@ -3,7 +3,7 @@
 No Flask here.  :class:`TokenVerifier` turns a compact JWT into a
 :class:`~flwd_server.models.Principal` or raises
 :class:`~flwd_server.errors.Unauthenticated` with a fixed message (never an
-exception's text).  What it enforces, and why (PITFALLS 4):
+exception's text).  What it enforces, and why:
 
 - The key is chosen by the header's ``kid``, and its algorithm is pinned by
   the key's type: RSA verifies RS256 only, EC P-256 ES256, OKP Ed25519 EdDSA.

@@ -1,6 +1,6 @@
 """A small OCI distribution client: manifests and blobs, pulled and pushed, hashed as received.
 
-What it guards against (see PITFALLS 7.5-7.7):
+What it guards against:
 
 * ``Docker-Content-Digest`` is never trusted: the exact bytes received are
   hashed, and a manifest or blob whose bytes do not match the digest asked for

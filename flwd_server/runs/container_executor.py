@@ -1,6 +1,6 @@
 """Container steps through the docker SDK, on Docker or podman's compatible socket.
 
-The order and the guards come from PITFALLS section 6:
+The order and the guards answer known traps of the docker SDK on podman:
 
 * The image is pulled as ``registry/repo@sha256:…`` (never tag plus digest),
   its ``RepoDigests`` must contain that digest, and the container is created

@@ -2,7 +2,8 @@
 
 GitPython refuses ``ext::`` URLs and known unsafe options on its high-level
 calls, but a value that reaches ``repo.git.<cmd>(...)`` bypasses every check
-(PITFALLS 5.1-5.3).  So flwd validates the user's URL and ref itself and only
+(a URL such as ``ext::sh -c ...`` runs a command; an option in a ref is an
+option).  So flwd validates the user's URL and ref itself and only
 ever hands git values that passed, plus constants of its own:
 
 * a URL must use a scheme from ``git.allowed_schemes``; ``<transport>::``

@@ -310,7 +310,7 @@ def test_a_partial_auth_config_names_what_is_missing(tmp_path):
     assert "auth.audience" in output and "auth.jwk_file" in output, output
 
 
-# -- development CORS (PITFALLS 8.4) ---------------------------------------------
+# -- development CORS ---------------------------------------------------------------
 
 
 def preflight(server: ServerProcess, origin: str, **headers: str) -> requests.Response:

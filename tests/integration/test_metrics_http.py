@@ -1,6 +1,7 @@
 """GET /metrics on a server with two gunicorn workers: a real Prometheus parser reads it and
-its numbers match what the test did, whichever worker answers. Also PITFALLS 1.1 and 1.3:
-the per-worker stream cap, and a client that reads one event and leaves frees its slot."""
+its numbers match what the test did, whichever worker answers. Also the per-worker stream cap
+(streams must not take every request thread), and a client that reads one event and leaves frees
+its slot (WSGI sees a disconnect only when a write fails)."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def test_open_streams_are_counted_across_workers_and_freed_when_clients_leave(tw
     clients = [open_stream(server) for _ in range(4)]
     for _ in range(6):
         assert sample(scrape(server), "flwd_sse_clients") == 4
-    for client in clients:  # PITFALLS 1.3: read one event, then vanish
+    for client in clients:  # read one event, then vanish
         client.close()
     started = time.monotonic()
     wait_until(lambda: sample(scrape(server), "flwd_sse_clients") == 0, 0.3 + 2, 0.05, "the streams of closed clients to be freed")
@@ -132,7 +133,7 @@ def test_the_stream_cap_answers_503_with_retry_after_while_healthz_still_answers
     finally:
         for client in clients:
             client.close()
-    # Freed (PITFALLS 1.3): a new stream is accepted again within heartbeat + 2 s.
+    # Freed (the next heartbeat's write fails): a new stream is accepted again within heartbeat + 2 s.
     def accepted() -> bool:
         with server.get("/events", stream=True, timeout=5) as response:
             return response.status_code == 200

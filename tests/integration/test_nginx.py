@@ -1,4 +1,4 @@
-"""flwd behind real nginx with TLS (etc/nginx/flwd.conf): the seed's calls over https,
+"""flwd behind real nginx with TLS (etc/nginx/flwd.conf): the reference page's calls over https,
 events as they are produced, no compression on streams, heartbeats through the proxy."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from flwd_server.models import parse_iso
 from tests.fixtures.helpers import require_tool, sse_events, wait_until
 from tests.fixtures.nginx import NginxProxy, start_nginx
 from tests.fixtures.server import ServerProcess
-from tests.integration.test_seed_commands import LIST_JOBS, PLAN, STREAM, SUBMIT
+from tests.integration.test_reference_page import LIST_JOBS, PLAN, STREAM, SUBMIT
 
 pytestmark = pytest.mark.nginx
 
@@ -64,7 +64,7 @@ def curl_over_https(command: str, proxy: NginxProxy, timeout: float = 30) -> str
     return done.stdout
 
 
-def test_the_seed_curl_commands_work_over_https_through_nginx(proxy):
+def test_the_reference_page_curl_commands_work_over_https_through_nginx(proxy):
     jobs = json.loads(curl_over_https(LIST_JOBS, proxy))
     assert "hello-world" in [job["name"] for job in jobs["jobs"]]
     plan = json.loads(curl_over_https(PLAN, proxy))["plan"]

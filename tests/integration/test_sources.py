@@ -19,7 +19,7 @@ from tests.fixtures.helpers import read_stream, require_tool
 from tests.fixtures.server import ServerProcess
 
 # Verbatim from the reference page ("Working with sources"); the test swaps in its port and repository.
-SEED_ADD_SOURCE = """curl -s -X POST http://127.0.0.1:8080/sources \\
+ADD_SOURCE = """curl -s -X POST http://127.0.0.1:8080/sources \\
     -H 'Authorization: Bearer dev-token' \\
     -H 'Content-Type: application/json' \\
     -d '{"type":"git","name":"tools","url":"file:///home/me/repos/tools","ref":"main"}'"""
@@ -61,9 +61,9 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="module")
 def tools(srv: ServerProcess, tools_repo: GitRepo) -> dict[str, Any]:
-    """The seed's POST /sources example, run literally through curl."""
+    """The reference page's POST /sources example, run literally through curl."""
     require_tool("curl")
-    command = SEED_ADD_SOURCE.replace("127.0.0.1:8080", f"127.0.0.1:{srv.port}").replace("file:///home/me/repos/tools", tools_repo.url)
+    command = ADD_SOURCE.replace("127.0.0.1:8080", f"127.0.0.1:{srv.port}").replace("file:///home/me/repos/tools", tools_repo.url)
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["source"]
@@ -84,7 +84,7 @@ def output_lines(server: ServerProcess, run_id: str) -> list[str]:
     return [e["data"]["data"]["line"] for e in server.events(run_id) if e["event"] == "step.output"]
 
 
-def test_the_seed_example_registers_the_repository_and_its_jobs(srv, tools, tools_repo):
+def test_the_reference_page_example_registers_the_repository_and_its_jobs(srv, tools, tools_repo):
     assert tools["name"] == "tools" and tools["type"] == "git" and tools["origin"] == "api"
     assert tools["url"] == tools_repo.url and tools["ref"] == "main"
     assert tools["revision"] == tools_repo.head()

@@ -107,7 +107,7 @@ def test_decisions_are_structured_log_lines(eng, caplog):
 
 def test_an_engine_built_before_a_fork_runs_jobs_in_the_child(make_settings):
     """gunicorn --preload: the app and its engine exist before the fork; the child must not reuse
-    the parent's pool, dispatcher or connections (PITFALLS 3.1).  The parent's threads are idle at
+    the parent's pool, dispatcher or connections (threads do not survive a fork).  The parent's threads are idle at
     the fork, as they are in gunicorn's master."""
     engine = Engine(make_settings(**{"sse.poll_interval": 0.01}))
     engine.runner._pool = parent_pool = ThreadPoolExecutor(max_workers=1)  # as if created at import

@@ -1,4 +1,4 @@
-"""URL and ref validation for git sources, and the git-level guards behind it (PITFALLS 5.1-5.5)."""
+"""URL and ref validation for git sources, and the git-level guards behind it."""
 
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def test_a_git_source_with_an_unsafe_url_or_ref_is_refused_before_anything_is_wr
 
 
 def test_gitpython_itself_refuses_ext_urls_and_upload_pack_options(tmp_path):
-    """Defence in depth (PITFALLS 5.1, 5.2): the GitPython we depend on refuses these on its own."""
+    """Defence in depth: the GitPython we depend on refuses these on its own."""
     require_tool("git")
     marker = tmp_path / "pwned"
     with pytest.raises(git.exc.UnsafeProtocolError):
@@ -176,7 +176,7 @@ def test_git_itself_refuses_ext_under_the_environment_flwd_gives_it(tmp_path):
 
 
 def test_job_files_never_leave_the_checkout(tmp_path: Path):
-    """A symlink committed to point outside is listed as an error, never read (PITFALLS 5.6)."""
+    """A symlink committed to point outside is listed as an error, never read."""
     from flwd_server.sources.base import scan_jobs
 
     root = tmp_path / "checkout"

@@ -1,4 +1,4 @@
-"""SSE framing and the event hub: resume, heartbeats, closing, one poller per process (PITFALLS 1, 2.4, 2.8)."""
+"""SSE framing and the event hub: resume, heartbeats, closing, one poller per process."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""PITFALLS 1.4: an idle stream sends a heartbeat comment at least every 15 s (fake clock, no waiting)."""
+"""An idle stream sends a heartbeat comment at least every 15 s, so proxies (nginx waits 60 s by
+default) keep it open (fake clock, no waiting)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The store on both backends: transactions, claims across processes, fork safety (PITFALLS 2).
+"""The store on both backends: transactions, claims across processes, fork safety.
 
 ``store`` runs each test on SQLite and on PostgreSQL (a throwaway cluster,
 tests/fixtures/postgres.py); ``sqlite_store`` is for what only SQLite has

@@ -1,4 +1,4 @@
-"""Every error is application/problem+json, whatever raised it (PITFALLS 8.2)."""
+"""Every error is application/problem+json, whatever raised it."""
 
 from __future__ import annotations
 

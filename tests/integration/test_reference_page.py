@@ -31,7 +31,7 @@ def shell(command: str, port: int, timeout: float = 30) -> str:
     return done.stdout
 
 
-def test_seed_curl_commands_work_as_written(server):
+def test_the_reference_page_curl_commands_work_as_written(server):
     jobs = json.loads(shell(LIST_JOBS, server.port))
     assert "hello-world" in [job["name"] for job in jobs["jobs"]]
     hello = next(job for job in jobs["jobs"] if job["name"] == "hello-world")

@@ -1,0 +1,1 @@
+"""Containers: the engine and its socket, image references, the OCI registry client, signatures, add-ons."""

@@ -1,0 +1,1 @@
+"""Executing runs: the runner (claims, steps, cancel, shutdown) and the host and container executors."""

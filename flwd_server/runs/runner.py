@@ -1,4 +1,4 @@
-"""The pool that executes runs: claims from the store, runs steps, reports through hooks.
+"""The pool that executes runs: claims from the store, runs steps, reports through events.
 
 One :class:`Runner` per process.  Its thread pool and dispatcher thread are
 created on first use *in the process that uses them* (never before a fork).

@@ -1,4 +1,4 @@
-"""Plain WSGI entry point for gunicorn, uWSGI or mod_wsgi: ``flwd_server.web.wsgi:app``.
+"""Plain WSGI entry point for gunicorn, uWSGI or mod_wsgi, loaded as ``flwd_server.wsgi:app``.
 
 Configure it with ``FLWD_CONFIG=/etc/flwd/server.yaml`` and ``FLWD_*`` variables.
 Like ``flwd :serve``, it refuses to load without a way to verify tokens.

@@ -77,3 +77,53 @@ def test_finished_runs_are_spelled_as_the_run_statuses_say():
     exactly the statuses that are not terminal."""
     unfinished = ", ".join(f"'{s.value}'" for s in RunStatus if not s.is_terminal)
     assert FINISHED_RUNS == f"status NOT IN ({unfinished})"
+
+
+# What flwd 0.1.0 created outside its migrations, at every start (metrics.install_schema then).
+SCHEMA1_EXTRAS = """
+CREATE TABLE IF NOT EXISTS metric_totals (name TEXT NOT NULL, labels TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (name, labels)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS process_gauges (owner TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (owner, name)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_counted ON events(id) WHERE type <> 'step.output';
+CREATE INDEX IF NOT EXISTS runs_finished_seq ON runs(seq) WHERE status NOT IN ('queued', 'running')
+"""
+
+
+def pg_layout(url: str) -> dict[str, list[tuple]]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        columns = conn.execute(
+            "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = 'public' ORDER BY table_name, column_name"
+        ).fetchall()
+        indexes = conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname").fetchall()
+    return {"columns": columns, "indexes": indexes}
+
+
+def test_a_postgres_database_made_by_flwd_0_1_0_upgrades_to_the_current_schema(postgres, postgres_url):
+    import psycopg
+
+    from flwd_server.store.postgres import PostgresStore
+    from flwd_server.store.postgres_sql import translate
+    from flwd_server.store.schema import statements
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for statement in [*statements(1), *SCHEMA1_EXTRAS.split(";")]:
+            conn.execute(translate(statement).replace("%%", "%"))
+        conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '1'), ('digest_key', 'ab')")
+        conn.execute(
+            "INSERT INTO runs(id, job, source, args, status, profile, submitted_by, created_at, plan) "
+            "VALUES ('r1', 'hello-world', 'examples', '{}', 'succeeded', 'secure', 'dev', 1, '{}')"
+        )
+    store = PostgresStore(postgres_url)
+    fresh_url = postgres.create_database()
+    fresh = PostgresStore(fresh_url)
+    try:
+        assert store.migrate() == SCHEMA_VERSION and fresh.migrate() == SCHEMA_VERSION
+        assert store.meta("schema_version") == str(SCHEMA_VERSION)
+        assert pg_layout(postgres_url) == pg_layout(fresh_url)
+        assert [r.id for r in store.list_runs()[0]] == ["r1"]
+    finally:
+        store.close()
+        fresh.close()
+        postgres.drop_database(fresh_url)

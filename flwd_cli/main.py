@@ -18,6 +18,7 @@ import click
 from flwd_server import __version__
 from flwd_server.config import load_settings
 from flwd_server.errors import FlwdError
+from flwd_server.models import Profile, RunStatus
 
 from . import output
 from .backends import RemoteError
@@ -25,6 +26,9 @@ from .commands import register as register_commands
 from .options import parse_arg_pairs, with_backend
 
 RESERVED = {"server", "token", "config", "profile", "source", "detach", "json", "arg", "help", "quiet"}
+# The values, not the enums: click would show and accept the members' names.
+PROFILE_CHOICE = click.Choice([p.value for p in Profile])
+STATUS_CHOICE = click.Choice([s.value for s in RunStatus])
 
 
 class FlwdGroup(click.Group):
@@ -58,7 +62,7 @@ def cli() -> None:
 
 @cli.command(":serve")
 @click.option("--bind", help="Listen address HOST:PORT (default 127.0.0.1:8080).")
-@click.option("--profile", type=click.Choice(["secure", "permissive", "disabled"]), help="Default security profile.")
+@click.option("--profile", type=PROFILE_CHOICE, help="Default security profile.")
 @click.option("--dev", is_flag=True, default=None, help="Accept dev-token and CORS from http://localhost (local experiments only).")
 @click.option("--config", "config_path", envvar="FLWD_CONFIG", type=click.Path(exists=True, dir_okay=False), help="Server config file (YAML).")
 @click.option("--workers", type=click.IntRange(1, 64), help="Worker processes.")
@@ -104,7 +108,7 @@ def jobs_command(backend: Any, source: str | None, as_json: bool) -> None:
 @click.argument("job")
 @click.option("--arg", "pairs", multiple=True, metavar="NAME=VALUE", help="A job argument (repeatable).")
 @click.option("--source", help="Take the job from this source.")
-@click.option("--profile", type=click.Choice(["secure", "permissive", "disabled"]), help="Ask for this profile.")
+@click.option("--profile", type=PROFILE_CHOICE, help="Ask for this profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @with_backend
 def plan_command(backend: Any, job: str, pairs: tuple[str, ...], source: str | None, profile: str | None, as_json: bool) -> None:
@@ -115,7 +119,7 @@ def plan_command(backend: Any, job: str, pairs: tuple[str, ...], source: str | N
 
 
 @cli.command(":runs")
-@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "rejected", "lost"]))
+@click.option("--status", type=STATUS_CHOICE)
 @click.option("--job", help="Only runs of this job.")
 @click.option("--source", help="Only runs from this source.")
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
@@ -189,7 +193,7 @@ def job_command(name: str) -> click.Command:
     @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
     @click.option("--arg", "pairs", multiple=True, metavar="NAME=VALUE", help="A job argument.")
     @click.option("--source", help="Take the job from this source.")
-    @click.option("--profile", type=click.Choice(["secure", "permissive", "disabled"]))
+    @click.option("--profile", type=PROFILE_CHOICE)
     @click.option("--detach", is_flag=True, help="Print the run id and return at once.")
     @click.option("--quiet", is_flag=True, help="Only the job's own output.")
     @with_backend

@@ -20,8 +20,9 @@ import yaml
 
 from .errors import ConfigError
 from .logs import redact_url
+from .models import Profile
 
-PROFILES = ("secure", "permissive", "disabled")
+PROFILES = tuple(p.value for p in Profile)
 
 
 def _opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimum: float | None = None) -> Any:

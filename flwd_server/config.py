@@ -25,8 +25,8 @@ from .models import Profile
 PROFILES = tuple(p.value for p in Profile)
 
 
-def _opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimum: float | None = None) -> Any:
-    meta = {"help": help, "choices": choices, "minimum": minimum}
+def _opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimum: float | None = None, maximum: float | None = None) -> Any:
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum}
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults")
     return field(default=default, metadata=meta)
@@ -103,8 +103,8 @@ class Settings:
     db_pool_size: int = _opt(8, "PostgreSQL connections per process for reads and claims (the writer and the event listener have their own).", minimum=1)
     liveness_timeout: float = _opt(15.0, "Seconds without a heartbeat after which a process on another host counts as dead and its runs end lost.", minimum=5)
     dev: bool = _opt(False, "Development mode: accept `dev-token`, CORS for http://localhost.")
-    workers: int = _opt(2, "gunicorn worker processes.", minimum=1)
-    threads: int = _opt(32, "Request threads per worker (each open SSE stream holds one).", minimum=2)
+    workers: int = _opt(2, "gunicorn worker processes.", minimum=1, maximum=64)
+    threads: int = _opt(32, "Request threads per worker (each open SSE stream holds one).", minimum=2, maximum=10000)
     shutdown_grace: float = _opt(20.0, "Seconds running jobs get to finish on SIGTERM before they are cancelled.", minimum=0)
     log_level: str = _opt("info", "Log level.", ("debug", "info", "warning", "error"))
     bundled_jobs: bool = _opt(True, "Serve the bundled example source `examples`.")
@@ -242,6 +242,9 @@ def _coerce(key: str, hint: Any, value: Any, meta: dict[str, Any]) -> Any:
     minimum = meta.get("minimum")
     if minimum is not None and value < minimum:
         raise ConfigError(key, f"must be at least {minimum}, got {value!r}")
+    maximum = meta.get("maximum")
+    if maximum is not None and value > maximum:
+        raise ConfigError(key, f"must be at most {maximum}, got {value!r}")
     return value
 
 

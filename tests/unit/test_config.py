@@ -47,6 +47,8 @@ def test_the_seed_example_config_loads_exactly(tmp_path):
         ("bnd: 1.2.3.4:80\n", "bnd", "unknown setting"),
         ("limits:\n  max_concurrent_runs: many\n", "limits.max_concurrent_runs", "expected an integer"),
         ("limits:\n  max_concurrent_runs: 0\n", "limits.max_concurrent_runs", "at least 1"),
+        ("workers: 500\n", "workers", "must be at most 64, got 500"),
+        ("threads: 10001\n", "threads", "must be at most 10000, got 10001"),
         ("limits:\n  max_concurent_runs: 2\n", "limits.max_concurent_runs", "unknown setting"),
         ("default_profile: relaxed\n", "default_profile", "expected one of secure, permissive, disabled"),
         ("dev: yes please\n", "dev", "expected true or false"),
@@ -90,6 +92,13 @@ def test_precedence_is_defaults_then_file_then_environment_then_flags(tmp_path):
 def test_environment_values_are_validated_too():
     with pytest.raises(ConfigError, match="limits.max_concurrent_runs: expected an integer"):
         load_settings(None, environ={"FLWD_LIMITS__MAX_CONCURRENT_RUNS": "lots"})
+
+
+def test_the_upper_bounds_hold_for_the_environment_too():
+    with pytest.raises(ConfigError, match="^workers: must be at most 64, got 500$") as caught:
+        load_settings(None, environ={"FLWD_WORKERS": "500"})
+    assert caught.value.key == "workers"
+    assert load_settings(None, environ={"FLWD_WORKERS": "64", "FLWD_THREADS": "10000"}).workers == 64
 
 
 def test_duplicate_source_names_are_refused(tmp_path):

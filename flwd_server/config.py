@@ -306,16 +306,38 @@ def known_keys(cls: type = Settings, prefix: str = "") -> typing.Iterator[str]:
             yield key
 
 
-def describe(cls: type = Settings, prefix: str = "") -> typing.Iterator[tuple[str, Any, str]]:
-    """Yield ``(key, default, help)`` for every setting, for docs and the reference file."""
+@dataclass(frozen=True)
+class Declaration:
+    """One setting as declared: the reference file and the docs are made from these."""
+
+    key: str
+    hint: Any  # the value's type, without ``| None``
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+def declarations(cls: type = Settings, prefix: str = "") -> typing.Iterator[Declaration]:
+    """Every setting, sections flattened to dotted keys, in declaration order."""
     hints = typing.get_type_hints(cls)
     instance = cls()
     for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hints[f.name]):
-            yield from describe(hints[f.name], key + ".")
-        else:
-            yield key, getattr(instance, f.name), f.metadata.get("help", "")
+        key, hint = f"{prefix}{f.name}", hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from declarations(hint, key + ".")
+            continue
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        meta = f.metadata
+        yield Declaration(key, hint, getattr(instance, f.name), meta.get("help", ""), meta.get("choices"), meta.get("minimum"), meta.get("maximum"))
+
+
+def describe(cls: type = Settings, prefix: str = "") -> typing.Iterator[tuple[str, Any, str]]:
+    """Yield ``(key, default, help)`` for every setting, for docs and the reference file."""
+    for declared in declarations(cls, prefix):
+        yield declared.key, declared.default, declared.help
 
 
 def load_settings(

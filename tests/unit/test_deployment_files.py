@@ -4,6 +4,7 @@ and the nginx site agree with the server's shutdown and streaming behaviour."""
 from __future__ import annotations
 
 import configparser
+import itertools
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from flwd_server.config import known_keys, load_settings
+from flwd_server.config import declarations, known_keys, load_settings
 from flwd_server.web.serving import graceful_timeout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,6 +43,20 @@ def test_the_reference_server_yaml_loads_and_names_every_setting():
         name = key.rsplit(".", 1)[-1]
         block = text.split(f"\n{'  ' if '.' in key else ''}{name}:", 1)[0]
         assert block.rstrip().splitlines()[-1].lstrip().startswith("#"), f"{key} has no explanation above it"
+
+
+def test_the_reference_server_yaml_states_the_bounds_start_up_checks():
+    text = (ETC / "server.yaml").read_text()
+    assert "# gunicorn worker processes.\n# Allowed: 1 to 64.\nworkers: 2\n" in text
+    bounded = [d for d in declarations() if d.minimum is not None or d.maximum is not None]
+    assert {d.key for d in bounded} >= {"workers", "threads", "limits.max_concurrent_runs"}
+    for declared in bounded:
+        name = declared.key.rsplit(".", 1)[-1]
+        block = text.split(f"\n{'  ' if '.' in declared.key else ''}{name}:", 1)[0].splitlines()
+        comments = itertools.takewhile(lambda line: line.lstrip().startswith("#"), reversed(block))
+        allowed = next((line for line in comments if "# Allowed:" in line), "")
+        for bound in (declared.minimum, declared.maximum):
+            assert bound is None or f" {bound}" in allowed, f"{declared.key}: {bound} not stated above it"
 
 
 def test_systemd_stops_with_sigterm_to_the_master_and_waits_longer_than_the_grace():

@@ -24,6 +24,7 @@ from . import output
 from .backends import RemoteError
 from .commands import register as register_commands
 from .options import parse_arg_pairs, with_backend
+from .serve_flags import flag_overrides, setting_options
 
 RESERVED = {"server", "token", "config", "profile", "source", "detach", "json", "arg", "help", "quiet"}
 # The values, not the enums: click would show and accept the members' names.
@@ -60,35 +61,18 @@ def cli() -> None:
     """
 
 
-@cli.command(":serve")
-@click.option("--bind", help="Listen address HOST:PORT (default 127.0.0.1:8080).")
-@click.option("--profile", type=PROFILE_CHOICE, help="Default security profile.")
-@click.option("--dev", is_flag=True, default=None, help="Accept dev-token and CORS from http://localhost (local experiments only).")
-@click.option("--config", "config_path", envvar="FLWD_CONFIG", type=click.Path(exists=True, dir_okay=False), help="Server config file (YAML).")
-@click.option("--workers", type=click.IntRange(1, 64), help="Worker processes.")
-@click.option("--threads", type=click.IntRange(2, 10000), help="Request threads per worker.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the database and work dirs live.")
-@click.option("--db-path", type=click.Path(dir_okay=False), help="SQLite database file.")
-@click.option("--db-url", help="PostgreSQL URL (postgresql://USER@HOST/DB): several nodes share one database.")
-def serve_command(bind: str | None, profile: str | None, dev: bool | None, config_path: str | None, workers: int | None, threads: int | None, data_dir: str | None, db_path: str | None, db_url: str | None) -> None:
-    """Serve the HTTP + SSE API with gunicorn (gthread workers)."""
+_CONFIG_OPTION = click.Option(["--config", "config_path"], envvar="FLWD_CONFIG", type=click.Path(exists=True, dir_okay=False), help="Server config file (YAML).")
+
+
+@cli.command(":serve", params=[_CONFIG_OPTION, *setting_options()])
+def serve_command(config_path: str | None, **flags: Any) -> None:
+    """Serve the HTTP + SSE API with gunicorn (gthread workers).
+
+    A flag overrides the config file and FLWD_* for its setting (see etc/server.yaml).
+    """
     from flwd_server.web.serving import serve
 
-    overrides = {
-        key: value
-        for key, value in {
-            "bind": bind,
-            "default_profile": profile,
-            "dev": dev,
-            "workers": workers,
-            "threads": threads,
-            "data_dir": data_dir,
-            "db_path": db_path,
-            "db_url": db_url,
-        }.items()
-        if value is not None
-    }
-    serve(load_settings(config_path, overrides))
+    serve(load_settings(config_path, flag_overrides(flags)))
 
 
 @cli.command(":jobs")

@@ -25,8 +25,17 @@ from .models import Profile
 PROFILES = tuple(p.value for p in Profile)
 
 
-def _opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimum: float | None = None, maximum: float | None = None) -> Any:
-    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum}
+def _opt(
+    default: Any,
+    help: str,
+    choices: tuple[Any, ...] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    flag: str | None = None,
+    path: str | None = None,
+) -> Any:
+    """Declare a setting; ``flag`` is its ``flwd :serve`` option, ``path`` ("file" or "directory") what it names."""
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "flag": flag, "path": path}
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults")
     return field(default=default, metadata=meta)
@@ -95,16 +104,18 @@ class GitSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    bind: str = _opt("127.0.0.1:8080", "Listen address HOST:PORT ([::1]:PORT for IPv6).")
-    default_profile: str = _opt("secure", "Security profile of runs that ask for none.", PROFILES)
-    data_dir: str | None = _opt(None, "Where the database, clones and work dirs live (default: ~/.local/share/flwd).")
-    db_path: str | None = _opt(None, "SQLite database file (default: DATA_DIR/flwd.db).")
-    db_url: str | None = _opt(None, "PostgreSQL database (postgresql://USER@HOST/DB) shared by several flwd nodes, instead of SQLite; see docs/multinode.rst.")
+    bind: str = _opt("127.0.0.1:8080", "Listen address HOST:PORT ([::1]:PORT for IPv6).", flag="--bind")
+    default_profile: str = _opt("secure", "Security profile of runs that ask for none.", PROFILES, flag="--profile")
+    data_dir: str | None = _opt(None, "Where the database, clones and work dirs live (default: ~/.local/share/flwd).", flag="--data-dir", path="directory")
+    db_path: str | None = _opt(None, "SQLite database file (default: DATA_DIR/flwd.db).", flag="--db-path", path="file")
+    db_url: str | None = _opt(
+        None, "PostgreSQL database (postgresql://USER@HOST/DB) shared by several flwd nodes, instead of SQLite; see docs/multinode.rst.", flag="--db-url"
+    )
     db_pool_size: int = _opt(8, "PostgreSQL connections per process for reads and claims (the writer and the event listener have their own).", minimum=1)
     liveness_timeout: float = _opt(15.0, "Seconds without a heartbeat after which a process on another host counts as dead and its runs end lost.", minimum=5)
-    dev: bool = _opt(False, "Development mode: accept `dev-token`, CORS for http://localhost.")
-    workers: int = _opt(2, "gunicorn worker processes.", minimum=1, maximum=64)
-    threads: int = _opt(32, "Request threads per worker (each open SSE stream holds one).", minimum=2, maximum=10000)
+    dev: bool = _opt(False, "Development mode: accept `dev-token`, CORS for http://localhost.", flag="--dev")
+    workers: int = _opt(2, "gunicorn worker processes.", minimum=1, maximum=64, flag="--workers")
+    threads: int = _opt(32, "Request threads per worker (each open SSE stream holds one).", minimum=2, maximum=10000, flag="--threads")
     shutdown_grace: float = _opt(20.0, "Seconds running jobs get to finish on SIGTERM before they are cancelled.", minimum=0)
     log_level: str = _opt("info", "Log level.", ("debug", "info", "warning", "error"))
     bundled_jobs: bool = _opt(True, "Serve the bundled example source `examples`.")
@@ -308,7 +319,7 @@ def known_keys(cls: type = Settings, prefix: str = "") -> typing.Iterator[str]:
 
 @dataclass(frozen=True)
 class Declaration:
-    """One setting as declared: the reference file and the docs are made from these."""
+    """One setting as declared: the reference file, the docs and the ``:serve`` flags are made from these."""
 
     key: str
     hint: Any  # the value's type, without ``| None``
@@ -317,6 +328,8 @@ class Declaration:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    flag: str | None = None
+    path: str | None = None
 
 
 def declarations(cls: type = Settings, prefix: str = "") -> typing.Iterator[Declaration]:
@@ -330,8 +343,7 @@ def declarations(cls: type = Settings, prefix: str = "") -> typing.Iterator[Decl
             continue
         if typing.get_origin(hint) in (typing.Union, types.UnionType):
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        meta = f.metadata
-        yield Declaration(key, hint, getattr(instance, f.name), meta.get("help", ""), meta.get("choices"), meta.get("minimum"), meta.get("maximum"))
+        yield Declaration(key, hint, getattr(instance, f.name), **{"help": "", **f.metadata})
 
 
 def describe(cls: type = Settings, prefix: str = "") -> typing.Iterator[tuple[str, Any, str]]:

@@ -34,7 +34,9 @@ def _option(declared: Declaration) -> click.Option:
         kind = click.FloatRange(declared.minimum, declared.maximum) if declared.minimum is not None or declared.maximum is not None else click.FLOAT
     elif declared.hint is not str:
         raise TypeError(f"{declared.key}: no flag for a {declared.hint} setting")
-    return click.Option(decls, type=kind, help=declared.help)
+    # The flag's own default is None (a flag left out overrides nothing); the help shows the setting's.
+    shown = f"{declared.help}  [default: {declared.default}]" if declared.default is not None and declared.hint is not bool else declared.help
+    return click.Option(decls, type=kind, help=shown)
 
 
 def setting_options() -> list[click.Option]:

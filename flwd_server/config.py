@@ -113,7 +113,7 @@ class Settings:
     )
     db_pool_size: int = _opt(8, "PostgreSQL connections per process for reads and claims (the writer and the event listener have their own).", minimum=1)
     liveness_timeout: float = _opt(15.0, "Seconds without a heartbeat after which a process on another host counts as dead and its runs end lost.", minimum=5)
-    dev: bool = _opt(False, "Development mode: accept `dev-token`, CORS for http://localhost.", flag="--dev")
+    dev: bool = _opt(False, "Development mode: accept `dev-token`, CORS for http://localhost (local experiments only).", flag="--dev")
     workers: int = _opt(2, "gunicorn worker processes.", minimum=1, maximum=64, flag="--workers")
     threads: int = _opt(32, "Request threads per worker (each open SSE stream holds one).", minimum=2, maximum=10000, flag="--threads")
     shutdown_grace: float = _opt(20.0, "Seconds running jobs get to finish on SIGTERM before they are cancelled.", minimum=0)

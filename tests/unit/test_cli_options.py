@@ -40,7 +40,8 @@ def test_serve_has_todays_flags_each_made_from_its_settings_declaration():
     assert set(flagged) == SERVE_FLAGS - {"--config"}  # --config names the file, it is not a setting
     assert flagged["--profile"].key == "default_profile"
     for flag, declared in flagged.items():
-        assert option(serve, flag).help == declared.help, f"{flag}: one help text, the setting's"
+        default = f"  [default: {declared.default}]" if declared.default is not None and declared.hint is not bool else ""
+        assert option(serve, flag).help == declared.help + default, f"{flag}: one help text, the setting's"
     for flag, low, high in (("--workers", 1, 64), ("--threads", 2, 10000)):
         kind = option(serve, flag).type
         assert isinstance(kind, click.IntRange) and (kind.min, kind.max) == (low, high) == (flagged[flag].minimum, flagged[flag].maximum)

@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from flwd_server.auth.bearer import SCOPES
+from flwd_server.auth.scopes import SCOPES
 from flwd_server.config import Settings
 from flwd_server.errors import FlwdError
 from flwd_server.models import Principal, Profile

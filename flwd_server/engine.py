@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .auth.bearer import Authenticator
+from .auth.scopes import Scope
 from .catalog import Catalog
 from .config import Settings
 from .containers.support import ContainerSupport
@@ -308,7 +309,7 @@ class Engine:
         subject, bound_run, _ = row
         if bound_run is not None and bound_run != run_id:
             raise Unauthenticated("this stream ticket was issued for another run")
-        return Principal(subject, frozenset({"runs:read"}))
+        return Principal(subject, frozenset({Scope.RUNS_READ.value}))
 
     def export(self, filters: ExportFilter) -> Iterator[bytes]:
         """The NDJSON audit export (see :mod:`flwd_server.store.export`), streamed."""

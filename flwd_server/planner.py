@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .auth.scopes import Scope
 from .catalog import Catalog
 from .config import Settings
 from .jobs import resolve_args
@@ -62,7 +63,7 @@ class Planner:
         decisions: list[Decision] = []
         if requested is not None and requested.is_weaker_than(default):
             downgrade = downgrade_decision(
-                default, requested, self.settings.policy.allowed_downgrades, principal.has_scope("runs:downgrade"), principal.subject
+                default, requested, self.settings.policy.allowed_downgrades, principal.has_scope(Scope.RUNS_DOWNGRADE), principal.subject
             )
             decisions.append(downgrade)
             if downgrade.verdict is Verdict.DENY:

@@ -12,8 +12,8 @@ import time
 
 import click
 
-from flwd_server.auth.bearer import SCOPES
 from flwd_server.auth.keys import algorithm_of, load_private_key, mint, public_jwk
+from flwd_server.auth.scopes import SCOPES
 from flwd_server.config import load_settings
 
 DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")

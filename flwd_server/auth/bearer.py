@@ -13,17 +13,8 @@ from collections.abc import Callable
 
 from ..errors import Unauthenticated
 from ..models import Principal
+from .scopes import SCOPES
 
-SCOPES = (
-    "jobs:read",
-    "runs:read",
-    "runs:write",
-    "runs:downgrade",
-    "sources:read",
-    "sources:write",
-    "metrics:read",
-    "export:read",
-)
 DEV_TOKEN = "dev-token"
 DEV_PRINCIPAL = Principal("dev", frozenset(SCOPES))
 MAX_TOKEN_LENGTH = 8192

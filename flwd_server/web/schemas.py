@@ -1,0 +1,234 @@
+"""JSON Schema pieces of the OpenAPI document, shared by the routes' declarations.
+
+Routes describe their parameters, bodies and answers with these (see
+:mod:`flwd_server.web.operations`); ``SCHEMAS`` are the named ones the
+document lists under ``components``.  Enums come from the models, so a new
+run status or profile shows up here by itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..models import EventType, Profile, RunStatus
+
+STATUSES = [s.value for s in RunStatus]
+PROFILES = [p.value for p in Profile]
+EVENT_TYPES = [t.value for t in EventType]
+SOURCE_TYPES = ["local", "git", "oci"]
+PROBLEM_TEXT = {
+    400: "Malformed request",
+    401: "Missing or invalid bearer token",
+    403: "Token lacks the scope, or policy forbids it",
+    404: "Not found",
+    409: "Conflict",
+    413: "Body too large",
+    415: "Body is not JSON",
+    422: "Invalid fields",
+    502: "The source could not be fetched; the last good revision keeps serving",
+    503: "Unavailable; retry later",
+}
+
+
+def ref(name: str) -> dict[str, str]:
+    """A reference to one of ``SCHEMAS``."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def problems(*codes: int) -> dict[str, Any]:
+    """Error responses: every error is ``application/problem+json`` (web/problems.py)."""
+    return {str(c): {"description": PROBLEM_TEXT[c], "content": {"application/problem+json": {"schema": ref("Problem")}}} for c in codes}
+
+
+def json_reply(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    """A response whose body is JSON of this schema."""
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def json_request(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    """A request body of JSON of this schema."""
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def object_schema(properties: dict[str, Any], required: list[str] | None = None, additional: bool = False) -> dict[str, Any]:
+    """An object schema; closed unless ``additional`` (bodies refuse unknown fields, web/bodies.py)."""
+    out: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": additional}
+    if required:
+        out["required"] = required
+    return out
+
+
+def query_parameter(name: str, schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    """An optional query parameter (the document adds ``allowEmptyValue``: empty means absent)."""
+    out = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        out["description"] = description
+    return out
+
+
+NULLABLE_STR = {"type": ["string", "null"]}
+# A name in a query (?source=, ?job=): what web/bodies.py query_text accepts; empty means absent.
+NAME_QUERY = {"type": "string", "maxLength": 256, "pattern": "^[^\\x00-\\x1f]*$"}
+SOURCE_QUERY = query_parameter("source", NAME_QUERY)
+EVENT = object_schema(
+    {
+        "id": {"type": "integer", "minimum": 1},
+        "run_id": NULLABLE_STR,
+        "type": {"type": "string", "enum": EVENT_TYPES},
+        "time": {"type": "string"},
+        "data": {"type": "object"},
+    },
+    ["id", "run_id", "type", "time", "data"],
+)
+SSE = {
+    "description": "Server-Sent Events: `id:` is the event id, `event:` its type, `data:` the event as JSON; "
+    "the stream opens with `retry:` and idle streams get `: ping` comments",
+    # OpenAPI 3.1 has no itemSchema: the schema of an event stream describes one event.
+    "content": {
+        "text/event-stream": {
+            "schema": object_schema(
+                {
+                    "id": {"type": "string", "pattern": "^[0-9]+$"},
+                    "event": {"type": "string", "enum": EVENT_TYPES},
+                    "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {"$ref": "#/components/schemas/Event"}},
+                    "retry": {"type": "integer", "minimum": 0},
+                },
+                additional=True,
+            )
+        }
+    },
+}
+LAST_EVENT_ID = [
+    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{0,19}$"}, "description": "resume after this event id (empty: from the start)"},
+    query_parameter("after", {"type": "string", "pattern": "^[0-9]{1,19}$"}, "like Last-Event-ID, for clients that cannot set it"),
+    query_parameter("ticket", {"type": "string"}, "A single-use ticket from POST /stream-tickets, for clients that cannot send Authorization (EventSource)"),
+]
+RUN_REQUEST = object_schema(
+    {
+        "job": {"type": "string", "minLength": 1, "maxLength": 256, "description": "name or source:name"},
+        "args": {"type": ["object", "null"], "additionalProperties": True},
+        "source": {"type": "string", "minLength": 1},
+        "profile": {"type": "string", "enum": PROFILES},
+    },
+    ["job"],
+)
+
+SCHEMAS: dict[str, Any] = {
+    "Event": EVENT,
+    "Problem": object_schema(
+        {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+        },
+        ["type", "title", "status", "detail"],
+        additional=True,
+    ),
+    "ArgSpec": object_schema(
+        {
+            "type": {"type": "string", "enum": ["string", "integer", "number", "boolean"]},
+            "required": {"type": "boolean"},
+            "default": {},
+            "choices": {"type": "array"},
+            "pattern": {"type": "string"},
+            "minimum": {"type": "number"},
+            "maximum": {"type": "number"},
+            "description": {"type": "string"},
+            "secret": {"type": "boolean"},
+        },
+        ["type", "required"],
+    ),
+    "JobSummary": object_schema(
+        {
+            "name": {"type": "string"},
+            "source": {"type": "string"},
+            "description": {"type": "string"},
+            "args": {"type": "object", "additionalProperties": ref("ArgSpec")},
+        },
+        ["name", "source", "description", "args"],
+        additional=True,
+    ),
+    "Step": object_schema({"name": {"type": "string"}, "kind": {"type": "string", "enum": ["shell", "container"]}}, ["name", "kind"], additional=True),
+    "Decision": object_schema(
+        {"check": {"type": "string"}, "outcome": {"type": "string", "enum": ["allow", "warn", "deny"]}, "reason": {"type": "string"}},
+        ["check", "outcome", "reason"],
+    ),
+    "Plan": object_schema(
+        {
+            "job": {"type": "string"},
+            "source": {"type": "string"},
+            "revision": NULLABLE_STR,
+            "description": {"type": "string"},
+            "args": {"type": "object"},
+            "requires": {"type": "array", "items": {"type": "string"}},
+            "timeout": {"type": "number"},
+            "steps": {"type": "array", "items": ref("Step")},
+            "profile": {"type": "string", "enum": PROFILES},
+            "decisions": {"type": "array", "items": ref("Decision")},
+            "runnable": {"type": "boolean"},
+            "digest": {"type": "string"},
+        },
+        ["job", "source", "revision", "args", "steps", "profile", "decisions", "runnable", "digest"],
+        additional=True,
+    ),
+    "Run": object_schema(
+        {
+            "id": {"type": "string"},
+            "job": {"type": "string"},
+            "source": {"type": "string"},
+            "revision": NULLABLE_STR,
+            "args": {"type": "object"},
+            "status": {"type": "string", "enum": STATUSES},
+            "profile": {"type": "string"},
+            "submitted_by": {"type": "string"},
+            "created_at": {"type": "string"},
+            "started_at": NULLABLE_STR,
+            "finished_at": NULLABLE_STR,
+            "exit_code": {"type": ["integer", "null"]},
+            "reason": NULLABLE_STR,
+            "plan_digest": NULLABLE_STR,
+            "links": object_schema({"self": {"type": "string"}, "events": {"type": "string"}}, ["self", "events"]),
+        },
+        ["id", "job", "source", "revision", "args", "status", "profile", "submitted_by", "created_at", "started_at", "finished_at", "exit_code", "links"],
+        additional=True,
+    ),
+    "SourceFileError": object_schema(
+        {
+            "path": {"type": "string", "description": "the job file, relative to the source root (empty for the source itself)"},
+            "field": {"type": "string"},
+            "message": {"type": "string"},
+            "line": {"type": "integer", "minimum": 1},
+        },
+        ["path", "field", "message"],
+        additional=True,
+    ),
+    "Source": object_schema(
+        {
+            "name": {"type": "string"},
+            "type": {"type": "string", "enum": SOURCE_TYPES},
+            "origin": {"type": "string", "enum": ["bundled", "config", "api"]},
+            "path": {"type": "string"},
+            "url": {"type": "string", "description": "passwords are shown as ***"},
+            "ref": NULLABLE_STR,
+            "revision": {**NULLABLE_STR, "description": "the commit (git) or content digest (local) jobs come from"},
+            "synced_at": NULLABLE_STR,
+            "last_error": NULLABLE_STR,
+            "removable": {"type": "boolean"},
+            "jobs": {"type": "array", "items": ref("JobSummary")},
+            "errors": {"type": "array", "items": ref("SourceFileError")},
+        },
+        ["name", "type", "origin", "revision", "synced_at", "last_error", "removable", "jobs", "errors"],
+        additional=True,
+    ),
+    "SourceRequest": object_schema(
+        {
+            "type": {"type": "string", "enum": SOURCE_TYPES},
+            "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,62}$"},
+            "path": {"type": "string", "minLength": 1, "description": "local: an absolute path on the server"},
+            "url": {"type": "string", "minLength": 1, "description": "git: a URL with an allowed scheme (git.allowed_schemes)"},
+            "ref": {"type": "string", "minLength": 1, "description": "git: a branch, tag or commit (default: the remote's HEAD)"},
+        },
+        ["type", "name"],
+    ),
+}

@@ -1,47 +1,32 @@
-"""Authentication, scopes declared next to each route, and development CORS.
+"""Authentication, the scope each route declares, and development CORS.
 
-Every view is decorated with :func:`requires` (a scope) or :func:`public`.
-A view with neither is refused (fail closed), and a test walks the URL map so
-that no route can be added without one.
+Every view carries an :func:`~flwd_server.web.operations.operation`
+declaration, whose scope (or ``PUBLIC``) the hook here enforces; the OpenAPI
+document reads the same declaration.  A view without one is refused (fail
+closed), and a test walks the URL map so that no route can be added without one.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, g, request
 
 from ..errors import ScopeMissing, Unauthenticated
 from ..models import Principal
+from .operations import PUBLIC, declared_operation
 
-F = TypeVar("F", bound=Callable[..., Any])
-SCOPE_ATTR = "flwd_required_scope"
 TICKET_ENDPOINTS = {"runs.run_events", "runs.all_events"}  # where ?ticket= may stand in for a header
-PUBLIC = "(public)"
 DEV_ORIGIN_RE = re.compile(r"^http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?$")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Idempotency-Key, X-Request-ID"
 QUERY_TOKEN_NAMES = ("access_token", "token")
 CORS_EXPOSE_HEADERS = "WWW-Authenticate, Location, Retry-After, X-Request-ID, Idempotent-Replayed"
 
 
-def requires(scope: str) -> Callable[[F], F]:
-    def mark(view: F) -> F:
-        setattr(view, SCOPE_ATTR, scope)
-        return view
-
-    return mark
-
-
-def public(view: F) -> F:
-    setattr(view, SCOPE_ATTR, PUBLIC)
-    return view
-
-
 def required_scope(app: Flask, endpoint: str | None) -> str | None:
-    view = app.view_functions.get(endpoint or "")
-    return getattr(view, SCOPE_ATTR, None)
+    """The scope the hook enforces for an endpoint: a scope, ``PUBLIC``, or None (undeclared: refused)."""
+    declared = declared_operation(app, endpoint)
+    return declared.scope if declared else None
 
 
 def principal() -> Principal:

@@ -18,6 +18,7 @@ from . import access, jobs_api, ops_api, plans_api, problems, query_params, runs
 
 access_log = logging.getLogger("flwd.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+BLUEPRINTS = (jobs_api.bp, plans_api.bp, runs_api.bp, ops_api.bp, sources_api.bp)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
@@ -37,8 +38,18 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     problems.register(app)
     _register_request_ids(app)
     access.register(app)
-    query_params.register(app)  # after authentication: no token is a 401 whatever the query says
-    for blueprint in (jobs_api.bp, plans_api.bp, runs_api.bp, ops_api.bp, sources_api.bp):
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
+    # After authentication (no token is a 401 whatever the query says), and after the
+    # blueprints: the allowed parameters come from the document of the routes registered.
+    query_params.register(app)
+    return app
+
+
+def routes_only_app() -> Flask:
+    """The API's routes with no engine and no hooks: what the OpenAPI document describes."""
+    app = Flask("flwd_server", static_folder=None)
+    for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     return app
 

@@ -7,18 +7,24 @@ import time
 from flask import Blueprint, Response, current_app, request
 
 from .. import __version__
+from ..auth.scopes import Scope
 from ..errors import StorageError
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..store.export import ExportFilter
-from .access import public, requires
 from .openapi import openapi_document
+from .operations import PUBLIC, operation
 from .render import json_response
+from .schemas import json_reply, object_schema, problems, query_parameter
 
 bp = Blueprint("ops", __name__)
 
 
 @bp.get("/healthz")
-@public
+@operation(
+    PUBLIC,
+    "Liveness and readiness",
+    {"200": json_reply(object_schema({"status": {"type": "string"}, "version": {"type": "string"}}, ["status"])), **problems(503)},
+)
 def healthz() -> Response:
     engine = current_app.config["FLWD_ENGINE"]
     try:
@@ -30,20 +36,40 @@ def healthz() -> Response:
 
 
 @bp.get("/openapi.json")
-@public
+@operation(PUBLIC, "This document", {"200": json_reply({"type": "object"})})
 def openapi() -> Response:
     return json_response(openapi_document(current_app))
 
 
 @bp.get("/metrics")
-@requires("metrics:read")
+@operation(
+    Scope.METRICS_READ,
+    "Prometheus metrics (text exposition format 0.0.4), the same from every worker",
+    {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def metrics() -> Response:
     engine = current_app.config["FLWD_ENGINE"]
     return Response(engine.metrics.exposition(), mimetype=None, content_type=METRICS_CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
 
 @bp.get("/export")
-@requires("export:read")
+@operation(
+    Scope.EXPORT_READ,
+    "Runs with their events as NDJSON, oldest first, streamed; the last line is {\"record\": \"end\", \"runs\": N, \"events\": M}",
+    {
+        "200": {
+            "description": "One JSON record per line: export, then run and its events, ..., end",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        },
+        **problems(400),
+    },
+    parameters=[
+        query_parameter("since", {"type": "string"}, "runs created at or after (ISO 8601; no offset means UTC)"),
+        query_parameter("until", {"type": "string"}, "runs created before (ISO 8601; no offset means UTC)"),
+        query_parameter("status", {"type": "string"}, "one status or several, comma-separated"),
+        query_parameter("job", {"type": "string"}, "NAME or SOURCE:NAME"),
+    ],
+)
 def export() -> Response:
     engine = current_app.config["FLWD_ENGINE"]
     filters = ExportFilter.parse(request.args.to_dict(flat=True))  # 400 before the stream starts

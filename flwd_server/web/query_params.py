@@ -1,25 +1,18 @@
 """Query strings are checked like bodies: a parameter the route does not declare is a 400 naming it.
 
 The parameters a route accepts are the ones its operation declares in the
-OpenAPI document, so the document and the server cannot drift apart on this.
+OpenAPI document (built from each route's ``@operation``), so the document and
+the server cannot drift apart on this.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from flask import Flask, request
 
 from ..errors import BadRequest
-from .openapi import openapi_document
-
-_CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
-
-
-def openapi_path(rule: str) -> str:
-    """``/runs/<run_id>`` and ``/jobs/<path:name>`` as OpenAPI spells them: ``/runs/{run_id}``."""
-    return _CONVERTER.sub(r"{\1}", rule)
+from .openapi import openapi_document, openapi_path
 
 
 def declared_query_parameters(document: dict[str, Any]) -> dict[tuple[str, str], frozenset[str]]:
@@ -33,6 +26,7 @@ def declared_query_parameters(document: dict[str, Any]) -> dict[tuple[str, str],
 
 
 def register(app: Flask) -> None:
+    """Call after the blueprints are registered: the document describes the URL map as it is now."""
     declared = declared_query_parameters(openapi_document(app))
 
     @app.before_request

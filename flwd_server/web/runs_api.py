@@ -6,14 +6,31 @@ import re
 
 from flask import Blueprint, Response, current_app, g, request
 
+from ..auth.scopes import Scope
 from ..errors import BadRequest, Unprocessable
 from ..events.broadcast import broadcast_stream, can_take_over
 from ..events.sse import ClosingStream, crowd_pause, event_stream, parse_last_event_id
 from ..models import RunStatus
 from ..store.run_records import body_hash
-from .access import principal, requires
+from .access import principal
 from .bodies import json_body, plan_request, query_choice, query_int, query_text
+from .operations import operation
 from .render import base_url, json_response
+from .schemas import (
+    LAST_EVENT_ID,
+    NAME_QUERY,
+    NULLABLE_STR,
+    RUN_REQUEST,
+    SOURCE_QUERY,
+    SSE,
+    STATUSES,
+    json_reply,
+    json_request,
+    object_schema,
+    problems,
+    query_parameter,
+    ref,
+)
 
 bp = Blueprint("runs", __name__)
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -21,6 +38,7 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
 }
+RUN_REPLY = object_schema({"run": ref("Run")}, ["run"])
 
 
 def _engine():
@@ -28,7 +46,13 @@ def _engine():
 
 
 @bp.post("/runs")
-@requires("runs:write")
+@operation(
+    Scope.RUNS_WRITE,
+    "Submit a run",
+    {"202": json_reply(RUN_REPLY, "Accepted"), **problems(400, 404, 409, 413, 415, 422, 503)},
+    parameters=[{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"}}],
+    request_body=json_request({**RUN_REQUEST, "properties": {**RUN_REQUEST["properties"], "plan": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}}}),
+)
 def submit_run() -> Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY_RE.match(key):
@@ -44,7 +68,18 @@ def submit_run() -> Response:
 
 
 @bp.get("/runs")
-@requires("runs:read")
+@operation(
+    Scope.RUNS_READ,
+    "List runs, newest first",
+    {"200": json_reply(object_schema({"runs": {"type": "array", "items": ref("Run")}, "next": NULLABLE_STR}, ["runs", "next"])), **problems(400)},
+    parameters=[
+        query_parameter("status", {"type": "string", "enum": STATUSES}),
+        query_parameter("job", NAME_QUERY),
+        SOURCE_QUERY,
+        {**query_parameter("limit", {"type": "integer", "minimum": 1, "maximum": 500}), "allowEmptyValue": False},
+        query_parameter("cursor", {"type": "string", "pattern": "^[0-9]{1,20}$"}, "the `next` of the previous page"),
+    ],
+)
 def list_runs() -> Response:
     runs, cursor = _engine().runs(
         status=query_choice("status", tuple(s.value for s in RunStatus)),
@@ -57,13 +92,13 @@ def list_runs() -> Response:
 
 
 @bp.get("/runs/<run_id>")
-@requires("runs:read")
+@operation(Scope.RUNS_READ, "One run", {"200": json_reply(RUN_REPLY), **problems(404)})
 def get_run(run_id: str) -> Response:
     return json_response({"run": _engine().run(run_id).to_dict(base_url())})
 
 
 @bp.post("/runs/<run_id>/cancel")
-@requires("runs:write")
+@operation(Scope.RUNS_WRITE, "Cancel a queued or running run", {"202": json_reply(RUN_REPLY, "Accepted"), **problems(404, 409, 503)})
 def cancel_run(run_id: str) -> Response:
     run = _engine().cancel(run_id, principal())
     return json_response({"run": run.to_dict(base_url())}, status=202)
@@ -100,7 +135,17 @@ def sse_response(run_id: str | None) -> Response:
 
 
 @bp.post("/stream-tickets")
-@requires("runs:read")
+@operation(
+    Scope.RUNS_READ,
+    "A single-use ticket to open one event stream without an Authorization header",
+    {
+        "201": json_reply(
+            object_schema({"ticket": {"type": "string"}, "expires_in": {"type": "number"}, "run_id": NULLABLE_STR}, ["ticket", "expires_in", "run_id"]), "Created"
+        ),
+        **problems(400, 404, 413, 415, 422),
+    },
+    request_body=json_request(object_schema({"run": {"type": ["string", "null"], "minLength": 1}}), required=False),
+)
 def create_stream_ticket() -> Response:
     """For browsers: EventSource cannot send Authorization, so it opens ``...events?ticket=T`` once."""
     run_id = None
@@ -113,12 +158,17 @@ def create_stream_ticket() -> Response:
 
 
 @bp.get("/runs/<run_id>/events")
-@requires("runs:read")
+@operation(
+    Scope.RUNS_READ,
+    "Stream a run's events (ends after run.finished)",
+    {"200": SSE, "204": {"description": "The run finished and every event was seen"}, **problems(400, 404, 503)},
+    parameters=LAST_EVENT_ID,
+)
 def run_events(run_id: str) -> Response:
     return sse_response(run_id)
 
 
 @bp.get("/events")
-@requires("runs:read")
+@operation(Scope.RUNS_READ, "Stream every event", {"200": SSE, **problems(400, 503)}, parameters=LAST_EVENT_ID)
 def all_events() -> Response:
     return sse_response(None)

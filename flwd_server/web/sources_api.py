@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
 
+from ..auth.scopes import Scope
 from ..sources.registry import SPEC_FIELDS
-from .access import principal, requires
+from .access import principal
 from .bodies import json_body
+from .operations import operation
 from .render import base_url, json_response
+from .schemas import NULLABLE_STR, json_reply, json_request, object_schema, problems, ref
 
 bp = Blueprint("sources", __name__)
+SOURCE_REPLY = object_schema({"source": ref("Source")}, ["source"])
 
 
 def _engine():
@@ -17,32 +21,54 @@ def _engine():
 
 
 @bp.get("/sources")
-@requires("sources:read")
+@operation(
+    Scope.SOURCES_READ,
+    "List sources with their revisions, jobs and job-file errors",
+    {"200": json_reply(object_schema({"sources": {"type": "array", "items": ref("Source")}}, ["sources"]))},
+)
 def list_sources() -> Response:
     return json_response({"sources": _engine().sources()})
 
 
 @bp.post("/sources")
-@requires("sources:write")
+@operation(
+    Scope.SOURCES_WRITE,
+    "Register a source (a git source is fetched first)",
+    {"201": json_reply(SOURCE_REPLY, "Created"), **problems(400, 409, 413, 415, 422, 503)},
+    request_body=json_request(ref("SourceRequest")),
+)
 def add_source() -> Response:
     source = _engine().add_source(json_body(SPEC_FIELDS), principal())
     return json_response({"source": source}, status=201, headers={"Location": f"{base_url()}/sources/{source['name']}"})
 
 
 @bp.get("/sources/<name>")
-@requires("sources:read")
+@operation(Scope.SOURCES_READ, "One source, each job file's error with its path and line", {"200": json_reply(SOURCE_REPLY), **problems(404)})
 def get_source(name: str) -> Response:
     return json_response({"source": _engine().source(name)})
 
 
 @bp.delete("/sources/<name>")
-@requires("sources:write")
+@operation(
+    Scope.SOURCES_WRITE,
+    "Remove a source registered over the API (bundled and config sources: 409)",
+    {"204": {"description": "Removed"}, **problems(404, 409, 503)},
+)
 def remove_source(name: str) -> Response:
     _engine().remove_source(name, principal())
     return Response(status=204)
 
 
 @bp.post("/sources/<name>/sync")
-@requires("sources:write")
+@operation(
+    Scope.SOURCES_WRITE,
+    "Fetch (git) or rescan (local) a source now",
+    {
+        "200": json_reply(
+            object_schema({"source": ref("Source"), "previous_revision": NULLABLE_STR, "changed": {"type": "boolean"}}, ["source", "previous_revision", "changed"])
+        ),
+        **problems(404, 502, 503),
+    },
+)
 def sync_source(name: str) -> Response:
     return json_response(_engine().sync_source(name, principal()))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
-from flwd_server.web.access import PUBLIC, required_scope
-from flwd_server.web.openapi import openapi_document
-from flwd_server.web.query_params import declared_query_parameters, openapi_path
+from flwd_server.web.access import required_scope
+from flwd_server.web.openapi import openapi_document, openapi_path
+from flwd_server.web.operations import PUBLIC
+from flwd_server.web.query_params import declared_query_parameters
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 

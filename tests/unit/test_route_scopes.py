@@ -1,13 +1,17 @@
-"""Every route declares its scope next to it; this walks the URL map so none can be added without one."""
+"""Every route declares its scope next to it, once; this walks the URL map so none can be added without one."""
 
 from __future__ import annotations
 
 import re
 
+import pytest
 from flask import Response
 
-from flwd_server.auth.bearer import SCOPES
-from flwd_server.web.access import PUBLIC
+from flwd_server.auth.scopes import SCOPES, Scope
+from flwd_server.models import Principal
+from flwd_server.web.access import required_scope
+from flwd_server.web.openapi import openapi_document, openapi_path
+from flwd_server.web.operations import PUBLIC, declared_operation, operation
 from tests.fixtures.tokens import app_routes
 
 # DESIGN.md, "HTTP API": (method, rule with parameters as {}) -> scope.  Routes added by other
@@ -36,13 +40,11 @@ DESIGN_SCOPES = {
 PUBLIC_PATHS = {"/healthz", "/openapi.json"}
 
 
-
-
 def test_every_route_declares_a_known_scope_or_is_public(app):
     routes = app_routes(app)
     assert len(routes) >= 10
     undeclared = [f"{r.method} {r.rule}" for r in routes if r.scope not in (*SCOPES, PUBLIC)]
-    assert not undeclared, f"routes without @requires(scope) or @public: {undeclared}"
+    assert not undeclared, f"routes without @operation(scope or PUBLIC, ...): {undeclared}"
 
 
 def test_only_healthz_and_openapi_are_public(app):
@@ -62,7 +64,7 @@ def test_declared_scopes_match_the_design_table(app):
 
 def test_a_route_without_a_declared_scope_is_refused_even_with_every_scope(app):
     @app.get("/undeclared")
-    def undeclared() -> Response:  # neither @requires nor @public
+    def undeclared() -> Response:  # no @operation
         return Response("should never be seen")
 
     response = app.test_client().get("/undeclared", headers={"Authorization": "Bearer dev-token"})
@@ -70,3 +72,51 @@ def test_a_route_without_a_declared_scope_is_refused_even_with_every_scope(app):
     assert "should never be seen" not in response.get_data(as_text=True)
     assert response.headers["WWW-Authenticate"].endswith('scope="(undeclared)"')
     assert [r.rule for r in app_routes(app) if r.scope is None] == ["/undeclared"]  # and the walk finds it
+
+
+def test_the_check_and_the_document_read_one_declaration(app, monkeypatch):
+    """For every rule of the URL map (one added here too), the scope the hook enforces is the one documented."""
+
+    @app.get("/added/<thing>")
+    @operation(Scope.EXPORT_READ, "A route added by the test", {"200": {"description": "OK"}})
+    def added(thing: str) -> Response:
+        return Response("ok")
+
+    # A token is a comma-separated list of the scopes it holds.
+    monkeypatch.setattr(app.config["FLWD_ENGINE"].authenticator, "verify_jwt", lambda token: Principal("t", frozenset(token.split(","))))
+    client = app.test_client()
+    paths = openapi_document(app)["paths"]
+    checked = 0
+    for route in app_routes(app):
+        endpoint = app.url_map.bind("localhost").match(route.path, method=route.method)[0]
+        declared = declared_operation(app, endpoint)
+        op = paths[openapi_path(route.rule)][route.method.lower()]
+        assert declared is not None and op["summary"] == declared.summary, route
+        assert route.scope == required_scope(app, endpoint) == declared.scope, route
+        if declared.public:
+            assert op["security"] == [] and "x-required-scope" not in op, route
+            continue
+        assert op["x-required-scope"] == declared.scope and op["security"] == [{"bearer": [declared.scope]}], route
+        # What the hook enforces: every scope but the documented one is a 403 naming it.
+        others = ",".join(s for s in SCOPES if s != op["x-required-scope"])
+        response = client.open(route.path, method=route.method, headers={"Authorization": f"Bearer {others}"})
+        assert response.status_code == 403 and response.get_json()["scope"] == op["x-required-scope"], route
+        checked += 1
+    assert checked >= 16 and paths["/added/{thing}"]["get"]["x-required-scope"] == "export:read"
+    assert client.get("/added/x", headers={"Authorization": "Bearer export:read"}).get_data(as_text=True) == "ok"
+
+
+def test_a_view_without_a_declaration_is_refused_by_the_document_too(app):
+    @app.get("/undeclared")
+    def undeclared() -> Response:  # no @operation
+        return Response("should never be seen")
+
+    response = app.test_client().get("/undeclared")  # no token: the hook asks for one first, as for any route
+    assert response.status_code == 401
+    with pytest.raises(LookupError, match="/undeclared"):  # create_app builds the document: such an app does not start
+        openapi_document(app)
+
+
+def test_an_unknown_scope_cannot_be_declared():
+    with pytest.raises(ValueError, match="runs:delete"):
+        operation("runs:delete", "Delete a run", {"204": {"description": "Deleted"}})

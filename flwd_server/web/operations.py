@@ -1,0 +1,67 @@
+"""Each route declared once: its scope and how the OpenAPI document describes it.
+
+A view carries one :func:`operation` declaration next to its ``@bp.get(...)``.
+The authentication hook (web/access.py) reads the scope from it, and the
+document (web/openapi.py) reads the scope, summary, parameters, body and
+responses from it, taking the method and path from the route itself.  So the
+scope a route enforces and the one it documents cannot differ, and a view
+without a declaration is refused by the hook and cannot be described.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Flask
+
+from ..auth.scopes import Scope
+
+F = TypeVar("F", bound=Callable[..., Any])
+PUBLIC = "(public)"  # the "scope" of a route that needs no token
+OPERATION_ATTR = "flwd_operation"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One route's declaration; ``scope`` is a :class:`Scope` value or :data:`PUBLIC`."""
+
+    scope: str
+    summary: str
+    responses: Mapping[str, Any]
+    parameters: Sequence[Mapping[str, Any]] = ()
+    request_body: Mapping[str, Any] | None = None
+
+    @property
+    def public(self) -> bool:
+        return self.scope == PUBLIC
+
+
+def operation(
+    scope: Scope | str,
+    summary: str,
+    responses: Mapping[str, Any],
+    parameters: Sequence[Mapping[str, Any]] = (),
+    request_body: Mapping[str, Any] | None = None,
+) -> Callable[[F], F]:
+    """Declare a view's scope (or :data:`PUBLIC`) and its OpenAPI description.
+
+    Path parameters are not declared: the document takes them from the route.
+    401 and 403 need not be listed either: every route with a scope has them.
+    """
+    # Plain strings: a StrEnum member's repr would leak into the 403's message.
+    checked = PUBLIC if scope == PUBLIC else Scope(scope).value  # ValueError at import for an unknown scope
+    declared = Operation(checked, summary, responses, tuple(parameters), request_body)
+
+    def declare(view: F) -> F:
+        setattr(view, OPERATION_ATTR, declared)
+        return view
+
+    return declare
+
+
+def declared_operation(app: Flask, endpoint: str | None) -> Operation | None:
+    """The declaration of the view an endpoint routes to; None when it has none."""
+    view = app.view_functions.get(endpoint or "")
+    return getattr(view, OPERATION_ATTR, None)

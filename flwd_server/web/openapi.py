@@ -76,12 +76,8 @@ def paths(app: Flask) -> dict[str, Any]:
     return out
 
 
-def openapi_document(app: Flask | None = None) -> dict[str, Any]:
-    """The document of ``app``; without one, of the API's routes alone (for tools and tests with no engine)."""
-    if app is None:
-        from .app import routes_only_app  # app.py registers ops_api, which serves this document
-
-        app = routes_only_app()
+def openapi_document(app: Flask) -> dict[str, Any]:
+    """The document of ``app`` (``web.app.routes_only_app()`` gives the API's routes with no engine)."""
     return {
         "openapi": "3.1.0",
         "info": {

@@ -52,10 +52,9 @@ def project_edges(name: str, path: Path) -> set[str]:
     """The project modules ``name`` imports (``from . import x`` is an import of module ``x``)."""
     out = set()
     for target, names, _ in imports(name, path):
-        for candidate in [f"{target}.{n}" for n in names] + [target]:
-            if candidate in ALL and candidate != name:
-                out.add(candidate)
-                break
+        submodules = {f"{target}.{n}" for n in names} & ALL.keys()
+        out |= submodules or ({target} & ALL.keys())
+    out.discard(name)
     return out
 
 

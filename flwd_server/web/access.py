@@ -16,7 +16,6 @@ from ..errors import ScopeMissing, Unauthenticated
 from ..models import Principal
 from .operations import PUBLIC, declared_operation
 
-TICKET_ENDPOINTS = {"runs.run_events", "runs.all_events"}  # where ?ticket= may stand in for a header
 DEV_ORIGIN_RE = re.compile(r"^http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?$")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Idempotency-Key, X-Request-ID"
 QUERY_TOKEN_NAMES = ("access_token", "token")
@@ -48,12 +47,13 @@ def register(app: Flask) -> None:
         refuse_query_token()
         if request.endpoint is None:
             return None  # 404/405: the error handler answers
-        scope = required_scope(current_app, request.endpoint)
+        declared = declared_operation(current_app, request.endpoint)
+        scope = declared.scope if declared else None
         if scope == PUBLIC:
             return None
         engine = current_app.config["FLWD_ENGINE"]
         ticket = request.args.get("ticket")
-        if ticket is not None and request.endpoint in TICKET_ENDPOINTS and not request.headers.get("Authorization"):
+        if ticket is not None and declared is not None and declared.accepts_ticket and not request.headers.get("Authorization"):
             g.principal = engine.redeem_stream_ticket(ticket, (request.view_args or {}).get("run_id"))
         else:
             g.principal = engine.authenticator.authenticate(request.headers.get("Authorization"))

@@ -37,6 +37,12 @@ class Operation:
     def public(self) -> bool:
         return self.scope == PUBLIC
 
+    @property
+    def accepts_ticket(self) -> bool:
+        """Whether ``?ticket=`` (a stream ticket) may stand in for the Authorization header:
+        exactly where the route declares that query parameter."""
+        return any(p.get("in") == "query" and p.get("name") == "ticket" for p in self.parameters)
+
 
 def operation(
     scope: Scope | str,

@@ -147,3 +147,13 @@ def test_no_two_modules_share_a_name(package):
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_architecture_page_names_every_module():
+    page = (REPO / "docs" / "architecture.rst").read_text()
+    missing = [
+        str(path.relative_to(REPO))
+        for name, path in ALL.items()
+        if path.name != "__init__.py" and not name.startswith("flwd_cli.commands.") and f"``{path.name}``" not in page
+    ]
+    assert missing == []

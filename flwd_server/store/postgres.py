@@ -25,7 +25,9 @@ What differs, and why (see docs/multinode.rst):
   which reads the new events at once.  Polling stays as the fallback.
 * **Readers** share a small pool of autocommit connections per process
   (``db_pool_size``), not one per thread: a node with 32 request threads
-  would otherwise hold 32 connections.
+  would otherwise hold 32 connections.  The pool is psycopg_pool's, opened on
+  first use in the process that uses it (:mod:`.postgres_pool`); the writer's
+  connection and the ``LISTEN`` connection are their own, outside it.
 * **Clocks.**  Heartbeats are written in the database's clock and compared in
   it, so nodes whose clocks disagree do not declare each other dead.
 """
@@ -34,10 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import select
 import sqlite3
-import threading
 import time
 from typing import Any
 
@@ -45,7 +45,8 @@ try:
     import psycopg
     from psycopg import pq
 
-    from .postgres_sql import PgConnection, Result
+    from .postgres_pool import PooledReader, ReaderPool
+    from .postgres_sql import PgConnection
 except ImportError:  # pragma: no cover - the message below says what to install
     psycopg = None  # type: ignore[assignment]
 
@@ -78,120 +79,7 @@ _CLAIM_COLUMNS = ", ".join(f"runs.{c.strip()}" for c in RUN_COLUMNS.split(","))
 _CLAIM = _CLAIM_TEMPLATE.format(affinity="(affinity IS NULL OR affinity = %s)", columns=_CLAIM_COLUMNS)
 _CLAIM_AFFINITY_ONLY = _CLAIM_TEMPLATE.format(affinity="affinity = %s", columns=_CLAIM_COLUMNS)
 
-_INHERITED: list[Any] = []  # connections of a parent process: never used, never closed (that would end its sessions)
-
-
-class _Pool:
-    """Reader connections shared by the threads of one process (created on demand, at most ``size``)."""
-
-    def __init__(self, store: PostgresStore, size: int) -> None:
-        self.store = store
-        self.size = size
-        self._idle: queue.LifoQueue[PgConnection] = queue.LifoQueue()
-        self._made = 0
-        self._lock = threading.Lock()
-        self._all: list[PgConnection] = []
-        self._closed = False
-
-    def take(self) -> PgConnection:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._made < self.size:
-                self._made += 1
-                try:
-                    conn = self.store.connect()
-                except BaseException:
-                    self._made -= 1
-                    raise
-                self._all.append(conn)
-                return conn
-        try:
-            return self._idle.get(timeout=30)
-        except queue.Empty:
-            raise StorageError(f"no free database connection after 30 s (db_pool_size: {self.size})") from None
-
-    def give(self, conn: PgConnection) -> None:
-        if self._closed or conn.closed or conn.in_transaction:
-            self.discard(conn)
-            return
-        self._idle.put(conn)
-
-    def discard(self, conn: PgConnection) -> None:
-        with self._lock:
-            if conn in self._all:
-                self._all.remove(conn)
-                self._made -= 1
-        with contextlib.suppress(Exception):
-            conn.close()
-
-    @contextlib.contextmanager
-    def connection(self) -> Any:
-        conn = self.take()
-        try:
-            yield conn
-        except BaseException:
-            if conn.closed or conn.in_transaction:
-                with contextlib.suppress(Exception):
-                    conn.raw.rollback()
-            self.give(conn)
-            raise
-        self.give(conn)
-
-    def close(self) -> None:
-        """Close the idle connections now; one still borrowed is closed when it is given back.
-
-        Closing a connection while another thread runs a query on it is a
-        use-after-free inside libpq (a segfault, seen when a store closed under
-        its event poller).
-        """
-        idle: list[PgConnection] = []
-        with self._lock:
-            self._closed = True
-            while True:
-                try:
-                    conn = self._idle.get_nowait()
-                except queue.Empty:
-                    break
-                idle.append(conn)
-                if conn in self._all:
-                    self._all.remove(conn)
-                    self._made -= 1
-        for conn in idle:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-
-class PooledReader:
-    """What ``store.reader()`` returns: each ``execute`` borrows a pooled connection for one statement."""
-
-    def __init__(self, pool: _Pool) -> None:
-        self.pool = pool
-
-    def execute(self, sql: str, params: Any = ()) -> Result:
-        conn = None
-        try:
-            try:
-                with self.pool.connection() as conn:
-                    return conn.execute(sql, params)
-            except psycopg.OperationalError:
-                if conn is None or not conn.closed:
-                    raise
-                # A pooled connection the server closed while it was idle (a restart, a failover):
-                # a read is safe to repeat, once, on a new connection.
-                with self.pool.connection() as conn:
-                    return conn.execute(sql, params)
-        except psycopg.OperationalError as exc:  # the server is away: a 503, not a 500
-            raise StorageError(f"the database cannot be read: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
-
-    def executemany(self, sql: str, seq: Any) -> Result:
-        with self.pool.connection() as conn:
-            return conn.executemany(sql, seq)
-
-    in_transaction = False
-
+_INHERITED: list[Any] = []  # reader pools of a parent process: never used, never closed (that would end its sessions)
 
 
 class PostgresStore(Store):
@@ -204,7 +92,7 @@ class PostgresStore(Store):
 
     def __init__(self, url: str, pool_size: int = 8, queue_size: int = 20000) -> None:
         if psycopg is None:
-            raise ConfigError("db_url", "PostgreSQL needs psycopg 3: pip install 'flwd[postgres]'")
+            raise ConfigError("db_url", "PostgreSQL needs psycopg 3 and psycopg_pool: pip install 'flwd[postgres]'")
         self.errors = (psycopg.Error, sqlite3.Error)  # type: ignore[misc]
         self.url = url
         self.path = redact_url(url)
@@ -232,8 +120,8 @@ class PostgresStore(Store):
         super()._reset_after_fork()
         old = getattr(self, "_pool", None)
         if old is not None:
-            _INHERITED.append(old)  # the parent's sessions: closing them here would end them there
-        self._pool = _Pool(self, getattr(self, "pool_size", 8))
+            _INHERITED.append(old)  # the parent's pool and sessions: closing them here would end them there
+        self._pool = ReaderPool(self.url, self.pool_size)  # opened on first use, in this process
         self._reader = PooledReader(self._pool)
 
     def reader(self) -> PooledReader:  # type: ignore[override]

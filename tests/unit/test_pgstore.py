@@ -1,9 +1,11 @@
 """What only the PostgreSQL store has: the dialect, event ids in commit order across processes,
-claims with FOR UPDATE SKIP LOCKED, LISTEN/NOTIFY wake-ups, a database that goes away."""
+claims with FOR UPDATE SKIP LOCKED, LISTEN/NOTIFY wake-ups, a database that goes away, the reader pool."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
+import os
 import threading
 import time
 
@@ -12,8 +14,9 @@ import pytest
 from flwd_server.errors import StorageError
 from flwd_server.events.hub import EventHub
 from flwd_server.models import RunStatus
-from flwd_server.store import open_store
-from flwd_server.store.postgres import CHANNEL, PostgresStore
+from flwd_server.store import open_store, postgres_pool
+from flwd_server.store.postgres import CHANNEL, LOCK_CLASS, PostgresStore
+from flwd_server.store.postgres_pool import PooledReader, ReaderPool
 from flwd_server.store.postgres_sql import translate
 from tests.fixtures.helpers import wait_until
 from tests.unit.test_store import _plan, _public, queue_runs
@@ -259,3 +262,119 @@ def test_two_processes_migrating_at_once_both_succeed(postgres_url):
     for p in procs:
         p.join(30)
     assert outcomes == ["ok"] * 3
+
+
+# -- the reader pool (psycopg_pool, flwd_server/store/postgres_pool.py) -------------------------
+
+
+def _backend_pid(store_or_reader) -> int:
+    reader = store_or_reader.reader() if hasattr(store_or_reader, "reader") else store_or_reader
+    return reader.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+
+def test_a_store_made_before_a_fork_works_in_the_child_and_the_parent_keeps_its_sessions(pg):
+    parent_session = _backend_pid(pg)  # the parent's pool is open, with one idle connection
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            child_session = _backend_pid(pg)
+            pg.emit(None, "from.child", {})
+            pg.flush()
+            pg.close()  # the child's own pool; the parent's is not the child's to close
+            gc.collect()
+            os.write(write, b"1" if child_session != parent_session else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    assert _backend_pid(pg) == parent_session  # the same session: nothing in the child ended it
+    assert [e.type for e in pg.events_after(0)] == ["from.child"]
+
+
+def test_closing_the_store_leaves_a_borrowed_connection_to_the_query_it_runs(pg):
+    """Closing a connection under a running query is a use-after-free in libpq (it was a segfault)."""
+    holder = pg.connect()
+    holder.execute("SELECT pg_advisory_lock(?, ?)", (LOCK_CLASS, 99))
+    outcome: list = []
+    reader = threading.Thread(target=lambda: outcome.append(pg.reader().execute("SELECT 42 FROM pg_advisory_xact_lock(?, ?)", (LOCK_CLASS, 99)).fetchall()))
+    reader.start()
+    wait_until(lambda: holder.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0] == 1, 10, message="the reader to wait")
+    pg.close()
+    assert reader.is_alive()  # close() did not wait for the borrower, nor cut it off
+    holder.execute("SELECT pg_advisory_unlock(?, ?)", (LOCK_CLASS, 99))
+    reader.join(10)
+    assert outcome == [[(42,)]]
+    others = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flwd' AND pid <> pg_backend_pid()"
+    wait_until(lambda: holder.execute(others).fetchone()[0] == 0, 10, message="the borrowed connection to be closed when given back")
+    holder.close()
+    with pytest.raises(StorageError, match="cannot be read"):
+        pg.get_run("nope")  # a closed store opens no new connections
+
+
+def test_after_a_restart_reads_go_to_new_connections_at_once(postgres, postgres_url):
+    readers = ReaderPool(postgres_url, 8)
+    reader = PooledReader(readers)
+    try:
+        with readers.connection() as a, readers.connection() as b, readers.connection() as c:
+            killed = {conn.execute("SELECT pg_backend_pid()").fetchone()[0] for conn in (a, b, c)}
+        with postgres.admin() as admin:  # what a restart or a failover does to the idle connections
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'flwd'")
+            wait_until(lambda: admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flwd'").fetchone()[0] == 0, 10, message="the kill")
+        for _ in range(3):
+            started = time.monotonic()
+            assert _backend_pid(reader) not in killed  # repeated once, on a new connection
+            assert time.monotonic() - started < 5  # the pool's own check sleeps 1, 2, 4 s between dead connections
+    finally:
+        readers.close()
+
+
+def test_a_database_that_cannot_be_reached_fails_reads_at_once_and_they_work_when_it_is_back(postgres):
+    url = postgres.create_database()
+    postgres.drop_database(url)
+    readers = ReaderPool(url, 8)
+    reader = PooledReader(readers)
+    try:
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(StorageError, match="cannot be read: .*does not exist") as raised:
+                reader.execute("SELECT 1")
+            assert raised.value.status == 503
+            assert time.monotonic() - started < 5  # the pool connects in a thread: not 30 s waiting for it
+        with postgres.admin() as admin:
+            admin.execute(f'CREATE DATABASE "{url.rsplit("/", 1)[1]}"')
+        wait_until(lambda: _reads(reader), 20, 0.1, message="reads to work again")
+    finally:
+        readers.close()
+        postgres.drop_database(url)
+
+
+def test_a_reader_waits_for_a_free_connection_and_then_gives_up(postgres_url, monkeypatch):
+    monkeypatch.setattr(postgres_pool, "WAIT", 0.5)
+    readers = ReaderPool(postgres_url, 1)
+    reader = PooledReader(readers)
+    try:
+        with readers.connection():
+            with pytest.raises(StorageError, match=r"no free database connection after 0.5 s \(db_pool_size: 1\)") as raised:
+                reader.execute("SELECT 1")
+            assert raised.value.status == 503
+        monkeypatch.setattr(postgres_pool, "WAIT", 30.0)
+        outcome: list = []
+        with readers.connection():
+            queued = readers.pool.get_stats().get("requests_queued", 0)
+            waiter = threading.Thread(target=lambda: outcome.append(reader.execute("SELECT 7").fetchall()))
+            waiter.start()
+            wait_until(lambda: readers.pool.get_stats().get("requests_queued", 0) >= queued + 3, 10, message="the reader to wait")
+            assert waiter.is_alive()  # waiting for the connection, not failed
+        waiter.join(10)
+        assert outcome == [[(7,)]]
+    finally:
+        readers.close()
+
+
+def _reads(reader: PooledReader) -> bool:
+    try:
+        reader.execute("SELECT 1")
+    except StorageError:
+        return False
+    return True

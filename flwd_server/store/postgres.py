@@ -54,7 +54,7 @@ from ..errors import ConfigError, StorageError
 from ..logs import redact_url
 from ..models import Run, RunStatus
 from .backend import Store
-from .queries import INSERT_EVENT, RUN_COLUMNS, ClaimedRun, run_from_row
+from .queries import RUN_COLUMNS, ClaimedRun, run_from_row
 
 log = logging.getLogger("flwd.store")
 
@@ -163,18 +163,8 @@ class PostgresStore(Store):
 
     def _apply_optimistic(self, conn: Any, batch: list[Any]) -> bool:
         self._begin(conn)
-        pending: list[tuple] = []
         try:
-            for op in batch:
-                if type(op) is tuple:
-                    pending.append(op)
-                    continue
-                if pending:
-                    conn.executemany(INSERT_EVENT, pending)
-                    pending = []
-                op.result, op.error = op.fn(conn), None
-            if pending:
-                conn.executemany(INSERT_EVENT, pending)
+            self._run_batch(conn, batch, savepoints=False)
         except Exception as exc:
             if conn.closed or (isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled)):
                 raise  # the connection, not an operation: the caller retries on a new one

@@ -223,6 +223,12 @@ class Writer(abc.ABC):
 
     def _apply_locked(self, conn: Any, batch: list[Any]) -> None:
         self._begin(conn)
+        self._run_batch(conn, batch, savepoints=True)
+        self._commit(conn)
+
+    def _run_batch(self, conn: Any, batch: list[Any], savepoints: bool) -> None:
+        """Run a batch inside the open transaction: events in runs of one ``executemany``, each
+        operation in its own savepoint (its failure is its own) or, without, raising at the first."""
         pending: list[tuple] = []
         for op in batch:
             if type(op) is tuple:
@@ -231,6 +237,9 @@ class Writer(abc.ABC):
             if pending:
                 conn.executemany(INSERT_EVENT, pending)
                 pending = []
+            if not savepoints:
+                op.result, op.error = op.fn(conn), None
+                continue
             conn.execute("SAVEPOINT op")
             try:
                 op.result, op.error = op.fn(conn), None
@@ -241,7 +250,6 @@ class Writer(abc.ABC):
                 op.error = exc
         if pending:
             conn.executemany(INSERT_EVENT, pending)
-        self._commit(conn)
 
     def _commit_batch(self, conn: Any, batch: list[Any]) -> Any:
         """Commit a batch; on a storage failure tell waiting callers at once, retry queued events a while.

@@ -46,10 +46,12 @@ class Store(Writer, RunRecords, OwnerRecords):
         """Forget every thread and connection inherited from a parent process."""
         self._reset_writer()
 
+    path: str  # the database as logs and messages name it: a file, or a URL without its password
+
     @property
-    @abc.abstractmethod
     def label(self) -> str:
         """The database as logs and messages name it (never with a password)."""
+        return self.path
 
     @property
     @abc.abstractmethod

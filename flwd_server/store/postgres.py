@@ -103,10 +103,6 @@ class PostgresStore(Store):
         self._init_common()
 
     @property
-    def label(self) -> str:
-        return self.path
-
-    @property
     def wakeup_key(self) -> str:
         return "pg:" + self.path
 

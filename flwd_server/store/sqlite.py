@@ -40,11 +40,6 @@ class SQLiteStore(Store):
         self._init_common()
 
     @property
-    def label(self) -> str:
-        """The database as logs and messages name it (never with a password)."""
-        return self.path
-
-    @property
     def wakeup_key(self) -> str:
         """What the processes sharing this database have in common (names their wake-up sockets)."""
         return os.path.abspath(self.path)

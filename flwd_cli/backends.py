@@ -158,7 +158,9 @@ class RemoteBackend:
         return self._call("GET", "/jobs", params={"source": source} if source else None)["jobs"]
 
     def job(self, name: str, source: str | None = None) -> dict[str, Any]:
-        return self._call("GET", f"/jobs/{requests.utils.quote(name, safe=':')}", params={"source": source} if source else None)["job"]
+        return self._call(
+            "GET", f"/jobs/{requests.utils.quote(name, safe=':')}", params={"source": source} if source else None
+        )["job"]
 
     def plan(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/plans", json=body)["plan"]
@@ -222,7 +224,9 @@ class RemoteBackend:
             if last:
                 headers["Last-Event-ID"] = str(last)
             try:
-                with self.session.get(f"{self.url}/runs/{run_id}/events", headers=headers, stream=True, timeout=(10, 60)) as response:
+                with self.session.get(
+                    f"{self.url}/runs/{run_id}/events", headers=headers, stream=True, timeout=(10, 60)
+                ) as response:
                     if response.status_code == 204:
                         return
                     if response.status_code >= 400:
@@ -236,7 +240,9 @@ class RemoteBackend:
             except requests.RequestException:
                 failures += 1
                 if failures > 5:
-                    raise RemoteError(0, {"detail": f"lost the event stream of {run_id} and could not reconnect"}) from None
+                    raise RemoteError(
+                        0, {"detail": f"lost the event stream of {run_id} and could not reconnect"}
+                    ) from None
                 time.sleep(min(0.2 * 2**failures, 5))
             if not follow:
                 return

@@ -41,7 +41,9 @@ class FlwdGroup(click.Group):
             return command
         return job_command(cmd_name)
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
         name = args[0] if args else None
         if name and name.startswith(":") and super().get_command(ctx, name) is None:
             known = ", ".join(sorted(self.commands))
@@ -61,7 +63,12 @@ def cli() -> None:
     """
 
 
-_CONFIG_OPTION = click.Option(["--config", "config_path"], envvar="FLWD_CONFIG", type=click.Path(exists=True, dir_okay=False), help="Server config file (YAML).")
+_CONFIG_OPTION = click.Option(
+    ["--config", "config_path"],
+    envvar="FLWD_CONFIG",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Server config file (YAML).",
+)
 
 
 @cli.command(":serve", params=[_CONFIG_OPTION, *setting_options()])
@@ -85,7 +92,10 @@ def jobs_command(backend: Any, source: str | None, as_json: bool) -> None:
     if as_json:
         output.print_json({"jobs": jobs})
         return
-    output.table([[j["name"], j["source"], output.describe_args(j["args"]), j["description"]] for j in jobs], ["job", "source", "args", "description"])
+    output.table(
+        [[j["name"], j["source"], output.describe_args(j["args"]), j["description"]] for j in jobs],
+        ["job", "source", "args", "description"],
+    )
 
 
 @cli.command(":plan")
@@ -95,7 +105,9 @@ def jobs_command(backend: Any, source: str | None, as_json: bool) -> None:
 @click.option("--profile", type=PROFILE_CHOICE, help="Ask for this profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @with_backend
-def plan_command(backend: Any, job: str, pairs: tuple[str, ...], source: str | None, profile: str | None, as_json: bool) -> None:
+def plan_command(
+    backend: Any, job: str, pairs: tuple[str, ...], source: str | None, profile: str | None, as_json: bool
+) -> None:
     """Show what running JOB would do, and every policy decision, without running it."""
     body = _body(job, parse_arg_pairs(pairs), source, profile)
     plan = backend.plan(body)
@@ -109,13 +121,25 @@ def plan_command(backend: Any, job: str, pairs: tuple[str, ...], source: str | N
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @with_backend
-def runs_command(backend: Any, status: str | None, job: str | None, source: str | None, limit: int, as_json: bool) -> None:
+def runs_command(
+    backend: Any, status: str | None, job: str | None, source: str | None, limit: int, as_json: bool
+) -> None:
     """List runs, newest first."""
     page = backend.runs(status=status, job=job, source=source, limit=limit)
     if as_json:
         output.print_json(page)
         return
-    rows = [[r["id"], f"{r['source']}:{r['job']}", r["status"], r["submitted_by"], r["created_at"], "" if r["exit_code"] is None else r["exit_code"]] for r in page["runs"]]
+    rows = [
+        [
+            r["id"],
+            f"{r['source']}:{r['job']}",
+            r["status"],
+            r["submitted_by"],
+            r["created_at"],
+            "" if r["exit_code"] is None else r["exit_code"],
+        ]
+        for r in page["runs"]
+    ]
     output.table(rows, ["run", "job", "status", "by", "created", "exit"])
 
 
@@ -131,7 +155,9 @@ def events_command(backend: Any, run_id: str, after: int, follow: bool, as_json:
         if as_json:
             click.echo(json.dumps(event, ensure_ascii=False))
         else:
-            click.echo(f"{event['id']:>8}  {event['time']}  {event['type']:<24} {json.dumps(event['data'], ensure_ascii=False)}")
+            click.echo(
+                f"{event['id']:>8}  {event['time']}  {event['type']:<24} {json.dumps(event['data'], ensure_ascii=False)}"
+            )
 
 
 @cli.command(":cancel")
@@ -170,11 +196,15 @@ def _args_command(job: dict[str, Any]) -> click.Command:
             choices = spec.get("choices")
             kind = click.Choice([str(c) for c in choices]) if choices else click.STRING
             params.append(click.Option([f"--{flag}", name], type=kind, metavar=spec["type"].upper(), help=help_text))
-    return click.Command(f"flwd {job['name']}", params=params, callback=lambda **values: values, help=job.get("description"))
+    return click.Command(
+        f"flwd {job['name']}", params=params, callback=lambda **values: values, help=job.get("description")
+    )
 
 
 def job_command(name: str) -> click.Command:
-    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+    @click.command(
+        name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+    )
     @click.option("--arg", "pairs", multiple=True, metavar="NAME=VALUE", help="A job argument.")
     @click.option("--source", help="Take the job from this source.")
     @click.option("--profile", type=PROFILE_CHOICE)
@@ -182,7 +212,15 @@ def job_command(name: str) -> click.Command:
     @click.option("--quiet", is_flag=True, help="Only the job's own output.")
     @with_backend
     @click.pass_context
-    def run_job(ctx: click.Context, backend: Any, pairs: tuple[str, ...], source: str | None, profile: str | None, detach: bool, quiet: bool) -> None:
+    def run_job(
+        ctx: click.Context,
+        backend: Any,
+        pairs: tuple[str, ...],
+        source: str | None,
+        profile: str | None,
+        detach: bool,
+        quiet: bool,
+    ) -> None:
         job = backend.job(name, source)
         parsed = _args_command(job).main(list(ctx.args), prog_name=f"flwd {name}", standalone_mode=False)
         if isinstance(parsed, int):  # --help was shown

@@ -15,9 +15,20 @@ from .backends import LocalBackend, RemoteBackend
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--server``, ``--token`` and ``--config`` on every command (also read from the environment)."""
-    fn = click.option("--config", "config_path", envvar="FLWD_CONFIG", type=click.Path(dir_okay=False), help="Server config file (local mode).")(fn)
+    fn = click.option(
+        "--config",
+        "config_path",
+        envvar="FLWD_CONFIG",
+        type=click.Path(dir_okay=False),
+        help="Server config file (local mode).",
+    )(fn)
     fn = click.option("--token", envvar="FLWD_TOKEN", help="Bearer token for --server.", show_envvar=True)(fn)
-    fn = click.option("--server", envvar="FLWD_SERVER", help="Use a running server (URL) instead of the local engine.", show_envvar=True)(fn)
+    fn = click.option(
+        "--server",
+        envvar="FLWD_SERVER",
+        help="Use a running server (URL) instead of the local engine.",
+        show_envvar=True,
+    )(fn)
     return fn
 
 

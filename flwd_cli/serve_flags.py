@@ -29,13 +29,25 @@ def _option(declared: Declaration) -> click.Option:
     elif declared.path:
         kind = click.Path(file_okay=declared.path == "file", dir_okay=declared.path == "directory")
     elif declared.hint is int:
-        kind = click.IntRange(declared.minimum, declared.maximum) if declared.minimum is not None or declared.maximum is not None else click.INT
+        kind = (
+            click.IntRange(declared.minimum, declared.maximum)
+            if declared.minimum is not None or declared.maximum is not None
+            else click.INT
+        )
     elif declared.hint is float:
-        kind = click.FloatRange(declared.minimum, declared.maximum) if declared.minimum is not None or declared.maximum is not None else click.FLOAT
+        kind = (
+            click.FloatRange(declared.minimum, declared.maximum)
+            if declared.minimum is not None or declared.maximum is not None
+            else click.FLOAT
+        )
     elif declared.hint is not str:
         raise TypeError(f"{declared.key}: no flag for a {declared.hint} setting")
     # The flag's own default is None (a flag left out overrides nothing); the help shows the setting's.
-    shown = f"{declared.help}  [default: {declared.default}]" if declared.default is not None and declared.hint is not bool else declared.help
+    shown = (
+        f"{declared.help}  [default: {declared.default}]"
+        if declared.default is not None and declared.hint is not bool
+        else declared.help
+    )
     return click.Option(decls, type=kind, help=shown)
 
 

@@ -45,17 +45,25 @@ def _opt(
 class AuthSettings:
     issuer: str | None = _opt(None, "Required `iss` claim of bearer tokens.")
     audience: str | None = _opt(None, "Required `aud` claim of bearer tokens.")
-    jwk_file: str | None = _opt(None, "JWKS file with the public keys tokens are verified against; re-read when it changes.")
+    jwk_file: str | None = _opt(
+        None, "JWKS file with the public keys tokens are verified against; re-read when it changes."
+    )
     leeway: int = _opt(30, "Seconds of clock skew allowed on exp, nbf and iat.", minimum=0)
     algorithms: tuple[str, ...] = _opt(("RS256", "ES256", "EdDSA"), "Signature algorithms accepted.")
-    token_cache_size: int = _opt(4096, "Verified tokens kept in memory (until they expire or the JWKS changes).", minimum=0)
+    token_cache_size: int = _opt(
+        4096, "Verified tokens kept in memory (until they expire or the JWKS changes).", minimum=0
+    )
 
 
 @dataclass(frozen=True)
 class ContainerSettings:
-    runtime: str = _opt("auto", "Container engine: auto finds a Docker or podman socket.", ("auto", "docker", "podman", "none"))
+    runtime: str = _opt(
+        "auto", "Container engine: auto finds a Docker or podman socket.", ("auto", "docker", "podman", "none")
+    )
     socket: str | None = _opt(None, "Engine socket URL (unix:///run/podman/podman.sock); overrides discovery.")
-    verify_signatures: str = _opt("enforce", "cosign key-based signature check of images and add-ons.", ("enforce", "permissive", "disabled"))
+    verify_signatures: str = _opt(
+        "enforce", "cosign key-based signature check of images and add-ons.", ("enforce", "permissive", "disabled")
+    )
     signature_keys: tuple[str, ...] = _opt((), "PEM public keys (paths) whose signatures are trusted.")
     allowed_registries: tuple[str, ...] = _opt((), "Registries images and OCI add-ons may come from (host[:port]).")
     insecure_registries: tuple[str, ...] = _opt((), "Registries reached over plain HTTP (loopback test registries).")
@@ -78,22 +86,36 @@ class LimitsSettings:
 @dataclass(frozen=True)
 class SSESettings:
     heartbeat: float = _opt(15.0, "Seconds between heartbeat comments on an idle stream.", minimum=0.05)
-    max_duration: float = _opt(3600.0, "Seconds before a stream is closed (the client resumes with Last-Event-ID).", minimum=1)
+    max_duration: float = _opt(
+        3600.0, "Seconds before a stream is closed (the client resumes with Last-Event-ID).", minimum=1
+    )
     max_streams: int = _opt(0, "Open streams per worker process; 0 means threads - 4.", minimum=0)
     poll_interval: float = _opt(0.02, "Seconds between checks for events written by other processes.", minimum=0.001)
     retry_ms: int = _opt(2000, "Reconnect delay suggested to clients.", minimum=0)
-    broadcast: bool = _opt(True, "Serve event streams from one sending thread per worker (under gunicorn) instead of one thread each.")
-    crowd_pause: float = _opt(0.05, "Longest pause after a write when a worker serves ~1,000 streams, so several events go in one write (0: never).", minimum=0)
-    ticket_ttl: float = _opt(60.0, "Seconds a single-use stream ticket (for browser EventSource) stays valid.", minimum=1)
+    broadcast: bool = _opt(
+        True, "Serve event streams from one sending thread per worker (under gunicorn) instead of one thread each."
+    )
+    crowd_pause: float = _opt(
+        0.05,
+        "Longest pause after a write when a worker serves ~1,000 streams, so several events go in one write (0: never).",
+        minimum=0,
+    )
+    ticket_ttl: float = _opt(
+        60.0, "Seconds a single-use stream ticket (for browser EventSource) stays valid.", minimum=1
+    )
 
 
 @dataclass(frozen=True)
 class PolicySettings:
-    allowed_downgrades: tuple[str, ...] = _opt(("permissive",), "Profiles a token with runs:downgrade may ask for below the default.")
+    allowed_downgrades: tuple[str, ...] = _opt(
+        ("permissive",), "Profiles a token with runs:downgrade may ask for below the default."
+    )
     cpu_seconds: int = _opt(3600, "CPU-time limit of host steps under secure.", minimum=1)
     open_files: int = _opt(1024, "Open-file limit of host steps under secure.", minimum=16)
     file_size_bytes: int = _opt(1073741824, "Largest file a host step may write under secure.", minimum=1024)
-    host_env_passthrough: tuple[str, ...] = _opt((), "Host variables passed to jobs that require host-env (permissive only).")
+    host_env_passthrough: tuple[str, ...] = _opt(
+        (), "Host variables passed to jobs that require host-env (permissive only)."
+    )
 
 
 @dataclass(frozen=True)
@@ -106,27 +128,56 @@ class GitSettings:
 class Settings:
     bind: str = _opt("127.0.0.1:8080", "Listen address HOST:PORT ([::1]:PORT for IPv6).", flag="--bind")
     default_profile: str = _opt("secure", "Security profile of runs that ask for none.", PROFILES, flag="--profile")
-    data_dir: str | None = _opt(None, "Where the database, clones and work dirs live (default: ~/.local/share/flwd).", flag="--data-dir", path="directory")
+    data_dir: str | None = _opt(
+        None,
+        "Where the database, clones and work dirs live (default: ~/.local/share/flwd).",
+        flag="--data-dir",
+        path="directory",
+    )
     db_path: str | None = _opt(None, "SQLite database file (default: DATA_DIR/flwd.db).", flag="--db-path", path="file")
     db_url: str | None = _opt(
-        None, "PostgreSQL database (postgresql://USER@HOST/DB) shared by several flwd nodes, instead of SQLite; see docs/multinode.rst.", flag="--db-url"
+        None,
+        "PostgreSQL database (postgresql://USER@HOST/DB) shared by several flwd nodes, instead of SQLite; see docs/multinode.rst.",
+        flag="--db-url",
     )
-    db_pool_size: int = _opt(8, "PostgreSQL connections per process for reads and claims (the writer and the event listener have their own).", minimum=1)
-    liveness_timeout: float = _opt(15.0, "Seconds without a heartbeat after which a process on another host counts as dead and its runs end lost.", minimum=5)
-    dev: bool = _opt(False, "Development mode: accept `dev-token`, CORS for http://localhost (local experiments only).", flag="--dev")
+    db_pool_size: int = _opt(
+        8,
+        "PostgreSQL connections per process for reads and claims (the writer and the event listener have their own).",
+        minimum=1,
+    )
+    liveness_timeout: float = _opt(
+        15.0,
+        "Seconds without a heartbeat after which a process on another host counts as dead and its runs end lost.",
+        minimum=5,
+    )
+    dev: bool = _opt(
+        False, "Development mode: accept `dev-token`, CORS for http://localhost (local experiments only).", flag="--dev"
+    )
     workers: int = _opt(2, "gunicorn worker processes.", minimum=1, maximum=64, flag="--workers")
-    threads: int = _opt(32, "Request threads per worker (each open SSE stream holds one).", minimum=2, maximum=10000, flag="--threads")
-    shutdown_grace: float = _opt(20.0, "Seconds running jobs get to finish on SIGTERM before they are cancelled.", minimum=0)
+    threads: int = _opt(
+        32, "Request threads per worker (each open SSE stream holds one).", minimum=2, maximum=10000, flag="--threads"
+    )
+    shutdown_grace: float = _opt(
+        20.0, "Seconds running jobs get to finish on SIGTERM before they are cancelled.", minimum=0
+    )
     log_level: str = _opt("info", "Log level.", ("debug", "info", "warning", "error"))
     bundled_jobs: bool = _opt(True, "Serve the bundled example source `examples`.")
-    db_synchronous: str = _opt("normal", "SQLite synchronous mode: normal survives process crashes, full also power loss.", ("normal", "full"))
+    db_synchronous: str = _opt(
+        "normal", "SQLite synchronous mode: normal survives process crashes, full also power loss.", ("normal", "full")
+    )
     auth: AuthSettings = field(default_factory=AuthSettings, metadata={"help": "Bearer token verification."})
-    container: ContainerSettings = field(default_factory=ContainerSettings, metadata={"help": "Container steps and OCI add-ons."})
-    limits: LimitsSettings = field(default_factory=LimitsSettings, metadata={"help": "Concurrency, history and size limits."})
+    container: ContainerSettings = field(
+        default_factory=ContainerSettings, metadata={"help": "Container steps and OCI add-ons."}
+    )
+    limits: LimitsSettings = field(
+        default_factory=LimitsSettings, metadata={"help": "Concurrency, history and size limits."}
+    )
     sse: SSESettings = field(default_factory=SSESettings, metadata={"help": "Server-Sent Events streams."})
     policy: PolicySettings = field(default_factory=PolicySettings, metadata={"help": "Security profile details."})
     git: GitSettings = field(default_factory=GitSettings, metadata={"help": "Git sources."})
-    sources: tuple[dict[str, Any], ...] = field(default=(), metadata={"help": "Sources registered at start (same objects as POST /sources)."})
+    sources: tuple[dict[str, Any], ...] = field(
+        default=(), metadata={"help": "Sources registered at start (same objects as POST /sources)."}
+    )
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -197,7 +248,9 @@ def validate_source_spec(spec: Any, key: str = "source") -> dict[str, Any]:
     allowed = {"type", *SOURCE_KEYS[kind]["required"], *SOURCE_KEYS[kind]["optional"]}
     for name in spec:
         if name not in allowed:
-            raise ConfigError(f"{key}.{name}", f"unknown key for a {kind} source (allowed: {', '.join(sorted(allowed))})")
+            raise ConfigError(
+                f"{key}.{name}", f"unknown key for a {kind} source (allowed: {', '.join(sorted(allowed))})"
+            )
     for name in SOURCE_KEYS[kind]["required"]:
         if name not in spec:
             raise ConfigError(f"{key}.{name}", "is required")
@@ -205,7 +258,10 @@ def validate_source_spec(spec: Any, key: str = "source") -> dict[str, Any]:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key}.{name}", "expected a non-empty string")
     if not _NAME_RE.match(spec["name"]):
-        raise ConfigError(f"{key}.name", "expected lowercase letters, digits, '.', '_' or '-' (at most 63), starting with a letter or digit")
+        raise ConfigError(
+            f"{key}.name",
+            "expected lowercase letters, digits, '.', '_' or '-' (at most 63), starting with a letter or digit",
+        )
     return dict(spec)
 
 

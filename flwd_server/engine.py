@@ -44,6 +44,8 @@ log = logging.getLogger("flwd.engine")
 
 def _ticket_digest(ticket: str) -> str:
     return hashlib.sha256(ticket.encode()).hexdigest()
+
+
 BUNDLED_SOURCE = "examples"
 
 
@@ -70,15 +72,33 @@ class Engine:
         self._swept = False
         reset_after_fork(self, "_forget_sweep")
         self.catalog = Catalog()
-        self.registry = SourceRegistry(self.store, settings, self.catalog, self.make_source, bundled=self._configured_sources())
+        self.registry = SourceRegistry(
+            self.store, settings, self.catalog, self.make_source, bundled=self._configured_sources()
+        )
         self.catalog.before_read = self.registry.refresh
         self.registry.register_configured(sync_new=local_affinity)
         self.hub = EventHub(self.store, poll_interval=settings.sse.poll_interval)
         self.broadcaster = Broadcaster(
-            self.hub, heartbeat=settings.sse.heartbeat, max_duration=settings.sse.max_duration, is_closing=lambda: self.closing
+            self.hub,
+            heartbeat=settings.sse.heartbeat,
+            max_duration=settings.sse.max_duration,
+            is_closing=lambda: self.closing,
         )
-        self.planner = Planner(self.catalog, settings, self.store.digest_key, runtime=self.container_runtime, verify_signature=self.containers.verify_image)
-        self.runner = Runner(self.store, self.hub, self.planner, settings, affinity_only=local_affinity, container_executor=self.containers.run_step)
+        self.planner = Planner(
+            self.catalog,
+            settings,
+            self.store.digest_key,
+            runtime=self.container_runtime,
+            verify_signature=self.containers.verify_image,
+        )
+        self.runner = Runner(
+            self.store,
+            self.hub,
+            self.planner,
+            settings,
+            affinity_only=local_affinity,
+            container_executor=self.containers.run_step,
+        )
         self.authenticator = Authenticator(settings.dev, verify_jwt=_token_verifier(settings))
         install_metrics(self.store)
         self.metrics = Metrics(self.store, settings.limits.max_run_history)
@@ -95,7 +115,11 @@ class Engine:
         """The bundled example source; the config file's sources live in the database (``registry``)."""
         sources: list[Source] = []
         if self.settings.bundled_jobs:
-            sources.append(LocalSource(BUNDLED_SOURCE, {"type": "local", "path": str(bundled_root())}, self.settings.limits.default_timeout))
+            sources.append(
+                LocalSource(
+                    BUNDLED_SOURCE, {"type": "local", "path": str(bundled_root())}, self.settings.limits.default_timeout
+                )
+            )
         return sources
 
     def make_source(self, spec: dict[str, Any]) -> Source:
@@ -105,14 +129,26 @@ class Engine:
         if spec["type"] == "git":
             from .sources.git import GitSource  # GitPython loads only for git sources
 
-            return GitSource(spec["name"], spec, data_dir=self.settings.resolved_data_dir, git=self.settings.git, default_timeout=self.settings.limits.default_timeout)
+            return GitSource(
+                spec["name"],
+                spec,
+                data_dir=self.settings.resolved_data_dir,
+                git=self.settings.git,
+                default_timeout=self.settings.limits.default_timeout,
+            )
         if spec["type"] == "oci":
             from .sources.oci import OciSource
 
             box = self.settings.container
             return OciSource(
-                spec["name"], spec, registry=self.containers.registry, verifier=self.containers.verifier, allowed_registries=box.allowed_registries,
-                verify_signatures=box.verify_signatures, root=self.settings.resolved_data_dir / "addons", default_timeout=self.settings.limits.default_timeout,
+                spec["name"],
+                spec,
+                registry=self.containers.registry,
+                verifier=self.containers.verifier,
+                allowed_registries=box.allowed_registries,
+                verify_signatures=box.verify_signatures,
+                root=self.settings.resolved_data_dir / "addons",
+                default_timeout=self.settings.limits.default_timeout,
             )
         raise Unavailable(f"source type {spec['type']!r} is not supported by this build")
 
@@ -126,7 +162,12 @@ class Engine:
         self.runner.start()
         if not self._swept and not self.local_affinity and self.settings.container.runtime != "none":
             self._swept = True  # containers a crashed worker left behind go, once per server process
-            threading.Thread(target=self.containers.sweep_orphans, args=(self.store, self.runner.owner), name="flwd-container-sweep", daemon=True).start()
+            threading.Thread(
+                target=self.containers.sweep_orphans,
+                args=(self.store, self.runner.owner),
+                name="flwd-container-sweep",
+                daemon=True,
+            ).start()
 
     def _forget_sweep(self) -> None:
         self._swept = False
@@ -210,7 +251,9 @@ class Engine:
 
     # -- runs --------------------------------------------------------------------
 
-    def submit(self, request: PlanRequest, principal: Principal, idempotency: tuple[str, str] | None = None) -> tuple[Run, bool]:
+    def submit(
+        self, request: PlanRequest, principal: Principal, idempotency: tuple[str, str] | None = None
+    ) -> tuple[Run, bool]:
         """Queue a run (or record it rejected); returns ``(run, replayed)``.
 
         ``idempotency`` is ``(key, body_hash)``: the same key and body replay
@@ -230,9 +273,23 @@ class Engine:
             self._record_downgrade(downgrade, principal, plan)
             if downgrade.verdict is Verdict.DENY:
                 raise PolicyDenied(downgrade.reason, check="profile-downgrade")
-        public = {"job": plan.job.name, "source": plan.job.source, "revision": plan.job.revision, "args": plan.public_args(), "profile": plan.profile.value, "digest": plan.digest}
+        public = {
+            "job": plan.job.name,
+            "source": plan.job.source,
+            "revision": plan.job.revision,
+            "args": plan.public_args(),
+            "profile": plan.profile.value,
+            "digest": plan.digest,
+        }
         record = plan_record(plan)
-        queued = {"job": plan.job.name, "source": plan.job.source, "revision": plan.job.revision, "args": plan.public_args(), "profile": plan.profile.value, "submitted_by": principal.subject}
+        queued = {
+            "job": plan.job.name,
+            "source": plan.job.source,
+            "revision": plan.job.revision,
+            "args": plan.public_args(),
+            "profile": plan.profile.value,
+            "submitted_by": principal.subject,
+        }
         events: list[tuple[str, dict[str, Any]]] = [(EventType.RUN_QUEUED.value, queued)]
         if downgrade is not None:
             events.append((EventType.POLICY_PROFILE_DOWNGRADE.value, self._downgrade_data(downgrade, principal, plan)))
@@ -241,7 +298,12 @@ class Engine:
             status = RunStatus.REJECTED
             public["reason"] = "denied by policy: " + "; ".join(f"{d.check}: {d.reason}" for d in plan.denials)
             events.extend((EventType.POLICY_DECISION.value, d.to_dict()) for d in plan.decisions)
-            events.append((EventType.RUN_FINISHED.value, {"status": "rejected", "exit_code": None, "duration": 0.0, "reason": public["reason"]}))
+            events.append(
+                (
+                    EventType.RUN_FINISHED.value,
+                    {"status": "rejected", "exit_code": None, "duration": 0.0, "reason": public["reason"]},
+                )
+            )
         idem = (principal.subject, idempotency[0], idempotency[1]) if idempotency else None
         run, replayed = self.store.create_run(
             plan=record,
@@ -257,7 +319,18 @@ class Engine:
             if status is RunStatus.REJECTED:
                 for decision in plan.decisions:
                     log_decision(run.id, decision, job=plan.job.qualified_name)
-            log.debug("run %s queued: %s by %s", run.id, plan.job.qualified_name, principal.subject, extra={"event": "run.queued", "run_id": run.id, "job": plan.job.qualified_name, "subject": principal.subject})
+            log.debug(
+                "run %s queued: %s by %s",
+                run.id,
+                plan.job.qualified_name,
+                principal.subject,
+                extra={
+                    "event": "run.queued",
+                    "run_id": run.id,
+                    "job": plan.job.qualified_name,
+                    "subject": principal.subject,
+                },
+            )
             self.start()
             self.runner.wake()
         return run, replayed
@@ -275,7 +348,12 @@ class Engine:
     def _record_downgrade(self, decision: Decision, principal: Principal, plan: Plan) -> None:
         """Log every downgrade; a refused one has no run, so its event is a global one."""
         data = self._downgrade_data(decision, principal, plan)
-        log.warning("profile downgrade %s: %s", "granted" if data["granted"] else "refused", decision.reason, extra={"event": "policy.profile_downgrade", **data})
+        log.warning(
+            "profile downgrade %s: %s",
+            "granted" if data["granted"] else "refused",
+            decision.reason,
+            extra={"event": "policy.profile_downgrade", **data},
+        )
         if not data["granted"]:
             self.store.emit(None, EventType.POLICY_PROFILE_DOWNGRADE.value, data)
             self.store.flush()
@@ -305,7 +383,9 @@ class Engine:
     def redeem_stream_ticket(self, ticket: str, run_id: str | None) -> Principal:
         row = self.store.redeem_ticket(_ticket_digest(ticket)) if 16 <= len(ticket) <= 128 else None
         if row is None or row[2] < time.time():
-            raise Unauthenticated("the stream ticket is unknown, already used or expired; ask POST /stream-tickets for a new one")
+            raise Unauthenticated(
+                "the stream ticket is unknown, already used or expired; ask POST /stream-tickets for a new one"
+            )
         subject, bound_run, _ = row
         if bound_run is not None and bound_run != run_id:
             raise Unauthenticated("this stream ticket was issued for another run")
@@ -317,7 +397,9 @@ class Engine:
 
     def terminal_event_id(self, run_id: str) -> int | None:
         """Id of the run's ``run.finished`` event, or None while it runs."""
-        row = self.store.reader().execute(
-            "SELECT max(id) FROM events WHERE run_id = ? AND type = ?", (run_id, EventType.RUN_FINISHED.value)
-        ).fetchone()
+        row = (
+            self.store.reader()
+            .execute("SELECT max(id) FROM events WHERE run_id = ? AND type = ?", (run_id, EventType.RUN_FINISHED.value))
+            .fetchone()
+        )
         return row[0] if row else None

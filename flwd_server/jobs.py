@@ -167,7 +167,9 @@ def _parse_step(index: int, raw: Any, arg_names: set[str], errors: _Errors) -> S
     command = raw.get("command", [])
     if run is not None and "command" in raw:
         errors.add(f"{where}.command", "command applies to container steps; shell steps use run")
-    if not isinstance(command, list) or not all(isinstance(c, (str, int, float)) and not isinstance(c, bool) for c in command):
+    if not isinstance(command, list) or not all(
+        isinstance(c, (str, int, float)) and not isinstance(c, bool) for c in command
+    ):
         errors.add(f"{where}.command", "expected a list of strings (argv)")
         command = []
     command = [str(c) for c in command]
@@ -209,7 +211,9 @@ def _parse_step(index: int, raw: Any, arg_names: set[str], errors: _Errors) -> S
     )
 
 
-def parse_job(text: str | bytes, source: str, path: str, revision: str | None = None, default_timeout: float = 3600) -> Job:
+def parse_job(
+    text: str | bytes, source: str, path: str, revision: str | None = None, default_timeout: float = 3600
+) -> Job:
     """Parse one job file; raise InvalidJob naming every invalid field."""
     raw_bytes = text.encode() if isinstance(text, str) else text
     if len(raw_bytes) > MAX_JOB_FILE_BYTES:

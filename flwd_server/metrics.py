@@ -91,7 +91,9 @@ def fold(conn: sqlite3.Connection) -> int:
         if run_id not in runs:
             if len(runs) > 10000:
                 runs.clear()
-            found = conn.execute("SELECT source, job, started_at, finished_at FROM runs WHERE id = ?", (run_id,)).fetchone()
+            found = conn.execute(
+                "SELECT source, job, started_at, finished_at FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
             runs[run_id] = (found[0], found[1], found[2], found[3]) if found else ("", "", None, None)
         return runs[run_id]
 
@@ -120,7 +122,9 @@ def fold(conn: sqlite3.Connection) -> int:
                     deltas.observe("flwd_step_duration_seconds", {"source": source, "job": job}, data["duration"])
             elif kind == "policy.decision":
                 data = json.loads(raw)
-                deltas.inc("flwd_policy_decisions_total", {"check": data.get("check", ""), "outcome": data.get("outcome", "")})
+                deltas.inc(
+                    "flwd_policy_decisions_total", {"check": data.get("check", ""), "outcome": data.get("outcome", "")}
+                )
             elif kind == "policy.profile_downgrade":
                 data = json.loads(raw)
                 deltas.inc("flwd_profile_downgrades_total", {"granted": "true" if data.get("granted") else "false"})
@@ -237,7 +241,9 @@ class Metrics:
     def collect(self) -> list[Family]:
         self.store.write(fold)
         conn = self.store.reader()
-        families = [Family("flwd_build_info", "gauge", "flwd's version.", [("flwd_build_info", {"version": __version__}, 1)])]
+        families = [
+            Family("flwd_build_info", "gauge", "flwd's version.", [("flwd_build_info", {"version": __version__}, 1)])
+        ]
         families += self._state(conn)
         families += self._totals(conn)
         families += self._process_gauges(conn)
@@ -248,24 +254,43 @@ class Metrics:
 
     def _state(self, conn: sqlite3.Connection) -> list[Family]:
         runs = Family("flwd_runs", "gauge", "Runs kept in history (limits.max_run_history), by source, job and status.")
-        for source, job, status, count in conn.execute("SELECT source, job, status, count(*) FROM runs GROUP BY source, job, status ORDER BY 1, 2, 3"):
+        for source, job, status, count in conn.execute(
+            "SELECT source, job, status, count(*) FROM runs GROUP BY source, job, status ORDER BY 1, 2, 3"
+        ):
             runs.samples.append(("flwd_runs", {"source": source, "job": job, "status": status}, count))
         queued, oldest = conn.execute("SELECT count(*), min(created_at) FROM runs WHERE status = 'queued'").fetchone()
         running = conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
         families = [
             runs,
             Family("flwd_queue_depth", "gauge", "Runs waiting for a free slot.", [("flwd_queue_depth", {}, queued)]),
-            Family("flwd_runs_running", "gauge", "Runs executing now, across all processes.", [("flwd_runs_running", {}, running)]),
+            Family(
+                "flwd_runs_running",
+                "gauge",
+                "Runs executing now, across all processes.",
+                [("flwd_runs_running", {}, running)],
+            ),
             Family(
                 "flwd_oldest_queued_run_age_seconds",
                 "gauge",
                 "How long the oldest queued run has waited (0 when none waits).",
                 [("flwd_oldest_queued_run_age_seconds", {}, max(0.0, time.time() - oldest) if oldest else 0.0)],
             ),
-            Family("flwd_events_written_total", "counter", "Events committed to the event store since it was created.", [("flwd_events_written_total", {}, self.store.events_sequence())]),
+            Family(
+                "flwd_events_written_total",
+                "counter",
+                "Events committed to the event store since it was created.",
+                [("flwd_events_written_total", {}, self.store.events_sequence())],
+            ),
         ]
         if self.max_run_history is not None:
-            families.append(Family("flwd_run_history_limit", "gauge", "Finished runs kept (limits.max_run_history).", [("flwd_run_history_limit", {}, self.max_run_history)]))
+            families.append(
+                Family(
+                    "flwd_run_history_limit",
+                    "gauge",
+                    "Finished runs kept (limits.max_run_history).",
+                    [("flwd_run_history_limit", {}, self.max_run_history)],
+                )
+            )
         return families
 
     def _totals(self, conn: sqlite3.Connection) -> list[Family]:
@@ -274,13 +299,19 @@ class Metrics:
             rows.setdefault(name, []).append((json.loads(labels), value))
         families = []
         for name, help_text in COUNTERS.items():
-            families.append(Family(name, "counter", help_text, [(name, labels, value) for labels, value in rows.get(name, [])]))
+            families.append(
+                Family(name, "counter", help_text, [(name, labels, value) for labels, value in rows.get(name, [])])
+            )
         for name, help_text in HISTOGRAMS.items():
-            families.append(self._histogram(name, help_text, rows.get(name + "_bucket", []), rows.get(name + "_sum", [])))
+            families.append(
+                self._histogram(name, help_text, rows.get(name + "_bucket", []), rows.get(name + "_sum", []))
+            )
         return families
 
     @staticmethod
-    def _histogram(name: str, help_text: str, buckets: list[tuple[dict[str, Any], float]], sums: list[tuple[dict[str, Any], float]]) -> Family:
+    def _histogram(
+        name: str, help_text: str, buckets: list[tuple[dict[str, Any], float]], sums: list[tuple[dict[str, Any], float]]
+    ) -> Family:
         groups: dict[str, dict[str, float]] = {}
         keys: dict[str, dict[str, Any]] = {}
         for labels, value in buckets:
@@ -320,8 +351,20 @@ class Metrics:
                 live += 1
         if dead:
             stale = sorted(set(dead))
-            self.store.write_later(lambda c: c.executemany("DELETE FROM process_gauges WHERE owner = ?", [(o,) for o in stale]))
+            self.store.write_later(
+                lambda c: c.executemany("DELETE FROM process_gauges WHERE owner = ?", [(o,) for o in stale])
+            )
         return [
-            Family("flwd_sse_clients", "gauge", "Event streams open now, across all worker processes.", [("flwd_sse_clients", {}, total)]),
-            Family("flwd_processes", "gauge", "Live flwd processes sharing this database (server workers, local CLI runs).", [("flwd_processes", {}, live)]),
+            Family(
+                "flwd_sse_clients",
+                "gauge",
+                "Event streams open now, across all worker processes.",
+                [("flwd_sse_clients", {}, total)],
+            ),
+            Family(
+                "flwd_processes",
+                "gauge",
+                "Live flwd processes sharing this database (server workers, local CLI runs).",
+                [("flwd_processes", {}, live)],
+            ),
         ]

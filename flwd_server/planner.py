@@ -63,14 +63,20 @@ class Planner:
         decisions: list[Decision] = []
         if requested is not None and requested.is_weaker_than(default):
             downgrade = downgrade_decision(
-                default, requested, self.settings.policy.allowed_downgrades, principal.has_scope(Scope.RUNS_DOWNGRADE), principal.subject
+                default,
+                requested,
+                self.settings.policy.allowed_downgrades,
+                principal.has_scope(Scope.RUNS_DOWNGRADE),
+                principal.subject,
             )
             decisions.append(downgrade)
             if downgrade.verdict is Verdict.DENY:
                 profile = default
         decisions.extend(evaluate(self.context(job, profile)))
         digest = self.digest(job, args, profile)
-        return Plan(job=job, args=args, profile=profile, decisions=tuple(decisions), digest=digest, requested_profile=requested)
+        return Plan(
+            job=job, args=args, profile=profile, decisions=tuple(decisions), digest=digest, requested_profile=requested
+        )
 
     def context(self, job: Job, profile: Profile) -> PolicyContext:
         source_kind, spec = "local", {}
@@ -97,7 +103,9 @@ class Planner:
         """HMAC over what would run: the job's definition (cached per revision), the args, the profile."""
         if self._key is None:
             self._key = self._digest_key()
-        tail = json.dumps({"args": args, "profile": profile.value}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        tail = json.dumps(
+            {"args": args, "profile": profile.value}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
         material = _job_canonical(job) + "\n" + tail
         return "sha256:" + hmac.new(self._key, material.encode(), hashlib.sha256).hexdigest()
 
@@ -156,7 +164,10 @@ def job_from_record(record: dict[str, Any]) -> Job:
         name=data["name"],
         source=data["source"],
         description=data.get("description", ""),
-        args=tuple(ArgSpec(name=k, **{**v, "choices": tuple(v["choices"]) if v.get("choices") else None}) for k, v in data.get("args", {}).items()),
+        args=tuple(
+            ArgSpec(name=k, **{**v, "choices": tuple(v["choices"]) if v.get("choices") else None})
+            for k, v in data.get("args", {}).items()
+        ),
         requires=tuple(data.get("requires", ())),
         timeout=float(data.get("timeout", 3600)),
         env=tuple(sorted((data.get("env") or {}).items())),

@@ -83,7 +83,13 @@ def check_image_registry(ctx: PolicyContext) -> list[Finding]:
             out.append(Finding("image-registry", True, f"step {step.name!r}: registry {ref.registry} is allowed"))
         else:
             listed = ", ".join(allowed) or "none configured"
-            out.append(Finding("image-registry", False, f"step {step.name!r}: registry {ref.registry} is not in container.allowed_registries ({listed})"))
+            out.append(
+                Finding(
+                    "image-registry",
+                    False,
+                    f"step {step.name!r}: registry {ref.registry} is not in container.allowed_registries ({listed})",
+                )
+            )
     return out
 
 
@@ -97,7 +103,13 @@ def check_image_pinned(ctx: PolicyContext) -> list[Finding]:
         if ref.pinned:
             out.append(Finding("image-digest", True, f"step {step.name!r}: image pinned by digest"))
         else:
-            out.append(Finding("image-digest", False, f"step {step.name!r}: image {step.image} is not pinned by digest (@sha256:...), so what runs can change"))
+            out.append(
+                Finding(
+                    "image-digest",
+                    False,
+                    f"step {step.name!r}: image {step.image} is not pinned by digest (@sha256:...), so what runs can change",
+                )
+            )
     return out
 
 
@@ -115,7 +127,14 @@ def check_image_signature(ctx: PolicyContext) -> list[Finding]:
         if result.status == "verified":
             out.append(Finding("image-signature", True, f"step {step.name!r}: {result.reason}"))
         elif mode == "permissive":
-            out.append(Finding("image-signature", False, f"step {step.name!r}: {result.reason} (verify_signatures: permissive)", soft=True))
+            out.append(
+                Finding(
+                    "image-signature",
+                    False,
+                    f"step {step.name!r}: {result.reason} (verify_signatures: permissive)",
+                    soft=True,
+                )
+            )
         else:
             out.append(Finding("image-signature", False, f"step {step.name!r}: {result.reason}"))
     return out
@@ -151,14 +170,24 @@ def check_container_network(ctx: PolicyContext) -> list[Finding]:
     if "network" in ctx.job.requires:
         return [Finding("container-network", True, "the job requires network; containers get the default network")]
     if wants:
-        return [Finding("container-network", False, f"steps {', '.join(wants)} ask for a network the job does not require (add 'network' to requires)")]
+        return [
+            Finding(
+                "container-network",
+                False,
+                f"steps {', '.join(wants)} ask for a network the job does not require (add 'network' to requires)",
+            )
+        ]
     return [Finding("container-network", True, "containers run with network none")]
 
 
 def check_host_env(ctx: PolicyContext) -> list[Finding]:
     if "host-env" not in ctx.job.requires:
         if any(s.run for s in ctx.job.steps):
-            return [Finding("host-env", True, "host steps get a scrubbed environment (PATH, HOME, LANG and the job's variables)")]
+            return [
+                Finding(
+                    "host-env", True, "host steps get a scrubbed environment (PATH, HOME, LANG and the job's variables)"
+                )
+            ]
         return []
     return [Finding("host-env", False, "the job asks for the server's environment to be passed to its steps")]
 
@@ -169,7 +198,13 @@ def check_git_ref_pinned(ctx: PolicyContext) -> list[Finding]:
     ref = ctx.source_spec.get("ref") or "HEAD"
     if COMMIT_RE.match(ref):
         return [Finding("git-ref-pinned", True, f"source {ctx.job.source!r} is pinned to commit {ref[:12]}")]
-    return [Finding("git-ref-pinned", False, f"source {ctx.job.source!r} follows ref {ref!r}, not a commit: what runs changes when it moves")]
+    return [
+        Finding(
+            "git-ref-pinned",
+            False,
+            f"source {ctx.job.source!r} follows ref {ref!r}, not a commit: what runs changes when it moves",
+        )
+    ]
 
 
 def check_oci_source_pinned(ctx: PolicyContext) -> list[Finding]:
@@ -220,13 +255,25 @@ def evaluate(ctx: PolicyContext) -> tuple[Decision, ...]:
     return tuple(decide(f, ctx.profile) for f in findings)
 
 
-def downgrade_decision(default: Profile, requested: Profile, allowed: tuple[str, ...], has_scope: bool, subject: str) -> Decision:
+def downgrade_decision(
+    default: Profile, requested: Profile, allowed: tuple[str, ...], has_scope: bool, subject: str
+) -> Decision:
     """Whether ``subject`` may run under ``requested`` when the server default is ``default``."""
     if not has_scope:
-        return Decision("profile-downgrade", Verdict.DENY, f"{subject} asked for {requested.value} below the default {default.value} without the runs:downgrade scope")
+        return Decision(
+            "profile-downgrade",
+            Verdict.DENY,
+            f"{subject} asked for {requested.value} below the default {default.value} without the runs:downgrade scope",
+        )
     if requested.value not in allowed:
-        return Decision("profile-downgrade", Verdict.DENY, f"{subject} asked for {requested.value}, which policy.allowed_downgrades does not allow ({', '.join(allowed) or 'none'})")
-    return Decision("profile-downgrade", Verdict.WARN, f"{subject} runs under {requested.value}, below the default {default.value}")
+        return Decision(
+            "profile-downgrade",
+            Verdict.DENY,
+            f"{subject} asked for {requested.value}, which policy.allowed_downgrades does not allow ({', '.join(allowed) or 'none'})",
+        )
+    return Decision(
+        "profile-downgrade", Verdict.WARN, f"{subject} runs under {requested.value}, below the default {default.value}"
+    )
 
 
 def log_decision(run_id: str | None, decision: Decision, job: str | None = None) -> None:
@@ -236,5 +283,12 @@ def log_decision(run_id: str | None, decision: Decision, job: str | None = None)
         decision.check,
         decision.verdict.value,
         decision.reason,
-        extra={"event": "policy.decision", "run_id": run_id, "job": job, "check": decision.check, "outcome": decision.verdict.value, "reason": decision.reason},
+        extra={
+            "event": "policy.decision",
+            "run_id": run_id,
+            "job": job,
+            "check": decision.check,
+            "outcome": decision.verdict.value,
+            "reason": decision.reason,
+        },
     )

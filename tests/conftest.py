@@ -88,7 +88,15 @@ def hub(sqlite_store: Any) -> Iterator[Any]:
 def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
-    def start(config: dict[str, Any] | None = None, *, dev: bool = True, env: dict[str, str] | None = None, wait: bool = True, host: str = "127.0.0.1", root: Path | None = None) -> ServerProcess:
+    def start(
+        config: dict[str, Any] | None = None,
+        *,
+        dev: bool = True,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        host: str = "127.0.0.1",
+        root: Path | None = None,
+    ) -> ServerProcess:
         server = ServerProcess(root or tmp_path_factory.mktemp("server"), config or {}, dev, env, host)
         started.append(server)
         return server.start(wait=wait)

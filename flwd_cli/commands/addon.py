@@ -31,9 +31,19 @@ def addon_group() -> None:
 @addon_group.command("publish")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.argument("ref")
-@click.option("--sign-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key: also push a cosign-format signature.")
+@click.option(
+    "--sign-key",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM private key: also push a cosign-format signature.",
+)
 @click.option("--insecure", is_flag=True, help="Reach the registry over plain HTTP (loopback test registries).")
-@click.option("--config", "config_path", envvar="FLWD_CONFIG", type=click.Path(dir_okay=False), help="Config file (its container.insecure_registries apply).")
+@click.option(
+    "--config",
+    "config_path",
+    envvar="FLWD_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="Config file (its container.insecure_registries apply).",
+)
 def publish_command(folder: str, ref: str, sign_key: str | None, insecure: bool, config_path: str | None) -> None:
     """Publish FOLDER/jobs as an add-on at REF (registry/repo:tag); prints REF@DIGEST.
 
@@ -42,15 +52,23 @@ def publish_command(folder: str, ref: str, sign_key: str | None, insecure: bool,
     """
     target = parse_image_ref(ref, field="ref")
     if target.digest:
-        raise Unprocessable("ref: publish to a tag (registry/repo:tag); the digest is what publishing gives you", [{"field": "ref", "message": "expected a tag, not a digest"}])
+        raise Unprocessable(
+            "ref: publish to a tag (registry/repo:tag); the digest is what publishing gives you",
+            [{"field": "ref", "message": "expected a tag, not a digest"}],
+        )
     first, slash, _ = ref.partition("/")
     if not slash or not ("." in first or ":" in first or first == "localhost"):
-        raise Unprocessable("ref: name the registry (registry.example.org/repo:tag)", [{"field": "ref", "message": "expected registry/repo:tag"}])
+        raise Unprocessable(
+            "ref: name the registry (registry.example.org/repo:tag)",
+            [{"field": "ref", "message": "expected registry/repo:tag"}],
+        )
     _check_jobs(Path(folder))
     key = None
     if sign_key:
         password = os.environ.get("FLWD_SIGN_KEY_PASSWORD")
-        key = load_private_key(Path(sign_key).read_bytes(), password.encode() if password else None, Path(sign_key).name)
+        key = load_private_key(
+            Path(sign_key).read_bytes(), password.encode() if password else None, Path(sign_key).name
+        )
     settings = load_settings(config_path) if config_path else None
     insecure_list = list(settings.container.insecure_registries) if settings else []
     if insecure:

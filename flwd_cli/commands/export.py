@@ -21,13 +21,21 @@ class IncompleteExport(FlwdError):
 
 
 @click.command(":export")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True), help="File to write ('-' for stdout).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="File to write ('-' for stdout).",
+)
 @click.option("--since", help="Runs created at or after this ISO 8601 time.")
 @click.option("--until", help="Runs created before this ISO 8601 time.")
 @click.option("--status", help="Only runs with this status (comma-separated for several).")
 @click.option("--job", help="Only runs of this job (NAME or SOURCE:NAME).")
 @with_backend
-def export_command(backend: Any, output: str, since: str | None, until: str | None, status: str | None, job: str | None) -> None:
+def export_command(
+    backend: Any, output: str, since: str | None, until: str | None, status: str | None, job: str | None
+) -> None:
     """Write runs and their events as NDJSON, the same as GET /export.
 
     The file is written next to its destination and renamed into place only
@@ -41,7 +49,9 @@ def export_command(backend: Any, output: str, since: str | None, until: str | No
         end = _end_record(tail)
     else:
         target = Path(output)
-        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent if str(target.parent) else ".")
+        fd, temp = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".part", dir=target.parent if str(target.parent) else "."
+        )
         try:
             with os.fdopen(fd, "wb") as handle:
                 tail = _copy(chunks, handle)

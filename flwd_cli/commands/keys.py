@@ -17,10 +17,28 @@ def keys_group() -> None:
 
 
 @keys_group.command("new")
-@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False), help="Where the private key (KID.pem) is written.")
-@click.option("--alg", "algorithm", type=click.Choice(KEY_ALGORITHMS), default="ES256", show_default=True, help="Signature algorithm of the new key.")
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where the private key (KID.pem) is written.",
+)
+@click.option(
+    "--alg",
+    "algorithm",
+    type=click.Choice(KEY_ALGORITHMS),
+    default="ES256",
+    show_default=True,
+    help="Signature algorithm of the new key.",
+)
 @click.option("--kid", help="Key id (default: the RFC 7638 thumbprint of the public key).")
-@click.option("--jwks", "jwks_path", type=click.Path(dir_okay=False), help="JWKS file to add the public key to (default: DIR/jwks.json; created if missing).")
+@click.option(
+    "--jwks",
+    "jwks_path",
+    type=click.Path(dir_okay=False),
+    help="JWKS file to add the public key to (default: DIR/jwks.json; created if missing).",
+)
 def new_key(directory: str, algorithm: str, kid: str | None, jwks_path: str | None) -> None:
     """Create a key pair: the private key in DIR, its public half added to the JWKS.
 
@@ -42,8 +60,12 @@ def new_key(directory: str, algorithm: str, kid: str | None, jwks_path: str | No
     click.echo(f"kid:         {jwk['kid']} ({algorithm})")
     click.echo(f"private key: {key_path} (mode 0600: it signs tokens, keep it off the server if you can)")
     click.echo(f"JWKS:        {jwks} (keys: {', '.join(kids)}; point auth.jwk_file at it)")
-    kid_option = f" --kid {jwk['kid']}" if kid else ""  # a PEM file does not carry its kid; the thumbprint is recomputed
-    click.echo(f"mint with:   flwd :token --key {key_path}{kid_option} --subject WHO --scope SCOPES --config SERVER.yaml")
+    kid_option = (
+        f" --kid {jwk['kid']}" if kid else ""
+    )  # a PEM file does not carry its kid; the thumbprint is recomputed
+    click.echo(
+        f"mint with:   flwd :token --key {key_path}{kid_option} --subject WHO --scope SCOPES --config SERVER.yaml"
+    )
 
 
 @keys_group.command("list")
@@ -68,4 +90,6 @@ def list_keys(jwks_path: str) -> None:
 def remove(kid: str, jwks_path: str) -> None:
     """Drop KID from the JWKS: tokens signed with it stop working at once (no restart)."""
     left = remove_key(jwks_path, kid)
-    click.echo(f"removed {kid}; {os.fspath(jwks_path)} now holds: {', '.join(left) or '(no keys: every token is refused)'}")
+    click.echo(
+        f"removed {kid}; {os.fspath(jwks_path)} now holds: {', '.join(left) or '(no keys: every token is refused)'}"
+    )

@@ -49,7 +49,10 @@ def list_command(backend: Any, as_json: bool) -> None:
     if as_json:
         output.print_json({"sources": sources})
         return
-    rows = [[s["name"], s["type"], s["origin"], _location(s), _revision(s), len(s["jobs"]), len(s["errors"])] for s in sources]
+    rows = [
+        [s["name"], s["type"], s["origin"], _location(s), _revision(s), len(s["jobs"]), len(s["errors"])]
+        for s in sources
+    ]
     output.table(rows, ["source", "type", "origin", "from", "revision", "jobs", "problems"])
 
 
@@ -88,7 +91,9 @@ def add_command(backend: Any, name: str, path: str | None, url: str | None, ref:
     if as_json:
         output.print_json({"source": source})
         return
-    click.echo(f"added {source['name']} at {source.get('revision') or '-'}: {len(source['jobs'])} jobs, {len(source['errors'])} problems")
+    click.echo(
+        f"added {source['name']} at {source.get('revision') or '-'}: {len(source['jobs'])} jobs, {len(source['errors'])} problems"
+    )
     for error in source["errors"]:
         line = f":{error['line']}" if error.get("line") else ""
         click.echo(f"  {error['path']}{line}: {error['field']}: {error['message']}", err=True)

@@ -25,7 +25,9 @@ def parse_duration(text: str) -> int:
     """``90``, ``90s``, ``15m``, ``1h``, ``30d`` -> seconds."""
     match = DURATION_RE.match(text)
     if not match:
-        raise click.BadParameter(f"expected a duration such as 900, 15m, 1h or 30d, got {text!r}", param_hint="--lifetime")
+        raise click.BadParameter(
+            f"expected a duration such as 900, 15m, 1h or 30d, got {text!r}", param_hint="--lifetime"
+        )
     seconds = int(match.group(1)) * UNITS[match.group(2)]
     if not 1 <= seconds <= MAX_LIFETIME:
         raise click.BadParameter("must be between 1 second and 366 days", param_hint="--lifetime")
@@ -36,23 +38,57 @@ def parse_scopes(values: tuple[str, ...]) -> list[str]:
     scopes = [scope for value in values for scope in value.replace(",", " ").split()]
     unknown = sorted({s for s in scopes if s not in SCOPES})
     if unknown:
-        raise click.BadParameter(f"unknown scope {', '.join(unknown)} (known: {', '.join(SCOPES)})", param_hint="--scope")
+        raise click.BadParameter(
+            f"unknown scope {', '.join(unknown)} (known: {', '.join(SCOPES)})", param_hint="--scope"
+        )
     if not scopes:
         raise click.BadParameter("name at least one scope", param_hint="--scope")
     return sorted(set(scopes))
 
 
 @click.command(":token")
-@click.option("--key", "key_path", required=True, envvar="FLWD_SIGNING_KEY", show_envvar=True, type=click.Path(dir_okay=False), help="Private key: PEM, or a JWK (JSON) with 'd'.")
-@click.option("--subject", "--sub", "subject", required=True, help="Who the token is for (recorded on every run it submits).")
-@click.option("--scope", "scopes", multiple=True, metavar="SCOPE", help=f"A scope (repeatable, or space-separated): {', '.join(SCOPES)}.")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    envvar="FLWD_SIGNING_KEY",
+    show_envvar=True,
+    type=click.Path(dir_okay=False),
+    help="Private key: PEM, or a JWK (JSON) with 'd'.",
+)
+@click.option(
+    "--subject", "--sub", "subject", required=True, help="Who the token is for (recorded on every run it submits)."
+)
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    metavar="SCOPE",
+    help=f"A scope (repeatable, or space-separated): {', '.join(SCOPES)}.",
+)
 @click.option("--lifetime", default="1h", show_default=True, help="How long the token is valid: 900, 15m, 1h, 30d.")
 @click.option("--issuer", help="The 'iss' claim (default: auth.issuer of --config).")
 @click.option("--audience", help="The 'aud' claim (default: auth.audience of --config).")
 @click.option("--kid", help="Key id in the header (default: the JWK's kid, else the key's RFC 7638 thumbprint).")
-@click.option("--config", "config_path", envvar="FLWD_CONFIG", type=click.Path(exists=True, dir_okay=False), help="Server config to take the issuer and audience from.")
+@click.option(
+    "--config",
+    "config_path",
+    envvar="FLWD_CONFIG",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Server config to take the issuer and audience from.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the token with its kid, algorithm and expiry as JSON.")
-def token_command(key_path: str, subject: str, scopes: tuple[str, ...], lifetime: str, issuer: str | None, audience: str | None, kid: str | None, config_path: str | None, as_json: bool) -> None:
+def token_command(
+    key_path: str,
+    subject: str,
+    scopes: tuple[str, ...],
+    lifetime: str,
+    issuer: str | None,
+    audience: str | None,
+    kid: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
     """Mint a signed JWT for this deployment's flwd server.
 
     \b
@@ -66,15 +102,30 @@ def token_command(key_path: str, subject: str, scopes: tuple[str, ...], lifetime
         issuer = issuer or auth.issuer
         audience = audience or auth.audience
     if not issuer or not audience:
-        raise click.UsageError("give --issuer and --audience, or --config with auth.issuer and auth.audience (they must match the server's)")
+        raise click.UsageError(
+            "give --issuer and --audience, or --config with auth.issuer and auth.audience (they must match the server's)"
+        )
     if not subject.strip() or not subject.isprintable() or len(subject) > 255:
         raise click.BadParameter("expected 1-255 printable characters", param_hint="--subject")
     key, jwk_kid = load_private_key(key_path)
     kid = kid or jwk_kid or public_jwk(key)["kid"]
     now = int(time.time())
-    token = mint(key, issuer=issuer, audience=audience, subject=subject, scopes=granted, lifetime=seconds, kid=kid, now=now)
+    token = mint(
+        key, issuer=issuer, audience=audience, subject=subject, scopes=granted, lifetime=seconds, kid=kid, now=now
+    )
     if as_json:
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + seconds))
-        click.echo(json.dumps({"token": token, "kid": kid, "alg": algorithm_of(key), "subject": subject, "scopes": granted, "expires_at": expires}))
+        click.echo(
+            json.dumps(
+                {
+                    "token": token,
+                    "kid": kid,
+                    "alg": algorithm_of(key),
+                    "subject": subject,
+                    "scopes": granted,
+                    "expires_at": expires,
+                }
+            )
+        )
     else:
         click.echo(token)

@@ -54,5 +54,7 @@ class Authenticator:
                 return DEV_PRINCIPAL
             raise Unauthenticated("dev-token is accepted only by a server started with --dev")
         if self.verify_jwt is None:
-            raise Unauthenticated("this server has no token verification configured (auth.jwk_file); only --dev accepts dev-token")
+            raise Unauthenticated(
+                "this server has no token verification configured (auth.jwk_file); only --dev accepts dev-token"
+            )
         return self.verify_jwt(token)

@@ -61,7 +61,9 @@ def _usable_key(index: int, jwk: Any, allowed: tuple[str, ...]) -> tuple[str, jw
         raise ValueError(f"{where}: 'key_ops' does not include 'verify'")
     algorithm = pinned_algorithm(jwk)
     if algorithm is None:
-        raise ValueError(f"{where}: unsupported key type {jwk.get('kty')!r}/{jwk.get('crv')!r} (use RSA, EC P-256 or OKP Ed25519)")
+        raise ValueError(
+            f"{where}: unsupported key type {jwk.get('kty')!r}/{jwk.get('crv')!r} (use RSA, EC P-256 or OKP Ed25519)"
+        )
     if jwk.get("alg") not in (None, algorithm):
         raise ValueError(f"{where}: 'alg' is {jwk.get('alg')!r}, but flwd verifies this key type with {algorithm} only")
     if algorithm not in allowed:

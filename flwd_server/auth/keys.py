@@ -86,7 +86,9 @@ def public_jwk(key: PrivateKey, kid: str | None = None) -> dict[str, Any]:
 
 
 def private_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def load_private_key(path: str | os.PathLike[str]) -> tuple[PrivateKey, str | None]:
@@ -113,7 +115,9 @@ def load_private_key(path: str | os.PathLike[str]) -> tuple[PrivateKey, str | No
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise SigningKeyError(f"{path}: the key is encrypted; decrypt it first (openssl pkey -in KEY -out PLAIN)") from None
+        raise SigningKeyError(
+            f"{path}: the key is encrypted; decrypt it first (openssl pkey -in KEY -out PLAIN)"
+        ) from None
     except ValueError:
         raise SigningKeyError(f"{path}: not a PEM private key or a private JWK") from None
     algorithm_of(key)  # type: ignore[arg-type]

@@ -96,7 +96,9 @@ def scopes_of(claims: dict[str, Any]) -> frozenset[str]:
 def _require_subject(claims: dict[str, Any]) -> str:
     subject = claims["sub"]
     if not isinstance(subject, str) or not subject.strip() or len(subject) > MAX_SUBJECT_LENGTH:
-        raise Unauthenticated(f"the token's 'sub' claim must be a non-empty string of at most {MAX_SUBJECT_LENGTH} characters")
+        raise Unauthenticated(
+            f"the token's 'sub' claim must be a non-empty string of at most {MAX_SUBJECT_LENGTH} characters"
+        )
     if not subject.isprintable():
         raise Unauthenticated("the token's 'sub' claim must not contain control characters")
     return subject
@@ -119,10 +121,16 @@ class TokenVerifier:
     ) -> None:
         missing = [name for name in ("issuer", "audience", "jwk_file") if not getattr(auth, name)]
         if missing:
-            raise ConfigError("auth." + missing[0], f"token verification needs auth.issuer, auth.audience and auth.jwk_file (missing: {', '.join('auth.' + m for m in missing)})")
+            raise ConfigError(
+                "auth." + missing[0],
+                f"token verification needs auth.issuer, auth.audience and auth.jwk_file (missing: {', '.join('auth.' + m for m in missing)})",
+            )
         unknown = [a for a in auth.algorithms if a not in SUPPORTED_ALGORITHMS]
         if unknown or not auth.algorithms:
-            raise ConfigError("auth.algorithms", f"supported are {', '.join(SUPPORTED_ALGORITHMS)} (public-key signatures only); got {', '.join(unknown) or 'none'}")
+            raise ConfigError(
+                "auth.algorithms",
+                f"supported are {', '.join(SUPPORTED_ALGORITHMS)} (public-key signatures only); got {', '.join(unknown) or 'none'}",
+            )
         self.issuer: str = auth.issuer  # type: ignore[assignment]
         self.audience: str = auth.audience  # type: ignore[assignment]
         self.path: str = os.path.expanduser(auth.jwk_file)  # type: ignore[arg-type]
@@ -185,8 +193,17 @@ class TokenVerifier:
             for reason in keyset.skipped:
                 log.warning("JWKS %s: %s", self.path, reason, extra={"event": "auth.jwks_key_skipped"})
             if not keyset.keys:
-                log.error("JWKS %s now holds no usable key: every token is refused", self.path, extra={"event": "auth.jwks_empty"})
-            log.info("JWKS %s loaded: keys %s", self.path, ", ".join(keyset.keys) or "(none)", extra={"event": "auth.jwks_loaded", "kids": list(keyset.keys)})
+                log.error(
+                    "JWKS %s now holds no usable key: every token is refused",
+                    self.path,
+                    extra={"event": "auth.jwks_empty"},
+                )
+            log.info(
+                "JWKS %s loaded: keys %s",
+                self.path,
+                ", ".join(keyset.keys) or "(none)",
+                extra={"event": "auth.jwks_loaded", "kids": list(keyset.keys)},
+            )
             self._generation += 1
             self._cache.clear()
         self._keyset = keyset
@@ -200,7 +217,12 @@ class TokenVerifier:
             keyset = parse_jwks(raw, self.algorithms)
         except (OSError, ValueError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) else str(exc)
-            log.error("JWKS %s cannot be used (%s); keeping the previous keys", self.path, detail, extra={"event": "auth.jwks_unreadable"})
+            log.error(
+                "JWKS %s cannot be used (%s); keeping the previous keys",
+                self.path,
+                detail,
+                extra={"event": "auth.jwks_unreadable"},
+            )
             return
         self._install(keyset)
 
@@ -215,7 +237,11 @@ class TokenVerifier:
         with self._lock:
             if current is None:
                 if self._stat is not None:
-                    log.error("JWKS %s is missing; keeping the previous keys", self.path, extra={"event": "auth.jwks_unreadable"})
+                    log.error(
+                        "JWKS %s is missing; keeping the previous keys",
+                        self.path,
+                        extra={"event": "auth.jwks_unreadable"},
+                    )
                     self._stat = None
                 return
             if current != self._stat or self._racy:
@@ -273,7 +299,9 @@ class TokenVerifier:
         except jwt.InvalidSignatureError:
             raise Unauthenticated("the token's signature does not verify") from None
         except jwt.InvalidAlgorithmError:
-            raise Unauthenticated(f"the token's algorithm is not allowed: its key verifies {key.algorithm_name} only") from None
+            raise Unauthenticated(
+                f"the token's algorithm is not allowed: its key verifies {key.algorithm_name} only"
+            ) from None
         except jwt.PyJWTError:
             raise Unauthenticated(MALFORMED) from None
         try:

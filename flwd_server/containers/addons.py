@@ -81,7 +81,9 @@ def pack(folder: str | os.PathLike[str], limits: Limits = Limits()) -> tuple[byt
                 files += 1
                 job_files += name.endswith(JOB_SUFFIXES)
                 if total > limits.tree_bytes:
-                    raise UnsafeSource(f"{folder}/jobs holds more than {limits.tree_bytes} bytes; too large for an add-on")
+                    raise UnsafeSource(
+                        f"{folder}/jobs holds more than {limits.tree_bytes} bytes; too large for an add-on"
+                    )
                 with open(path, "rb") as handle:
                     tar.addfile(item, handle)
             else:
@@ -102,7 +104,14 @@ def manifest_for(layer: bytes, summary: dict[str, int]) -> tuple[bytes, bytes]:
         "mediaType": OCI_MANIFEST,
         "artifactType": ARTIFACT_TYPE,
         "config": {"mediaType": CONFIG_TYPE, "size": len(config), "digest": sha256_digest(config)},
-        "layers": [{"mediaType": LAYER_TYPE, "size": len(layer), "digest": sha256_digest(layer), "annotations": {"org.opencontainers.image.title": "jobs.tar.gz"}}],
+        "layers": [
+            {
+                "mediaType": LAYER_TYPE,
+                "size": len(layer),
+                "digest": sha256_digest(layer),
+                "annotations": {"org.opencontainers.image.title": "jobs.tar.gz"},
+            }
+        ],
     }
     return json.dumps(manifest, separators=(",", ":")).encode(), config
 
@@ -113,7 +122,9 @@ def publish(registry: RegistryClient, ref: ImageRef, folder: str | os.PathLike[s
     manifest, config = manifest_for(layer, summary)
     registry.push_blob(ref.registry, ref.repository, config)
     registry.push_blob(ref.registry, ref.repository, layer)
-    return registry.put_manifest(ref.registry, ref.repository, ref.tag or sha256_digest(manifest), manifest, OCI_MANIFEST)
+    return registry.put_manifest(
+        ref.registry, ref.repository, ref.tag or sha256_digest(manifest), manifest, OCI_MANIFEST
+    )
 
 
 # -- reading ---------------------------------------------------------------------
@@ -126,8 +137,12 @@ def addon_layer(manifest: Manifest, where: str) -> dict:
         raise UnsafeSource(f"{where} is not a flwd add-on (media type {manifest.media_type or 'unknown'})")
     config = data.get("config") or {}
     if data.get("artifactType") != ARTIFACT_TYPE and config.get("mediaType") != CONFIG_TYPE:
-        raise UnsafeSource(f"{where} is not a flwd add-on (artifact type {data.get('artifactType') or config.get('mediaType')!r}; publish one with `flwd :addon publish`)")
-    layers = [layer for layer in data.get("layers") or [] if isinstance(layer, dict) and layer.get("mediaType") == LAYER_TYPE]
+        raise UnsafeSource(
+            f"{where} is not a flwd add-on (artifact type {data.get('artifactType') or config.get('mediaType')!r}; publish one with `flwd :addon publish`)"
+        )
+    layers = [
+        layer for layer in data.get("layers") or [] if isinstance(layer, dict) and layer.get("mediaType") == LAYER_TYPE
+    ]
     if len(layers) != 1:
         raise UnsafeSource(f"{where} has {len(layers)} jobs layers; a flwd add-on has exactly one")
     return layers[0]
@@ -167,7 +182,9 @@ def extract(layer: bytes, dest: str | os.PathLike[str], limits: Limits = Limits(
                         continue
                     if not member.isreg():
                         kind = "link" if member.issym() or member.islnk() else "device or fifo"
-                        raise UnsafeSource(f"add-on entry {member.name!r} is a {kind}; only files and folders are accepted")
+                        raise UnsafeSource(
+                            f"add-on entry {member.name!r} is a {kind}; only files and folders are accepted"
+                        )
                     total += member.size
                     if total > limits.tree_bytes:
                         raise UnsafeSource(f"the add-on unpacks to more than {limits.tree_bytes} bytes")

@@ -57,11 +57,15 @@ def parse_image_ref(text: str, field: str = "image") -> ImageRef:
     if "@" in rest:
         rest, digest = rest.split("@", 1)
         if not _DIGEST_RE.match(digest):
-            raise Unprocessable(f"{field}: bad digest {digest!r}", [{"field": field, "message": "digest must be sha256:<64 hex>"}])
+            raise Unprocessable(
+                f"{field}: bad digest {digest!r}", [{"field": field, "message": "digest must be sha256:<64 hex>"}]
+            )
     first, slash, remainder = rest.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"):
         if not _HOST_RE.match(first):
-            raise Unprocessable(f"{field}: bad registry host {first!r}", [{"field": field, "message": "bad registry host"}])
+            raise Unprocessable(
+                f"{field}: bad registry host {first!r}", [{"field": field, "message": "bad registry host"}]
+            )
         registry, path = normalize_registry(first), remainder
     else:
         registry, path = DOCKER_HUB, rest

@@ -89,7 +89,10 @@ def sha256_digest(data: bytes) -> str:
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """``Bearer realm="…",service="…"`` -> ``("bearer", {"realm": …, "service": …})``."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)).replace('\\"', '"') for m in _CHALLENGE_RE.finditer(rest)}
+    params = {
+        m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)).replace('\\"', '"')
+        for m in _CHALLENGE_RE.finditer(rest)
+    }
     return scheme.lower(), params
 
 
@@ -107,7 +110,9 @@ class RegistryClient:
     and token requests.
     """
 
-    def __init__(self, insecure: tuple[str, ...] | list[str] = (), timeout: float = 30.0, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self, insecure: tuple[str, ...] | list[str] = (), timeout: float = 30.0, credentials: Credentials | None = None
+    ) -> None:
         self.insecure = {normalize_registry(r) for r in insecure}
         self.timeout = timeout
         self.credentials = credentials
@@ -167,11 +172,15 @@ class RegistryClient:
         if basic:
             headers["Authorization"] = basic
         try:
-            response = self.session.get(realm, params=params, headers=headers, timeout=self.timeout, allow_redirects=False)
+            response = self.session.get(
+                realm, params=params, headers=headers, timeout=self.timeout, allow_redirects=False
+            )
         except requests.RequestException as exc:
             raise RegistryError(f"token request to {urlsplit(realm).netloc} failed: {type(exc).__name__}") from None
         if response.status_code != 200:
-            raise RegistryError(f"token request to {urlsplit(realm).netloc} for {scope} was refused (HTTP {response.status_code})")
+            raise RegistryError(
+                f"token request to {urlsplit(realm).netloc} for {scope} was refused (HTTP {response.status_code})"
+            )
         try:
             body = response.json()
         except ValueError:
@@ -221,16 +230,36 @@ class RegistryClient:
                 break
         return response
 
-    def _send(self, method: str, url: str, headers: dict[str, str], auth: str | None, data: bytes | None, params: dict[str, str] | None, stream: bool) -> requests.Response:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        auth: str | None,
+        data: bytes | None,
+        params: dict[str, str] | None,
+        stream: bool,
+    ) -> requests.Response:
         origin = _origin(url)
         for _ in range(MAX_REDIRECTS + 1):
             sent = dict(headers)
             if auth and _origin(url) == origin:
                 sent["Authorization"] = auth  # never across a host boundary (distribution-spec, redirects)
             try:
-                response = self.session.request(method, url, headers=sent, data=data, params=params, timeout=self.timeout, stream=stream, allow_redirects=False)
+                response = self.session.request(
+                    method,
+                    url,
+                    headers=sent,
+                    data=data,
+                    params=params,
+                    timeout=self.timeout,
+                    stream=stream,
+                    allow_redirects=False,
+                )
             except requests.RequestException as exc:
-                raise RegistryError(f"{method} {urlsplit(url).netloc}{urlsplit(url).path} failed: {type(exc).__name__}") from None
+                raise RegistryError(
+                    f"{method} {urlsplit(url).netloc}{urlsplit(url).path} failed: {type(exc).__name__}"
+                ) from None
             if response.status_code in (301, 302, 303, 307, 308) and "Location" in response.headers:
                 url = urljoin(url, response.headers["Location"])
                 params = None  # the Location carries its own query
@@ -268,15 +297,28 @@ class RegistryClient:
 
     # -- pulling -------------------------------------------------------------------
 
-    def get_manifest(self, registry: str, repository: str, reference: str, accept: tuple[str, ...] = MANIFEST_TYPES) -> Manifest | None:
+    def get_manifest(
+        self, registry: str, repository: str, reference: str, accept: tuple[str, ...] = MANIFEST_TYPES
+    ) -> Manifest | None:
         """The manifest at a tag or digest, or None if there is none.
 
         Pulled by digest, the bytes must hash to it; pulled by tag, the digest
         is computed from the bytes (a ``Docker-Content-Digest`` that disagrees
         is refused rather than believed).
         """
-        what = f"manifest {registry}/{repository}:{reference}" if not reference.startswith("sha256:") else f"manifest {registry}/{repository}@{reference}"
-        response = self.request("GET", registry, f"/v2/{repository}/manifests/{reference}", repository=repository, headers={"Accept": ", ".join(accept)}, stream=True)
+        what = (
+            f"manifest {registry}/{repository}:{reference}"
+            if not reference.startswith("sha256:")
+            else f"manifest {registry}/{repository}@{reference}"
+        )
+        response = self.request(
+            "GET",
+            registry,
+            f"/v2/{repository}/manifests/{reference}",
+            repository=repository,
+            headers={"Accept": ", ".join(accept)},
+            stream=True,
+        )
         if response.status_code == 404:
             response.close()
             return None
@@ -321,7 +363,14 @@ class RegistryClient:
 
     def referrers(self, registry: str, repository: str, digest: str) -> list[dict[str, Any]]:
         """Manifests that name ``digest`` as their subject (OCI 1.1), via the API or the tag schema."""
-        response = self.request("GET", registry, f"/v2/{repository}/referrers/{digest}", repository=repository, headers={"Accept": OCI_INDEX}, stream=True)
+        response = self.request(
+            "GET",
+            registry,
+            f"/v2/{repository}/referrers/{digest}",
+            repository=repository,
+            headers={"Accept": OCI_INDEX},
+            stream=True,
+        )
         if response.status_code == 200:
             try:
                 data = json.loads(self._read_capped(response, MAX_MANIFEST_BYTES, "referrers list"))
@@ -340,10 +389,14 @@ class RegistryClient:
     def push_blob(self, registry: str, repository: str, data: bytes) -> str:
         """Upload a blob (monolithic: POST then PUT); returns its digest.  Skips blobs already there."""
         digest = sha256_digest(data)
-        head = self.request("HEAD", registry, f"/v2/{repository}/blobs/{digest}", repository=repository, actions="pull,push")
+        head = self.request(
+            "HEAD", registry, f"/v2/{repository}/blobs/{digest}", repository=repository, actions="pull,push"
+        )
         if head.status_code == 200:
             return digest
-        start = self.request("POST", registry, f"/v2/{repository}/blobs/uploads/", repository=repository, actions="pull,push")
+        start = self.request(
+            "POST", registry, f"/v2/{repository}/blobs/uploads/", repository=repository, actions="pull,push"
+        )
         if start.status_code != 202 or "Location" not in start.headers:
             raise self._fail(start, f"starting an upload to {registry}/{repository}")
         location = urljoin(self.base_url(registry) + "/", start.headers["Location"])

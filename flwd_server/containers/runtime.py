@@ -37,7 +37,14 @@ from ..config import ContainerSettings
 from ..errors import Unavailable
 from .sockets import DOCKER_SOCKET, PODMAN_ROOTFUL_SOCKET, PROBE_TIMEOUT, Candidate, candidates, unix_socket_problem
 
-__all__ = ["DOCKER_SOCKET", "PODMAN_ROOTFUL_SOCKET", "Candidate", "ContainerRuntime", "candidates", "unix_socket_problem"]
+__all__ = [
+    "DOCKER_SOCKET",
+    "PODMAN_ROOTFUL_SOCKET",
+    "Candidate",
+    "ContainerRuntime",
+    "candidates",
+    "unix_socket_problem",
+]
 
 log = logging.getLogger("flwd.containers")
 
@@ -70,7 +77,11 @@ def tls_config(url: str, environ: Mapping[str, str]) -> docker.tls.TLSConfig | N
 def engine_name(version: dict[str, Any]) -> str:
     components = version.get("Components") or []
     names = " ".join(str(c.get("Name", "")) for c in components if isinstance(c, dict))
-    return "podman" if "podman" in names.lower() or "podman" in str(version.get("Platform", {}).get("Name", "")).lower() else "docker"
+    return (
+        "podman"
+        if "podman" in names.lower() or "podman" in str(version.get("Platform", {}).get("Name", "")).lower()
+        else "docker"
+    )
 
 
 def probe(url: str, tls: docker.tls.TLSConfig | None) -> dict[str, Any]:
@@ -85,6 +96,7 @@ def probe(url: str, tls: docker.tls.TLSConfig | None) -> dict[str, Any]:
 
 def api_version(version: dict[str, Any]) -> str:
     """The engine's API version, capped at the newest this docker SDK speaks."""
+
     def key(text: str) -> tuple[int, ...]:
         return tuple(int(p) for p in text.split(".") if p.isdigit())
 
@@ -95,7 +107,9 @@ def api_version(version: dict[str, Any]) -> str:
 class ContainerRuntime:
     """The engine this process uses: found lazily, re-checked, one client per process."""
 
-    def __init__(self, settings: ContainerSettings, environ: Mapping[str, str] | None = None, api_timeout: float = 60.0) -> None:
+    def __init__(
+        self, settings: ContainerSettings, environ: Mapping[str, str] | None = None, api_timeout: float = 60.0
+    ) -> None:
         self.settings = settings
         self.environ = os.environ if environ is None else environ
         self.api_timeout = api_timeout
@@ -153,7 +167,7 @@ class ContainerRuntime:
         self._checked_at = now
         if self._client is not None:
             try:
-                if self._url and self._url.startswith("unix://") and unix_socket_problem(self._url[len("unix://"):]):
+                if self._url and self._url.startswith("unix://") and unix_socket_problem(self._url[len("unix://") :]):
                     raise docker.errors.DockerException("the socket is gone")
                 self._client.ping()
                 return
@@ -175,7 +189,8 @@ class ContainerRuntime:
             tried.append(f"{candidate.url} ({candidate.origin}): {problem}")
         wanted = "" if self.settings.runtime == "auto" else f" {self.settings.runtime}"
         problem = (
-            f"no{wanted} container runtime is available; tried " + "; ".join(tried)
+            f"no{wanted} container runtime is available; tried "
+            + "; ".join(tried)
             + ". Start one (e.g. `podman system service --time=0 unix:///run/podman/podman.sock`) or set container.socket"
         )
         if problem != self._problem:  # said once, not at every re-check
@@ -185,7 +200,7 @@ class ContainerRuntime:
     def _try(self, candidate: Candidate) -> tuple[bool, str]:
         url = candidate.url
         if url.startswith("unix://"):
-            problem = unix_socket_problem(url[len("unix://"):])
+            problem = unix_socket_problem(url[len("unix://") :])
             if problem:
                 return False, problem
         try:
@@ -200,7 +215,18 @@ class ContainerRuntime:
         if candidate.engine and engine != candidate.engine:
             return False, f"answers as {engine}, but container.runtime is {candidate.engine}"
         # Each running step holds two connections (attach, wait): size the pool for many.
-        client = docker.DockerClient(base_url=url, version=api_version(version), timeout=self.api_timeout, tls=tls or False, max_pool_size=MAX_POOL)
+        client = docker.DockerClient(
+            base_url=url,
+            version=api_version(version),
+            timeout=self.api_timeout,
+            tls=tls or False,
+            max_pool_size=MAX_POOL,
+        )
         self._client, self._engine, self._url, self._problem = client, engine, url, None
-        log.info("container steps run on %s at %s", engine, url, extra={"event": "container.runtime", "engine": engine, "socket": url})
+        log.info(
+            "container steps run on %s at %s",
+            engine,
+            url,
+            extra={"event": "container.runtime", "engine": engine, "socket": url},
+        )
         return True, ""

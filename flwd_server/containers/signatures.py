@@ -119,7 +119,9 @@ def payload_problem(payload: bytes, digest: str) -> str | None:
     return None
 
 
-def verify_layers(manifest: dict[str, Any], payloads: dict[str, bytes], digest: str, keys: list[TrustedKey]) -> SignatureResult:
+def verify_layers(
+    manifest: dict[str, Any], payloads: dict[str, bytes], digest: str, keys: list[TrustedKey]
+) -> SignatureResult:
     """Judge the layers of a ``.sig`` manifest whose payload blobs are in ``payloads``."""
     problems: list[str] = []
     for layer in (manifest.get("layers") or [])[:MAX_SIGNATURE_LAYERS]:
@@ -145,14 +147,18 @@ def verify_layers(manifest: dict[str, Any], payloads: dict[str, bytes], digest: 
             continue
         return SignatureResult("verified", f"signed with {signer.name} ({signer.fingerprint})")
     if not problems:
-        return SignatureResult("unsigned", f"no cosign signature for {digest} (its .sig manifest has no simple-signing layer)")
+        return SignatureResult(
+            "unsigned", f"no cosign signature for {digest} (its .sig manifest has no simple-signing layer)"
+        )
     return SignatureResult("invalid", f"signature of {digest} refused: " + "; ".join(dict.fromkeys(problems)))
 
 
 class SignatureVerifier:
     """Looks up and checks the signatures of images and add-ons, caching results per digest."""
 
-    def __init__(self, registry: RegistryClient, key_paths: tuple[str, ...], allowed_registries: tuple[str, ...]) -> None:
+    def __init__(
+        self, registry: RegistryClient, key_paths: tuple[str, ...], allowed_registries: tuple[str, ...]
+    ) -> None:
         self.registry = registry
         self.key_paths = key_paths
         self.allowed = allowed_registries
@@ -173,7 +179,9 @@ class SignatureVerifier:
         except FlwdError as exc:
             return SignatureResult("error", exc.detail)
         if not registry_allowed(ref, self.allowed):
-            return SignatureResult("error", f"registry {ref.registry} is not allowed, so its signatures are not looked up")
+            return SignatureResult(
+                "error", f"registry {ref.registry} is not allowed, so its signatures are not looked up"
+            )
         try:
             digest = ref.digest or self.registry.require_manifest(ref).digest
         except RegistryError as exc:
@@ -191,7 +199,13 @@ class SignatureVerifier:
         if result.status != "error":  # a registry hiccup is retried next time
             with self._lock:
                 self._cache[key] = (result, now + CACHE_SECONDS)
-        log.info("signature of %s: %s (%s)", key, result.status, result.reason, extra={"event": "signature.checked", "artifact": key, "outcome": result.status})
+        log.info(
+            "signature of %s: %s (%s)",
+            key,
+            result.status,
+            result.reason,
+            extra={"event": "signature.checked", "artifact": key, "outcome": result.status},
+        )
         return result
 
     def _lookup(self, ref: ImageRef, digest: str) -> SignatureResult:
@@ -200,18 +214,33 @@ class SignatureVerifier:
         except ConfigError as exc:
             return SignatureResult("error", exc.detail)
         if not keys:
-            return SignatureResult("error", "no public keys are configured (container.signature_keys), so no signature can be verified")
+            return SignatureResult(
+                "error", "no public keys are configured (container.signature_keys), so no signature can be verified"
+            )
         tag = digest.replace(":", "-") + ".sig"
         try:
-            manifest = self.registry.get_manifest(ref.registry, ref.repository, tag, accept=(OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"))
+            manifest = self.registry.get_manifest(
+                ref.registry,
+                ref.repository,
+                tag,
+                accept=(OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"),
+            )
             if manifest is None:
                 return self._without_sig_tag(ref, digest, tag)
             payloads = {}
             for layer in (manifest.data.get("layers") or [])[:MAX_SIGNATURE_LAYERS]:
-                if isinstance(layer, dict) and layer.get("mediaType") == SIMPLESIGNING and isinstance(layer.get("digest"), str):
-                    payloads[layer["digest"]] = self.registry.get_blob(ref.registry, ref.repository, layer["digest"], MAX_PAYLOAD_BYTES)
+                if (
+                    isinstance(layer, dict)
+                    and layer.get("mediaType") == SIMPLESIGNING
+                    and isinstance(layer.get("digest"), str)
+                ):
+                    payloads[layer["digest"]] = self.registry.get_blob(
+                        ref.registry, ref.repository, layer["digest"], MAX_PAYLOAD_BYTES
+                    )
         except RegistryError as exc:
-            return SignatureResult("error", f"cannot read the signatures of {ref.registry}/{ref.repository}@{digest}: {exc.detail}")
+            return SignatureResult(
+                "error", f"cannot read the signatures of {ref.registry}/{ref.repository}@{digest}: {exc.detail}"
+            )
         return verify_layers(manifest.data, payloads, digest, keys)
 
     def _without_sig_tag(self, ref: ImageRef, digest: str, tag: str) -> SignatureResult:
@@ -224,7 +253,9 @@ class SignatureVerifier:
                 f"({bundles[0].get('artifactType')}, cosign v3's default) but no key-based .sig signature; "
                 "sign with `cosign sign --key KEY --new-bundle-format=false --use-signing-config=false`",
             )
-        return SignatureResult("unsigned", f"{ref.registry}/{ref.repository}@{digest} is not signed (no {tag} signature)")
+        return SignatureResult(
+            "unsigned", f"{ref.registry}/{ref.repository}@{digest} is not signed (no {tag} signature)"
+        )
 
 
 # -- making signatures (``flwd :addon publish --sign-key``) ---------------------
@@ -278,7 +309,14 @@ def attach_signature(registry: RegistryClient, ref: ImageRef, digest: str, key: 
     existing = registry.get_manifest(ref.registry, ref.repository, tag, accept=(OCI_MANIFEST,))
     layers = [layer for layer in (existing.data.get("layers") or []) if isinstance(layer, dict)] if existing else []
     payload_digest = registry.push_blob(ref.registry, ref.repository, payload)
-    layers.append({"mediaType": SIMPLESIGNING, "size": len(payload), "digest": payload_digest, "annotations": {SIGNATURE_ANNOTATION: signature}})
+    layers.append(
+        {
+            "mediaType": SIMPLESIGNING,
+            "size": len(payload),
+            "digest": payload_digest,
+            "annotations": {SIGNATURE_ANNOTATION: signature},
+        }
+    )
     config = {
         "architecture": "",
         "created": "0001-01-01T00:00:00Z",
@@ -292,8 +330,14 @@ def attach_signature(registry: RegistryClient, ref: ImageRef, digest: str, key: 
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": len(config_raw), "digest": config_digest},
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "size": len(config_raw),
+            "digest": config_digest,
+        },
         "layers": layers,
     }
-    registry.put_manifest(ref.registry, ref.repository, tag, json.dumps(manifest, separators=(",", ":")).encode(), OCI_MANIFEST)
+    registry.put_manifest(
+        ref.registry, ref.repository, tag, json.dumps(manifest, separators=(",", ":")).encode(), OCI_MANIFEST
+    )
     return tag

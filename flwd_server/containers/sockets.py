@@ -43,7 +43,9 @@ def candidates(settings: ContainerSettings, environ: Mapping[str, str]) -> list[
         out.append(Candidate(PODMAN_ROOTFUL_SOCKET, "podman", "podman's rootful socket"))
         runtime_dir = environ.get("XDG_RUNTIME_DIR")
         if runtime_dir:
-            out.append(Candidate(f"unix://{runtime_dir.rstrip('/')}/podman/podman.sock", "podman", "podman's rootless socket"))
+            out.append(
+                Candidate(f"unix://{runtime_dir.rstrip('/')}/podman/podman.sock", "podman", "podman's rootless socket")
+            )
     return out
 
 
@@ -65,4 +67,7 @@ def unix_socket_problem(path: str) -> str | None:
 
 def may_have_engine(settings: ContainerSettings, environ: Mapping[str, str]) -> bool:
     """Cheap pre-check: a configured or remote endpoint, or a default socket file that exists."""
-    return any(not c.url.startswith("unix://") or os.path.exists(c.url[len("unix://") :]) for c in candidates(settings, environ))
+    return any(
+        not c.url.startswith("unix://") or os.path.exists(c.url[len("unix://") :])
+        for c in candidates(settings, environ)
+    )

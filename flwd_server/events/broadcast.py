@@ -43,7 +43,21 @@ def chunk(data: bytes) -> bytes:
 
 
 class Subscription:
-    __slots__ = ("sock", "run_id", "position", "chunked", "out", "last_write", "last_progress", "ends_at", "finishing", "done", "failed", "reason", "writing")
+    __slots__ = (
+        "sock",
+        "run_id",
+        "position",
+        "chunked",
+        "out",
+        "last_write",
+        "last_progress",
+        "ends_at",
+        "finishing",
+        "done",
+        "failed",
+        "reason",
+        "writing",
+    )
 
     def __init__(self, sock: socket.socket, after: int, run_id: str | None, chunked: bool, max_duration: float) -> None:
         self.sock = sock
@@ -232,7 +246,9 @@ class Broadcaster:
                 if closing or now >= sub.ends_at:
                     sub.finishing = True
                 if sub.out and now - sub.last_progress > self.stall_timeout:
-                    self._fail(sub, f"the client read nothing for {self.stall_timeout:g}s; it may resume with Last-Event-ID")
+                    self._fail(
+                        sub, f"the client read nothing for {self.stall_timeout:g}s; it may resume with Last-Event-ID"
+                    )
                 elif not sub.out and not sub.finishing and now - sub.last_write >= self.heartbeat:
                     sub.out += sub.frame(HEARTBEAT)
                     self._send(sub)
@@ -257,7 +273,9 @@ class Broadcaster:
         sub.done.set()
 
 
-def broadcast_stream(broadcaster: Broadcaster, sock: socket.socket, *, after: int, run_id: str | None, chunked: bool, retry_ms: int) -> Iterator[bytes]:
+def broadcast_stream(
+    broadcaster: Broadcaster, sock: socket.socket, *, after: int, run_id: str | None, chunked: bool, retry_ms: int
+) -> Iterator[bytes]:
     """The WSGI body of a stream served by the broadcaster.
 
     The first chunk goes through the WSGI server (which sends the head with

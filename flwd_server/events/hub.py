@@ -42,7 +42,9 @@ FETCH_LIMIT = 5000
 
 
 class EventHub:
-    def __init__(self, store: Store, poll_interval: float = 0.02, max_events: int = 20000, max_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(
+        self, store: Store, poll_interval: float = 0.02, max_events: int = 20000, max_bytes: int = 32 * 1024 * 1024
+    ) -> None:
         self.store = store
         self.poll_interval = poll_interval
         self.max_events = max_events
@@ -136,7 +138,10 @@ class EventHub:
                         failing = False
                 except (*self.store.errors, StorageError) as exc:  # an expected condition: one line, then a pause
                     if not failing:
-                        log.warning("event poller cannot read the database: %s; retrying", exc.detail if isinstance(exc, StorageError) else exc)
+                        log.warning(
+                            "event poller cannot read the database: %s; retrying",
+                            exc.detail if isinstance(exc, StorageError) else exc,
+                        )
                     failing = True
                     watch.reset()
                     self.wakeups.wait(max(self.poll_interval, 0.5))

@@ -62,7 +62,10 @@ class StreamSlots:
     def acquire(self) -> None:
         with self._lock:
             if self.open >= self.limit:
-                raise Unavailable(f"this worker already serves {self.open} event streams (sse.max_streams); retry shortly", retry_after=2)
+                raise Unavailable(
+                    f"this worker already serves {self.open} event streams (sse.max_streams); retry shortly",
+                    retry_after=2,
+                )
             self.open += 1
             count = self.open
         if self.on_change is not None:

@@ -109,7 +109,9 @@ def network_mode(job: Job, step: Step) -> str | None:
 class ContainerExecutor:
     """The runner's ``container_executor``: one call runs one container step to its end."""
 
-    def __init__(self, runtime: Any, registry: RegistryClient, instance: Callable[[], str], owner: Callable[[], str]) -> None:
+    def __init__(
+        self, runtime: Any, registry: RegistryClient, instance: Callable[[], str], owner: Callable[[], str]
+    ) -> None:
         self.runtime = runtime
         self.registry = registry
         self.instance = instance
@@ -150,7 +152,9 @@ class ContainerExecutor:
 
     # -- image -----------------------------------------------------------------
 
-    def _image(self, client: Any, image: str, deadline: float, should_stop: Callable[[], str | None], settings: Settings) -> str:
+    def _image(
+        self, client: Any, image: str, deadline: float, should_stop: Callable[[], str | None], settings: Settings
+    ) -> str:
         """Pull by digest if needed; return the ID of the image whose RepoDigests hold that digest."""
         ref = parse_image_ref(image)
         digest = ref.digest or self.registry.require_manifest(ref).digest  # a tag is resolved once, then pinned
@@ -178,7 +182,9 @@ class ContainerExecutor:
     @staticmethod
     def _pull(client: Any, name: str, timeout: float) -> None:
         # fromImage=repo@sha256:… with no tag: podman answers tag=sha256:… with a 500 (podman#7925).
-        response = client.api._post(client.api._url("/images/create"), params={"fromImage": name}, stream=True, timeout=timeout)
+        response = client.api._post(
+            client.api._url("/images/create"), params={"fromImage": name}, stream=True, timeout=timeout
+        )
         client.api._raise_for_status(response)
         for item in client.api._stream_helper(response, decode=True):
             if isinstance(item, dict) and item.get("error"):
@@ -186,14 +192,40 @@ class ContainerExecutor:
 
     # -- container -------------------------------------------------------------
 
-    def _run(self, client: Any, image_id: str, run_id: str, step: Step, args: dict[str, Any], env: dict[str, str], deadline: float, should_stop: Callable[[], str | None], out: StepOutput, job: Job, outcome: Callable[[int | None, str], StepOutcome]) -> StepOutcome:
+    def _run(
+        self,
+        client: Any,
+        image_id: str,
+        run_id: str,
+        step: Step,
+        args: dict[str, Any],
+        env: dict[str, str],
+        deadline: float,
+        should_stop: Callable[[], str | None],
+        out: StepOutput,
+        job: Job,
+        outcome: Callable[[int | None, str], StepOutcome],
+    ) -> StepOutcome:
         api = client.api
-        environment = {**env, **dict(step.env), **arg_env(args), "FLWD_RUN_ID": run_id, "FLWD_JOB": job.name, "FLWD_SOURCE": job.source, "FLWD_STEP": step.name}
+        environment = {
+            **env,
+            **dict(step.env),
+            **arg_env(args),
+            "FLWD_RUN_ID": run_id,
+            "FLWD_JOB": job.name,
+            "FLWD_SOURCE": job.source,
+            "FLWD_STEP": step.name,
+        }
         host_config: dict[str, Any] = {"privileged": False, "security_opt": ["no-new-privileges"]}
         mode = network_mode(job, step)
         if mode:
             host_config["network_mode"] = mode
-        labels = {LABEL_RUN: run_id, LABEL_STEP: step.name[:63], LABEL_OWNER: self.owner(), LABEL_INSTANCE: self.instance()}
+        labels = {
+            LABEL_RUN: run_id,
+            LABEL_STEP: step.name[:63],
+            LABEL_OWNER: self.owner(),
+            LABEL_INSTANCE: self.instance(),
+        }
         container_id: str | None = None
         reader: threading.Thread | None = None
         stopped: str | None = None
@@ -215,7 +247,9 @@ class ContainerExecutor:
             reader.start()
             api.start(container_id)
             waited: dict[str, Any] = {}
-            waiter = threading.Thread(target=self._wait, args=(api, container_id, waited), name=f"flwd-wait-{run_id}", daemon=True)
+            waiter = threading.Thread(
+                target=self._wait, args=(api, container_id, waited), name=f"flwd-wait-{run_id}", daemon=True
+            )
             waiter.start()
             next_look = time.monotonic() + STATE_EVERY
             while waiter.is_alive():
@@ -315,7 +349,12 @@ class ContainerExecutor:
             if ended or owner_is_dead(owner, host, pid, beat, me=me):
                 self._remove(api, item["Id"], running=False)  # remove(force) kills it first
                 removed.append(item["Id"])
-                log.warning("removed container %s left by run %s", item["Id"][:12], run_id, extra={"event": "container.orphan_removed", "run_id": run_id})
+                log.warning(
+                    "removed container %s left by run %s",
+                    item["Id"][:12],
+                    run_id,
+                    extra={"event": "container.orphan_removed", "run_id": run_id},
+                )
         return removed
 
 

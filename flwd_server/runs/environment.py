@@ -14,7 +14,16 @@ from .host_executor import StepLimits
 SAFE_HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def host_environment(run_id: str, job: Job, step: Step, args: dict[str, Any], profile: Profile, workdir: Path, settings: Settings, source_dir: str | None = None) -> dict[str, str]:
+def host_environment(
+    run_id: str,
+    job: Job,
+    step: Step,
+    args: dict[str, Any],
+    profile: Profile,
+    workdir: Path,
+    settings: Settings,
+    source_dir: str | None = None,
+) -> dict[str, str]:
     """The environment of a host step: scrubbed, unless the job may have the host's.
 
     Under ``secure`` (and whenever the job does not require ``host-env``) a step
@@ -57,4 +66,6 @@ def host_limits(profile: Profile, settings: Settings) -> StepLimits:
     if profile is not Profile.SECURE:
         return StepLimits()
     policy = settings.policy
-    return StepLimits(cpu_seconds=policy.cpu_seconds, open_files=policy.open_files, file_size_bytes=policy.file_size_bytes)
+    return StepLimits(
+        cpu_seconds=policy.cpu_seconds, open_files=policy.open_files, file_size_bytes=policy.file_size_bytes
+    )

@@ -99,7 +99,9 @@ class Runner:
                 return
             self.hub.start()
             self.store.register_owner(self.owner, HOSTNAME, os.getpid())
-            self._pool = ThreadPoolExecutor(max_workers=self.settings.limits.max_concurrent_runs, thread_name_prefix="flwd-run")
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.settings.limits.max_concurrent_runs, thread_name_prefix="flwd-run"
+            )
             self._dispatcher = threading.Thread(target=self._dispatch_loop, name="flwd-dispatcher", daemon=True)
             self._dispatcher.start()
 
@@ -121,7 +123,9 @@ class Runner:
         """Claim no more queued runs (they stay queued for another process or the next start)."""
         self._draining = True
 
-    def shutdown(self, grace: float | None = None, reason: str = "the server is shutting down", deadline: float | None = None) -> None:
+    def shutdown(
+        self, grace: float | None = None, reason: str = "the server is shutting down", deadline: float | None = None
+    ) -> None:
         """Stop claiming; give running runs ``grace`` seconds (or until the monotonic ``deadline``), then cancel them with ``reason``."""
         if not self.started:
             return
@@ -267,7 +271,11 @@ class Runner:
                 status = RunStatus.REJECTED
                 reason = "denied by policy: " + "; ".join(f"{d.check}: {d.reason}" for d in denied)
                 return
-            self.store.emit(run.id, EventType.RUN_STARTED.value, {"owner": self.owner, "profile": profile.value, "submitted_by": run.submitted_by})
+            self.store.emit(
+                run.id,
+                EventType.RUN_STARTED.value,
+                {"owner": self.owner, "profile": profile.value, "submitted_by": run.submitted_by},
+            )
             workdir = self._workdir(run.id)
             deadline = time.time() + job.timeout
             budget = OutputBudget(self.settings.limits.max_output_bytes)
@@ -325,7 +333,19 @@ class Runner:
             log.warning("run of %s: no files of source %s at %s", job.name, job.source, job.revision)
             return None
 
-    def _run_step(self, run: Run, job: Job, step: Step, index: int, args: dict[str, Any], profile: Profile, workdir: Path, deadline: float, active: _Active, budget: OutputBudget) -> StepOutcome:
+    def _run_step(
+        self,
+        run: Run,
+        job: Job,
+        step: Step,
+        index: int,
+        args: dict[str, Any],
+        profile: Profile,
+        workdir: Path,
+        deadline: float,
+        active: _Active,
+        budget: OutputBudget,
+    ) -> StepOutcome:
         self.store.emit(run.id, EventType.STEP_STARTED.value, {"step": step.name, "index": index, "kind": step.kind})
         step_deadline = min(deadline, time.time() + step.timeout) if step.timeout else deadline
         step_json = encode_json_string(step.name)
@@ -351,14 +371,23 @@ class Runner:
                 output.note("no container runtime is available for this step")
             else:
                 outcome = self.container_executor(
-                    run_id=run.id, step=step, args=args, env=dict(job.env), deadline=step_deadline,
-                    should_stop=should_stop, output=output, job=job, settings=self.settings,
+                    run_id=run.id,
+                    step=step,
+                    args=args,
+                    env=dict(job.env),
+                    deadline=step_deadline,
+                    should_stop=should_stop,
+                    output=output,
+                    job=job,
+                    settings=self.settings,
                 )
         else:
             task = HostStep(
                 run_id=run.id,
                 step=step,
-                env=host_environment(run.id, job, step, args, profile, workdir, self.settings, source_dir=active.source_dir),
+                env=host_environment(
+                    run.id, job, step, args, profile, workdir, self.settings, source_dir=active.source_dir
+                ),
                 cwd=str(workdir),
                 deadline=step_deadline,
                 should_stop=should_stop,
@@ -370,7 +399,13 @@ class Runner:
         self.store.emit(
             run.id,
             EventType.STEP_FINISHED.value,
-            {"step": step.name, "index": index, "status": outcome.status, "exit_code": outcome.exit_code, "duration": round(outcome.duration, 6)},
+            {
+                "step": step.name,
+                "index": index,
+                "status": outcome.status,
+                "exit_code": outcome.exit_code,
+                "duration": round(outcome.duration, 6),
+            },
         )
         return outcome
 

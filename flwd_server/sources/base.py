@@ -106,7 +106,13 @@ def scan_jobs(
             rel = str(full.relative_to(root_path))
             seen.add(rel)
             if count > MAX_JOB_FILES:
-                errors.append({"path": rel, "field": "(file)", "message": f"more than {MAX_JOB_FILES} job files; the rest are ignored"})
+                errors.append(
+                    {
+                        "path": rel,
+                        "field": "(file)",
+                        "message": f"more than {MAX_JOB_FILES} job files; the rest are ignored",
+                    }
+                )
                 break
             real = full.resolve()
             if not _inside(real, root_path):
@@ -136,7 +142,13 @@ def scan_jobs(
             if parsed.revision != revision:
                 parsed = Job(**{**parsed.__dict__, "revision": revision})
             if parsed.name in jobs:
-                errors.append({"path": rel, "field": "name", "message": f"job {parsed.name!r} is already defined in {jobs[parsed.name].path}"})
+                errors.append(
+                    {
+                        "path": rel,
+                        "field": "name",
+                        "message": f"job {parsed.name!r} is already defined in {jobs[parsed.name].path}",
+                    }
+                )
                 continue
             jobs[parsed.name] = parsed
     if cache is not None:

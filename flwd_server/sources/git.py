@@ -143,7 +143,11 @@ class GitSource(Source):
             return cached
         tree = self.checkout_for(revision)
         if tree is None:
-            error = {"path": "", "field": "(source)", "message": f"commit {revision} is missing from the local clone; sync the source"}
+            error = {
+                "path": "",
+                "field": "(source)",
+                "message": f"commit {revision} is missing from the local clone; sync the source",
+            }
             return SourceSnapshot(self.name, revision, None, {}, (error,))
         snap = scan_jobs(self.name, tree, revision, self.default_timeout)
         with self._lock:
@@ -175,7 +179,12 @@ class GitSource(Source):
                         self._fetch_commit(repo, revision)
                     self._export(repo, revision)
         except (GitError, OSError, FlwdError) as exc:
-            log.warning("source %s: cannot export %s: %s", self.name, revision, exc.detail if isinstance(exc, FlwdError) else _git_error(exc, self.url))
+            log.warning(
+                "source %s: cannot export %s: %s",
+                self.name,
+                revision,
+                exc.detail if isinstance(exc, FlwdError) else _git_error(exc, self.url),
+            )
             return None
         return str(tree)
 
@@ -185,9 +194,20 @@ class GitSource(Source):
         self._fetch(repo)
         if self._rev_parse(repo, commit) is None:
             try:
-                self._git(repo, "fetch", "--quiet", "--no-recurse-submodules", "--no-write-fetch-head", "--end-of-options", REMOTE, f"+{commit}:{PINNED}")
+                self._git(
+                    repo,
+                    "fetch",
+                    "--quiet",
+                    "--no-recurse-submodules",
+                    "--no-write-fetch-head",
+                    "--end-of-options",
+                    REMOTE,
+                    f"+{commit}:{PINNED}",
+                )
             except GitCommandError as exc:
-                raise SourceError(f"source {self.name!r}: {redact_url(self.url)} does not serve commit {commit}: {_git_error(exc, self.url)}") from None
+                raise SourceError(
+                    f"source {self.name!r}: {redact_url(self.url)} does not serve commit {commit}: {_git_error(exc, self.url)}"
+                ) from None
 
     def sync(self) -> SourceSnapshot:
         """Fetch, resolve the ref, export its commit.  The caller holds the source lock."""
@@ -201,7 +221,9 @@ class GitSource(Source):
                 commit = self._resolve(repo)
                 self._export(repo, commit)
         except (GitError, OSError) as exc:
-            raise SourceError(f"source {self.name!r}: fetching {redact_url(self.url)} failed: {_git_error(exc, self.url)}") from None
+            raise SourceError(
+                f"source {self.name!r}: fetching {redact_url(self.url)} failed: {_git_error(exc, self.url)}"
+            ) from None
         self.state = {**self.state, "revision": commit}
         log.info("source %s synced to %s in %.2fs", self.name, commit, time.monotonic() - started)
         return self.snapshot()
@@ -224,8 +246,20 @@ class GitSource(Source):
     def _fetch(self, repo: Repo) -> None:
         configured = repo.remote(REMOTE).url
         if configured != self.url:  # the spec changed under the same name: start over
-            raise UnsafeSource(f"source {self.name!r}: the clone belongs to another URL; remove and add the source again")
-        self._git(repo, "fetch", "--quiet", "--prune", "--no-recurse-submodules", "--no-write-fetch-head", "--end-of-options", REMOTE, *FETCH_REFSPECS)
+            raise UnsafeSource(
+                f"source {self.name!r}: the clone belongs to another URL; remove and add the source again"
+            )
+        self._git(
+            repo,
+            "fetch",
+            "--quiet",
+            "--prune",
+            "--no-recurse-submodules",
+            "--no-write-fetch-head",
+            "--end-of-options",
+            REMOTE,
+            *FETCH_REFSPECS,
+        )
 
     def _rev_parse(self, repo: Repo, name: str) -> str | None:
         try:
@@ -252,13 +286,24 @@ class GitSource(Source):
             if commit is None and COMMIT_RE.match(ref):
                 # A commit no branch or tag reaches: ask for it by id (the server must allow it).
                 try:
-                    self._git(repo, "fetch", "--quiet", "--no-recurse-submodules", "--no-write-fetch-head", "--end-of-options", REMOTE, f"+{ref}:{PINNED}")
+                    self._git(
+                        repo,
+                        "fetch",
+                        "--quiet",
+                        "--no-recurse-submodules",
+                        "--no-write-fetch-head",
+                        "--end-of-options",
+                        REMOTE,
+                        f"+{ref}:{PINNED}",
+                    )
                 except GitCommandError:
                     pass
                 commit = self._rev_parse(repo, ref)
             if commit:
                 return commit
-        raise SourceError(f"source {self.name!r}: {redact_url(self.url)} has no branch, tag or commit {ref!r}", field="ref")
+        raise SourceError(
+            f"source {self.name!r}: {redact_url(self.url)} has no branch, tag or commit {ref!r}", field="ref"
+        )
 
     def _export(self, repo: Repo, commit: str) -> None:
         """Write the files of ``commit`` to ``revs/COMMIT`` (atomically: a temp dir, then rename)."""
@@ -271,7 +316,9 @@ class GitSource(Source):
         temp.mkdir()
         try:
             self._git(repo, "read-tree", "--end-of-options", commit, env={"GIT_INDEX_FILE": str(index)})
-            self._git(repo, f"--work-tree={temp}", "checkout-index", "--all", "--force", env={"GIT_INDEX_FILE": str(index)})
+            self._git(
+                repo, f"--work-tree={temp}", "checkout-index", "--all", "--force", env={"GIT_INDEX_FILE": str(index)}
+            )
             os.rename(temp, target)
         except OSError:
             if not target.is_dir():

@@ -37,7 +37,9 @@ def source_lock(data_dir: Path, name: str, timeout: float = 600.0) -> Iterator[N
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise Unavailable(f"source {name!r} is busy (another sync holds it); retry later", retry_after=10) from None
+                    raise Unavailable(
+                        f"source {name!r} is busy (another sync holds it); retry later", retry_after=10
+                    ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
         yield

@@ -57,7 +57,9 @@ class OciSource(Source):
         self.ref = parse_image_ref(spec["ref"], field="ref")
         if not registry_allowed(self.ref, allowed_registries):
             listed = ", ".join(allowed_registries) or "none configured"
-            raise UnsafeSource(f"source {name!r}: registry {self.ref.registry} is not in container.allowed_registries ({listed})")
+            raise UnsafeSource(
+                f"source {name!r}: registry {self.ref.registry} is not in container.allowed_registries ({listed})"
+            )
         self.registry = registry
         self.verifier = verifier
         self.verify_signatures = verify_signatures
@@ -92,7 +94,13 @@ class OciSource(Source):
                     return self._current
                 return self._serve(self.registry.require_manifest(self.ref.with_digest(digest)))
             except FlwdError as exc:
-                log.warning("add-on source %s at %s failed: %s", self.name, digest, exc.detail, extra={"event": "source.failed", "source": self.name})
+                log.warning(
+                    "add-on source %s at %s failed: %s",
+                    self.name,
+                    digest,
+                    exc.detail,
+                    extra={"event": "source.failed", "source": self.name},
+                )
                 raise
 
     def sync(self) -> SourceSnapshot:
@@ -101,7 +109,13 @@ class OciSource(Source):
             try:
                 return self._sync()
             except FlwdError as exc:
-                log.warning("add-on source %s (%s) failed: %s", self.name, self.ref, exc.detail, extra={"event": "source.failed", "source": self.name})
+                log.warning(
+                    "add-on source %s (%s) failed: %s",
+                    self.name,
+                    self.ref,
+                    exc.detail,
+                    extra={"event": "source.failed", "source": self.name},
+                )
                 if self._current is None:
                     self._failed_snapshot(exc.detail)
                 raise
@@ -120,7 +134,9 @@ class OciSource(Source):
             size = layer.get("size")
             if isinstance(size, int) and size > MAX_LAYER_BYTES:
                 raise UnsafeSource(f"{where}: its jobs layer is {size} bytes, more than {MAX_LAYER_BYTES}")
-            blob = self.registry.get_blob(self.ref.registry, self.ref.repository, str(layer.get("digest")), MAX_LAYER_BYTES)
+            blob = self.registry.get_blob(
+                self.ref.registry, self.ref.repository, str(layer.get("digest")), MAX_LAYER_BYTES
+            )
             extract(blob, target)
         return target, notes
 
@@ -134,7 +150,13 @@ class OciSource(Source):
         if notes:
             snap = SourceSnapshot(snap.name, snap.revision, snap.root, snap.jobs, tuple(notes) + snap.errors)
         self._current, self._failed = snap, None
-        log.info("add-on source %s at %s: %d jobs", self.name, where, len(snap.jobs), extra={"event": "source.synced", "source": self.name, "revision": digest})
+        log.info(
+            "add-on source %s at %s: %d jobs",
+            self.name,
+            where,
+            len(snap.jobs),
+            extra={"event": "source.synced", "source": self.name, "revision": digest},
+        )
         return snap
 
     def _check_signature(self, digest: str, where: str) -> list[dict[str, Any]]:
@@ -145,10 +167,18 @@ class OciSource(Source):
             return []
         if self.verify_signatures == "enforce":
             raise UnsafeSource(f"add-on {where} refused: {result.reason} (container.verify_signatures: enforce)")
-        return [{"path": "", "field": "(signature)", "message": f"{result.reason} (container.verify_signatures: permissive)"}]
+        return [
+            {
+                "path": "",
+                "field": "(signature)",
+                "message": f"{result.reason} (container.verify_signatures: permissive)",
+            }
+        ]
 
     def _failed_snapshot(self, message: str) -> SourceSnapshot:
-        self._failed = SourceSnapshot(self.name, None, None, {}, ({"path": "", "field": "(source)", "message": message},))
+        self._failed = SourceSnapshot(
+            self.name, None, None, {}, ({"path": "", "field": "(source)", "message": message},)
+        )
         self._retry_at = time.monotonic() + RETRY_AFTER
         return self._failed
 

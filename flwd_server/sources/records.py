@@ -57,11 +57,19 @@ class SourceRecords:
         return int(row[0]) if row else 0
 
     def all(self) -> list[SourceRecord]:
-        rows = self.store.reader().execute("SELECT name, spec, created_at, state FROM sources ORDER BY created_at, name").fetchall()
+        rows = (
+            self.store.reader()
+            .execute("SELECT name, spec, created_at, state FROM sources ORDER BY created_at, name")
+            .fetchall()
+        )
         return [_record(r) for r in rows]
 
     def get(self, name: str) -> SourceRecord | None:
-        row = self.store.reader().execute("SELECT name, spec, created_at, state FROM sources WHERE name = ?", (name,)).fetchone()
+        row = (
+            self.store.reader()
+            .execute("SELECT name, spec, created_at, state FROM sources WHERE name = ?", (name,))
+            .fetchone()
+        )
         return _record(row) if row else None
 
     def insert(self, name: str, spec: dict[str, Any], state: dict[str, Any]) -> None:
@@ -70,7 +78,10 @@ class SourceRecords:
         def op(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM sources WHERE name = ?", (name,)).fetchone():
                 raise Conflict(f"a source named {name!r} already exists")
-            conn.execute("INSERT INTO sources(name, spec, created_at, state) VALUES (?, ?, ?, ?)", (name, _dumps(spec), now, _dumps(state)))
+            conn.execute(
+                "INSERT INTO sources(name, spec, created_at, state) VALUES (?, ?, ?, ?)",
+                (name, _dumps(spec), now, _dumps(state)),
+            )
             _bump(conn)
 
         self.store.write(op)
@@ -108,8 +119,12 @@ class SourceRecords:
 
     def active_revisions(self, source: str) -> set[str]:
         """Revisions that queued or running runs of ``source`` were planned with."""
-        rows = self.store.reader().execute(
-            "SELECT DISTINCT revision FROM runs WHERE source = ? AND status IN ('queued', 'running') AND revision IS NOT NULL",
-            (source,),
-        ).fetchall()
+        rows = (
+            self.store.reader()
+            .execute(
+                "SELECT DISTINCT revision FROM runs WHERE source = ? AND status IN ('queued', 'running') AND revision IS NOT NULL",
+                (source,),
+            )
+            .fetchall()
+        )
         return {r[0] for r in rows}

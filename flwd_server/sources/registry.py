@@ -196,7 +196,9 @@ class SourceRegistry:
                 self._wipe(name)
                 field = exc.extra.get("field") or next((k for k in ("url", "path", "ref") if k in spec), "name")
                 log.warning("source %s was not added: %s", name, exc.detail)
-                raise Unprocessable(f"source {name!r} was not added: {exc.detail}", [{"field": field, "message": exc.detail}]) from None
+                raise Unprocessable(
+                    f"source {name!r} was not added: {exc.detail}", [{"field": field, "message": exc.detail}]
+                ) from None
             except BaseException:
                 self._wipe(name)
                 raise
@@ -208,7 +210,13 @@ class SourceRegistry:
                 raise
         source.load_state(state)
         self._emit_synced(source, snap, None, subject)
-        log.info("source %s added by %s (%s)", name, subject, source.kind, extra={"event": "source.added", "source": name, "subject": subject})
+        log.info(
+            "source %s added by %s (%s)",
+            name,
+            subject,
+            source.kind,
+            extra={"event": "source.added", "source": name, "subject": subject},
+        )
         self.refresh()
         return self.describe(self.catalog.get(name))
 
@@ -222,16 +230,25 @@ class SourceRegistry:
         self.refresh()
         origin = self.origin(name)
         if origin == "bundled":
-            raise Conflict(f"{name!r} is the bundled example source; turn it off with 'bundled_jobs: false' in the config")
+            raise Conflict(
+                f"{name!r} is the bundled example source; turn it off with 'bundled_jobs: false' in the config"
+            )
         if self.records.get(name) is None:
             raise SourceNotFound(f"no source named {name!r}")
         if not self.removable(name, origin):
-            raise Conflict(f"source {name!r} is defined in the server's config file; remove it there and restart the server")
+            raise Conflict(
+                f"source {name!r} is defined in the server's config file; remove it there and restart the server"
+            )
         with source_lock(self.data_dir, name, self.lock_timeout):
             if not self.records.delete(name):
                 raise SourceNotFound(f"no source named {name!r}")
             self._wipe(name)
-        log.info("source %s removed by %s", name, subject, extra={"event": "source.removed", "source": name, "subject": subject})
+        log.info(
+            "source %s removed by %s",
+            name,
+            subject,
+            extra={"event": "source.removed", "source": name, "subject": subject},
+        )
         self.refresh()
 
     def sync(self, name: str, subject: str = "system") -> dict[str, Any]:
@@ -276,7 +293,11 @@ class SourceRegistry:
                 prune(keep)
         self._emit_synced(source, snap, previous, subject)
         self.refresh()
-        return {"source": self.describe(self.catalog.get(name)), "previous_revision": previous, "changed": snap.revision != previous}
+        return {
+            "source": self.describe(self.catalog.get(name)),
+            "previous_revision": previous,
+            "changed": snap.revision != previous,
+        }
 
     def register_configured(self, *, sync_new: bool = False, sync_all: bool = False, prune: bool = False) -> None:
         """Write the config file's sources to the database (start-up); a bad one is a ConfigError.
@@ -347,10 +368,23 @@ class SourceRegistry:
         }
         self.store.emit(None, EventType.SOURCE_SYNCED.value, data)
         self.store.flush()  # a client reading /events after the sync's answer must find it
-        log.info("source %s synced at %s (%d jobs, %d file errors)", source.name, snap.revision, len(snap.jobs), len(snap.errors), extra={"event": "source.synced", **data, "jobs": len(snap.jobs)})
+        log.info(
+            "source %s synced at %s (%d jobs, %d file errors)",
+            source.name,
+            snap.revision,
+            len(snap.jobs),
+            len(snap.errors),
+            extra={"event": "source.synced", **data, "jobs": len(snap.jobs)},
+        )
 
     def _emit_failed(self, source: Source, detail: str, revision: str | None, subject: str) -> None:
         data = {"source": source.name, "type": source.kind, "error": detail, "revision": revision, "by": subject}
         self.store.emit(None, EventType.SOURCE_FAILED.value, data)
         self.store.flush()
-        log.warning("source %s failed to sync (still serving %s): %s", source.name, revision, detail, extra={"event": "source.failed", **data})
+        log.warning(
+            "source %s failed to sync (still serving %s): %s",
+            source.name,
+            revision,
+            detail,
+            extra={"event": "source.failed", **data},
+        )

@@ -63,7 +63,9 @@ def url_problem(url: object, allowed_schemes: tuple[str, ...] | list[str]) -> st
     scp = _SCP_RE.match(url)
     if scp and "/" not in url.split(":", 1)[0]:
         if "ssh" not in allowed:
-            return f"scp-style 'user@host:path' URLs use ssh, which is not allowed (git.allowed_schemes: {allowed_text})"
+            return (
+                f"scp-style 'user@host:path' URLs use ssh, which is not allowed (git.allowed_schemes: {allowed_text})"
+            )
         if any((scp.group(part) or "").startswith("-") for part in ("user", "host", "path")):
             return "no part of the URL may start with '-'"
         return None

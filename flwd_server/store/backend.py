@@ -87,7 +87,9 @@ class Store(Writer, RunRecords, OwnerRecords):
             version = int(row[0]) if row else 0
             if version > schema.SCHEMA_VERSION:
                 conn.execute("ROLLBACK")
-                raise StorageError(f"{self.label}: schema version {version} is newer than this flwd ({schema.SCHEMA_VERSION}); upgrade flwd")
+                raise StorageError(
+                    f"{self.label}: schema version {version} is newer than this flwd ({schema.SCHEMA_VERSION}); upgrade flwd"
+                )
             for target in range(version + 1, schema.SCHEMA_VERSION + 1):
                 for statement in schema.statements(target):
                     conn.execute(statement)
@@ -122,10 +124,13 @@ class Store(Writer, RunRecords, OwnerRecords):
     def events_after(self, after: int, run_id: str | None = None, limit: int = 1000, conn: Any = None) -> list[Event]:
         conn = conn or self.reader()
         if run_id is None:
-            rows = conn.execute("SELECT id, run_id, type, ts, data FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)).fetchall()
+            rows = conn.execute(
+                "SELECT id, run_id, type, ts, data FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+            ).fetchall()
         else:
             rows = conn.execute(
-                "SELECT id, run_id, type, ts, data FROM events WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?", (run_id, after, limit)
+                "SELECT id, run_id, type, ts, data FROM events WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (run_id, after, limit),
             ).fetchall()
         return [Event(*r) for r in rows]
 
@@ -133,7 +138,8 @@ class Store(Writer, RunRecords, OwnerRecords):
         """Every event but step output in ``(after, upto]`` (served by the partial index on non-output events)."""
         conn = conn or self.reader()
         rows = conn.execute(
-            "SELECT id, run_id, type, ts, data FROM events WHERE id > ? AND id <= ? AND type <> 'step.output' ORDER BY id", (after, upto)
+            "SELECT id, run_id, type, ts, data FROM events WHERE id > ? AND id <= ? AND type <> 'step.output' ORDER BY id",
+            (after, upto),
         ).fetchall()
         return [Event(*r) for r in rows]
 
@@ -168,15 +174,20 @@ class Store(Writer, RunRecords, OwnerRecords):
     # -- stream tickets --------------------------------------------------------
 
     def create_ticket(self, digest: str, subject: str, run_id: str | None, expires_at: float) -> None:
-        self.write(lambda conn: conn.execute(
-            "INSERT INTO stream_tickets(digest, subject, run_id, expires_at) VALUES (?, ?, ?, ?)", (digest, subject, run_id, expires_at)
-        ))
+        self.write(
+            lambda conn: conn.execute(
+                "INSERT INTO stream_tickets(digest, subject, run_id, expires_at) VALUES (?, ?, ?, ?)",
+                (digest, subject, run_id, expires_at),
+            )
+        )
 
     def redeem_ticket(self, digest: str) -> tuple[str, str | None, float] | None:
         """Take a ticket out (single use): ``(subject, run_id, expires_at)`` or None."""
 
         def op(conn: Any) -> tuple[str, str | None, float] | None:
-            row = conn.execute("SELECT subject, run_id, expires_at FROM stream_tickets WHERE digest = ?", (digest,)).fetchone()
+            row = conn.execute(
+                "SELECT subject, run_id, expires_at FROM stream_tickets WHERE digest = ?", (digest,)
+            ).fetchone()
             conn.execute("DELETE FROM stream_tickets WHERE digest = ? OR expires_at < ?", (digest, time.time()))
             return tuple(row) if row else None  # type: ignore[return-value]
 
@@ -205,7 +216,9 @@ class Store(Writer, RunRecords, OwnerRecords):
             return 0
         for listener in self._prune_listeners:
             listener(conn)
-        victims = [r[0] for r in conn.execute(f"SELECT id FROM runs WHERE {schema.FINISHED_RUNS} AND seq <= ?", (row[0],))]
+        victims = [
+            r[0] for r in conn.execute(f"SELECT id FROM runs WHERE {schema.FINISHED_RUNS} AND seq <= ?", (row[0],))
+        ]
         for chunk in range(0, len(victims), 500):
             part = victims[chunk : chunk + 500]
             qs = ",".join("?" * len(part))

@@ -68,7 +68,9 @@ class ExportFilter:
             valid = [s.value for s in RunStatus]
             bad = [s for s in statuses if s not in valid]
             if bad:
-                raise BadRequest(f"'status' must be one or more (comma-separated) of {', '.join(valid)}; got {', '.join(map(repr, bad))}")
+                raise BadRequest(
+                    f"'status' must be one or more (comma-separated) of {', '.join(valid)}; got {', '.join(map(repr, bad))}"
+                )
         job, source = params.get("job") or None, None
         if job is not None:
             if len(job) > 256 or any(ord(c) < 32 for c in job):
@@ -112,20 +114,26 @@ def _time(params: Mapping[str, str | None], name: str) -> float | None:
     try:
         return parse_iso(str(raw))
     except ValueError:
-        raise BadRequest(f"{name!r} must be an ISO 8601 time such as 2026-01-31T12:00:00Z; got {str(raw)[:64]!r}") from None
+        raise BadRequest(
+            f"{name!r} must be an ISO 8601 time such as 2026-01-31T12:00:00Z; got {str(raw)[:64]!r}"
+        ) from None
 
 
 def _line(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
-def export_lines(store: Store, filters: ExportFilter, *, run_page: int = RUN_PAGE, event_page: int = EVENT_PAGE) -> Iterator[bytes]:
+def export_lines(
+    store: Store, filters: ExportFilter, *, run_page: int = RUN_PAGE, event_page: int = EVENT_PAGE
+) -> Iterator[bytes]:
     """Yield the export in chunks of about ``CHUNK_BYTES``; see the module docstring."""
     conn: sqlite3.Connection | None = None
     try:
         conn = store.connect()  # the generator's own, closed in its own ``finally``
         where, params = filters.where()
-        yield _line({"record": "export", "format": FORMAT, "generated_at": iso(time.time()), "filters": filters.describe()})
+        yield _line(
+            {"record": "export", "format": FORMAT, "generated_at": iso(time.time()), "filters": filters.describe()}
+        )
         buffer: list[bytes] = []
         size = 0
         runs = events = 0

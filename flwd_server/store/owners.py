@@ -53,7 +53,15 @@ def owner_id(pid: int | None = None) -> str:
     return f"{HOSTNAME}:{pid}:{_proc_start_time(pid) or '0'}"
 
 
-def owner_is_dead(owner: str, host: str, pid: int, heartbeat_at: float | None, *, me: str | None = None, timeout: float = LIVENESS_TIMEOUT) -> bool:
+def owner_is_dead(
+    owner: str,
+    host: str,
+    pid: int,
+    heartbeat_at: float | None,
+    *,
+    me: str | None = None,
+    timeout: float = LIVENESS_TIMEOUT,
+) -> bool:
     """Whether ``owner`` is gone: on this host, its process is (pid and start time); elsewhere,
     its heartbeat is older than ``timeout`` (``liveness_timeout``)."""
     if owner == me:
@@ -81,7 +89,9 @@ def kill_orphan_group(run_id: str, pgid: int | None) -> bool:
     return False
 
 
-def recover_lost_runs(store: Any, me: str | None = None, reason: str = "the process running it stopped", timeout: float = LIVENESS_TIMEOUT) -> list[str]:
+def recover_lost_runs(
+    store: Any, me: str | None = None, reason: str = "the process running it stopped", timeout: float = LIVENESS_TIMEOUT
+) -> list[str]:
     """End the runs whose owning process is gone (``lost``), killing what they left behind."""
     lost = store.mark_lost(lambda o, h, p, b: owner_is_dead(o, h, p, b, me=me, timeout=timeout), reason)
     for run_id, pgid in lost:
@@ -107,17 +117,25 @@ class OwnerRecords:
 
     def register_owner(self, owner: str, host: str, pid: int) -> None:
         now, at = self._clock()
-        self.write(lambda conn: conn.execute(
-            f"INSERT INTO owners(owner, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, {now}, {now}) "
-            "ON CONFLICT(owner) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
-            "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
-            (owner, host, pid, *at, *at),
-        ))
+        self.write(
+            lambda conn: conn.execute(
+                f"INSERT INTO owners(owner, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, {now}, {now}) "
+                "ON CONFLICT(owner) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
+                "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+                (owner, host, pid, *at, *at),
+            )
+        )
 
     def heartbeat(self, owner: str) -> bool:
         """Say ``owner`` is alive; False if its row is gone (another process declared it dead)."""
         now, at = self._clock()
-        return bool(self.write(lambda conn: conn.execute(f"UPDATE owners SET heartbeat_at = {now} WHERE owner = ?", (*at, owner)).rowcount))
+        return bool(
+            self.write(
+                lambda conn: (
+                    conn.execute(f"UPDATE owners SET heartbeat_at = {now} WHERE owner = ?", (*at, owner)).rowcount
+                )
+            )
+        )
 
     def _clock_skew(self, conn: Any) -> float:
         """Our clock minus the one heartbeats are written in."""
@@ -133,7 +151,9 @@ class OwnerRecords:
     def owners(self) -> list[tuple[str, str, int, float]]:
         return self.reader().execute("SELECT owner, host, pid, heartbeat_at FROM owners").fetchall()
 
-    def mark_lost(self, is_dead: Callable[[str, str, int, float | None], bool], reason: str) -> list[tuple[str, int | None]]:
+    def mark_lost(
+        self, is_dead: Callable[[str, str, int, float | None], bool], reason: str
+    ) -> list[tuple[str, int | None]]:
         """End every running run whose owner ``is_dead``; returns ``(run_id, pgid)`` of each.
 
         ``is_dead(owner, host, pid, heartbeat_at)`` decides; runs whose owner
@@ -143,7 +163,10 @@ class OwnerRecords:
 
         def op(conn: Any) -> list[tuple[str, int | None]]:
             skew = self._clock_skew(conn)  # heartbeats in the database's clock, read in ours
-            owners = {row[0]: (row[1], row[2], row[3] + skew) for row in conn.execute("SELECT owner, host, pid, heartbeat_at FROM owners")}
+            owners = {
+                row[0]: (row[1], row[2], row[3] + skew)
+                for row in conn.execute("SELECT owner, host, pid, heartbeat_at FROM owners")
+            }
             lost = []
             rows = conn.execute("SELECT id, owner, pgid, started_at FROM runs WHERE status = 'running'").fetchall()
             dead_owners = set()
@@ -153,11 +176,24 @@ class OwnerRecords:
                     continue
                 dead_owners.add(owner)
                 conn.execute(
-                    "UPDATE runs SET status = 'lost', finished_at = ?, reason = ?, pgid = NULL WHERE id = ?", (now, reason, run_id)
+                    "UPDATE runs SET status = 'lost', finished_at = ?, reason = ?, pgid = NULL WHERE id = ?",
+                    (now, reason, run_id),
                 )
                 conn.execute(
                     "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)",
-                    (run_id, EventType.RUN_FINISHED.value, now, dumps({"status": "lost", "exit_code": None, "duration": round(now - (started or now), 6), "reason": reason})),
+                    (
+                        run_id,
+                        EventType.RUN_FINISHED.value,
+                        now,
+                        dumps(
+                            {
+                                "status": "lost",
+                                "exit_code": None,
+                                "duration": round(now - (started or now), 6),
+                                "reason": reason,
+                            }
+                        ),
+                    ),
                 )
                 lost.append((run_id, pgid))
             for owner, (host, pid, beat) in owners.items():

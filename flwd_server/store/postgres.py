@@ -162,7 +162,9 @@ class PostgresStore(Store):
         try:
             self._run_batch(conn, batch, savepoints=False)
         except Exception as exc:
-            if conn.closed or (isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled)):
+            if conn.closed or (
+                isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled)
+            ):
                 raise  # the connection, not an operation: the caller retries on a new one
             conn.raw.rollback()
             return False

@@ -101,7 +101,9 @@ class ReaderPool:
                 if self._closed:
                     raise PoolClosed("the store is closed")
                 if os.getpid() != self.pid:
-                    raise RuntimeError("a reader pool is used only by the process that made it (a forked child makes its own)")
+                    raise RuntimeError(
+                        "a reader pool is used only by the process that made it (a forked child makes its own)"
+                    )
                 self.pool.open()
                 self._opened = True
         return self.pool
@@ -120,7 +122,9 @@ class ReaderPool:
                     raise psycopg.OperationalError(failed) from None
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise StorageError(f"no free database connection after {WAIT:g} s (db_pool_size: {self.size})") from None
+                    raise StorageError(
+                        f"no free database connection after {WAIT:g} s (db_pool_size: {self.size})"
+                    ) from None
                 step = min(step * 2, 1.0, left)
 
     @contextlib.contextmanager

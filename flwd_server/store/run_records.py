@@ -72,7 +72,9 @@ class RunRecords:
         def op(conn: Any) -> tuple[Run, bool]:
             if idempotency is not None:
                 subject, key, body_hash = idempotency
-                row = conn.execute("SELECT body_hash, run_id FROM idempotency WHERE subject = ? AND key = ?", (subject, key)).fetchone()
+                row = conn.execute(
+                    "SELECT body_hash, run_id FROM idempotency WHERE subject = ? AND key = ?", (subject, key)
+                ).fetchone()
                 if row:
                     if row[0] != body_hash:
                         raise IdempotencyMismatch(
@@ -83,7 +85,9 @@ class RunRecords:
                     if existing is not None:
                         return existing, True
             if max_queued is not None and status is RunStatus.QUEUED and self._queue_full(conn, max_queued):
-                raise Unavailable(f"{max_queued} runs are already queued (limits.max_queued_runs); retry later", retry_after=10)
+                raise Unavailable(
+                    f"{max_queued} runs are already queued (limits.max_queued_runs); retry later", retry_after=10
+                )
             conn.execute(
                 "INSERT INTO runs(id, job, source, revision, args, status, profile, submitted_by, created_at, "
                 "finished_at, reason, plan_digest, plan, affinity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -161,9 +165,11 @@ class RunRecords:
             clauses.append("seq < ?")
             params.append(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self.reader().execute(
-            f"SELECT {RUN_COLUMNS}, seq FROM runs {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1)
-        ).fetchall()
+        rows = (
+            self.reader()
+            .execute(f"SELECT {RUN_COLUMNS}, seq FROM runs {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1))
+            .fetchall()
+        )
         more = len(rows) > limit
         rows = rows[:limit]
         return [run_from_row(r) for r in rows], (rows[-1][14] if more else None)
@@ -193,7 +199,9 @@ class RunRecords:
             now = time.time()
             claimed = []
             for row in rows:
-                conn.execute("UPDATE runs SET status = 'running', owner = ?, started_at = ? WHERE id = ?", (owner, now, row[0]))
+                conn.execute(
+                    "UPDATE runs SET status = 'running', owner = ?, started_at = ? WHERE id = ?", (owner, now, row[0])
+                )
                 run = run_from_row(row)
                 run = Run(**{**run.__dict__, "status": RunStatus.RUNNING, "started_at": now})
                 claimed.append(ClaimedRun(run, row[14]))
@@ -206,10 +214,12 @@ class RunRecords:
         if not run_ids:
             return
         marks = ",".join("?" * len(run_ids))
-        self.write(lambda conn: conn.execute(
-            f"UPDATE runs SET status = 'queued', owner = NULL, started_at = NULL WHERE owner = ? AND status = 'running' AND id IN ({marks})",
-            (owner, *run_ids),
-        ))
+        self.write(
+            lambda conn: conn.execute(
+                f"UPDATE runs SET status = 'queued', owner = NULL, started_at = NULL WHERE owner = ? AND status = 'running' AND id IN ({marks})",
+                (owner, *run_ids),
+            )
+        )
 
     def set_pgid(self, run_id: str, pgid: int | None) -> None:
         self.write_later(lambda conn: conn.execute("UPDATE runs SET pgid = ? WHERE id = ?", (pgid, run_id)))
@@ -277,14 +287,22 @@ class RunRecords:
             if run.status is RunStatus.QUEUED:
                 reason = f"cancelled by {subject} before it started"
                 conn.execute(
-                    "UPDATE runs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?", (now, reason, run_id)
+                    "UPDATE runs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?",
+                    (now, reason, run_id),
                 )
                 conn.execute(
                     "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)",
-                    (run_id, EventType.RUN_FINISHED.value, now, dumps({"status": "cancelled", "exit_code": None, "duration": 0.0, "reason": reason})),
+                    (
+                        run_id,
+                        EventType.RUN_FINISHED.value,
+                        now,
+                        dumps({"status": "cancelled", "exit_code": None, "duration": 0.0, "reason": reason}),
+                    ),
                 )
             elif run.status is RunStatus.RUNNING:
-                first = conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ? AND cancel_requested = 0", (run_id,)).rowcount
+                first = conn.execute(
+                    "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND cancel_requested = 0", (run_id,)
+                ).rowcount
                 if first:
                     conn.execute(
                         "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)",
@@ -302,5 +320,9 @@ class RunRecords:
         if not run_ids:
             return set()
         marks = ",".join("?" * len(run_ids))
-        rows = self.reader().execute(f"SELECT id FROM runs WHERE cancel_requested = 1 AND id IN ({marks})", run_ids).fetchall()
+        rows = (
+            self.reader()
+            .execute(f"SELECT id FROM runs WHERE cancel_requested = 1 AND id IN ({marks})", run_ids)
+            .fetchall()
+        )
         return {r[0] for r in rows}

@@ -32,7 +32,13 @@ class SQLiteStore(Store):
     dialect = "sqlite"
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
-    def __init__(self, path: str | os.PathLike[str], synchronous: str = "normal", busy_timeout: float = 30.0, queue_size: int = 20000) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        synchronous: str = "normal",
+        busy_timeout: float = 30.0,
+        queue_size: int = 20000,
+    ) -> None:
         self.path = str(path)
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
@@ -116,7 +122,9 @@ class SQLiteStore(Store):
             other.close()
             conn.execute("DELETE FROM meta WHERE key = ?", (key,))
         if not row or row[0] != token:
-            raise StorageError(f"{self.path}: a write was not visible to a second connection; WAL does not work on this filesystem")
+            raise StorageError(
+                f"{self.path}: a write was not visible to a second connection; WAL does not work on this filesystem"
+            )
 
     # -- the writer ------------------------------------------------------------
 

@@ -107,7 +107,12 @@ class Writer(abc.ABC):
             with self._room:
                 self._blocked += 1
                 try:
-                    self._room.wait_for(lambda: len(self._pending) < self.queue_size or self._writer is None or not self._writer.is_alive(), timeout=60)
+                    self._room.wait_for(
+                        lambda: (
+                            len(self._pending) < self.queue_size or self._writer is None or not self._writer.is_alive()
+                        ),
+                        timeout=60,
+                    )
                 finally:
                     self._blocked -= 1
         self._pending.append(item)
@@ -279,7 +284,9 @@ class Writer(abc.ABC):
                         op.finish()
                 batch = [op for op in batch if type(op) is tuple or op.lock is None]
                 if attempts >= 30:
-                    log.error("database write failed %d times (%s); %d queued writes dropped", attempts, exc, len(batch))
+                    log.error(
+                        "database write failed %d times (%s); %d queued writes dropped", attempts, exc, len(batch)
+                    )
                     return None
                 if batch:
                     log.warning("database write failed (%s); retrying %d queued writes", exc, len(batch))

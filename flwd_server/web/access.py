@@ -53,7 +53,12 @@ def register(app: Flask) -> None:
             return None
         engine = current_app.config["FLWD_ENGINE"]
         ticket = request.args.get("ticket")
-        if ticket is not None and declared is not None and declared.accepts_ticket and not request.headers.get("Authorization"):
+        if (
+            ticket is not None
+            and declared is not None
+            and declared.accepts_ticket
+            and not request.headers.get("Authorization")
+        ):
             g.principal = engine.redeem_stream_ticket(ticket, (request.view_args or {}).get("run_id"))
         else:
             g.principal = engine.authenticator.authenticate(request.headers.get("Authorization"))
@@ -81,8 +86,13 @@ def refuse_query_token() -> None:
     if not any(request.args.get(name) is not None for name in QUERY_TOKEN_NAMES):
         return
     if request.headers.get("Authorization"):
-        raise Unauthenticated("send the token once, in the Authorization header, not also in the query string", error="invalid_request")
-    raise Unauthenticated("tokens are not accepted in the query string (URLs end up in logs); send 'Authorization: Bearer <token>'", error=None)
+        raise Unauthenticated(
+            "send the token once, in the Authorization header, not also in the query string", error="invalid_request"
+        )
+    raise Unauthenticated(
+        "tokens are not accepted in the query string (URLs end up in logs); send 'Authorization: Bearer <token>'",
+        error=None,
+    )
 
 
 def _preflight() -> Response:

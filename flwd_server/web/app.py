@@ -30,7 +30,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.config.update(
         FLWD_ENGINE=engine,
         FLWD_DEV=settings.dev,
-        FLWD_STREAM_SLOTS=StreamSlots(settings.sse_max_streams, on_change=lambda n: engine.metrics.set_process_gauge(SSE_CLIENTS, n)),
+        FLWD_STREAM_SLOTS=StreamSlots(
+            settings.sse_max_streams, on_change=lambda n: engine.metrics.set_process_gauge(SSE_CLIENTS, n)
+        ),
         MAX_CONTENT_LENGTH=settings.limits.max_body_bytes,
         MAX_FORM_MEMORY_SIZE=settings.limits.max_body_bytes,
     )

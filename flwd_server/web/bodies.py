@@ -75,7 +75,9 @@ def json_body(allowed: tuple[str, ...]) -> dict[str, Any]:
         raise BadRequest(f"the JSON body is nested deeper than {MAX_DEPTH} levels")
     if _has_lone_surrogate(data):
         # JSON lets "\ud800" through; such a string cannot be stored, logged or passed to a job.
-        raise BadRequest("the JSON body contains a lone UTF-16 surrogate (an escape from \\ud800 to \\udfff): not valid Unicode")
+        raise BadRequest(
+            "the JSON body contains a lone UTF-16 surrogate (an escape from \\ud800 to \\udfff): not valid Unicode"
+        )
     g.flwd_body = data
     unknown = [key for key in data if key not in allowed]
     if unknown:

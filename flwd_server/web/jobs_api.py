@@ -17,7 +17,10 @@ bp = Blueprint("jobs", __name__)
 @operation(
     Scope.JOBS_READ,
     "List jobs of every source",
-    {"200": json_reply(object_schema({"jobs": {"type": "array", "items": ref("JobSummary")}}, ["jobs"])), **problems(400, 404)},
+    {
+        "200": json_reply(object_schema({"jobs": {"type": "array", "items": ref("JobSummary")}}, ["jobs"])),
+        **problems(400, 404),
+    },
     parameters=[SOURCE_QUERY],
 )
 def list_jobs() -> Response:

@@ -37,7 +37,9 @@ def path_parameters(rule: str) -> list[dict[str, Any]]:
     for converter, name in RULE_VARIABLE.findall(rule):
         schema = PATH_PARAMETER_SCHEMAS.get(converter or "default")
         if schema is None:
-            raise ValueError(f"{rule}: no OpenAPI schema for the {converter!r} converter (add it to PATH_PARAMETER_SCHEMAS)")
+            raise ValueError(
+                f"{rule}: no OpenAPI schema for the {converter!r} converter (add it to PATH_PARAMETER_SCHEMAS)"
+            )
         out.append({"name": name, "in": "path", "required": True, "schema": dict(schema)})
     return out
 

@@ -23,7 +23,10 @@ bp = Blueprint("ops", __name__)
 @operation(
     PUBLIC,
     "Liveness and readiness",
-    {"200": json_reply(object_schema({"status": {"type": "string"}, "version": {"type": "string"}}, ["status"])), **problems(503)},
+    {
+        "200": json_reply(object_schema({"status": {"type": "string"}, "version": {"type": "string"}}, ["status"])),
+        **problems(503),
+    },
 )
 def healthz() -> Response:
     engine = current_app.config["FLWD_ENGINE"]
@@ -49,13 +52,18 @@ def openapi() -> Response:
 )
 def metrics() -> Response:
     engine = current_app.config["FLWD_ENGINE"]
-    return Response(engine.metrics.exposition(), mimetype=None, content_type=METRICS_CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+    return Response(
+        engine.metrics.exposition(),
+        mimetype=None,
+        content_type=METRICS_CONTENT_TYPE,
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @bp.get("/export")
 @operation(
     Scope.EXPORT_READ,
-    "Runs with their events as NDJSON, oldest first, streamed; the last line is {\"record\": \"end\", \"runs\": N, \"events\": M}",
+    'Runs with their events as NDJSON, oldest first, streamed; the last line is {"record": "end", "runs": N, "events": M}',
     {
         "200": {
             "description": "One JSON record per line: export, then run and its events, ..., end",

@@ -59,7 +59,9 @@ def register(app: Flask) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def handle_too_large(error: RequestEntityTooLarge) -> Response:
         limit = app.config.get("MAX_CONTENT_LENGTH")
-        return flwd_error_response(PayloadTooLarge(f"the request body is larger than {limit} bytes (limits.max_body_bytes)"))
+        return flwd_error_response(
+            PayloadTooLarge(f"the request body is larger than {limit} bytes (limits.max_body_bytes)")
+        )
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(error: HTTPException) -> Response:
@@ -79,7 +81,12 @@ def register(app: Flask) -> None:
     def handle_unexpected(error: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(
-            {"type": "urn:flwd:error:internal-error", "title": "Internal error", "status": 500, "detail": "an unexpected error happened; it was logged on the server"}
+            {
+                "type": "urn:flwd:error:internal-error",
+                "title": "Internal error",
+                "status": 500,
+                "detail": "an unexpected error happened; it was logged on the server",
+            }
         )
 
 

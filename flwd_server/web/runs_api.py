@@ -50,8 +50,20 @@ def _engine():
     Scope.RUNS_WRITE,
     "Submit a run",
     {"202": json_reply(RUN_REPLY, "Accepted"), **problems(400, 404, 409, 413, 415, 422, 503)},
-    parameters=[{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"}}],
-    request_body=json_request({**RUN_REQUEST, "properties": {**RUN_REQUEST["properties"], "plan": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}}}),
+    parameters=[
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+        }
+    ],
+    request_body=json_request(
+        {
+            **RUN_REQUEST,
+            "properties": {**RUN_REQUEST["properties"], "plan": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}},
+        }
+    ),
 )
 def submit_run() -> Response:
     key = request.headers.get("Idempotency-Key")
@@ -71,7 +83,12 @@ def submit_run() -> Response:
 @operation(
     Scope.RUNS_READ,
     "List runs, newest first",
-    {"200": json_reply(object_schema({"runs": {"type": "array", "items": ref("Run")}, "next": NULLABLE_STR}, ["runs", "next"])), **problems(400)},
+    {
+        "200": json_reply(
+            object_schema({"runs": {"type": "array", "items": ref("Run")}, "next": NULLABLE_STR}, ["runs", "next"])
+        ),
+        **problems(400),
+    },
     parameters=[
         query_parameter("status", {"type": "string", "enum": STATUSES}),
         query_parameter("job", NAME_QUERY),
@@ -98,7 +115,11 @@ def get_run(run_id: str) -> Response:
 
 
 @bp.post("/runs/<run_id>/cancel")
-@operation(Scope.RUNS_WRITE, "Cancel a queued or running run", {"202": json_reply(RUN_REPLY, "Accepted"), **problems(404, 409, 503)})
+@operation(
+    Scope.RUNS_WRITE,
+    "Cancel a queued or running run",
+    {"202": json_reply(RUN_REPLY, "Accepted"), **problems(404, 409, 503)},
+)
 def cancel_run(run_id: str) -> Response:
     run = _engine().cancel(run_id, principal())
     return json_response({"run": run.to_dict(base_url())}, status=202)
@@ -119,8 +140,15 @@ def sse_response(run_id: str | None) -> Response:
     sock = can_take_over(request.environ) if settings.sse.broadcast else None
     if sock is not None:
         chunked = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
-        body = broadcast_stream(engine.broadcaster, sock, after=after, run_id=run_id, chunked=chunked, retry_ms=settings.sse.retry_ms)
-        return Response(ClosingStream(body, slots.release), mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True)
+        body = broadcast_stream(
+            engine.broadcaster, sock, after=after, run_id=run_id, chunked=chunked, retry_ms=settings.sse.retry_ms
+        )
+        return Response(
+            ClosingStream(body, slots.release),
+            mimetype="text/event-stream",
+            headers=SSE_HEADERS,
+            direct_passthrough=True,
+        )
     frames = event_stream(
         engine.hub,
         after=after,
@@ -131,7 +159,9 @@ def sse_response(run_id: str | None) -> Response:
         is_closing=lambda: engine.closing,
         pause=lambda: crowd_pause(slots.open, settings.sse.crowd_pause),
     )
-    return Response(ClosingStream(frames, slots.release), mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True)
+    return Response(
+        ClosingStream(frames, slots.release), mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True
+    )
 
 
 @bp.post("/stream-tickets")
@@ -140,7 +170,11 @@ def sse_response(run_id: str | None) -> Response:
     "A single-use ticket to open one event stream without an Authorization header",
     {
         "201": json_reply(
-            object_schema({"ticket": {"type": "string"}, "expires_in": {"type": "number"}, "run_id": NULLABLE_STR}, ["ticket", "expires_in", "run_id"]), "Created"
+            object_schema(
+                {"ticket": {"type": "string"}, "expires_in": {"type": "number"}, "run_id": NULLABLE_STR},
+                ["ticket", "expires_in", "run_id"],
+            ),
+            "Created",
         ),
         **problems(400, 404, 413, 415, 422),
     },

@@ -37,7 +37,10 @@ def ref(name: str) -> dict[str, str]:
 
 def problems(*codes: int) -> dict[str, Any]:
     """Error responses: every error is ``application/problem+json`` (web/problems.py)."""
-    return {str(c): {"description": PROBLEM_TEXT[c], "content": {"application/problem+json": {"schema": ref("Problem")}}} for c in codes}
+    return {
+        str(c): {"description": PROBLEM_TEXT[c], "content": {"application/problem+json": {"schema": ref("Problem")}}}
+        for c in codes
+    }
 
 
 def json_reply(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -50,7 +53,9 @@ def json_request(schema: dict[str, Any], required: bool = True) -> dict[str, Any
     return {"required": required, "content": {"application/json": {"schema": schema}}}
 
 
-def object_schema(properties: dict[str, Any], required: list[str] | None = None, additional: bool = False) -> dict[str, Any]:
+def object_schema(
+    properties: dict[str, Any], required: list[str] | None = None, additional: bool = False
+) -> dict[str, Any]:
     """An object schema; closed unless ``additional`` (bodies refuse unknown fields, web/bodies.py)."""
     out: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": additional}
     if required:
@@ -90,7 +95,11 @@ SSE = {
                 {
                     "id": {"type": "string", "pattern": "^[0-9]+$"},
                     "event": {"type": "string", "enum": EVENT_TYPES},
-                    "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {"$ref": "#/components/schemas/Event"}},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"$ref": "#/components/schemas/Event"},
+                    },
                     "retry": {"type": "integer", "minimum": 0},
                 },
                 additional=True,
@@ -99,9 +108,21 @@ SSE = {
     },
 }
 LAST_EVENT_ID = [
-    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{0,19}$"}, "description": "resume after this event id (empty: from the start)"},
-    query_parameter("after", {"type": "string", "pattern": "^[0-9]{1,19}$"}, "like Last-Event-ID, for clients that cannot set it"),
-    query_parameter("ticket", {"type": "string"}, "A single-use ticket from POST /stream-tickets, for clients that cannot send Authorization (EventSource)"),
+    {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[0-9]{0,19}$"},
+        "description": "resume after this event id (empty: from the start)",
+    },
+    query_parameter(
+        "after", {"type": "string", "pattern": "^[0-9]{1,19}$"}, "like Last-Event-ID, for clients that cannot set it"
+    ),
+    query_parameter(
+        "ticket",
+        {"type": "string"},
+        "A single-use ticket from POST /stream-tickets, for clients that cannot send Authorization (EventSource)",
+    ),
 ]
 RUN_REQUEST = object_schema(
     {
@@ -149,9 +170,17 @@ SCHEMAS: dict[str, Any] = {
         ["name", "source", "description", "args"],
         additional=True,
     ),
-    "Step": object_schema({"name": {"type": "string"}, "kind": {"type": "string", "enum": ["shell", "container"]}}, ["name", "kind"], additional=True),
+    "Step": object_schema(
+        {"name": {"type": "string"}, "kind": {"type": "string", "enum": ["shell", "container"]}},
+        ["name", "kind"],
+        additional=True,
+    ),
     "Decision": object_schema(
-        {"check": {"type": "string"}, "outcome": {"type": "string", "enum": ["allow", "warn", "deny"]}, "reason": {"type": "string"}},
+        {
+            "check": {"type": "string"},
+            "outcome": {"type": "string", "enum": ["allow", "warn", "deny"]},
+            "reason": {"type": "string"},
+        },
         ["check", "outcome", "reason"],
     ),
     "Plan": object_schema(
@@ -190,12 +219,29 @@ SCHEMAS: dict[str, Any] = {
             "plan_digest": NULLABLE_STR,
             "links": object_schema({"self": {"type": "string"}, "events": {"type": "string"}}, ["self", "events"]),
         },
-        ["id", "job", "source", "revision", "args", "status", "profile", "submitted_by", "created_at", "started_at", "finished_at", "exit_code", "links"],
+        [
+            "id",
+            "job",
+            "source",
+            "revision",
+            "args",
+            "status",
+            "profile",
+            "submitted_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "exit_code",
+            "links",
+        ],
         additional=True,
     ),
     "SourceFileError": object_schema(
         {
-            "path": {"type": "string", "description": "the job file, relative to the source root (empty for the source itself)"},
+            "path": {
+                "type": "string",
+                "description": "the job file, relative to the source root (empty for the source itself)",
+            },
             "field": {"type": "string"},
             "message": {"type": "string"},
             "line": {"type": "integer", "minimum": 1},
@@ -226,8 +272,16 @@ SCHEMAS: dict[str, Any] = {
             "type": {"type": "string", "enum": SOURCE_TYPES},
             "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,62}$"},
             "path": {"type": "string", "minLength": 1, "description": "local: an absolute path on the server"},
-            "url": {"type": "string", "minLength": 1, "description": "git: a URL with an allowed scheme (git.allowed_schemes)"},
-            "ref": {"type": "string", "minLength": 1, "description": "git: a branch, tag or commit (default: the remote's HEAD)"},
+            "url": {
+                "type": "string",
+                "minLength": 1,
+                "description": "git: a URL with an allowed scheme (git.allowed_schemes)",
+            },
+            "ref": {
+                "type": "string",
+                "minLength": 1,
+                "description": "git: a branch, tag or commit (default: the remote's HEAD)",
+            },
         },
         ["type", "name"],
     ),

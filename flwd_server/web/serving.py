@@ -148,7 +148,9 @@ def prepare_database(settings: Settings) -> list[str]:
     store = open_store(settings)
     store.migrate()
     try:
-        return recover_lost_runs(store, reason="the server stopped while it ran (found at start-up)", timeout=settings.liveness_timeout)
+        return recover_lost_runs(
+            store, reason="the server stopped while it ran (found at start-up)", timeout=settings.liveness_timeout
+        )
     finally:
         store.close()
 

@@ -43,7 +43,11 @@ def add_source() -> Response:
 
 
 @bp.get("/sources/<name>")
-@operation(Scope.SOURCES_READ, "One source, each job file's error with its path and line", {"200": json_reply(SOURCE_REPLY), **problems(404)})
+@operation(
+    Scope.SOURCES_READ,
+    "One source, each job file's error with its path and line",
+    {"200": json_reply(SOURCE_REPLY), **problems(404)},
+)
 def get_source(name: str) -> Response:
     return json_response({"source": _engine().source(name)})
 
@@ -65,7 +69,10 @@ def remove_source(name: str) -> Response:
     "Fetch (git) or rescan (local) a source now",
     {
         "200": json_reply(
-            object_schema({"source": ref("Source"), "previous_revision": NULLABLE_STR, "changed": {"type": "boolean"}}, ["source", "previous_revision", "changed"])
+            object_schema(
+                {"source": ref("Source"), "previous_revision": NULLABLE_STR, "changed": {"type": "boolean"}},
+                ["source", "previous_revision", "changed"],
+            )
         ),
         **problems(404, 502, 503),
     },

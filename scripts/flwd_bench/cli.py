@@ -85,15 +85,41 @@ class Context:
 
 def parse_args(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller counts and shorter windows: a smoke run, not figures to quote")
-    parser.add_argument("--only", default=",".join(map(str, FIGURES)), help="figures to measure, e.g. 1,3 (default: all)")
-    parser.add_argument("--json", dest="json_path", default="bench-results.json", help="where to write the results as JSON (default: %(default)s)")
-    parser.add_argument("--flwd-workers", type=int, help="gunicorn workers of every flwd started (default: 2, flwd's default; figure 6: 1 per node)")
-    parser.add_argument("--flwd-threads", type=int, help="threads per worker of every flwd started (default: 32; figure 3: fan-out clients + 24)")
-    parser.add_argument("--clients", type=int, default=16, help="figures 1 and 6: concurrent client connections, the same for every server (default: %(default)s)")
-    parser.add_argument("--duration", type=int, help="figures 1 and 6: seconds of load per server (default: 10, --quick: 3)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller counts and shorter windows: a smoke run, not figures to quote"
+    )
+    parser.add_argument(
+        "--only", default=",".join(map(str, FIGURES)), help="figures to measure, e.g. 1,3 (default: all)"
+    )
+    parser.add_argument(
+        "--json",
+        dest="json_path",
+        default="bench-results.json",
+        help="where to write the results as JSON (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--flwd-workers",
+        type=int,
+        help="gunicorn workers of every flwd started (default: 2, flwd's default; figure 6: 1 per node)",
+    )
+    parser.add_argument(
+        "--flwd-threads",
+        type=int,
+        help="threads per worker of every flwd started (default: 32; figure 3: fan-out clients + 24)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=16,
+        help="figures 1 and 6: concurrent client connections, the same for every server (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--duration", type=int, help="figures 1 and 6: seconds of load per server (default: 10, --quick: 3)"
+    )
     parser.add_argument("--fanout-clients", type=int, help="figure 3: SSE clients (default: 1000, --quick: 100)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (server logs, configs) for a look afterwards")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp dir (server logs, configs) for a look afterwards"
+    )
     ns = parser.parse_args(argv)
     try:
         only = tuple(sorted({int(x) for x in ns.only.split(",") if x.strip()}))
@@ -192,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     opts.json_path.parent.mkdir(parents=True, exist_ok=True)
     opts.json_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nflwd bench, {started:%Y-%m-%d %H:%M} UTC, {info['cpus']} CPUs ({info['cpu_model']}), load {info['load_average'][0]:.1f}, commit {info['commit']}")
+    print(
+        f"\nflwd bench, {started:%Y-%m-%d %H:%M} UTC, {info['cpus']} CPUs ({info['cpu_model']}), load {info['load_average'][0]:.1f}, commit {info['commit']}"
+    )
     print(f"command: {command}{'  [QUICK: smoke figures, not for quoting]' if opts.quick else ''}\n")
     print(table(rows))
     for row in rows:

@@ -59,7 +59,9 @@ class Api:
             self._conn = None
 
 
-def request_bytes(method: str, path: str, host: str, body: bytes | None = None, token: str = TOKEN, accept: str | None = None) -> bytes:
+def request_bytes(
+    method: str, path: str, host: str, body: bytes | None = None, token: str = TOKEN, accept: str | None = None
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"Authorization: Bearer {token}"]
     if accept:
         lines.append(f"Accept: {accept}")

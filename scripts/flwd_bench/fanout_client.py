@@ -91,7 +91,9 @@ async def follow(host: str, port: int, path: str, token: str, connections: int, 
     deadline = time.monotonic() + timeout
     for start in range(0, connections, 50):  # connect in batches: no SYN storm on the listen backlog
         batch = [Follower(request, latencies) for _ in range(min(50, connections - start))]
-        results = await asyncio.gather(*(loop.create_connection(lambda f=f: f, host, port) for f in batch), return_exceptions=True)
+        results = await asyncio.gather(
+            *(loop.create_connection(lambda f=f: f, host, port) for f in batch), return_exceptions=True
+        )
         for follower, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 failed_connects += 1
@@ -103,7 +105,9 @@ async def follow(host: str, port: int, path: str, token: str, connections: int, 
     for f in followers:
         statuses[str(f.status)] = statuses.get(str(f.status), 0) + 1
     # Written then renamed: the bench reads it as soon as it exists.
-    out.with_suffix(".part").write_text(json.dumps({"statuses": statuses, "failed_connects": failed_connects, "cpu_seconds": _cpu()}))
+    out.with_suffix(".part").write_text(
+        json.dumps({"statuses": statuses, "failed_connects": failed_connects, "cpu_seconds": _cpu()})
+    )
     out.with_suffix(".part").replace(out.with_suffix(".ready"))
     pending = [f.closed for f in followers if not f.closed.done()]
     if pending:

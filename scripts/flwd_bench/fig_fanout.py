@@ -51,7 +51,12 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     try:
         api = server.api()
         try:
-            run = api.json("POST", "/runs", {"job": "bench-ticker", "source": BENCH_SOURCE, "args": {"lines": lines, "go": str(go)}}, expect=202)["run"]
+            run = api.json(
+                "POST",
+                "/runs",
+                {"job": "bench-ticker", "source": BENCH_SOURCE, "args": {"lines": lines, "go": str(go)}},
+                expect=202,
+            )["run"]
         finally:
             api.close()
         timeout = 120.0 + clients / 20 + lines * 0.05
@@ -59,13 +64,24 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         for i, n in enumerate(share):
             out = ws.path(f"fanout-{i}")
             args = [ctx.python, "-m", "flwd_bench.fanout_client", "--port", str(server.port), "--host", LOOPBACK]
-            args += ["--path", f"/runs/{run['id']}/events", "--connections", str(n), "--out", str(out), "--timeout", str(timeout)]
+            args += [
+                "--path",
+                f"/runs/{run['id']}/events",
+                "--connections",
+                str(n),
+                "--out",
+                str(out),
+                "--timeout",
+                str(timeout),
+            ]
             client_list.append((ws.spawn(args, log=f"fanout-{i}.log", env={**os.environ, "PYTHONPATH": SCRIPTS}), out))
 
         def all_ready() -> bool:
             for proc, out in client_list:
                 if exited(proc) and not out.with_suffix(".ready").exists():
-                    raise RuntimeError("a fan-out client exited before connecting; see fanout-N.log in the temp dir (--keep)")
+                    raise RuntimeError(
+                        "a fan-out client exited before connecting; see fanout-N.log in the temp dir (--keep)"
+                    )
             return all(out.with_suffix(".ready").exists() for _, out in client_list)
 
         wait_for(all_ready, 60 + clients / 10, f"{clients} SSE clients to connect", interval=0.1)
@@ -129,7 +145,9 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         "latency_ms": ms,
         "window_seconds": window,
         "server_cpu_seconds": cpu,
-        "server_cpu_seconds_per_process": {("master" if i == 0 else f"worker {pid}"): round(v, 2) for i, (pid, v) in enumerate(cpu_each.items())},
+        "server_cpu_seconds_per_process": {
+            ("master" if i == 0 else f"worker {pid}"): round(v, 2) for i, (pid, v) in enumerate(cpu_each.items())
+        },
         "server_rss_peak_bytes": peak.rss,
         "server_pss_peak_bytes": peak.pss,
         "server_rss_end_bytes": end_memory.rss,

@@ -135,4 +135,10 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         Row(2, "POST /runs answered p50", post["p50"], "ms"),
         Row(2, "POST /runs answered p99", post["p99"], "ms"),
     ]
-    return rows, {"runs": runs, "flwd_config": server.config, "run_stream_ms": stream, "events_follower_ms": events, "post_ms": post}
+    return rows, {
+        "runs": runs,
+        "flwd_config": server.config,
+        "run_stream_ms": stream,
+        "events_follower_ms": events,
+        "post_ms": post,
+    }

@@ -91,7 +91,14 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
                     details["cross_node"] = latency
                     rows += [
                         Row(6, "event written on node 1 -> stream on node 2, p50", latency["p50_ms"], "ms"),
-                        Row(6, "event written on node 1 -> stream on node 2, p99", latency["p99_ms"], "ms", Goal("<=", 100), note=f"{latency['events']} events"),
+                        Row(
+                            6,
+                            "event written on node 1 -> stream on node 2, p99",
+                            latency["p99_ms"],
+                            "ms",
+                            Goal("<=", 100),
+                            note=f"{latency['events']} events",
+                        ),
                     ]
                 result = flwd_runs_per_second(nodes, clients, seconds, drain_timeout=drain)
             finally:
@@ -143,7 +150,9 @@ def cross_node_latency(writer: FlwdServer, follower: FlwdServer, runs: int) -> d
     mine = []
     try:
         for _ in range(runs):
-            mine.append(api.json("POST", "/runs", {"job": "bench-echo", "source": BENCH_SOURCE}, expect=202)["run"]["id"])
+            mine.append(
+                api.json("POST", "/runs", {"job": "bench-echo", "source": BENCH_SOURCE}, expect=202)["run"]["id"]
+            )
             time.sleep(0.02)  # one at a time, as a person or a CI job submits: latency, not load
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not all(r in arrivals for r in mine):

@@ -59,7 +59,20 @@ def run_wrk(ws: Workspace, name: str, url: str, body: dict[str, Any], clients: i
     with open(out, "wb") as stdout:
         threads = str(min(2, clients))
         proc = ws.spawn(
-            [binary, "-t", threads, "-c", str(clients), "-d", f"{seconds}s", "--timeout", "10s", "-s", str(script), url],
+            [
+                binary,
+                "-t",
+                threads,
+                "-c",
+                str(clients),
+                "-d",
+                f"{seconds}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                url,
+            ],
             log=f"{name}.wrk.log",
             stdout=stdout.fileno(),
         )
@@ -123,7 +136,10 @@ def flwd_runs_per_second(nodes: list[FlwdServer], clients: int, seconds: int, dr
         nonlocal polls
         polls += 1
         # queued first: once nothing is queued (and nothing new arrives) no run can become running.
-        return not api.json("GET", "/runs?status=queued&limit=1")["runs"] and not api.json("GET", "/runs?status=running&limit=1")["runs"]
+        return (
+            not api.json("GET", "/runs?status=queued&limit=1")["runs"]
+            and not api.json("GET", "/runs?status=running&limit=1")["runs"]
+        )
 
     timed_out = False
     try:
@@ -186,7 +202,11 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         flwd = flwd_runs_per_second([server], clients, seconds, drain_timeout=max(60.0, 10.0 * seconds))
     finally:
         server.stop()
-    ratio = flwd["runs_per_second"] / webhook["runs_per_second"] if flwd["runs_per_second"] and webhook["runs_per_second"] else None
+    ratio = (
+        flwd["runs_per_second"] / webhook["runs_per_second"]
+        if flwd["runs_per_second"] and webhook["runs_per_second"]
+        else None
+    )
     note = f"{clients} connections each, {seconds} s"
     rows = [
         Row(

@@ -51,7 +51,9 @@ async def _stream_run(server: FlwdServer, lines: int, timeout: float) -> dict[st
     cpu0 = time.process_time()
     api = await HttpConnection.open(LOOPBACK, server.port)
     try:
-        status, body = await api.call("POST", "/runs", {"job": "bench-lines", "source": BENCH_SOURCE, "args": {"lines": lines}})
+        status, body = await api.call(
+            "POST", "/runs", {"job": "bench-lines", "source": BENCH_SOURCE, "args": {"lines": lines}}
+        )
         if status != 202:
             raise RuntimeError(f"POST /runs answered {status}: {body[:300]!r}")
         run_id = json.loads(body)["run"]["id"]
@@ -85,7 +87,13 @@ async def _stream_run(server: FlwdServer, lines: int, timeout: float) -> dict[st
         status, body = await api.call("GET", f"/runs/{run_id}")
         run = json.loads(body)["run"]
         client_cpu = time.process_time() - cpu0
-        return {"run": run, "received": received, "last_line_at": last_line_at, "stream_finished": finished, "client_cpu_seconds": client_cpu}
+        return {
+            "run": run,
+            "received": received,
+            "last_line_at": last_line_at,
+            "stream_finished": finished,
+            "client_cpu_seconds": client_cpu,
+        }
     finally:
         await api.close()
 

@@ -74,7 +74,9 @@ class Workspace:
             candidate = f"{name}-{n}"
         return candidate
 
-    def spawn(self, args: list[str], *, log: str, env: dict[str, str] | None = None, stdout: int | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, args: list[str], *, log: str, env: dict[str, str] | None = None, stdout: int | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start a process in its own session (Ctrl-C reaches only the bench, which then stops it)."""
         log_file = open(self.path(log), "ab")  # noqa: SIM115 - closed in close()
         self._files.append(log_file)
@@ -245,7 +247,9 @@ class WebhookServer:
         self.ws = ws
         self.port = free_port()
         self.hooks = ws.path("hooks.json")
-        self.hooks.write_text(json.dumps([{"id": self.HOOK, "execute-command": command, "include-command-output-in-response": True}]))
+        self.hooks.write_text(
+            json.dumps([{"id": self.HOOK, "execute-command": command, "include-command-output-in-response": True}])
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -256,7 +260,9 @@ class WebhookServer:
         binary = shutil.which("webhook")
         if binary is None:
             raise RuntimeError("webhook is not installed (scripts/install-test-deps installs it)")
-        self.proc = self.ws.spawn([binary, "-hooks", str(self.hooks), "-ip", LOOPBACK, "-port", str(self.port)], log="webhook.log")
+        self.proc = self.ws.spawn(
+            [binary, "-hooks", str(self.hooks), "-ip", LOOPBACK, "-port", str(self.port)], log="webhook.log"
+        )
 
         def ready() -> bool:
             if self.proc is not None and exited(self.proc):

@@ -85,7 +85,12 @@ def write_many_source(root: Path, count: int, name: str = "many") -> dict[str, s
             {
                 "description": f"Generated job {i} of {count}",
                 "args": {
-                    "name": {"type": "string", "required": True, "pattern": "^[A-Za-z ]{1,64}$", "description": "Who to greet"},
+                    "name": {
+                        "type": "string",
+                        "required": True,
+                        "pattern": "^[A-Za-z ]{1,64}$",
+                        "description": "Who to greet",
+                    },
                     "times": {"type": "integer", "default": 1, "minimum": 1, "maximum": 5},
                 },
                 "timeout": 60,

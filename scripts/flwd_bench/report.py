@@ -95,11 +95,17 @@ def table(rows: list[Row]) -> str:
     cells = [header]
     for row in rows:
         value = "n/a" if row.value is None else f"{_number(row.value)} {row.unit}".strip()
-        cells.append((str(row.figure), row.name, value, "" if row.goal is None else f"{row.goal} {row.unit}".strip(), row.result))
+        cells.append(
+            (str(row.figure), row.name, value, "" if row.goal is None else f"{row.goal} {row.unit}".strip(), row.result)
+        )
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
     lines = []
     for i, c in enumerate(cells):
-        lines.append("  ".join(text.rjust(w) if j == 2 else text.ljust(w) for j, (text, w) in enumerate(zip(c, widths, strict=True))).rstrip())
+        lines.append(
+            "  ".join(
+                text.rjust(w) if j == 2 else text.ljust(w) for j, (text, w) in enumerate(zip(c, widths, strict=True))
+            ).rstrip()
+        )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

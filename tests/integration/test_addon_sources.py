@@ -28,13 +28,28 @@ pytestmark = pytest.mark.container
 def publish(folder: Path, ref: str, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FLWD_REGISTRY_USERNAME": PUSHER[0], "FLWD_REGISTRY_PASSWORD": PUSHER[1]}
     env = {k: v for k, v in env.items() if k not in ("FLWD_DATA_DIR",)}
-    return subprocess.run([sys.executable, "-m", "flwd_cli", ":addon", "publish", str(folder), ref, "--insecure", *extra], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "flwd_cli", ":addon", "publish", str(folder), ref, "--insecure", *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
 
 
 def addon_folder(root: Path, image: str, marker: str) -> Path:
     (root / "jobs").mkdir(parents=True)
-    hello = {"name": "addon-hello", "description": f"Greets ({marker})", "args": {"name": {"type": "string", "default": "World"}}, "steps": [{"name": "greet", "run": f'echo "{marker}: hello, $FLWD_ARG_NAME"'}]}
-    boxed = {"name": "addon-boxed", "steps": [{"name": "box", "image": image, "command": ["echo", "boxed", "{{ args.word }}"]}], "args": {"word": {"type": "string", "default": "ok"}}}
+    hello = {
+        "name": "addon-hello",
+        "description": f"Greets ({marker})",
+        "args": {"name": {"type": "string", "default": "World"}},
+        "steps": [{"name": "greet", "run": f'echo "{marker}: hello, $FLWD_ARG_NAME"'}],
+    }
+    boxed = {
+        "name": "addon-boxed",
+        "steps": [{"name": "box", "image": image, "command": ["echo", "boxed", "{{ args.word }}"]}],
+        "args": {"word": {"type": "string", "default": "ok"}},
+    }
     (root / "jobs" / "hello.yaml").write_text(yaml.safe_dump(hello))
     (root / "jobs" / "boxed.yaml").write_text(yaml.safe_dump(boxed))
     return root
@@ -47,11 +62,21 @@ def addons(tmp_path_factory, registry, token_registry, podman, images, signing_k
     image = images.push(registry, "addons/box", "a")
     cosign_sign(registry, image, signing_keys["trusted"])
     root = tmp_path_factory.mktemp("addons")
-    signed = publish(addon_folder(root / "tools", image, "tools"), f"{token_registry.host}/addons/tools:1", "--sign-key", str(signing_keys["trusted_pem"]))
+    signed = publish(
+        addon_folder(root / "tools", image, "tools"),
+        f"{token_registry.host}/addons/tools:1",
+        "--sign-key",
+        str(signing_keys["trusted_pem"]),
+    )
     assert signed.returncode == 0, signed.stderr
     unsigned = publish(addon_folder(root / "unsigned", image, "unsigned"), f"{token_registry.host}/addons/unsigned:1")
     assert unsigned.returncode == 0, unsigned.stderr
-    tampered = publish(addon_folder(root / "tampered", image, "tampered"), f"{registry.host}/addons/tampered:1", "--sign-key", str(signing_keys["trusted_pem"]))
+    tampered = publish(
+        addon_folder(root / "tampered", image, "tampered"),
+        f"{registry.host}/addons/tampered:1",
+        "--sign-key",
+        str(signing_keys["trusted_pem"]),
+    )
     assert tampered.returncode == 0, tampered.stderr
     # Tamper with the stored layer: the registry keeps serving it under its old digest.
     manifest = yaml.safe_load(registry.manifest("addons/tampered", "1")[0])
@@ -71,7 +96,13 @@ def addons(tmp_path_factory, registry, token_registry, podman, images, signing_k
         {"type": "oci", "name": "tampered", "ref": f"{registry.host}/addons/tampered:1"},
     ]
     server = ServerProcess(root / "server", {"container": container, "sources": sources}, dev=True, env=None).start()
-    yield {"server": server, "digest": signed.stdout.strip().split("@")[1], "container": container, "sources": sources, "root": root}
+    yield {
+        "server": server,
+        "digest": signed.stdout.strip().split("@")[1],
+        "container": container,
+        "sources": sources,
+        "root": root,
+    }
     server.stop(timeout=30)
 
 
@@ -92,7 +123,9 @@ def test_an_addon_published_with_the_cli_lists_its_jobs_and_runs_them(addons, to
     boxed = server.submit("tools:addon-boxed", {"word": "fine"})
     finished = server.wait_finished(boxed["id"], timeout=60)
     assert finished["status"] == "succeeded" and finished["revision"] == addons["digest"]
-    assert [e["data"]["data"]["line"] for e in server.events(boxed["id"]) if e["event"] == "step.output"] == ["boxed fine"]
+    assert [e["data"]["data"]["line"] for e in server.events(boxed["id"]) if e["event"] == "step.output"] == [
+        "boxed fine"
+    ]
 
 
 def test_an_unsigned_addon_is_refused_under_enforce(addons):
@@ -120,7 +153,13 @@ def test_the_engine_reports_why_each_addon_was_refused(addons, tmp_path):
         with pytest.raises(DigestMismatch):
             sources["tampered"].sync()
         assert not any(p.name.startswith(".extract") for p in (tmp_path / "addons" / "tampered").glob("*"))
-        pinned = engine.make_source({"type": "oci", "name": "pinned", "ref": f"{addons['sources'][0]['ref'].rsplit(':', 1)[0]}@{addons['digest']}"})
+        pinned = engine.make_source(
+            {
+                "type": "oci",
+                "name": "pinned",
+                "ref": f"{addons['sources'][0]['ref'].rsplit(':', 1)[0]}@{addons['digest']}",
+            }
+        )
         assert sorted(pinned.snapshot().jobs) == ["addon-boxed", "addon-hello"]
     finally:
         engine.close(grace=0)
@@ -152,15 +191,21 @@ def test_publish_needs_a_registry_and_a_tag(tmp_path):
     assert "expected a tag" in publish(tmp_path, "registry.example.org/tools@sha256:" + "a" * 64).stderr
 
 
-def test_every_node_serves_and_runs_the_digest_in_the_database_not_the_moving_tag(addons, tmp_path, token_registry, signing_keys):
+def test_every_node_serves_and_runs_the_digest_in_the_database_not_the_moving_tag(
+    addons, tmp_path, token_registry, signing_keys
+):
     """Several nodes share one database: node B serves the digest node A synced, even after the tag moved."""
     ref = f"{token_registry.host}/addons/moving:1"
     key = str(signing_keys["trusted_pem"])
     first = publish(addon_folder(tmp_path / "v1", "busybox", "first"), ref, "--sign-key", key)
     assert first.returncode == 0, first.stderr
     spec = {"type": "oci", "name": "moving", "ref": ref}
-    node_a = Engine(load_settings(None, {"data_dir": str(tmp_path / "a"), "container": addons["container"]}, environ={}))
-    node_b = Engine(load_settings(None, {"data_dir": str(tmp_path / "b"), "container": addons["container"]}, environ={}))
+    node_a = Engine(
+        load_settings(None, {"data_dir": str(tmp_path / "a"), "container": addons["container"]}, environ={})
+    )
+    node_b = Engine(
+        load_settings(None, {"data_dir": str(tmp_path / "b"), "container": addons["container"]}, environ={})
+    )
     try:
         on_a = node_a.make_source(spec)
         digest_one = on_a.sync().revision

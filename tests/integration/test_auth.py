@@ -42,13 +42,20 @@ from tests.fixtures.tokens import (
 
 READ_WRITE = "jobs:read runs:read runs:write"
 HELLO = {"job": "hello-world", "args": {"name": "Alice"}}
-INVALID_TOKEN_RE = re.compile(r'^Bearer realm="flwd", error="invalid_token", error_description="[\x20\x21\x23-\x5b\x5d-\x7e]+"$')
+INVALID_TOKEN_RE = re.compile(
+    r'^Bearer realm="flwd", error="invalid_token", error_description="[\x20\x21\x23-\x5b\x5d-\x7e]+"$'
+)
 
 
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory, module_jwt_auth: JwtAuth) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("auth-server")
-    server = ServerProcess(root, {"auth": module_jwt_auth.config, "workers": 2, "threads": 8, "sse": {"heartbeat": 1.0}}, dev=False, env=None)
+    server = ServerProcess(
+        root,
+        {"auth": module_jwt_auth.config, "workers": 2, "threads": 8, "sse": {"heartbeat": 1.0}},
+        dev=False,
+        env=None,
+    )
     server.start()
     yield server
     server.stop(timeout=30)
@@ -126,8 +133,12 @@ def _attacks() -> dict[str, Callable[[JwtAuth], str]]:
     return {
         "alg none": lambda a: unsigned_token(claims(READ_WRITE), a.keys[rsa].kid),
         "missing alg": lambda a: unsigned_token(claims(READ_WRITE), a.keys[rsa].kid, alg=DROP),
-        "HS256 keyed with the public PEM": lambda a: hs256_token(a.keys[rsa].public_pem(), claims(READ_WRITE), a.keys[rsa].kid),
-        "HS256 keyed with the public JWK": lambda a: hs256_token(json.dumps(a.keys[rsa].public_jwk()).encode(), claims(READ_WRITE), a.keys[rsa].kid),
+        "HS256 keyed with the public PEM": lambda a: hs256_token(
+            a.keys[rsa].public_pem(), claims(READ_WRITE), a.keys[rsa].kid
+        ),
+        "HS256 keyed with the public JWK": lambda a: hs256_token(
+            json.dumps(a.keys[rsa].public_jwk()).encode(), claims(READ_WRITE), a.keys[rsa].kid
+        ),
         "RS512 header on an RS256 key": lambda a: make_token(a.keys[rsa], claims(READ_WRITE), alg="RS512"),
         "wrong iss": lambda a: a.token(READ_WRITE, iss="https://evil.example.org/"),
         "iss with a suffix": lambda a: a.token(READ_WRITE, iss=ISSUER + ".evil.example"),
@@ -139,9 +150,13 @@ def _attacks() -> dict[str, Callable[[JwtAuth], str]]:
         "not yet valid": lambda a: a.token(READ_WRITE, nbf=now + 600, exp=now + 1200),
         "issued in the future": lambda a: a.token(READ_WRITE, iat=now + 600, exp=now + 1200),
         "unknown kid": lambda a: make_token(new_key("ES256", kid="nobody-knows-me"), claims(READ_WRITE)),
-        "signed by a stranger with a known kid": lambda a: make_token(new_key("ES256", kid=a.keys["ES256"].kid), claims(READ_WRITE)),
+        "signed by a stranger with a known kid": lambda a: make_token(
+            new_key("ES256", kid=a.keys["ES256"].kid), claims(READ_WRITE)
+        ),
         "tampered payload": lambda a: tamper(a.token("jobs:read"), scope=READ_WRITE),
-        "unknown crit header": lambda a: make_token(a.keys["EdDSA"], claims(READ_WRITE), crit=["flwd-x"], **{"flwd-x": 1}),
+        "unknown crit header": lambda a: make_token(
+            a.keys["EdDSA"], claims(READ_WRITE), crit=["flwd-x"], **{"flwd-x": 1}
+        ),
         "dev-token without --dev": lambda a: "dev-token",
         "garbage": lambda a: "not.a.jwt",
     }
@@ -177,7 +192,9 @@ def test_a_token_in_the_query_string_is_refused_with_401_and_no_side_effect(auth
         assert response.headers["WWW-Authenticate"] == 'Bearer realm="flwd"'  # an unsupported method: no error code
     both = requests.post(f"{auth_server.url}/runs?access_token={good}", json=HELLO, headers=bearer(good), timeout=10)
     assert_problem(both, 400)
-    assert both.headers["WWW-Authenticate"].startswith('Bearer realm="flwd", error="invalid_request", error_description="')
+    assert both.headers["WWW-Authenticate"].startswith(
+        'Bearer realm="flwd", error="invalid_request", error_description="'
+    )
     assert run_count(auth_server, auth) == before
     assert good not in auth_server.logs()  # the access log records the path, never the query
 
@@ -210,7 +227,13 @@ def test_a_token_lacking_the_routes_scope_gets_403_on_every_protected_route(auth
     before = run_count(auth_server, auth)
     for route in routes:
         others = [s for s in ALL_SCOPES if s != route.scope]
-        response = requests.request(route.method, auth_server.url + route.path, json=HELLO, headers=auth.headers(others, sub="lacking"), timeout=10)
+        response = requests.request(
+            route.method,
+            auth_server.url + route.path,
+            json=HELLO,
+            headers=auth.headers(others, sub="lacking"),
+            timeout=10,
+        )
         problem = assert_problem(response, 403)
         assert problem["scope"] == route.scope and route.scope in problem["detail"], (route, problem)
         challenge = response.headers["WWW-Authenticate"]
@@ -232,7 +255,10 @@ def test_a_token_with_the_routes_scope_passes_the_check(auth_server, auth, tmp_p
 
 def status_everywhere(server: ServerProcess, token: str, tries: int = 8) -> set[int]:
     """Statuses of several fresh connections (spread over both workers)."""
-    return {requests.get(server.url + "/jobs", headers={**bearer(token), "Connection": "close"}, timeout=10).status_code for _ in range(tries)}
+    return {
+        requests.get(server.url + "/jobs", headers={**bearer(token), "Connection": "close"}, timeout=10).status_code
+        for _ in range(tries)
+    }
 
 
 def test_replacing_the_jwks_file_rotates_keys_without_a_restart(auth_server, auth):
@@ -255,25 +281,54 @@ def test_replacing_the_jwks_file_rotates_keys_without_a_restart(auth_server, aut
 def test_flwd_keys_and_token_commands_deploy_a_new_key_that_curl_can_use(auth_server, auth, tmp_path):
     curl = require_tool("curl")
     flwd = [sys.executable, "-m", "flwd_cli"]
-    created = subprocess.run([*flwd, ":keys", "new", "--dir", str(tmp_path / "keys"), "--alg", "EdDSA", "--jwks", str(auth.jwks_path)], capture_output=True, text=True, timeout=60)
+    created = subprocess.run(
+        [*flwd, ":keys", "new", "--dir", str(tmp_path / "keys"), "--alg", "EdDSA", "--jwks", str(auth.jwks_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert created.returncode == 0, created.stderr
     kid = re.search(r"kid:\s+(\S+)", created.stdout).group(1)
     pem = tmp_path / "keys" / f"{kid}.pem"
     assert pem.stat().st_mode & 0o777 == 0o600
 
     minted = subprocess.run(
-        [*flwd, ":token", "--key", str(pem), "--config", str(auth_server.config_path), "--subject", "deploy-bot", "--scope", "jobs:read runs:read", "--lifetime", "10m"],
-        capture_output=True, text=True, timeout=60,
+        [
+            *flwd,
+            ":token",
+            "--key",
+            str(pem),
+            "--config",
+            str(auth_server.config_path),
+            "--subject",
+            "deploy-bot",
+            "--scope",
+            "jobs:read runs:read",
+            "--lifetime",
+            "10m",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert minted.returncode == 0, minted.stderr
     token = minted.stdout.strip()
     called = subprocess.run(
-        ["bash", "-c", f'{curl} -s -o /dev/null -w "%{{http_code}}" -H "Authorization: Bearer $TOKEN" {auth_server.url}/jobs'],
-        capture_output=True, text=True, timeout=30, env={"TOKEN": token, "PATH": "/usr/bin:/bin"},
+        [
+            "bash",
+            "-c",
+            f'{curl} -s -o /dev/null -w "%{{http_code}}" -H "Authorization: Bearer $TOKEN" {auth_server.url}/jobs',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"TOKEN": token, "PATH": "/usr/bin:/bin"},
     )
     assert called.stdout == "200", called.stderr
 
-    removed = subprocess.run([*flwd, ":keys", "remove", kid, "--jwks", str(auth.jwks_path)], capture_output=True, text=True, timeout=60)
+    removed = subprocess.run(
+        [*flwd, ":keys", "remove", kid, "--jwks", str(auth.jwks_path)], capture_output=True, text=True, timeout=60
+    )
     assert removed.returncode == 0, removed.stderr
     assert status_everywhere(auth_server, token) == {401}
 
@@ -316,7 +371,12 @@ def test_a_partial_auth_config_names_what_is_missing(tmp_path):
 def preflight(server: ServerProcess, origin: str, **headers: str) -> requests.Response:
     return requests.options(
         server.url + "/runs",
-        headers={"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type", **headers},
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+            **headers,
+        },
         timeout=10,
     )
 
@@ -331,7 +391,14 @@ def test_dev_cors_allows_exact_localhost_origins_only(start_server):
         assert "authorization" in response.headers["Access-Control-Allow-Headers"].lower()
         assert "Access-Control-Allow-Private-Network" not in response.headers
         assert "Access-Control-Allow-Credentials" not in response.headers
-    for origin in ("http://localhost.evil.com", "http://evil.localhost:5173", "null", "https://localhost:5173", "http://localhost:5173.evil.com", "http://LOCALHOST.evil.com"):
+    for origin in (
+        "http://localhost.evil.com",
+        "http://evil.localhost:5173",
+        "null",
+        "https://localhost:5173",
+        "http://localhost:5173.evil.com",
+        "http://LOCALHOST.evil.com",
+    ):
         response = preflight(server, origin, **{"Access-Control-Request-Private-Network": "true"})
         assert "Access-Control-Allow-Origin" not in response.headers, origin
         assert "Access-Control-Allow-Private-Network" not in response.headers
@@ -341,13 +408,16 @@ def test_dev_cors_allows_exact_localhost_origins_only(start_server):
     assert refused.status_code == 401
     assert refused.headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
     assert "WWW-Authenticate" in refused.headers["Access-Control-Expose-Headers"]
-    ok = requests.get(server.url + "/jobs", headers={"Origin": "http://localhost:5173", **bearer("dev-token")}, timeout=10)
+    ok = requests.get(
+        server.url + "/jobs", headers={"Origin": "http://localhost:5173", **bearer("dev-token")}, timeout=10
+    )
     assert ok.status_code == 200 and ok.headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
 
 
 def test_without_dev_no_origin_is_allowed(auth_server, auth):
     response = preflight(auth_server, "http://localhost:5173")
     assert "Access-Control-Allow-Origin" not in response.headers
-    got = requests.get(auth_server.url + "/jobs", headers={"Origin": "http://localhost:5173", **auth.headers("jobs:read")}, timeout=10)
+    got = requests.get(
+        auth_server.url + "/jobs", headers={"Origin": "http://localhost:5173", **auth.headers("jobs:read")}, timeout=10
+    )
     assert got.status_code == 200 and "Access-Control-Allow-Origin" not in got.headers
-

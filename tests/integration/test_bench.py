@@ -77,7 +77,15 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
         if row["goal"] is not None:
             assert row["result"] in ("pass", "FAIL"), row
     goals = {(row["figure"], row["goal"]["op"], row["goal"]["target"]) for row in rows if row["goal"]}
-    assert goals == {(1, ">=", 1.0), (2, "<=", 10), (2, "<=", 50), (3, "<=", 100), (4, ">=", 100000), (5, "<=", 80), (6, "<=", 100)}
+    assert goals == {
+        (1, ">=", 1.0),
+        (2, "<=", 10),
+        (2, "<=", 50),
+        (3, "<=", 100),
+        (4, ">=", 100000),
+        (5, "<=", 80),
+        (6, "<=", 100),
+    }
     figures = result["figures"]
     assert figures["1"]["flwd"]["drain_timed_out"] is False
     assert figures["1"]["flwd"]["statuses"] == {"succeeded": figures["1"]["flwd"]["finished"]}
@@ -100,11 +108,18 @@ def test_an_interrupted_run_stops_every_server_and_removes_its_temp_dir(tmp_path
     out = tmp_path / "bench.json"
     with open(stderr_path, "w") as stderr:
         proc = subprocess.Popen(
-            [BENCH, "--only", "1", "--duration", "30", "--json", str(out)], stdout=subprocess.DEVNULL, stderr=stderr, env=bench_env(), cwd=tmp_path
+            [BENCH, "--only", "1", "--duration", "30", "--json", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=bench_env(),
+            cwd=tmp_path,
         )
     try:
         root = wait_until(
-            lambda: "temp dir" in stderr_path.read_text() and temp_dir_of(stderr_path.read_text()), 30, 0.05, "the bench to announce its temp dir"
+            lambda: "temp dir" in stderr_path.read_text() and temp_dir_of(stderr_path.read_text()),
+            30,
+            0.05,
+            "the bench to announce its temp dir",
         )
         # webhook and wrk both running: the bench is in the middle of figure 1.
         wait_until(lambda: len(processes_in(root)) >= 2, 30, 0.05, "webhook and wrk to start")

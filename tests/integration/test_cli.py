@@ -20,7 +20,14 @@ pytestmark = pytest.mark.integration
 def flwd(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FLWD_")}
     environ.update(env or {})
-    return subprocess.run([sys.executable, "-m", "flwd_cli", *args], capture_output=True, text=True, env=environ, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "flwd_cli", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 @pytest.fixture
@@ -60,7 +67,14 @@ def test_local_history_plan_and_events(local_env):
 
 def test_ctrl_c_cancels_a_local_run(local_env):
     environ = {**{k: v for k, v in os.environ.items() if not k.startswith("FLWD_")}, **local_env}
-    proc = subprocess.Popen([sys.executable, "-m", "flwd_cli", "slow", "--seconds", "300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flwd_cli", "slow", "--seconds", "300"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environ,
+        cwd=REPO,
+    )
     assert proc.stdout.readline() == "tick 1\n"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
@@ -90,12 +104,24 @@ def test_the_readme_server_command_starts_a_dev_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLWD_")}
     env["FLWD_DATA_DIR"] = str(tmp_path / "dev-data")
     log = open(tmp_path / "dev.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(["bash", "scripts/dev-server", "--bind", f"127.0.0.1:{port}"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", "scripts/dev-server", "--bind", f"127.0.0.1:{port}"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
 
         def up():
             try:
-                return requests.get(f"http://127.0.0.1:{port}/jobs", headers={"Authorization": "Bearer dev-token"}, timeout=1).status_code == 200
+                return (
+                    requests.get(
+                        f"http://127.0.0.1:{port}/jobs", headers={"Authorization": "Bearer dev-token"}, timeout=1
+                    ).status_code
+                    == 200
+                )
             except requests.RequestException:
                 return False
 

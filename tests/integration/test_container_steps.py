@@ -25,9 +25,19 @@ ON_GO = "go=; trap 'go=1' USR1"
 WAIT_FOR_GO = 'i=0; while [ -z "$go" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done'
 
 
-
 def job(name: str, image: str, command: list[str], **extra: Any) -> dict[str, Any]:
-    return {"name": name, "steps": [{"name": "box", "image": image, "command": command, **{k: v for k, v in extra.items() if k in ("env", "workdir")}}], **{k: v for k, v in extra.items() if k not in ("env", "workdir")}}
+    return {
+        "name": name,
+        "steps": [
+            {
+                "name": "box",
+                "image": image,
+                "command": command,
+                **{k: v for k, v in extra.items() if k in ("env", "workdir")},
+            }
+        ],
+        **{k: v for k, v in extra.items() if k not in ("env", "workdir")},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +52,19 @@ def box(tmp_path_factory, registry, other_registry, podman, images, signing_keys
     cosign_v3_bundle(registry, bundled)
     root = tmp_path_factory.mktemp("container-jobs")
     jobs = {
-        "live": job("live", signed, ["sh", "-c", f"{ON_GO}; echo first; {WAIT_FOR_GO}; printf par; sleep 0.2; printf 'tial\\n'; printf 'err-' >&2; sleep 0.2; echo line >&2; exit 3"]),
-        "greet": {**job("greet", signed, ["echo", "Hello,", "{{ args.name }}"]), "args": {"name": {"type": "string", "required": True}}},
+        "live": job(
+            "live",
+            signed,
+            [
+                "sh",
+                "-c",
+                f"{ON_GO}; echo first; {WAIT_FOR_GO}; printf par; sleep 0.2; printf 'tial\\n'; printf 'err-' >&2; sleep 0.2; echo line >&2; exit 3",
+            ],
+        ),
+        "greet": {
+            **job("greet", signed, ["echo", "Hello,", "{{ args.name }}"]),
+            "args": {"name": {"type": "string", "required": True}},
+        },
         "sleeper": job("sleeper", signed, ["sh", "-c", "echo started; sleep 300"]),
         "short-timeout": job("short-timeout", signed, ["sh", "-c", "echo started; sleep 300"], timeout=2),
         "quiet": job("quiet", signed, ["sh", "-c", "sleep 4; echo after-quiet"]),
@@ -57,7 +78,13 @@ def box(tmp_path_factory, registry, other_registry, podman, images, signing_keys
             ],
         },
         "echo": {**job("echo", signed, ["echo", "{{ args.n }}"]), "args": {"n": {"type": "integer", "required": True}}},
-        "inside": job("inside", signed, ["sh", "-c", 'echo "$GREETING $(pwd)"; ls /sys/class/net'], env={"GREETING": "hi"}, workdir="/work"),
+        "inside": job(
+            "inside",
+            signed,
+            ["sh", "-c", 'echo "$GREETING $(pwd)"; ls /sys/class/net'],
+            env={"GREETING": "hi"},
+            workdir="/work",
+        ),
         "other-key": job("other-key", other_key, ["echo", "must not run"]),
         "unsigned": job("unsigned", unsigned, ["echo", "must not run"]),
         "foreign": job("foreign", foreign, ["echo", "must not run"]),
@@ -81,7 +108,15 @@ def box(tmp_path_factory, registry, other_registry, podman, images, signing_keys
         "sources": [{"type": "local", "name": "boxes", "path": str(root / "src")}],
     }
     server = ServerProcess(root / "server", config, dev=True, env=None).start()
-    yield {"server": server, "config": config, "signed": signed, "unsigned": unsigned, "foreign": foreign, "other_key": other_key, "bundled": bundled}
+    yield {
+        "server": server,
+        "config": config,
+        "signed": signed,
+        "unsigned": unsigned,
+        "foreign": foreign,
+        "other_key": other_key,
+        "bundled": bundled,
+    }
     server.stop(timeout=30)
 
 
@@ -136,7 +171,9 @@ def test_a_long_line_is_cut_with_a_marker(box):
 def test_a_container_step_shares_the_run_s_output_cap_with_host_steps(box, tmp_path):
     """limits.max_output_bytes is the run's, whichever executor prints: the container step stores only
     what the host step left of it, whole lines only, then one marker and nothing more."""
-    server = ServerProcess(tmp_path, {**box["config"], "limits": {"max_output_bytes": 1024}}, dev=True, env=None).start()
+    server = ServerProcess(
+        tmp_path, {**box["config"], "limits": {"max_output_bytes": 1024}}, dev=True, env=None
+    ).start()
     try:
         run = server.submit("capped")
         assert server.wait_finished(run["id"], timeout=60)["status"] == "succeeded"
@@ -170,7 +207,12 @@ def test_env_workdir_and_no_network_unless_required(box):
 def test_cancel_mid_step_removes_the_container_within_seconds(box, podman):
     server = box["server"]
     run = server.submit("sleeper")
-    read_stream(f"{server.url}/runs/{run['id']}/events", server.headers(), until=lambda e: e["event"] == "step.output", timeout=60)
+    read_stream(
+        f"{server.url}/runs/{run['id']}/events",
+        server.headers(),
+        until=lambda e: e["event"] == "step.output",
+        timeout=60,
+    )
     assert len(podman.containers_of(run["id"])) == 1
     cancelled_at = time.monotonic()
     assert server.post(f"/runs/{run['id']}/cancel").status_code in (200, 202)
@@ -229,7 +271,9 @@ def test_an_unsigned_image_is_rejected_under_enforce_before_anything_is_pulled(b
     assert decision["outcome"] == "deny" and "is not signed" in decision["reason"]
     digest = box["unsigned"].split("@")[1]
     asked = registry.requests_since(mark)
-    assert asked and all(path.endswith(".sig") or "/referrers/" in path or path.endswith(digest.replace(":", "-")) for _, path in asked), asked
+    assert asked and all(
+        path.endswith(".sig") or "/referrers/" in path or path.endswith(digest.replace(":", "-")) for _, path in asked
+    ), asked
     assert not any("/blobs/" in path for _, path in asked)
     assert not podman.has_image(box["unsigned"])
 
@@ -251,15 +295,28 @@ def test_the_valid_signature_runs_and_events_show_the_decision(box):
     run = server.submit("greet", {"name": "Bob"})
     assert server.wait_finished(run["id"], timeout=60)["status"] == "succeeded"
     events = server.events(run["id"])
-    signature = [e["data"]["data"] for e in events if e.get("event") == "policy.decision" and e["data"]["data"]["check"] == "image-signature"]
+    signature = [
+        e["data"]["data"]
+        for e in events
+        if e.get("event") == "policy.decision" and e["data"]["data"]["check"] == "image-signature"
+    ]
     assert signature and signature[0]["outcome"] == "allow" and "trusted.pub" in signature[0]["reason"]
-    assert [e["event"] for e in events if e["event"].startswith("step.")] == ["step.started", "step.output", "step.finished"]
+    assert [e["event"] for e in events if e["event"].startswith("step.")] == [
+        "step.started",
+        "step.output",
+        "step.finished",
+    ]
 
 
 def test_containers_of_a_killed_worker_are_swept_when_it_is_replaced(box, podman, start_server):
     server = start_server(box["config"])
     run = server.submit("sleeper")
-    read_stream(f"{server.url}/runs/{run['id']}/events", server.headers(), until=lambda e: e["event"] == "step.output", timeout=60)
+    read_stream(
+        f"{server.url}/runs/{run['id']}/events",
+        server.headers(),
+        until=lambda e: e["event"] == "step.output",
+        timeout=60,
+    )
     assert [c["State"] for c in podman.containers_of(run["id"])] == ["running"]
     (worker,) = server.worker_pids()
     os.kill(worker, signal.SIGKILL)  # gunicorn starts a new worker; its start-up sweep finds the orphan

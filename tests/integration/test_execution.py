@@ -36,7 +36,14 @@ steps:
 
 
 def test_max_concurrent_runs_holds_across_three_workers_and_keeps_order(start_server, tmp_path, db_backend):
-    server = start_server({**db_backend, "workers": 3, "limits": {"max_concurrent_runs": 2}, "sources": [local_source(tmp_path, {"nap": NAP})]})
+    server = start_server(
+        {
+            **db_backend,
+            "workers": 3,
+            "limits": {"max_concurrent_runs": 2},
+            "sources": [local_source(tmp_path, {"nap": NAP})],
+        }
+    )
     ids = [server.submit("nap")["id"] for _ in range(10)]
     runs = [server.wait_finished(run_id, timeout=60) for run_id in ids]
     assert [r["status"] for r in runs] == ["succeeded"] * 10
@@ -46,7 +53,9 @@ def test_max_concurrent_runs_holds_across_three_workers_and_keeps_order(start_se
         events = server.events(run_id)
         times = {e["event"]: parse_iso(e["data"]["time"]) for e in events}
         intervals.append((times["run.started"], times["run.finished"]))
-    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1]))
+    edges = sorted(
+        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals], key=lambda e: (e[0], e[1])
+    )
     running = list(itertools.accumulate(delta for _, delta in edges))
     assert max(running) == 2  # two at a time: never more, and the allowance was used
 
@@ -86,7 +95,14 @@ def test_a_client_that_reconnects_with_last_event_id_gets_every_event_once(start
 
 
 def test_the_global_stream_sees_events_written_by_every_worker(start_server, tmp_path, db_backend):
-    server = start_server({**db_backend, "workers": 3, "limits": {"max_concurrent_runs": 6}, "sources": [local_source(tmp_path, {"nap": NAP})]})
+    server = start_server(
+        {
+            **db_backend,
+            "workers": 3,
+            "limits": {"max_concurrent_runs": 6},
+            "sources": [local_source(tmp_path, {"nap": NAP})],
+        }
+    )
     owners: set[str] = set()
     position = 0
     for _ in range(5):  # which worker claims a run is up to them: go on until two did
@@ -109,12 +125,21 @@ def test_the_global_stream_sees_events_written_by_every_worker(start_server, tmp
 
 
 def test_a_server_killed_mid_run_loses_that_run_and_nothing_acknowledged(start_server, tmp_path, db_backend):
-    config = {**db_backend, "workers": 2, "limits": {"max_concurrent_runs": 1}, "sources": [local_source(tmp_path, {"ticker": TICKER})]}
+    config = {
+        **db_backend,
+        "workers": 2,
+        "limits": {"max_concurrent_runs": 1},
+        "sources": [local_source(tmp_path, {"ticker": TICKER})],
+    }
     server = start_server(config)
     victim = server.submit("ticker", {"count": 100000})
     waiting = [server.submit("ticker", {"count": 3}) for _ in range(2)]
     # Read (acknowledge) some of the victim's events before the crash.
-    acknowledged = read_stream(f"{server.url}/runs/{victim['id']}/events", server.headers(), until=lambda e: e["event"] == "step.output" and e["data"]["data"]["line"] == "line 5")
+    acknowledged = read_stream(
+        f"{server.url}/runs/{victim['id']}/events",
+        server.headers(),
+        until=lambda e: e["event"] == "step.output" and e["data"]["data"]["line"] == "line 5",
+    )
     orphans = processes_of_run(victim["id"])
     assert orphans
 
@@ -129,7 +154,9 @@ def test_a_server_killed_mid_run_loses_that_run_and_nothing_acknowledged(start_s
     ids_after = {int(e["id"]) for e in after}
     assert {int(e["id"]) for e in acknowledged} <= ids_after
     assert after[-1]["event"] == "run.finished" and after[-1]["data"]["data"]["status"] == "lost"
-    wait_until(lambda: processes_of_run(victim["id"]) == [], 10, message="the lost run's leftover processes to be killed")
+    wait_until(
+        lambda: processes_of_run(victim["id"]) == [], 10, message="the lost run's leftover processes to be killed"
+    )
 
 
 def test_a_killed_worker_is_replaced_and_its_runs_end_lost(start_server, tmp_path, db_backend):
@@ -146,6 +173,8 @@ def test_a_killed_worker_is_replaced_and_its_runs_end_lost(start_server, tmp_pat
 
 
 def _owner_pid(server, run_id: str) -> int:
-    events = read_stream(f"{server.url}/runs/{run_id}/events", server.headers(), until=lambda e: e["event"] == "run.started")
+    events = read_stream(
+        f"{server.url}/runs/{run_id}/events", server.headers(), until=lambda e: e["event"] == "run.started"
+    )
     owner = next(e for e in events if e["event"] == "run.started")["data"]["data"]["owner"]
     return int(owner.split(":")[1])

@@ -66,14 +66,22 @@ def test_an_export_of_ten_thousand_runs_streams_with_flat_memory_and_reads_back_
                 end = record
     peak = rss_kib(worker, "VmHWM")
     assert (runs, events, len(ids)) == (RUNS, RUNS * EVENTS_PER_RUN, RUNS * EVENTS_PER_RUN)
-    assert lines[0] == "export" and lines[-1] == "end" and end == {"record": "end", "runs": RUNS, "events": RUNS * EVENTS_PER_RUN}
+    assert (
+        lines[0] == "export"
+        and lines[-1] == "end"
+        and end == {"record": "end", "runs": RUNS, "events": RUNS * EVENTS_PER_RUN}
+    )
     # About 25 MB of NDJSON went through; the worker's peak memory grew by a small constant.
     print(f"export of {RUNS} runs: worker RSS {before} KiB before, peak {peak} KiB")
     assert peak - before < 16 * 1024, f"worker RSS {before} KiB before, peak {peak} KiB during the export"
 
 
 def test_bad_export_filters_are_a_400_that_names_them(big_history):
-    for params, named in (({"since": "last tuesday"}, "since"), ({"status": "fine"}, "status"), ({"limit": "5"}, "limit")):
+    for params, named in (
+        ({"since": "last tuesday"}, "since"),
+        ({"status": "fine"}, "status"),
+        ({"limit": "5"}, "limit"),
+    ):
         response = big_history.get("/export", params=params)
         assert response.status_code == 400, response.text
         assert response.headers["Content-Type"] == "application/problem+json"
@@ -83,7 +91,14 @@ def test_bad_export_filters_are_a_400_that_names_them(big_history):
 
 def flwd_export(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLWD_")}  # the config file decides
-    return subprocess.run([sys.executable, "-m", "flwd_cli", ":export", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "flwd_cli", ":export", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
 
 
 def records(path: Path) -> list[dict]:
@@ -95,13 +110,19 @@ def records(path: Path) -> list[dict]:
 def test_flwd_export_writes_the_same_file_locally_and_through_the_server(big_history, tmp_path):
     server = big_history
     filters = ["--status", "failed", "--since", "2026-01-10T00:00:00Z", "--until", "2026-01-20T00:00:00Z"]
-    remote = flwd_export("--server", server.url, "--token", "dev-token", "-o", str(tmp_path / "remote.ndjson"), *filters, cwd=tmp_path)
+    remote = flwd_export(
+        "--server", server.url, "--token", "dev-token", "-o", str(tmp_path / "remote.ndjson"), *filters, cwd=tmp_path
+    )
     assert remote.returncode == 0, remote.stderr
-    local = flwd_export("--config", str(server.config_path), "-o", str(tmp_path / "local.ndjson"), *filters, cwd=tmp_path)
+    local = flwd_export(
+        "--config", str(server.config_path), "-o", str(tmp_path / "local.ndjson"), *filters, cwd=tmp_path
+    )
     assert local.returncode == 0, local.stderr
     assert "exported 80 runs and 800 events" in remote.stderr  # 240 hours, every third run failed
     assert records(tmp_path / "remote.ndjson") == records(tmp_path / "local.ndjson")
-    via_http = server.get("/export", params={"status": "failed", "since": "2026-01-10T00:00:00Z", "until": "2026-01-20T00:00:00Z"})
+    via_http = server.get(
+        "/export", params={"status": "failed", "since": "2026-01-10T00:00:00Z", "until": "2026-01-20T00:00:00Z"}
+    )
     (tmp_path / "http.ndjson").write_bytes(via_http.content)
     assert records(tmp_path / "http.ndjson") == records(tmp_path / "remote.ndjson")
 

@@ -176,7 +176,9 @@ def worker_memory(pid: int) -> dict[str, int]:
 
 
 def owner_pid(server, run_id: str) -> int:
-    events = read_stream(f"{server.url}/runs/{run_id}/events", server.headers(), until=lambda e: e["event"] == "run.started")
+    events = read_stream(
+        f"{server.url}/runs/{run_id}/events", server.headers(), until=lambda e: e["event"] == "run.started"
+    )
     return int(next(e for e in events if e["event"] == "run.started")["data"]["data"]["owner"].split(":")[1])
 
 
@@ -242,10 +244,14 @@ def test_a_client_that_never_reads_stalls_nothing_and_costs_bounded_memory(start
     finally:
         stuck.close()
     # Once it is gone, its slot comes back (the next write fails and the stream is closed).
-    wait_until(lambda: "flwd_sse_clients 0" in server.get("/metrics").text, 30, 0.2, "the stream of the gone client to close")
+    wait_until(
+        lambda: "flwd_sse_clients 0" in server.get("/metrics").text, 30, 0.2, "the stream of the gone client to close"
+    )
 
 
-def test_a_git_remote_deleted_outright_fails_syncs_clearly_and_the_last_good_commit_keeps_serving(start_server, make_git_repo):
+def test_a_git_remote_deleted_outright_fails_syncs_clearly_and_the_last_good_commit_keeps_serving(
+    start_server, make_git_repo
+):
     repo = make_git_repo("vanishing")
     repo.write("jobs/vanishing.yaml", job_yaml("vanishing", 'echo "at $FLWD_SOURCE_REVISION"'))
     good = repo.commit("one")
@@ -264,7 +270,12 @@ def test_a_git_remote_deleted_outright_fails_syncs_clearly_and_the_last_good_com
 
     # Its copy on the server vanishing too: the source says so, and nothing answers a 500.
     shutil.rmtree(server.data_dir / "sources" / "vanishing")
-    for method, path in (("get", "/sources/vanishing"), ("get", "/jobs/vanishing"), ("post", "/sources/vanishing/sync"), ("get", "/jobs")):
+    for method, path in (
+        ("get", "/sources/vanishing"),
+        ("get", "/jobs/vanishing"),
+        ("post", "/sources/vanishing/sync"),
+        ("get", "/jobs"),
+    ):
         status = getattr(server, method)(path).status_code
         assert status < 500 or status in (502, 503), (method, path, status)
     assert '"status": 500' not in server.logs()

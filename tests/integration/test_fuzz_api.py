@@ -73,7 +73,9 @@ for _kind, _schema in SCHEMAS.items():
     _schema.config.update(request_timeout=20)
 
 
-FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection", "expect", "te", "upgrade", "trailer"})
+FRAMING_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "host", "connection", "expect", "te", "upgrade", "trailer"}
+)
 
 
 def _aim_at_real_things(kind: str):
@@ -111,9 +113,18 @@ for _kind, _schema in SCHEMAS.items():
 
 def _start(kind: str, tmp_path_factory) -> ServerProcess:
     root = tmp_path_factory.mktemp(f"fuzz-{kind}")
-    config = {"workers": 2, "threads": 16, "limits": {"max_concurrent_runs": 4}, "sse": {"max_duration": 1, "heartbeat": 0.5}}
+    config = {
+        "workers": 2,
+        "threads": 16,
+        "limits": {"max_concurrent_runs": 4},
+        "sse": {"max_duration": 1, "heartbeat": 0.5},
+    }
     if kind == "jwt":
-        config["auth"] = {"issuer": ISSUER, "audience": AUDIENCE, "jwk_file": str(write_jwks(root / "jwks.json", JWT_KEY))}
+        config["auth"] = {
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "jwk_file": str(write_jwks(root / "jwks.json", JWT_KEY)),
+        }
     server = ServerProcess(root, config, dev=kind == "dev", env=None).start()
     server.kind, server.token = kind, TOKENS[kind]
     # A few real runs, so that generated run ids sometimes name one (GET, cancel, events).
@@ -180,7 +191,9 @@ def test_with_jwt_auth_event_streams_answer_generated_requests(case, jwt_server)
 def test_the_fuzzer_sent_enough_requests_and_the_server_stayed_clean(kind, request):
     server = request.getfixturevalue(f"{kind}_server")
     print(f"fuzz: {SENT[kind]} generated requests to the {kind} server")
-    assert SENT[kind] >= (MIN_REQUESTS if kind == "dev" else 1), f"only {SENT[kind]} generated requests reached the {kind} server"
+    assert SENT[kind] >= (MIN_REQUESTS if kind == "dev" else 1), (
+        f"only {SENT[kind]} generated requests reached the {kind} server"
+    )
     db = sqlite3.connect(f"file:{server.data_dir / 'flwd.db'}?mode=ro", uri=True)
     try:
         stored = {row[0] for row in db.execute("SELECT id FROM runs")}

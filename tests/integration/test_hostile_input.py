@@ -75,7 +75,9 @@ def test_shell_metacharacters_and_newlines_in_args_are_data_never_code(hostile):
     runs = [(value, hostile.submit("echo", {"text": value})) for value in values]
     for value, run in runs:
         assert hostile.wait_finished(run["id"])["status"] == "succeeded"
-        assert "\n".join(output(hostile, run["id"])) == value.replace("\r\n", "\n").replace("\r", "")  # printed verbatim
+        assert "\n".join(output(hostile, run["id"])) == value.replace("\r\n", "\n").replace(
+            "\r", ""
+        )  # printed verbatim
     assert list(m.iterdir()) == []  # no marker file: nothing was executed
 
 
@@ -111,7 +113,9 @@ def test_huge_numbers_and_odd_values_are_422s_naming_the_field(hostile, args, fi
 def test_numbers_and_strings_json_allows_but_nothing_can_hold_are_4xx(hostile, raw):
     before = run_count(hostile)
     for path in ("/plans", "/runs"):
-        response = requests.post(hostile.url + path, data=raw, headers={**hostile.headers(), "Content-Type": "application/json"}, timeout=10)
+        response = requests.post(
+            hostile.url + path, data=raw, headers={**hostile.headers(), "Content-Type": "application/json"}, timeout=10
+        )
         problem(response, 400, 422)
     assert run_count(hostile) == before
 
@@ -155,10 +159,18 @@ def test_path_traversal_in_every_path_like_field_finds_nothing(hostile, evil):
         assert "root:" not in response.text and "/bin/sh" not in response.text, url
         if response.status_code == 200 and url.startswith("/export"):
             assert response.text.splitlines()[-1] == '{"record":"end","runs":0,"events":0}'
-    for method, url in (("post", f"/runs/{evil}/cancel"), ("post", f"/sources/{evil}/sync"), ("delete", f"/sources/{evil}")):
+    for method, url in (
+        ("post", f"/runs/{evil}/cancel"),
+        ("post", f"/sources/{evil}/sync"),
+        ("delete", f"/sources/{evil}"),
+    ):
         response = getattr(requests, method)(hostile.url + url, headers=hostile.headers(), timeout=10)
         assert response.status_code in (400, 404, 405), (method, url, response.status_code)
-    for body in ({"job": evil}, {"job": "echo", "source": evil, "args": {"text": "x"}}, {"job": f"{evil}:echo", "args": {"text": "x"}}):
+    for body in (
+        {"job": evil},
+        {"job": "echo", "source": evil, "args": {"text": "x"}},
+        {"job": f"{evil}:echo", "args": {"text": "x"}},
+    ):
         problem(hostile.post("/runs", body), 404, 422)
     problem(hostile.post("/sources", {"type": "local", "name": evil, "path": "/tmp"}), 422)
     problem(hostile.post("/sources", {"type": "git", "name": "trav", "url": f"file:///{evil}"}), 422)
@@ -178,7 +190,9 @@ def test_oversized_headers_and_request_lines_are_refused_quickly_not_hung(hostil
     assert hostile.get("/healthz").status_code == 200
 
 
-@pytest.mark.parametrize("forged", ["-1", "abc", "1e3", "0x10", "1.0", "+5", "\u00b2", "9" * 25, "18446744073709551616", "1" * 20000])
+@pytest.mark.parametrize(
+    "forged", ["-1", "abc", "1e3", "0x10", "1.0", "+5", "\u00b2", "9" * 25, "18446744073709551616", "1" * 20000]
+)
 def test_forged_last_event_ids_over_http_are_400s(hostile, forged):
     run = hostile.submit("echo", {"text": "x"})
     for path in (f"/runs/{run['id']}/events", "/events"):
@@ -216,7 +230,17 @@ def raw_request(port: int, head: bytes) -> bytes:
         return b"".join(chunks)
 
 
-@pytest.mark.parametrize("value", [b"abc\rInjected: yes", b"abc\nInjected: yes", b"abc\r\n Injected: folded", b"abc\x00def", b"abc\x7fdef", b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"abc\rInjected: yes",
+        b"abc\nInjected: yes",
+        b"abc\r\n Injected: folded",
+        b"abc\x00def",
+        b"abc\x7fdef",
+        b"\xff\xfe",
+    ],
+)
 def test_crlf_and_control_bytes_in_request_ids_and_idempotency_keys_never_reach_a_response_header(hostile, value):
     before = run_count(hostile)
     body = b'{"job": "echo", "args": {"text": "x"}}'
@@ -235,7 +259,9 @@ def test_crlf_and_control_bytes_in_request_ids_and_idempotency_keys_never_reach_
         status_line, _, rest = answer.partition(b"\r\n")
         headers = rest.split(b"\r\n\r\n", 1)[0].lower()
         assert b"injected" not in headers and b"\x00" not in headers and b"\x7f" not in headers
-        assert status_line.split(b" ")[1] in (b"202", b"400"), status_line  # refused, or accepted with the value dropped
+        assert status_line.split(b" ")[1] in (b"202", b"400"), (
+            status_line
+        )  # refused, or accepted with the value dropped
         if status_line.split(b" ")[1] == b"202":
             assert name == b"X-Request-ID"  # a request id that is not clean is replaced, never echoed
             request_id = [line for line in headers.split(b"\r\n") if line.startswith(b"x-request-id:")][0]
@@ -262,7 +288,12 @@ def test_a_request_whose_framing_is_malformed_is_a_400_and_changes_nothing(hosti
     before = run_count(hostile)
     body = b'{"job": "echo", "args": {"text": "x"}}'
     for method, path in ((b"POST", b"/runs"), (b"DELETE", b"/sources/h")):
-        head = method + b" " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer dev-token\r\nContent-Type: application/json\r\n"
+        head = (
+            method
+            + b" "
+            + path
+            + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer dev-token\r\nContent-Type: application/json\r\n"
+        )
         answer = raw_request(hostile.port, head + framing + b"Connection: close\r\n\r\n" + body)
         assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == b"400", (method, answer[:200])
     assert run_count(hostile) == before
@@ -284,7 +315,9 @@ def test_a_token_flood_gets_401s_while_the_api_stays_responsive(hostile):
         session = requests.Session()
         token = bad[i % len(bad)] + str(i)
         try:
-            return session.get(hostile.url + "/runs", headers={"Authorization": f"Bearer {token}".encode()}, timeout=10).status_code
+            return session.get(
+                hostile.url + "/runs", headers={"Authorization": f"Bearer {token}".encode()}, timeout=10
+            ).status_code
         finally:
             session.close()
 

@@ -35,7 +35,13 @@ def test_a_request_id_is_echoed_and_logged_on_the_access_line(logged):
     response = logged.get("/jobs", headers={"X-Request-ID": "req-test-123"})
     assert response.headers["X-Request-ID"] == "req-test-123"
     line = find(logged, request_id="req-test-123")
-    assert (line["event"], line["method"], line["path"], line["status"], line["subject"]) == ("http.request", "GET", "/jobs", 200, "dev")
+    assert (line["event"], line["method"], line["path"], line["status"], line["subject"]) == (
+        "http.request",
+        "GET",
+        "/jobs",
+        200,
+        "dev",
+    )
     generated = logged.get("/jobs").headers["X-Request-ID"]
     assert len(generated) >= 16 and find(logged, request_id=generated)["path"] == "/jobs"
     unsafe = logged.get("/jobs", headers={"X-Request-ID": "bad id\twith spaces"}).headers["X-Request-ID"]
@@ -56,12 +62,26 @@ def test_a_policy_decision_is_one_json_line_with_run_check_outcome_and_reason(lo
 def test_query_strings_and_tokens_never_reach_the_log(logged):
     assert logged.get("/runs?job=secret-q-991", headers={"X-Request-ID": "req-query-1"}).status_code == 200
     assert find(logged, request_id="req-query-1")["path"] == "/runs"
-    assert logged.get("/jobs?note=secret-q-992").status_code == 400  # an unknown parameter is refused, and not logged either
-    assert requests.get(logged.url + "/jobs", headers={"Authorization": "Bearer bogus-token-991", "X-Request-ID": "req-bad-token"}, timeout=5).status_code == 401
+    assert (
+        logged.get("/jobs?note=secret-q-992").status_code == 400
+    )  # an unknown parameter is refused, and not logged either
+    assert (
+        requests.get(
+            logged.url + "/jobs",
+            headers={"Authorization": "Bearer bogus-token-991", "X-Request-ID": "req-bad-token"},
+            timeout=5,
+        ).status_code
+        == 401
+    )
     assert find(logged, request_id="req-bad-token")["status"] == 401
     assert logged.get("/runs/x/events?access_token=leaked-991").status_code == 400
     text = logged.logs()
-    assert "secret-q-991" not in text and "secret-q-992" not in text and "bogus-token-991" not in text and "leaked-991" not in text
+    assert (
+        "secret-q-991" not in text
+        and "secret-q-992" not in text
+        and "bogus-token-991" not in text
+        and "leaked-991" not in text
+    )
 
 
 def test_every_line_is_json_including_gunicorns_own(logged):

@@ -28,14 +28,20 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 
 def scrape(server: ServerProcess) -> dict:
     """One scrape on a fresh connection (so the two workers take turns answering)."""
-    response = requests.get(server.url + "/metrics", headers={"Authorization": "Bearer dev-token", "Connection": "close"}, timeout=10)
+    response = requests.get(
+        server.url + "/metrics", headers={"Authorization": "Bearer dev-token", "Connection": "close"}, timeout=10
+    )
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     return {family.name: family for family in text_string_to_metric_families(response.text)}
 
 
 def sample(families: dict, family: str, name: str | None = None, **labels: str) -> float:
-    found = [s.value for s in families[family].samples if s.name == (name or family) and all(s.labels.get(k) == v for k, v in labels.items())]
+    found = [
+        s.value
+        for s in families[family].samples
+        if s.name == (name or family) and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
     return sum(found)
 
 
@@ -65,14 +71,19 @@ def test_counters_match_what_was_done_whichever_worker_answers(two_workers):
 
     for _ in range(6):
         after = scrape(server)
-        assert delta(after, "flwd_runs_finished", "flwd_runs_finished_total", job="hello-world", status="succeeded") == 3
+        assert (
+            delta(after, "flwd_runs_finished", "flwd_runs_finished_total", job="hello-world", status="succeeded") == 3
+        )
         assert delta(after, "flwd_runs_finished", "flwd_runs_finished_total", job="fail", status="failed") == 2
         assert delta(after, "flwd_runs_submitted", "flwd_runs_submitted_total", job="hello-world") == 3
         assert delta(after, "flwd_run_duration_seconds", "flwd_run_duration_seconds_count") == 5
         assert delta(after, "flwd_step_duration_seconds", "flwd_step_duration_seconds_count", job="fail") == 2
         assert delta(after, "flwd_step_duration_seconds", "flwd_step_duration_seconds_count") == steps
         for (check, outcome), count in decisions.items():
-            assert delta(after, "flwd_policy_decisions", "flwd_policy_decisions_total", check=check, outcome=outcome) == count
+            assert (
+                delta(after, "flwd_policy_decisions", "flwd_policy_decisions_total", check=check, outcome=outcome)
+                == count
+            )
         assert sample(after, "flwd_queue_depth") == 0 and sample(after, "flwd_runs_running") == 0
         assert sample(after, "flwd_runs", job="fail", status="failed") == 2
         assert sample(after, "flwd_processes") == 2
@@ -83,7 +94,9 @@ def test_counters_match_what_was_done_whichever_worker_answers(two_workers):
 def open_stream(server: ServerProcess) -> socket.socket:
     """A raw client: send the request, read until the first event has arrived."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dev-token\r\nAccept: text/event-stream\r\n\r\n")
+    sock.sendall(
+        b"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dev-token\r\nAccept: text/event-stream\r\n\r\n"
+    )
     received = b""
     while b"\nid: " not in received and b"\r\n\r\nid: " not in received and b": ping" not in received:
         chunk = sock.recv(65536)
@@ -103,14 +116,21 @@ def test_open_streams_are_counted_across_workers_and_freed_when_clients_leave(tw
     for client in clients:  # read one event, then vanish
         client.close()
     started = time.monotonic()
-    wait_until(lambda: sample(scrape(server), "flwd_sse_clients") == 0, 0.3 + 2, 0.05, "the streams of closed clients to be freed")
+    wait_until(
+        lambda: sample(scrape(server), "flwd_sse_clients") == 0,
+        0.3 + 2,
+        0.05,
+        "the streams of closed clients to be freed",
+    )
     assert time.monotonic() - started < 0.3 + 2
 
 
 @pytest.fixture(scope="module")
 def few_threads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     # gthread with 6 threads: at most 6 - 4 = 2 streams, so API calls always find a thread.
-    server = ServerProcess(tmp_path_factory.mktemp("cap"), {"workers": 1, "threads": 6, "sse": {"heartbeat": 0.3}}, dev=True, env=None).start()
+    server = ServerProcess(
+        tmp_path_factory.mktemp("cap"), {"workers": 1, "threads": 6, "sse": {"heartbeat": 0.3}}, dev=True, env=None
+    ).start()
     yield server
     server.stop()
 
@@ -133,6 +153,7 @@ def test_the_stream_cap_answers_503_with_retry_after_while_healthz_still_answers
     finally:
         for client in clients:
             client.close()
+
     # Freed (the next heartbeat's write fails): a new stream is accepted again within heartbeat + 2 s.
     def accepted() -> bool:
         with server.get("/events", stream=True, timeout=5) as response:

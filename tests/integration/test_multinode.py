@@ -52,7 +52,10 @@ class Nodes:
             "sources": [{"type": "local", "name": "t", "path": str(folder)}],
         }
         # Node A has two worker processes: the bound holds across every process of every node.
-        self.all = [ServerProcess(root / name, {**config, "workers": 2 if name == "a" else 1}, dev=True, env=None) for name in ("a", "b", "c")]
+        self.all = [
+            ServerProcess(root / name, {**config, "workers": 2 if name == "a" else 1}, dev=True, env=None)
+            for name in ("a", "b", "c")
+        ]
 
     def __getitem__(self, index: int) -> ServerProcess:
         return self.all[index]
@@ -93,7 +96,9 @@ def export(node: ServerProcess) -> dict[str, dict[str, Any]]:
 
 
 def run_owner(node: ServerProcess, run_id: str) -> str:
-    events = read_stream(f"{node.url}/runs/{run_id}/events", node.headers(), until=lambda e: e["event"] == "run.started", timeout=60)
+    events = read_stream(
+        f"{node.url}/runs/{run_id}/events", node.headers(), until=lambda e: e["event"] == "run.started", timeout=60
+    )
     return next(e for e in events if e["event"] == "run.started")["data"]["data"]["owner"]
 
 
@@ -146,7 +151,9 @@ def test_a_client_follows_through_one_node_and_resumes_through_another_while_a_t
             if event["event"] == "step.output" and event["data"]["data"]["line"] == "line 10":
                 break  # the client drops its connection mid-run
     assert b.run_status(run["id"]) == "running"
-    rest = read_stream(f"{c.url}/runs/{run['id']}/events", {**c.headers(), "Last-Event-ID": str(seen[-1]["id"])}, timeout=60)
+    rest = read_stream(
+        f"{c.url}/runs/{run['id']}/events", {**c.headers(), "Last-Event-ID": str(seen[-1]["id"])}, timeout=60
+    )
     got = [int(e["id"]) for e in seen + rest]
     everything = [int(e["id"]) for e in b.events(run["id"])]
     assert got == everything  # no gap, no duplicate, in order
@@ -181,7 +188,9 @@ def test_a_node_killed_mid_run_loses_its_runs_within_the_liveness_timeout_and_th
         assert survivors[1].wait_finished(run_id, timeout=60)["status"] == "succeeded"
     for run_id, pids in orphans.items():
         assert pids
-        wait_until(lambda run_id=run_id: processes_of_run(run_id) == [], 15, message="the lost run's processes to be killed")
+        wait_until(
+            lambda run_id=run_id: processes_of_run(run_id) == [], 15, message="the lost run's processes to be killed"
+        )
 
     victim.start()  # a new process is a new owner: its old runs stay lost
     for run_id in held:
@@ -197,14 +206,19 @@ def test_an_owner_on_another_host_is_lost_only_after_its_heartbeat_is_older_than
     owner = "far-away-host:4242:1"
     with psycopg.connect(nodes.url, autocommit=True) as conn:
         now = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
-        conn.execute("INSERT INTO owners(owner, host, pid, started_at, heartbeat_at) VALUES (%s, 'far-away-host', 4242, %s, %s)", (owner, now, now))
+        conn.execute(
+            "INSERT INTO owners(owner, host, pid, started_at, heartbeat_at) VALUES (%s, 'far-away-host', 4242, %s, %s)",
+            (owner, now, now),
+        )
         conn.execute(
             "INSERT INTO runs(id, job, source, args, status, profile, submitted_by, created_at, started_at, plan, owner) "
             "VALUES (%s, 'nap', 't', '{}', 'running', 'secure', 'dev', %s, %s, '{}', %s)",
             (run_id, now, now, owner),
         )
     # pid 4242 means nothing on another host (and may even exist here): only the heartbeat counts.
-    wait_until(lambda: nodes[0].run_status(run_id) == "lost", LIVENESS + 15, 0.2, message="the far node's run to end lost")
+    wait_until(
+        lambda: nodes[0].run_status(run_id) == "lost", LIVENESS + 15, 0.2, message="the far node's run to end lost"
+    )
     with psycopg.connect(nodes.url, autocommit=True) as conn:
         finished = conn.execute("SELECT finished_at FROM runs WHERE id = %s", (run_id,)).fetchone()[0]
         gone = conn.execute("SELECT count(*) FROM owners WHERE owner = %s", (owner,)).fetchone()[0]
@@ -228,20 +242,43 @@ def test_serve_takes_db_url_on_the_command_line_and_a_local_cli_run_shares_the_d
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flwd_cli", ":serve", "--dev", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--data-dir", str(tmp_path / "node"), "--db-url", with_password],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "flwd_cli",
+                ":serve",
+                "--dev",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "--data-dir",
+                str(tmp_path / "node"),
+                "--db-url",
+                with_password,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
         )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: proc.poll() is None and _healthy(base), 30, 0.05, message="flwd :serve --db-url to answer")
         local = subprocess.run(
             [sys.executable, "-m", "flwd_cli", "hello-world", "--name", "Local"],
-            capture_output=True, text=True, timeout=60, cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
             env={**env, "FLWD_DB_URL": with_password, "FLWD_DATA_DIR": str(tmp_path / "cli")},
         )
         assert local.returncode == 0 and local.stdout == "Hello, Local\n", local.stderr
         runs = requests.get(f"{base}/runs", headers={"Authorization": "Bearer dev-token"}, timeout=10).json()["runs"]
-        assert [(r["job"], r["status"], r["submitted_by"].startswith("local:")) for r in runs] == [("hello-world", "succeeded", True)]
+        assert [(r["job"], r["status"], r["submitted_by"].startswith("local:")) for r in runs] == [
+            ("hello-world", "succeeded", True)
+        ]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

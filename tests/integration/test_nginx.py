@@ -52,14 +52,18 @@ def proxy(flwd: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def https(proxy: NginxProxy, method: str, path: str, **kwargs) -> requests.Response:
     headers = {"Authorization": "Bearer dev-token", **kwargs.pop("headers", {})}
-    return requests.request(method, proxy.url + path, headers=headers, verify=str(proxy.cert), timeout=kwargs.pop("timeout", 10), **kwargs)
+    return requests.request(
+        method, proxy.url + path, headers=headers, verify=str(proxy.cert), timeout=kwargs.pop("timeout", 10), **kwargs
+    )
 
 
 def curl_over_https(command: str, proxy: NginxProxy, timeout: float = 30) -> str:
     require_tool("curl")
     require_tool("jq")
     literal = command.replace("http://127.0.0.1:8080", proxy.url).replace("curl ", f"curl --cacert {proxy.cert} ", 1)
-    done = subprocess.run(["bash", "-c", "set -o pipefail; " + literal], capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        ["bash", "-c", "set -o pipefail; " + literal], capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -99,17 +103,25 @@ def test_events_arrive_through_nginx_as_they_are_written_not_when_the_run_ends(p
         written = parse_iso(event["data"]["time"])
         # Events written before the stream was opened are history; every later one must be live.
         if written > arrivals[0][0]:
-            assert arrived - written < 1.0, f"{event['event']} {event['data']['data']} arrived {arrived - written:.2f}s after it was written"
+            assert arrived - written < 1.0, (
+                f"{event['event']} {event['data']['data']} arrived {arrived - written:.2f}s after it was written"
+            )
     finished = parse_iso(arrivals[-1][1]["data"]["time"])
-    assert finished - output[0][0] > 2.0, "the first line arrived only when the run ended: the proxy buffered the stream"
+    assert finished - output[0][0] > 2.0, (
+        "the first line arrived only when the run ended: the proxy buffered the stream"
+    )
 
 
 def test_an_event_stream_is_never_compressed_and_its_first_event_comes_at_once(proxy):
     jobs = https(proxy, "GET", "/jobs", headers={"Accept-Encoding": "gzip"})
-    assert jobs.headers.get("Content-Encoding") == "gzip", "the site compresses JSON; this test would prove nothing otherwise"
+    assert jobs.headers.get("Content-Encoding") == "gzip", (
+        "the site compresses JSON; this test would prove nothing otherwise"
+    )
     run = https(proxy, "POST", "/runs", json={"job": "ticker", "args": {"lines": 4}}).json()["run"]
     asked = time.monotonic()
-    with https(proxy, "GET", f"/runs/{run['id']}/events", headers={"Accept-Encoding": "gzip"}, stream=True, timeout=(5, 30)) as response:
+    with https(
+        proxy, "GET", f"/runs/{run['id']}/events", headers={"Accept-Encoding": "gzip"}, stream=True, timeout=(5, 30)
+    ) as response:
         assert response.status_code == 200
         assert "Content-Encoding" not in response.headers
         assert "no-cache" in response.headers["Cache-Control"] and "no-transform" in response.headers["Cache-Control"]
@@ -156,12 +168,18 @@ def test_the_nginx_access_log_has_neither_query_strings_nor_tokens(proxy):
     response = https(proxy, "GET", f"/runs?job={marker}", headers={"X-Request-ID": "nginx-log-check-1"})
     assert response.status_code == 200 and response.headers["X-Request-ID"] == "nginx-log-check-1"
     assert https(proxy, "GET", "/jobs", headers={"Authorization": "Bearer not-a-real-token-4711"}).status_code == 401
-    proxy_log = wait_until(lambda: (text := proxy.access_log.read_text()) and "nginx-log-check-1" in text and " 401 " in text and text, 5, 0.05, "the access log lines")
+    proxy_log = wait_until(
+        lambda: (text := proxy.access_log.read_text()) and "nginx-log-check-1" in text and " 401 " in text and text,
+        5,
+        0.05,
+        "the access log lines",
+    )
     assert '"GET /runs HTTP/1.1" 200' in proxy_log
     assert marker not in proxy_log and "not-a-real-token" not in proxy_log and "dev-token" not in proxy_log
 
 
 def test_nginx_refuses_a_body_over_client_max_body_size(proxy):
-    response = https(proxy, "POST", "/runs", data=b"x" * (2 * 1024 * 1024), headers={"Content-Type": "application/json"})
+    response = https(
+        proxy, "POST", "/runs", data=b"x" * (2 * 1024 * 1024), headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 413
-

@@ -43,7 +43,11 @@ def policy_server(tmp_path_factory):
         (root / "src" / "jobs" / f"{check}.yaml").write_text(text)
     config = {
         "sources": [{"type": "local", "name": "p", "path": str(root / "src")}],
-        "container": {"runtime": "none", "allowed_registries": ["registry.example.org"], "verify_signatures": "disabled"},
+        "container": {
+            "runtime": "none",
+            "allowed_registries": ["registry.example.org"],
+            "verify_signatures": "disabled",
+        },
         "policy": {"allowed_downgrades": ["permissive", "disabled"]},
     }
     server = ServerProcess(root, config, dev=True, env={"SECRET_FOR_TEST": "from-the-server-env"}).start()
@@ -79,7 +83,9 @@ def test_each_check_shows_in_the_plan_the_events_and_the_log(policy_server, chec
     run = policy_server.submit(job, {}, profile=profile)
     done = policy_server.wait_finished(run["id"])
     events = policy_server.events(run["id"])
-    decided = {e["data"]["data"]["check"]: e["data"]["data"]["outcome"] for e in events if e["event"] == "policy.decision"}
+    decided = {
+        e["data"]["data"]["check"]: e["data"]["data"]["outcome"] for e in events if e["event"] == "policy.decision"
+    }
     assert decided.get(check) == expected
     if "deny" in decided.values():  # container jobs also meet container-runtime: none here
         assert done["status"] == "rejected"
@@ -89,9 +95,18 @@ def test_each_check_shows_in_the_plan_the_events_and_the_log(policy_server, chec
         assert done["status"] == "succeeded"
     if profile != "secure":
         downgrade = next(e for e in events if e["event"] == "policy.profile_downgrade")["data"]["data"]
-        assert (downgrade["subject"], downgrade["from"], downgrade["to"], downgrade["granted"]) == ("dev", "secure", profile, True)
+        assert (downgrade["subject"], downgrade["from"], downgrade["to"], downgrade["granted"]) == (
+            "dev",
+            "secure",
+            profile,
+            True,
+        )
     if expected is not None:
-        logged = wait_until(lambda: [r for r in decision_log(policy_server, run["id"]) if r["check"] == check], 5, message="the decision's log line")
+        logged = wait_until(
+            lambda: [r for r in decision_log(policy_server, run["id"]) if r["check"] == check],
+            5,
+            message="the decision's log line",
+        )
         assert logged[0]["outcome"] == expected and logged[0]["reason"]
 
 
@@ -115,14 +130,26 @@ def test_a_token_without_runs_downgrade_cannot_run_below_the_default(start_serve
     auth = jwt_auth
     server = start_server({"auth": auth.config, "policy": {"allowed_downgrades": ["permissive"]}}, dev=False)
     limited = auth.token("runs:write runs:read jobs:read", sub="carol")
-    refused = server.post("/runs", {"job": "hello-world", "args": {"name": "A"}, "profile": "permissive"}, token=limited)
+    refused = server.post(
+        "/runs", {"job": "hello-world", "args": {"name": "A"}, "profile": "permissive"}, token=limited
+    )
     assert refused.status_code == 403 and "runs:downgrade" in refused.json()["detail"]
     assert server.get("/runs", token=limited).json()["runs"] == []
     allowed = auth.token("runs:write runs:read runs:downgrade", sub="dave")
-    not_listed = server.post("/runs", {"job": "hello-world", "args": {"name": "A"}, "profile": "disabled"}, token=allowed)
+    not_listed = server.post(
+        "/runs", {"job": "hello-world", "args": {"name": "A"}, "profile": "disabled"}, token=allowed
+    )
     assert not_listed.status_code == 403 and "allowed_downgrades" in not_listed.json()["detail"]
-    granted = server.post("/runs", {"job": "hello-world", "args": {"name": "A"}, "profile": "permissive"}, token=allowed)
+    granted = server.post(
+        "/runs", {"job": "hello-world", "args": {"name": "A"}, "profile": "permissive"}, token=allowed
+    )
     assert granted.status_code == 202 and granted.json()["run"]["profile"] == "permissive"
-    everything = read_stream(f"{server.url}/events", {"Authorization": f"Bearer {allowed}"}, until=lambda e: e["event"] == "run.finished")
+    everything = read_stream(
+        f"{server.url}/events", {"Authorization": f"Bearer {allowed}"}, until=lambda e: e["event"] == "run.finished"
+    )
     downgrades = [e["data"]["data"] for e in everything if e["event"] == "policy.profile_downgrade"]
-    assert [(d["subject"], d["to"], d["granted"]) for d in downgrades] == [("carol", "permissive", False), ("dave", "disabled", False), ("dave", "permissive", True)]
+    assert [(d["subject"], d["to"], d["granted"]) for d in downgrades] == [
+        ("carol", "permissive", False),
+        ("dave", "disabled", False),
+        ("dave", "permissive", True),
+    ]

@@ -26,7 +26,9 @@ def shell(command: str, port: int, timeout: float = 30) -> str:
     require_tool("curl")
     require_tool("jq")
     literal = command.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
-    done = subprocess.run(["bash", "-c", "set -o pipefail; " + literal], capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        ["bash", "-c", "set -o pipefail; " + literal], capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 

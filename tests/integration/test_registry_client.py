@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from flwd_server.containers.images import parse_image_ref
-from flwd_server.containers.registry_client import DigestMismatch, RegistryClient, RegistryError, TooLarge, sha256_digest
+from flwd_server.containers.registry_client import (
+    DigestMismatch,
+    RegistryClient,
+    RegistryError,
+    TooLarge,
+    sha256_digest,
+)
 from flwd_server.containers.signatures import SignatureVerifier
 from tests.fixtures.containers import cosign_sign, cosign_v3_bundle, payload_for, put_manifest, upload_blob
 from tests.fixtures.helpers import free_port
@@ -35,12 +41,16 @@ def test_a_manifest_is_hashed_as_received_and_checked_against_the_digest_asked_f
 
 
 def test_a_tampered_blob_is_refused(registry, images):
-    image = images.push(registry, "client/tampered", "only-tampered-here")  # blobs are shared per registry: a variant of its own
+    image = images.push(
+        registry, "client/tampered", "only-tampered-here"
+    )  # blobs are shared per registry: a variant of its own
     client = RegistryClient([registry.host])
     manifest = client.require_manifest(parse_image_ref(image))
     config = manifest.data["config"]["digest"]
     path = registry.blob_file(config)
-    path.write_bytes(path.read_bytes().replace(b'"os":"linux"', b'"os":"LINUX"').replace(b'"os": "linux"', b'"os": "LINUX"'))
+    path.write_bytes(
+        path.read_bytes().replace(b'"os":"linux"', b'"os":"LINUX"').replace(b'"os": "linux"', b'"os": "LINUX"')
+    )
     with pytest.raises(DigestMismatch, match="hash to"):
         client.get_blob(registry.host, "client/tampered", config, 1 << 20)
 
@@ -74,7 +84,11 @@ def test_the_token_flow_asks_for_the_right_scope_and_takes_access_token_answers(
     manifest = client.require_manifest(parse_image_ref(image))
     assert manifest.digest == image.split("@")[1]
     asked = token_registry.token.requests
-    assert asked[0]["scope"] == "repository:private/tools:pull" and asked[0]["service"] == "flwd-test-registry" and not asked[0]["basic"]
+    assert (
+        asked[0]["scope"] == "repository:private/tools:pull"
+        and asked[0]["service"] == "flwd-test-registry"
+        and not asked[0]["basic"]
+    )
     assert len(asked) == 1
     client.get_blob(token_registry.host, "private/tools", manifest.data["config"]["digest"], 1 << 20)
     assert len(asked) == 1  # the token is reused within its lifetime
@@ -84,7 +98,9 @@ def test_the_token_flow_accepts_a_token_answer_too(token_registry, images):
     image = images.push(token_registry, "private/other", "a")
     token_registry.token.answer_with = "token"
     try:
-        assert RegistryClient([token_registry.host]).require_manifest(parse_image_ref(image)).digest == image.split("@")[1]
+        assert (
+            RegistryClient([token_registry.host]).require_manifest(parse_image_ref(image)).digest == image.split("@")[1]
+        )
     finally:
         token_registry.token.answer_with = "access_token"
 
@@ -139,9 +155,18 @@ def test_a_signed_multi_arch_index_verifies_against_the_index_digest(registry, i
     index = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": len(raw), "platform": {"architecture": "amd64", "os": "linux"}}],
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": len(raw),
+                "platform": {"architecture": "amd64", "os": "linux"},
+            }
+        ],
     }
-    index_digest = put_manifest(registry, registry.session(), "sigs/multi", "multi", index, "application/vnd.oci.image.index.v1+json")
+    index_digest = put_manifest(
+        registry, registry.session(), "sigs/multi", "multi", index, "application/vnd.oci.image.index.v1+json"
+    )
     cosign_sign(registry, f"{registry.host}/sigs/multi@{index_digest}", signing_keys["trusted"])
     assert verifier.verify_image(f"{registry.host}/sigs/multi@{index_digest}").status == "verified"
     assert verifier.verify_image(platform).status == "unsigned"  # the platform manifest itself is not signed
@@ -149,7 +174,9 @@ def test_a_signed_multi_arch_index_verifies_against_the_index_digest(registry, i
 
 def test_a_registry_not_allowed_is_not_asked(other_registry, images, signing_keys):
     image = images.push(other_registry, "sigs/foreign", "a")
-    verifier = SignatureVerifier(RegistryClient([other_registry.host]), (str(signing_keys["trusted_pub"]),), ("registry.example.org",))
+    verifier = SignatureVerifier(
+        RegistryClient([other_registry.host]), (str(signing_keys["trusted_pub"]),), ("registry.example.org",)
+    )
     mark = other_registry.mark()
     assert verifier.verify_image(image).status == "error"
     assert other_registry.requests_since(mark) == []
@@ -172,7 +199,14 @@ class _Recorder(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802
-        self.seen.append({"host": self.server.server_address[0], "path": self.path, "authorization": self.headers.get("Authorization"), "accept": self.headers.get("Accept", "")})
+        self.seen.append(
+            {
+                "host": self.server.server_address[0],
+                "path": self.path,
+                "authorization": self.headers.get("Authorization"),
+                "accept": self.headers.get("Accept", ""),
+            }
+        )
         status, headers, body = self.routes[(self.server.server_address[0], self.path.split("?")[0])](self)
         self.send_response(status)
         for key, value in headers.items():
@@ -184,8 +218,16 @@ class _Recorder(BaseHTTPRequestHandler):
 
 def test_manifests_are_asked_for_with_every_manifest_and_index_type():
     port = free_port()
-    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}).encode()
-    _Recorder.routes = {("127.0.0.1", "/v2/r/x/manifests/1"): lambda h: (200, {"Content-Type": "application/vnd.oci.image.index.v1+json"}, body)}
+    body = json.dumps(
+        {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
+    ).encode()
+    _Recorder.routes = {
+        ("127.0.0.1", "/v2/r/x/manifests/1"): lambda h: (
+            200,
+            {"Content-Type": "application/vnd.oci.image.index.v1+json"},
+            body,
+        )
+    }
     _Recorder.seen = []
     server = ThreadingHTTPServer(("127.0.0.1", port), _Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -214,7 +256,13 @@ def test_a_redirect_to_another_host_gets_no_authorization_header():
 
     def blob_route(handler: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
         if handler.headers.get("Authorization") != "Bearer secret-token":
-            return 401, {"WWW-Authenticate": f'Bearer realm="http://127.0.0.1:{registry_port}/token",service="fake",scope="repository:r/x:pull"'}, b""
+            return (
+                401,
+                {
+                    "WWW-Authenticate": f'Bearer realm="http://127.0.0.1:{registry_port}/token",service="fake",scope="repository:r/x:pull"'
+                },
+                b"",
+            )
         return 307, {"Location": f"http://127.0.0.2:{storage_port}/bucket/{digest}?signature=s3"}, b""
 
     _Recorder.routes = {
@@ -223,7 +271,10 @@ def test_a_redirect_to_another_host_gets_no_authorization_header():
         ("127.0.0.2", f"/bucket/{digest}"): lambda h: (200, {}, blob),
     }
     _Recorder.seen = []
-    servers = [ThreadingHTTPServer(("127.0.0.1", registry_port), _Recorder), ThreadingHTTPServer(("127.0.0.2", storage_port), _Recorder)]
+    servers = [
+        ThreadingHTTPServer(("127.0.0.1", registry_port), _Recorder),
+        ThreadingHTTPServer(("127.0.0.2", storage_port), _Recorder),
+    ]
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for thread in threads:
         thread.start()

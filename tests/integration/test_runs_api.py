@@ -43,8 +43,18 @@ def shared(request, tmp_path_factory):
 
 
 BAD_REQUESTS = [
-    ("malformed JSON", {"data": b'{"job": "hello-world",', "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
-    ("wrong content type", {"data": b"job=hello-world", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415, "Content-Type: application/json"),
+    (
+        "malformed JSON",
+        {"data": b'{"job": "hello-world",', "headers": {"Content-Type": "application/json"}},
+        400,
+        "not valid JSON",
+    ),
+    (
+        "wrong content type",
+        {"data": b"job=hello-world", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+        415,
+        "Content-Type: application/json",
+    ),
     ("no content type", {"data": b'{"job": "hello-world"}'}, 415, "Content-Type"),
     ("not an object", {"json": ["hello-world"]}, 400, "JSON object"),
     ("unknown job", {"json": {"job": "no-such-job"}}, 404, "no-such-job"),
@@ -54,8 +64,21 @@ BAD_REQUESTS = [
     ("unknown field", {"json": {"job": "hello-world", "args": {"name": "A"}, "colour": 1}}, 422, "colour"),
     ("args not an object", {"json": {"job": "hello-world", "args": "name=A"}}, 422, "args"),
     ("bad profile", {"json": {"job": "hello-world", "args": {"name": "A"}, "profile": "yolo"}}, 422, "profile"),
-    ("NaN", {"data": b'{"job": "hello-world", "args": {"times": NaN}}', "headers": {"Content-Type": "application/json"}}, 400, "NaN"),
-    ("nesting bomb", {"data": b'{"job": "x", "args": ' + b"[" * 100000 + b"]" * 100000 + b"}", "headers": {"Content-Type": "application/json"}}, 400, "nested"),
+    (
+        "NaN",
+        {"data": b'{"job": "hello-world", "args": {"times": NaN}}', "headers": {"Content-Type": "application/json"}},
+        400,
+        "NaN",
+    ),
+    (
+        "nesting bomb",
+        {
+            "data": b'{"job": "x", "args": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+            "headers": {"Content-Type": "application/json"},
+        },
+        400,
+        "nested",
+    ),
     ("not UTF-8", {"data": b'{"job": "\xff"}', "headers": {"Content-Type": "application/json"}}, 400, "UTF-8"),
 ]
 
@@ -79,7 +102,9 @@ def test_invalid_args_name_every_field(shared):
 def test_a_ten_megabyte_body_is_refused_with_413(shared):
     big = b'{"job": "hello-world", "args": {"name": "' + b"A" * (10 * 1024 * 1024) + b'"}}'
     before = run_count(shared)
-    response = requests.post(shared.url + "/runs", data=big, headers={**shared.headers(), "Content-Type": "application/json"}, timeout=30)
+    response = requests.post(
+        shared.url + "/runs", data=big, headers={**shared.headers(), "Content-Type": "application/json"}, timeout=30
+    )
     assert "body is larger" in problem(response, 413)["detail"]
 
     def chunks():
@@ -88,7 +113,12 @@ def test_a_ten_megabyte_body_is_refused_with_413(shared):
             yield b"A" * (1024 * 1024)
         yield b'"}}'
 
-    response = requests.post(shared.url + "/runs", data=chunks(), headers={**shared.headers(), "Content-Type": "application/json"}, timeout=30)
+    response = requests.post(
+        shared.url + "/runs",
+        data=chunks(),
+        headers={**shared.headers(), "Content-Type": "application/json"},
+        timeout=30,
+    )
     problem(response, 413)  # chunked, no Content-Length: still refused
     assert run_count(shared) == before
 
@@ -165,7 +195,12 @@ def test_a_failing_job_ends_failed_with_its_exit_code_and_stops(shared):
 def test_stderr_lines_are_tagged(shared):
     run = shared.submit("stderr", {"lines": 2})
     outputs = [e["data"]["data"] for e in shared.events(run["id"]) if e.get("event") == "step.output"]
-    assert sorted((o["stream"], o["line"]) for o in outputs) == [("stderr", "err 1"), ("stderr", "err 2"), ("stdout", "out 1"), ("stdout", "out 2")]
+    assert sorted((o["stream"], o["line"]) for o in outputs) == [
+        ("stderr", "err 1"),
+        ("stderr", "err 2"),
+        ("stdout", "out 1"),
+        ("stdout", "out 2"),
+    ]
 
 
 def test_cancel_ends_a_running_run_and_leaves_no_process(shared):
@@ -194,7 +229,9 @@ def test_cancel_of_a_queued_run_is_immediate(start_server):
 def test_a_job_timeout_ends_the_run_timed_out(start_server, tmp_path):
     jobs = tmp_path / "src" / "jobs"
     jobs.mkdir(parents=True)
-    (jobs / "sleepy.yaml").write_text("name: sleepy\ntimeout: 1\nsteps:\n  - run: 'echo start; sleep 300 & sleep 300'\n")
+    (jobs / "sleepy.yaml").write_text(
+        "name: sleepy\ntimeout: 1\nsteps:\n  - run: 'echo start; sleep 300 & sleep 300'\n"
+    )
     server = start_server({"sources": [{"type": "local", "name": "mine", "path": str(tmp_path / "src")}]})
     run = server.submit("sleepy")
     done = server.wait_finished(run["id"], timeout=15)
@@ -216,7 +253,12 @@ def test_a_stream_ticket_opens_one_stream_once_without_a_header(start_server):
     problem(requests.get(f"{server.url}/runs/{other['id']}/events?ticket={bound}", timeout=10), 401)  # bound to its run
     expiring = server.post("/stream-tickets", None).json()["ticket"]
     expires = time.monotonic() + 1.6
-    wait_until(lambda: time.monotonic() > expires, 5, message="the ticket's lifetime to pass")  # waiting for the clock itself
+    wait_until(
+        lambda: time.monotonic() > expires, 5, message="the ticket's lifetime to pass"
+    )  # waiting for the clock itself
     problem(requests.get(f"{server.url}/events?ticket={expiring}", timeout=10), 401)
-    problem(requests.get(f"{server.url}/runs?ticket={server.post('/stream-tickets', None).json()['ticket']}", timeout=10), 401)  # streams only
+    problem(
+        requests.get(f"{server.url}/runs?ticket={server.post('/stream-tickets', None).json()['ticket']}", timeout=10),
+        401,
+    )  # streams only
     assert ticket not in server.logs()  # never logged: the access log has no query strings

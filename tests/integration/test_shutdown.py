@@ -77,10 +77,19 @@ def test_a_run_still_going_after_the_grace_is_cancelled_with_a_reason_and_leaves
     (tmp_path / "ops" / "jobs").mkdir(parents=True)
     (tmp_path / "ops" / "jobs" / "forky.yaml").write_text(FORKY)
     grace = 2
-    server = start_server({"workers": 1, "threads": 8, "shutdown_grace": grace, "sources": [{"type": "local", "name": "ops", "path": str(tmp_path / "ops")}]})
+    server = start_server(
+        {
+            "workers": 1,
+            "threads": 8,
+            "shutdown_grace": grace,
+            "sources": [{"type": "local", "name": "ops", "path": str(tmp_path / "ops")}],
+        }
+    )
     run = server.submit("forky")
     wait_running(server, run["id"])
-    children = wait_until(lambda: len(processes_of(run["id"])) >= 3 and processes_of(run["id"]), 10, 0.05, "the job's processes")
+    children = wait_until(
+        lambda: len(processes_of(run["id"])) >= 3 and processes_of(run["id"]), 10, 0.05, "the job's processes"
+    )
     stream = server.get(f"/runs/{run['id']}/events", stream=True, timeout=(5, 10))
     stopping = time.monotonic()
     assert server.stop(signal.SIGTERM, timeout=grace + 30) == 0
@@ -90,7 +99,11 @@ def test_a_run_still_going_after_the_grace_is_cancelled_with_a_reason_and_leaves
     stream.close()
     status, reason, finished = stored(server, run["id"])
     assert status == "cancelled" and finished["status"] == "cancelled"
-    assert "shutting down" in finished["reason"] and f"{grace}s grace period" in finished["reason"] and finished["reason"] == reason
+    assert (
+        "shutting down" in finished["reason"]
+        and f"{grace}s grace period" in finished["reason"]
+        and finished["reason"] == reason
+    )
     assert grace <= took < grace + 20
     assert processes_of(run["id"]) == []
     for pid in children:
@@ -107,8 +120,11 @@ def test_a_submit_that_arrives_during_shutdown_gets_a_503_problem(start_server):
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(sock)[0].startswith(b"HTTP/1.1 200")
         # ... and a client in the middle of sending its next request when the server is told to stop.
-        sock.sendall(b"POST /runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dev-token\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:5])
+        sock.sendall(
+            b"POST /runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dev-token\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:5]
+        )
         assert server.proc is not None
         os.kill(server.proc.pid, signal.SIGTERM)
         wait_until(lambda: '"server.shutdown"' in server.logs(), 10, 0.02, "the worker to begin its shutdown")
@@ -129,7 +145,9 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
         assert chunk, data
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+    length = int(
+        next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    )
     while len(body) < length:
         chunk = sock.recv(65536)
         assert chunk, data
@@ -140,7 +158,9 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
 def test_after_a_crash_the_next_start_ends_the_run_lost_and_kills_what_it_left(start_server, tmp_path):
     (tmp_path / "ops" / "jobs").mkdir(parents=True)
     (tmp_path / "ops" / "jobs" / "forky.yaml").write_text(FORKY)
-    server = start_server({"workers": 1, "threads": 8, "sources": [{"type": "local", "name": "ops", "path": str(tmp_path / "ops")}]})
+    server = start_server(
+        {"workers": 1, "threads": 8, "sources": [{"type": "local", "name": "ops", "path": str(tmp_path / "ops")}]}
+    )
     run = server.submit("forky")
     wait_running(server, run["id"])
     wait_until(lambda: len(processes_of(run["id"])) >= 3, 10, 0.05, "the job's processes")

@@ -33,7 +33,15 @@ SLOW_RUN = (
 
 def write_tools_version(repo: GitRepo, version: str) -> str:
     repo.write("VERSION", f"{version}\n")
-    repo.write("jobs/slow-tool.yaml", job_yaml("slow-tool", SLOW_RUN.format(marker=f"job-{version}"), f"slow {version}", {"gate": {"type": "string", "required": True}}))
+    repo.write(
+        "jobs/slow-tool.yaml",
+        job_yaml(
+            "slow-tool",
+            SLOW_RUN.format(marker=f"job-{version}"),
+            f"slow {version}",
+            {"gate": {"type": "string", "required": True}},
+        ),
+    )
     return repo.commit(version)
 
 
@@ -63,7 +71,9 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def tools(srv: ServerProcess, tools_repo: GitRepo) -> dict[str, Any]:
     """The reference page's POST /sources example, run literally through curl."""
     require_tool("curl")
-    command = ADD_SOURCE.replace("127.0.0.1:8080", f"127.0.0.1:{srv.port}").replace("file:///home/me/repos/tools", tools_repo.url)
+    command = ADD_SOURCE.replace("127.0.0.1:8080", f"127.0.0.1:{srv.port}").replace(
+        "file:///home/me/repos/tools", tools_repo.url
+    )
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["source"]
@@ -173,7 +183,11 @@ UNSAFE = [
 def test_unsafe_urls_and_refs_are_refused_and_leave_nothing_on_disk(srv, tools_repo, tmp_path, case, fields, field):
     marker = tmp_path / "pwned"
     name = f"unsafe-{case}"
-    body = {"type": "git", "name": name, **{k: v.format(marker=marker, repo=tools_repo.path) for k, v in fields.items()}}
+    body = {
+        "type": "git",
+        "name": name,
+        **{k: v.format(marker=marker, repo=tools_repo.path) for k, v in fields.items()},
+    }
     response = srv.post("/sources", body)
     assert response.status_code == 422, response.text
     assert response.headers["Content-Type"] == "application/problem+json"
@@ -255,7 +269,9 @@ def test_a_failed_sync_keeps_the_last_good_revision_serving(srv, tools_repo, tmp
     failed = srv.post("/sources/fragile/sync")
     assert failed.status_code == 502 and failed.json()["type"] == "urn:flwd:error:source-error"
     source = srv.get("/sources/fragile").json()["source"]
-    assert source["revision"] == good and source["last_error"] and [j["name"] for j in source["jobs"]] == ["fragile-job"]
+    assert (
+        source["revision"] == good and source["last_error"] and [j["name"] for j in source["jobs"]] == ["fragile-job"]
+    )
     run = srv.submit("fragile-job", {})
     assert srv.wait_finished(run["id"])["revision"] == good
     assert output_lines(srv, run["id"]) == [f"fragile at {good}"]
@@ -340,13 +356,22 @@ def test_sources_from_the_config_and_the_api_survive_a_restart(start_server, mak
     folder = tmp_path / "folder"
     (folder / "jobs").mkdir(parents=True)
     (folder / "jobs" / "folder-job.yaml").write_text(job_yaml("folder-job", "echo folder"))
-    config_sources = [{"type": "git", "name": "cfg", "url": cfg_repo.url, "ref": "main"}, {"type": "local", "name": "folder", "path": str(folder)}]
+    config_sources = [
+        {"type": "git", "name": "cfg", "url": cfg_repo.url, "ref": "main"},
+        {"type": "local", "name": "folder", "path": str(folder)},
+    ]
 
     server = start_server({"sources": config_sources})
     listed = {s["name"]: s for s in server.get("/sources").json()["sources"]}
-    assert listed["cfg"]["origin"] == "config" and listed["cfg"]["revision"] == cfg_commit and listed["cfg"]["removable"] is False
+    assert (
+        listed["cfg"]["origin"] == "config"
+        and listed["cfg"]["revision"] == cfg_commit
+        and listed["cfg"]["removable"] is False
+    )
     assert server.delete("/sources/cfg").status_code == 409
-    assert server.post("/sources", {"type": "git", "name": "api", "url": api_repo.url, "ref": "main"}).status_code == 201
+    assert (
+        server.post("/sources", {"type": "git", "name": "api", "url": api_repo.url, "ref": "main"}).status_code == 201
+    )
 
     server.stop()
     server.start()

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from flwd_server.containers.addons import ARTIFACT_TYPE, CONFIG_TYPE, LAYER_TYPE, Limits, addon_layer, extract, manifest_for, pack
+from flwd_server.containers.addons import (
+    ARTIFACT_TYPE,
+    CONFIG_TYPE,
+    LAYER_TYPE,
+    Limits,
+    addon_layer,
+    extract,
+    manifest_for,
+    pack,
+)
 from flwd_server.containers.registry_client import Manifest, sha256_digest
 from flwd_server.errors import UnsafeSource
 
@@ -69,7 +78,12 @@ def test_the_manifest_names_the_flwd_types(tmp_path):
 
 
 def test_a_plain_image_is_not_an_addon():
-    data = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": {"mediaType": "application/vnd.oci.image.config.v1+json"}, "layers": []}
+    data = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json"},
+        "layers": [],
+    }
     with pytest.raises(UnsafeSource, match="not a flwd add-on"):
         addon_layer(Manifest("sha256:" + "0" * 64, data["mediaType"], b"", data), "registry/x@sha256:0")
 
@@ -88,13 +102,41 @@ def test_packing_refuses_symlinks(tmp_path):
         ([(entry("jobs/../../evil.yaml"), b"x")], "outside"),
         ([(entry("../jobs/x.yaml"), b"x")], "outside"),
         ([(entry("elsewhere/x.yaml"), b"x")], "outside jobs/"),
-        ([(entry("jobs", tarfile.DIRTYPE), None), (entry("jobs/link.yaml", tarfile.SYMTYPE, linkname="/etc/passwd"), None)], "link"),
-        ([(entry("jobs", tarfile.DIRTYPE), None), (entry("jobs/hard.yaml", tarfile.LNKTYPE, linkname="jobs/a.yaml"), None)], "link"),
-        ([(entry("jobs", tarfile.DIRTYPE), None), (entry("jobs/dev", tarfile.CHRTYPE, devmajor=1, devminor=3), None)], "device"),
+        (
+            [
+                (entry("jobs", tarfile.DIRTYPE), None),
+                (entry("jobs/link.yaml", tarfile.SYMTYPE, linkname="/etc/passwd"), None),
+            ],
+            "link",
+        ),
+        (
+            [
+                (entry("jobs", tarfile.DIRTYPE), None),
+                (entry("jobs/hard.yaml", tarfile.LNKTYPE, linkname="jobs/a.yaml"), None),
+            ],
+            "link",
+        ),
+        (
+            [
+                (entry("jobs", tarfile.DIRTYPE), None),
+                (entry("jobs/dev", tarfile.CHRTYPE, devmajor=1, devminor=3), None),
+            ],
+            "device",
+        ),
         ([(entry("jobs", tarfile.DIRTYPE), None), (entry("jobs/fifo", tarfile.FIFOTYPE), None)], "device or fifo"),
         ([(entry("readme.txt"), b"no jobs here")], "outside jobs/"),
     ],
-    ids=["absolute", "dotdot-inside", "dotdot-first", "outside-jobs", "symlink", "hardlink", "device", "fifo", "no-jobs"],
+    ids=[
+        "absolute",
+        "dotdot-inside",
+        "dotdot-first",
+        "outside-jobs",
+        "symlink",
+        "hardlink",
+        "device",
+        "fifo",
+        "no-jobs",
+    ],
 )
 def test_extraction_refuses_what_could_escape_or_surprise(tmp_path, members, message):
     with pytest.raises(UnsafeSource, match=message):
@@ -123,6 +165,8 @@ def test_a_layer_that_is_not_tar_gzip_is_refused(tmp_path):
 
 
 def test_extracted_files_get_plain_modes(tmp_path):
-    layer = tar_of((entry("jobs", tarfile.DIRTYPE, mode=0o777), None), (entry("jobs/x.yaml", mode=0o4777), b"name: x\n"))
+    layer = tar_of(
+        (entry("jobs", tarfile.DIRTYPE, mode=0o777), None), (entry("jobs/x.yaml", mode=0o4777), b"name: x\n")
+    )
     out = extract(layer, tmp_path / "out")
     assert (out / "jobs" / "x.yaml").stat().st_mode & 0o7777 == 0o644

@@ -47,7 +47,11 @@ def test_long_lines_are_cut_and_marked_and_their_rest_skipped():
     out.feed("stdout", b"ijk\nok\r\n")
     out.feed("stderr", b"no newline at the end")
     out.finish()
-    assert lines.got == [("stdout", "abcd" + TRUNCATED_MARK, True), ("stdout", "ok", False), ("stderr", "no n" + TRUNCATED_MARK, True)]
+    assert lines.got == [
+        ("stdout", "abcd" + TRUNCATED_MARK, True),
+        ("stdout", "ok", False),
+        ("stderr", "no n" + TRUNCATED_MARK, True),
+    ]
 
 
 def test_flwd_s_own_notes_are_not_counted():

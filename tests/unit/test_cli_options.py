@@ -30,7 +30,17 @@ def test_profile_and_status_choices_are_the_enums_values():
     assert list(profile.metadata["choices"]) == [p.value for p in Profile]
 
 
-SERVE_FLAGS = {"--bind", "--profile", "--dev", "--config", "--workers", "--threads", "--data-dir", "--db-path", "--db-url"}
+SERVE_FLAGS = {
+    "--bind",
+    "--profile",
+    "--dev",
+    "--config",
+    "--workers",
+    "--threads",
+    "--data-dir",
+    "--db-path",
+    "--db-url",
+}
 
 
 def test_serve_has_todays_flags_each_made_from_its_settings_declaration():
@@ -40,11 +50,16 @@ def test_serve_has_todays_flags_each_made_from_its_settings_declaration():
     assert set(flagged) == SERVE_FLAGS - {"--config"}  # --config names the file, it is not a setting
     assert flagged["--profile"].key == "default_profile"
     for flag, declared in flagged.items():
-        default = f"  [default: {declared.default}]" if declared.default is not None and declared.hint is not bool else ""
+        default = (
+            f"  [default: {declared.default}]" if declared.default is not None and declared.hint is not bool else ""
+        )
         assert option(serve, flag).help == declared.help + default, f"{flag}: one help text, the setting's"
     for flag, low, high in (("--workers", 1, 64), ("--threads", 2, 10000)):
         kind = option(serve, flag).type
-        assert isinstance(kind, click.IntRange) and (kind.min, kind.max) == (low, high) == (flagged[flag].minimum, flagged[flag].maximum)
+        assert isinstance(kind, click.IntRange) and (kind.min, kind.max) == (low, high) == (
+            flagged[flag].minimum,
+            flagged[flag].maximum,
+        )
     dev = option(serve, "--dev")
     assert dev.is_flag and dev.default is None and not dev.secondary_opts
     assert isinstance(option(serve, "--data-dir").type, click.Path) and not option(serve, "--data-dir").type.file_okay
@@ -72,18 +87,44 @@ def test_serve_flags_override_the_file_and_flags_left_out_do_not(served, capsys,
     config = tmp_path / "server.yaml"
     config.write_text("workers: 3\nthreads: 8\ndev: true\ndefault_profile: permissive\nbind: 127.0.0.1:9001\n")
     assert flwd(capsys, ":serve", "--config", str(config)) == (0, "")
-    assert (served[0].workers, served[0].threads, served[0].dev, served[0].default_profile, served[0].bind) == (3, 8, True, "permissive", "127.0.0.1:9001")
+    assert (served[0].workers, served[0].threads, served[0].dev, served[0].default_profile, served[0].bind) == (
+        3,
+        8,
+        True,
+        "permissive",
+        "127.0.0.1:9001",
+    )
     db = tmp_path / "flwd.db"
-    argv = ["--workers", "5", "--profile", "disabled", "--bind", "127.0.0.1:9002", "--db-path", str(db), "--data-dir", str(tmp_path)]
+    argv = [
+        "--workers",
+        "5",
+        "--profile",
+        "disabled",
+        "--bind",
+        "127.0.0.1:9002",
+        "--db-path",
+        str(db),
+        "--data-dir",
+        str(tmp_path),
+    ]
     assert flwd(capsys, ":serve", "--config", str(config), *argv)[0] == 0
     got = served[1]
-    assert (got.workers, got.threads, got.dev, got.default_profile, got.bind) == (5, 8, True, "disabled", "127.0.0.1:9002")
+    assert (got.workers, got.threads, got.dev, got.default_profile, got.bind) == (
+        5,
+        8,
+        True,
+        "disabled",
+        "127.0.0.1:9002",
+    )
     assert (got.db_path, got.data_dir) == (str(db), str(tmp_path))
     assert flwd(capsys, ":serve", "--dev", "--db-url", "postgresql://flwd@db.example/flwd")[0] == 0
     assert served[2].dev and served[2].db_url == "postgresql://flwd@db.example/flwd" and served[2].workers == 2
 
 
-@pytest.mark.parametrize("argv", [["--workers", "65"], ["--workers", "0"], ["--threads", "10001"], ["--threads", "1"], ["--profile", "relaxed"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--workers", "65"], ["--workers", "0"], ["--threads", "10001"], ["--threads", "1"], ["--profile", "relaxed"]],
+)
 def test_a_serve_flag_out_of_its_bounds_or_choices_is_a_usage_error(served, capsys, argv):
     code, err = flwd(capsys, ":serve", *argv)
     assert code == 2 and f"Invalid value for '{argv[0]}'" in err

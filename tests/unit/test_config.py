@@ -103,7 +103,11 @@ def test_the_upper_bounds_hold_for_the_environment_too():
 
 def test_duplicate_source_names_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="duplicate source names: a"):
-        load_settings(None, {"sources": [{"type": "local", "name": "a", "path": "/x"}, {"type": "local", "name": "a", "path": "/y"}]}, environ={})
+        load_settings(
+            None,
+            {"sources": [{"type": "local", "name": "a", "path": "/x"}, {"type": "local", "name": "a", "path": "/y"}]},
+            environ={},
+        )
 
 
 def test_every_setting_is_described():
@@ -111,6 +115,8 @@ def test_every_setting_is_described():
     assert described == set(known_keys())
 
 
-@pytest.mark.parametrize(("bind", "host", "port"), [("127.0.0.1:8080", "127.0.0.1", 8080), ("[::1]:9", "::1", 9), (":80", "0.0.0.0", 80)])
+@pytest.mark.parametrize(
+    ("bind", "host", "port"), [("127.0.0.1:8080", "127.0.0.1", 8080), ("[::1]:9", "::1", 9), (":80", "0.0.0.0", 80)]
+)
 def test_bind_addresses_parse(bind, host, port):
     assert parse_bind(bind) == (host, port)

@@ -54,7 +54,12 @@ def test_tcp_with_tls_verification_is_allowed(tmp_path):
     for name in ("ca.pem", "cert.pem", "key.pem"):
         (tmp_path / name).write_text("placeholder: TLSConfig only checks that the files exist")
     config = tls_config("tcp://10.0.0.5:2376", {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(tmp_path)})
-    assert config is not None and config.verify is True and config.ca_cert == f"{tmp_path}/ca.pem" and config.cert == (f"{tmp_path}/cert.pem", f"{tmp_path}/key.pem")
+    assert (
+        config is not None
+        and config.verify is True
+        and config.ca_cert == f"{tmp_path}/ca.pem"
+        and config.cert == (f"{tmp_path}/cert.pem", f"{tmp_path}/key.pem")
+    )
     assert tls_config("unix:///var/run/docker.sock", {}) is None
 
 
@@ -88,17 +93,28 @@ def test_a_socket_that_refuses_connections_does_not_answer(tmp_path):
 
 
 def test_runtime_none_says_so():
-    assert ContainerRuntime(ContainerSettings(runtime="none")).status() == (None, "container.runtime is none: container steps cannot run")
+    assert ContainerRuntime(ContainerSettings(runtime="none")).status() == (
+        None,
+        "container.runtime is none: container steps cannot run",
+    )
 
 
 def test_the_engine_name_comes_from_the_version_answer():
     assert engine_name({"Components": [{"Name": "Podman Engine"}]}) == "podman"
-    assert engine_name({"Platform": {"Name": "Docker Engine - Community"}, "Components": [{"Name": "Engine"}]}) == "docker"
+    assert (
+        engine_name({"Platform": {"Name": "Docker Engine - Community"}, "Components": [{"Name": "Engine"}]}) == "docker"
+    )
 
 
 @pytest.mark.parametrize(
     ("requires", "network", "expected"),
-    [((), None, "none"), (("network",), None, None), ((), "default", None), ((), "host", "host"), (("network",), "none", "none")],
+    [
+        ((), None, "none"),
+        (("network",), None, None),
+        ((), "default", None),
+        ((), "host", "host"),
+        (("network",), "none", "none"),
+    ],
 )
 def test_containers_get_no_network_unless_the_job_requires_it(requires, network, expected):
     step = Step(name="s", image="registry.example.org/x@" + DIGEST, network=network)
@@ -112,12 +128,17 @@ def test_containers_get_no_network_unless_the_job_requires_it(requires, network,
 def container_source(tmp_path: Path) -> Path:
     jobs = tmp_path / "src" / "jobs"
     jobs.mkdir(parents=True)
-    job = {"name": "boxed", "steps": [{"name": "box", "image": "registry.example.org/x@" + DIGEST, "command": ["true"]}]}
+    job = {
+        "name": "boxed",
+        "steps": [{"name": "box", "image": "registry.example.org/x@" + DIGEST, "command": ["true"]}],
+    }
     (jobs / "boxed.yaml").write_text(yaml.safe_dump(job))
     return tmp_path / "src"
 
 
-def test_without_a_runtime_a_plan_says_so_and_a_run_is_rejected_with_the_reason(make_settings, container_source, tmp_path):
+def test_without_a_runtime_a_plan_says_so_and_a_run_is_rejected_with_the_reason(
+    make_settings, container_source, tmp_path
+):
     settings = make_settings(
         **{
             "container.socket": f"unix://{tmp_path}/absent/podman.sock",
@@ -140,7 +161,11 @@ def test_without_a_runtime_a_plan_says_so_and_a_run_is_rejected_with_the_reason(
 
 
 def test_make_source_builds_oci_sources_and_checks_their_registry(make_settings):
-    engine = Engine(make_settings(**{"container.allowed_registries": ["127.0.0.1:1"], "container.insecure_registries": ["127.0.0.1:1"]}))
+    engine = Engine(
+        make_settings(
+            **{"container.allowed_registries": ["127.0.0.1:1"], "container.insecure_registries": ["127.0.0.1:1"]}
+        )
+    )
     try:
         source = engine.make_source({"type": "oci", "name": "tools", "ref": "127.0.0.1:1/addons/tools:1"})
         assert isinstance(source, OciSource) and source.kind == "oci"

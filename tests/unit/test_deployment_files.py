@@ -20,7 +20,9 @@ ETC = REPO / "etc"
 
 
 def test_the_reference_server_yaml_is_what_the_generator_writes():
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "gen-server-yaml"), "--check"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gen-server-yaml"), "--check"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -82,5 +84,10 @@ def test_the_nginx_site_streams_events_unbuffered_and_logs_no_query_string():
     assert "client_max_body_size 1m;" in server
     assert load_settings(None, {}, environ={}).limits.max_body_bytes == 1024 * 1024
     log_format = site.split("log_format", 1)[1].split(";", 1)[0]
-    assert "$uri" in log_format and "$request " not in log_format and "$args" not in log_format and "$request_uri" not in log_format
+    assert (
+        "$uri" in log_format
+        and "$request " not in log_format
+        and "$args" not in log_format
+        and "$request_uri" not in log_format
+    )
     assert "$http_authorization" not in site

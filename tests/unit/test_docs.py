@@ -15,7 +15,9 @@ DOCS = [REPO / "README.rst", *sorted((REPO / "docs").glob("*.rst"))]
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
 def test_the_document_renders_without_warnings(path):
     problems = io.StringIO()
-    docutils.core.publish_doctree(path.read_text(), settings_overrides={"report_level": 2, "halt_level": 5, "warning_stream": problems})
+    docutils.core.publish_doctree(
+        path.read_text(), settings_overrides={"report_level": 2, "halt_level": 5, "warning_stream": problems}
+    )
     assert problems.getvalue() == ""
 
 

@@ -24,7 +24,9 @@ def write_job(folder, name, text):
 
 
 def finished(engine, run_id):
-    return wait_until(lambda: (run := engine.run(run_id)).status.is_terminal and run, 20, message=f"run {run_id} to end")
+    return wait_until(
+        lambda: (run := engine.run(run_id)).status.is_terminal and run, 20, message=f"run {run_id} to end"
+    )
 
 
 def events(engine, run_id):
@@ -35,13 +37,17 @@ def events(engine, run_id):
 def jobs_dir(tmp_path):
     folder = tmp_path / "src"
     write_job(folder, "env", "name: env\nsteps:\n  - run: 'env | sort'\n")
-    write_job(folder, "hostenv", "name: hostenv\nrequires: [host-env]\nsteps:\n  - run: 'echo \"secret=$SERVER_SECRET\"'\n")
+    write_job(
+        folder, "hostenv", "name: hostenv\nrequires: [host-env]\nsteps:\n  - run: 'echo \"secret=$SERVER_SECRET\"'\n"
+    )
     return folder
 
 
 @pytest.fixture
 def eng(make_settings, jobs_dir):
-    engine = Engine(make_settings(sources=[{"type": "local", "name": "t", "path": str(jobs_dir)}], **{"sse.poll_interval": 0.01}))
+    engine = Engine(
+        make_settings(sources=[{"type": "local", "name": "t", "path": str(jobs_dir)}], **{"sse.poll_interval": 0.01})
+    )
     yield engine
     engine.close(grace=0)
 
@@ -63,7 +69,9 @@ def test_under_secure_a_step_cannot_see_the_servers_secrets(eng, monkeypatch):
     output = "\n".join(e.data["line"] for e in events(eng, run.id) if e.type == "step.output")
     assert "s3cr3t-value" not in output
     names = {line.split("=", 1)[0] for line in output.splitlines()}
-    assert names <= {"PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PWD", "SHLVL", "_"} | {n for n in names if n.startswith("FLWD_")}
+    assert names <= {"PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "PWD", "SHLVL", "_"} | {
+        n for n in names if n.startswith("FLWD_")
+    }
     assert f"FLWD_RUN_ID={run.id}" in output
 
 
@@ -85,7 +93,9 @@ def test_a_granted_downgrade_runs_with_a_warning_and_says_who_asked(eng, monkeyp
     downgrade = next(e for e in evs if e.type == "policy.profile_downgrade")
     assert downgrade.data | {"granted": True} == downgrade.data and downgrade.data["subject"] == "alice"
     assert (downgrade.data["from"], downgrade.data["to"]) == ("secure", "permissive")
-    assert any(e.type == "policy.decision" and e.data["check"] == "host-env" and e.data["outcome"] == "warn" for e in evs)
+    assert any(
+        e.type == "policy.decision" and e.data["check"] == "host-env" and e.data["outcome"] == "warn" for e in evs
+    )
     assert "secret=s3cr3t-value" in [e.data["line"] for e in evs if e.type == "step.output"]
 
 

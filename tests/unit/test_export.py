@@ -30,12 +30,17 @@ def fill(store: Store, runs: int, events_per_run: int = 5, start: int = 0) -> No
             )
             conn.executemany(
                 "INSERT INTO events(run_id, type, ts, data) VALUES (?, 'step.output', ?, ?)",
-                [(run_id, DAY + i * 3600, json.dumps({"step": "s", "stream": "stdout", "line": f"line {j} of {run_id} " + "x" * 80})) for j in range(events_per_run)],
+                [
+                    (
+                        run_id,
+                        DAY + i * 3600,
+                        json.dumps({"step": "s", "stream": "stdout", "line": f"line {j} of {run_id} " + "x" * 80}),
+                    )
+                    for j in range(events_per_run)
+                ],
             )
 
     store.write(op)
-
-
 
 
 def records(store: Store, **params: str) -> list[dict]:
@@ -115,7 +120,9 @@ def test_an_export_of_ten_thousand_runs_needs_no_more_memory_than_one_of_a_thous
     small = peak_memory(sqlite_store)
     fill(sqlite_store, 9000, start=1000)
     large = peak_memory(sqlite_store)  # 10,000 runs, 50,000 events, about 8 MB of NDJSON
-    assert large < small * 1.3 + 256 * 1024, f"peak {large} bytes for 10,000 runs vs {small} for 1,000: memory grows with the export"
+    assert large < small * 1.3 + 256 * 1024, (
+        f"peak {large} bytes for 10,000 runs vs {small} for 1,000: memory grows with the export"
+    )
     assert large < 4 * 1024 * 1024
 
 

@@ -82,7 +82,17 @@ def test_allowed_schemes_are_configurable_but_ext_and_fd_never_are():
     assert git_allow_protocol(("https", "ext", "fd", "file")) == "file:https"
 
 
-ACCEPTED_REFS = ["main", "v1.0", "feature/x", "release-2026.01", "HEAD", "refs/heads/main", "refs/tags/v1", "a" * 40, "0123abc"]
+ACCEPTED_REFS = [
+    "main",
+    "v1.0",
+    "feature/x",
+    "release-2026.01",
+    "HEAD",
+    "refs/heads/main",
+    "refs/tags/v1",
+    "a" * 40,
+    "0123abc",
+]
 REFUSED_REFS = [
     "--output=/tmp/p",
     "-h",
@@ -131,7 +141,9 @@ def test_every_ref_git_refuses_is_refused_here_too():
     for ref in REFUSED_REFS + ACCEPTED_REFS:
         if not ref or "\n" in ref:
             continue
-        git_ok = subprocess.run(["git", "check-ref-format", "--allow-onelevel", ref], capture_output=True).returncode == 0
+        git_ok = (
+            subprocess.run(["git", "check-ref-format", "--allow-onelevel", ref], capture_output=True).returncode == 0
+        )
         if not git_ok:
             assert ref_problem(ref) is not None, ref
     for ref in ("main", "v1.0", "feature/x", "refs/heads/main"):
@@ -169,7 +181,9 @@ def test_git_itself_refuses_ext_under_the_environment_flwd_gives_it(tmp_path):
     source = GitSource("s", {"type": "git", "name": "s", "url": "file:///srv/x"}, data_dir=tmp_path, git=GitSettings())
     env = {**os.environ, **source.environment()}
     assert env["GIT_ALLOW_PROTOCOL"] == "file:git:https:ssh"
-    done = subprocess.run(["git", "ls-remote", f"ext::sh -c touch% {marker}"], env=env, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["git", "ls-remote", f"ext::sh -c touch% {marker}"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode != 0
     assert "not allowed" in done.stderr
     assert not marker.exists()

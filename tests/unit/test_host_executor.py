@@ -27,7 +27,15 @@ class Collector:
         now = time.monotonic()
         self.lines.extend((stream, line, truncated, now) for line, truncated in lines)
 
-    def task(self, script: str, tmp_path, timeout: float = 30, max_line_bytes: int = 65536, max_output_bytes: int = 64 << 20, **limits) -> HostStep:
+    def task(
+        self,
+        script: str,
+        tmp_path,
+        timeout: float = 30,
+        max_line_bytes: int = 65536,
+        max_output_bytes: int = 64 << 20,
+        **limits,
+    ) -> HostStep:
         self.budget = OutputBudget(max_output_bytes)
         return HostStep(
             run_id="test",
@@ -110,7 +118,9 @@ def test_background_processes_do_not_outlive_a_finished_step(tmp_path):
 def test_a_huge_line_without_newline_is_cut_and_memory_stays_bounded(tmp_path):
     out = Collector()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = run_host_step(out.task("head -c 52428800 /dev/zero | tr '\\0' x; echo; echo after", tmp_path, max_line_bytes=65536))
+    result = run_host_step(
+        out.task("head -c 52428800 /dev/zero | tr '\\0' x; echo; echo after", tmp_path, max_line_bytes=65536)
+    )
     growth_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert result.status == "succeeded"
     first, second = out.lines
@@ -165,7 +175,9 @@ def test_a_hundred_cancelled_steps_leave_no_zombies(tmp_path):
         out = Collector()
         out.stop_reason = "cancelled"
         run_host_step(out.task("sleep 30", tmp_path))
-    children = subprocess.run(["ps", "-o", "stat=", "--ppid", str(os.getpid())], capture_output=True, text=True).stdout.split()
+    children = subprocess.run(
+        ["ps", "-o", "stat=", "--ppid", str(os.getpid())], capture_output=True, text=True
+    ).stdout.split()
     assert not [s for s in children if s.startswith("Z")]
 
 

@@ -32,7 +32,9 @@ ALLOW_TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("reference", "allowed", "expected"), ALLOW_TABLE, ids=[f"{r}->{a}" for r, a, _ in ALLOW_TABLE])
+@pytest.mark.parametrize(
+    ("reference", "allowed", "expected"), ALLOW_TABLE, ids=[f"{r}->{a}" for r, a, _ in ALLOW_TABLE]
+)
 def test_the_registry_check_compares_normalised_hosts_exactly(reference, allowed, expected):
     assert registry_allowed(parse_image_ref(reference), allowed) is expected
 
@@ -50,7 +52,9 @@ PARSE_TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("reference", "registry", "repository", "tag", "digest"), PARSE_TABLE, ids=[r[0] for r in PARSE_TABLE])
+@pytest.mark.parametrize(
+    ("reference", "registry", "repository", "tag", "digest"), PARSE_TABLE, ids=[r[0] for r in PARSE_TABLE]
+)
 def test_references_parse_the_way_docker_reads_them(reference, registry, repository, tag, digest):
     ref = parse_image_ref(reference)
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repository, tag, digest)
@@ -58,7 +62,15 @@ def test_references_parse_the_way_docker_reads_them(reference, registry, reposit
 
 @pytest.mark.parametrize(
     "reference",
-    ["", "UPPER/case", "registry.example.com/x@sha256:short", "a b", "registry.example.com/x:bad tag", "registry.example.com/x@md5:" + "a" * 32, "x" * 600],
+    [
+        "",
+        "UPPER/case",
+        "registry.example.com/x@sha256:short",
+        "a b",
+        "registry.example.com/x:bad tag",
+        "registry.example.com/x@md5:" + "a" * 32,
+        "x" * 600,
+    ],
 )
 def test_malformed_references_are_refused(reference):
     with pytest.raises(Unprocessable):

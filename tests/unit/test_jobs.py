@@ -86,4 +86,9 @@ def test_args_reach_shell_steps_only_as_environment_variables():
 
 def test_placeholders_fill_whole_argv_elements(full):
     command = full.steps[1].command
-    assert render_command(command, {"name": "A B; echo pwned", "times": 2}) == ["greet", "A B; echo pwned", "--times", "2"]
+    assert render_command(command, {"name": "A B; echo pwned", "times": 2}) == [
+        "greet",
+        "A B; echo pwned",
+        "--times",
+        "2",
+    ]

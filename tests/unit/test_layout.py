@@ -70,7 +70,9 @@ def test_the_web_framework_is_imported_only_under_web():
 
 
 def test_no_module_is_longer_than_500_lines():
-    long = {str(path.relative_to(REPO)): n for path in ALL.values() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(path.relative_to(REPO)): n for path in ALL.values() if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
     assert long == {}
 
 

@@ -14,7 +14,15 @@ from flwd_server.store import Store
 from tests.fixtures.postgres import open_backend
 
 
-def add_run(store: Store, run_id: str, job: str = "hello", status: str = "succeeded", started: float = 10.0, finished: float = 12.5, steps: tuple[float, ...] = (0.3,)) -> None:
+def add_run(
+    store: Store,
+    run_id: str,
+    job: str = "hello",
+    status: str = "succeeded",
+    started: float = 10.0,
+    finished: float = 12.5,
+    steps: tuple[float, ...] = (0.3,),
+) -> None:
     """A run and the events a real one writes, inserted directly."""
 
     def op(conn):
@@ -27,7 +35,10 @@ def add_run(store: Store, run_id: str, job: str = "hello", status: str = "succee
         events += [("step.output", {"line": "x"})] * 3
         events += [("step.finished", {"step": f"s{i}", "duration": d}) for i, d in enumerate(steps)]
         events.append(("run.finished", {"status": status, "duration": finished - started}))
-        conn.executemany("INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, 1, ?)", [(run_id, t, json.dumps(d)) for t, d in events])
+        conn.executemany(
+            "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, 1, ?)",
+            [(run_id, t, json.dumps(d)) for t, d in events],
+        )
 
     store.write(op)
 
@@ -38,7 +49,11 @@ def families(store: Store) -> dict:
 
 
 def value(fams: dict, family: str, sample: str, **labels: str) -> float:
-    matches = [s.value for s in fams[family].samples if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())]
+    matches = [
+        s.value
+        for s in fams[family].samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
     assert len(matches) == 1, (sample, labels, fams[family].samples)
     return matches[0]
 
@@ -103,13 +118,18 @@ def test_a_process_gauge_counts_only_while_its_process_lives(store):
     m = Metrics(store)
     m.set_process_gauge(metrics.SSE_CLIENTS, 3)
     dead_owner = "somehost-that-is-not-this:999999:1"
-    store.write(lambda conn: conn.execute(
-        "INSERT INTO process_gauges(owner, name, value, updated_at) VALUES (?, ?, 5, ?)", (dead_owner, metrics.SSE_CLIENTS, time.time())
-    ))
+    store.write(
+        lambda conn: conn.execute(
+            "INSERT INTO process_gauges(owner, name, value, updated_at) VALUES (?, ?, 5, ?)",
+            (dead_owner, metrics.SSE_CLIENTS, time.time()),
+        )
+    )
     store.flush()
     assert value(families(store), "flwd_sse_clients", "flwd_sse_clients") == 3
     store.flush()  # the scrape queued the dead owner's row for deletion
-    assert store.reader().execute("SELECT count(*) FROM process_gauges WHERE owner = ?", (dead_owner,)).fetchone()[0] == 0
+    assert (
+        store.reader().execute("SELECT count(*) FROM process_gauges WHERE owner = ?", (dead_owner,)).fetchone()[0] == 0
+    )
     m.set_process_gauge(metrics.SSE_CLIENTS, 0)
     store.flush()
     assert value(families(store), "flwd_sse_clients", "flwd_sse_clients") == 0
@@ -118,12 +138,22 @@ def test_a_process_gauge_counts_only_while_its_process_lives(store):
 def test_output_lines_do_not_enter_the_index_the_fold_reads(store):
     add_run(store, "r1")
     if store.dialect == "postgres":  # no INDEXED BY there: the partial index exists, and the planner may use it
-        definition = store.reader().execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'events_counted'").fetchone()[0]
+        definition = (
+            store.reader().execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'events_counted'").fetchone()[0]
+        )
         assert "WHERE (type <> 'step.output'::text)" in definition
         return
-    plan = store.reader().execute(
-        "EXPLAIN QUERY PLAN SELECT id FROM events INDEXED BY events_counted WHERE type <> 'step.output' AND id > 0"
-    ).fetchall()
+    plan = (
+        store.reader()
+        .execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM events INDEXED BY events_counted WHERE type <> 'step.output' AND id > 0"
+        )
+        .fetchall()
+    )
     assert "events_counted" in str(plan)
-    indexed = store.reader().execute("SELECT count(*) FROM events INDEXED BY events_counted WHERE type <> 'step.output'").fetchone()[0]
+    indexed = (
+        store.reader()
+        .execute("SELECT count(*) FROM events INDEXED BY events_counted WHERE type <> 'step.output'")
+        .fetchone()[0]
+    )
     assert indexed == 4  # queued, decision, step.finished, run.finished - not the 3 output lines

@@ -13,8 +13,6 @@ from flwd_server.web.query_params import declared_query_parameters
 METHODS = {"get", "post", "put", "patch", "delete"}
 
 
-
-
 def url_map_operations(app) -> dict[tuple[str, str], str | None]:
     """``(OpenAPI path, method) -> declared scope`` of every route, as Flask routes it."""
     out = {}
@@ -25,7 +23,9 @@ def url_map_operations(app) -> dict[tuple[str, str], str | None]:
 
 
 def document_operations(document) -> dict[tuple[str, str], dict]:
-    return {(path, method): op for path, ops in document["paths"].items() for method, op in ops.items() if method in METHODS}
+    return {
+        (path, method): op for path, ops in document["paths"].items() for method, op in ops.items() if method in METHODS
+    }
 
 
 def test_every_route_of_the_app_is_in_the_document_and_nothing_else(app):
@@ -63,7 +63,13 @@ def test_the_server_refuses_query_parameters_the_document_does_not_declare(app):
     response = client.get("/runs?limit=5&colour=red", headers=auth)
     assert response.status_code == 400 and "colour" in response.get_json()["detail"]
     assert client.get("/runs?limit=5&status=queued", headers=auth).status_code == 200
-    assert declared_query_parameters(openapi_document(app))[("/runs", "GET")] == {"status", "job", "source", "limit", "cursor"}
+    assert declared_query_parameters(openapi_document(app))[("/runs", "GET")] == {
+        "status",
+        "job",
+        "source",
+        "limit",
+        "cursor",
+    }
 
 
 def test_the_document_is_valid_openapi_3_1():

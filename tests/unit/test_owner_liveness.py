@@ -24,7 +24,12 @@ def test_a_zombie_owner_counts_as_dead_and_a_live_one_as_alive():
     try:
         owner = owner_id(child.pid)
         assert not owner_is_dead(owner, "", child.pid, None)
-        wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 5, 0.02, "the child to become a zombie")
+        wait_until(
+            lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+            5,
+            0.02,
+            "the child to become a zombie",
+        )
         assert owner_is_dead(owner, "", child.pid, None)
     finally:
         child.wait()
@@ -53,7 +58,11 @@ def test_runs_of_a_node_that_stopped_heartbeating_end_lost_and_free_their_slots(
     assert store.count_runs()["running"] == 2
 
     old = time.time() - 6  # ...then node B went quiet for longer than liveness_timeout
-    store.write(lambda conn: conn.execute("UPDATE owners SET heartbeat_at = heartbeat_at - 6 WHERE owner = ?", ("node-b.example:4242:777",)))
+    store.write(
+        lambda conn: conn.execute(
+            "UPDATE owners SET heartbeat_at = heartbeat_at - 6 WHERE owner = ?", ("node-b.example:4242:777",)
+        )
+    )
     lost = recover_lost_runs(store, me="node-a", timeout=5)
     assert sorted(lost) == sorted(c.run.id for c in claimed)
     for run_id in lost:
@@ -75,7 +84,11 @@ SLOW = "name: slow\nsteps:\n  - run: 'echo started; sleep 60'\n"
 def test_a_process_declared_dead_stops_its_runs_and_comes_back_as_a_new_owner(make_settings, tmp_path):
     (tmp_path / "src" / "jobs").mkdir(parents=True)
     (tmp_path / "src" / "jobs" / "slow.yaml").write_text(SLOW)
-    engine = Engine(make_settings(sources=[{"type": "local", "name": "t", "path": str(tmp_path / "src")}], **{"sse.poll_interval": 0.01}))
+    engine = Engine(
+        make_settings(
+            sources=[{"type": "local", "name": "t", "path": str(tmp_path / "src")}], **{"sse.poll_interval": 0.01}
+        )
+    )
     try:
         run, _ = engine.submit(PlanRequest("t:slow", {}), Principal("alice", frozenset({"runs:write"})))
         wait_until(lambda: processes_of_run(run.id), 20, message="the run's process")
@@ -87,6 +100,8 @@ def test_a_process_declared_dead_stops_its_runs_and_comes_back_as_a_new_owner(ma
         assert engine.run(run.id).status is RunStatus.LOST  # not resurrected as cancelled or succeeded
         assert engine.runner.owner in [o[0] for o in engine.store.owners()]
         again, _ = engine.submit(PlanRequest("t:slow", {}), Principal("alice", frozenset({"runs:write"})))
-        wait_until(lambda: engine.run(again.id).status is RunStatus.RUNNING, 20, message="a new run under the new owner")
+        wait_until(
+            lambda: engine.run(again.id).status is RunStatus.RUNNING, 20, message="a new run under the new owner"
+        )
     finally:
         engine.close(grace=0)

@@ -33,8 +33,13 @@ def pg(postgres_url):
 def test_sqlite_spellings_are_translated_once_per_statement():
     assert translate("SELECT a FROM t WHERE b = ? AND c LIKE 'x%'") == "SELECT a FROM t WHERE b = %s AND c LIKE 'x%%'"
     assert translate("BEGIN IMMEDIATE") == "BEGIN"
-    assert translate("SELECT id FROM events INDEXED BY events_counted WHERE id > ?") == "SELECT id FROM events WHERE id > %s"
-    ddl = translate("CREATE TABLE x (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, n INTEGER, PRIMARY KEY (a)) WITHOUT ROWID")
+    assert (
+        translate("SELECT id FROM events INDEXED BY events_counted WHERE id > ?")
+        == "SELECT id FROM events WHERE id > %s"
+    )
+    ddl = translate(
+        "CREATE TABLE x (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, n INTEGER, PRIMARY KEY (a)) WITHOUT ROWID"
+    )
     assert ddl == "CREATE TABLE x (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, n BIGINT, PRIMARY KEY (a))"
     assert translate("SELECT CAST(x AS INTEGER)") == "SELECT CAST(x AS INTEGER)"  # types change in DDL only
 
@@ -59,7 +64,11 @@ def test_timestamps_keep_their_precision(pg):
     """REAL is 4 bytes in PostgreSQL: the schema must say DOUBLE PRECISION."""
     run, _ = pg.create_run(plan=_plan(), public=_public(), submitted_by="t")
     assert abs(pg.get_run(run.id).created_at - run.created_at) < 1e-5
-    kinds = dict(pg.reader().execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'events'").fetchall())
+    kinds = dict(
+        pg.reader()
+        .execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'events'")
+        .fetchall()
+    )
     assert kinds["ts"] == "double precision" and kinds["id"] == "bigint"
 
 
@@ -181,7 +190,11 @@ def test_another_node_s_commit_wakes_the_hub_through_notify(pg, postgres_url):
             other.flush()
             wait_until(lambda expected=expected: hub.last_id >= expected, 5, 0.002, message="the other node's event")
             assert time.monotonic() - started < 2  # woken by NOTIFY (typically a few ms), far below 30 s
-        listening = pg.reader().execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flwd-listen'").fetchone()[0]
+        listening = (
+            pg.reader()
+            .execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flwd-listen'")
+            .fetchone()[0]
+        )
         assert listening == 1
         assert CHANNEL == "flwd_events"
     finally:
@@ -192,17 +205,37 @@ def test_another_node_s_commit_wakes_the_hub_through_notify(pg, postgres_url):
 def test_the_hub_reconnects_when_its_connections_are_killed_and_says_so_without_a_traceback(pg, postgres_url, caplog):
     hub = EventHub(pg, poll_interval=0.05)
     hub.start()
-    wait_until(lambda: pg.reader().execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flwd-listen'").fetchone()[0] == 1, 10, message="LISTEN")
+    wait_until(
+        lambda: (
+            pg.reader()
+            .execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flwd-listen'")
+            .fetchone()[0]
+            == 1
+        ),
+        10,
+        message="LISTEN",
+    )
     killer = PostgresStore(postgres_url)
     # Every session of this database but the killer's: the LISTEN connection and the pooled readers.
-    killer.reader().execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    killer.reader().execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
     killer.close()
     other = PostgresStore(postgres_url)
     try:
         other.emit("r", "after.kill", {})
         other.flush()
         wait_until(lambda: hub.last_id >= 1, 10, message="the event after the LISTEN connection died")
-        wait_until(lambda: pg.reader().execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flwd-listen'").fetchone()[0] == 1, 10, message="LISTEN again")
+        wait_until(
+            lambda: (
+                pg.reader()
+                .execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flwd-listen'")
+                .fetchone()[0]
+                == 1
+            ),
+            10,
+            message="LISTEN again",
+        )
     finally:
         other.close()
         hub.close()
@@ -215,7 +248,9 @@ def test_a_database_that_goes_away_gives_503_problems_and_comes_back(postgres):
     store.migrate()
     run, _ = store.create_run(plan=_plan(), public=_public(), submitted_by="t")
     with postgres.admin() as admin:
-        admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{url.rsplit('/', 1)[1]}'")
+        admin.execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{url.rsplit('/', 1)[1]}'"
+        )
     # Every pooled and writer connection was cut: a read is repeated once on a new connection...
     assert store.get_run(run.id).status is RunStatus.QUEUED
     try:
@@ -297,16 +332,31 @@ def test_closing_the_store_leaves_a_borrowed_connection_to_the_query_it_runs(pg)
     holder = pg.connect()
     holder.execute("SELECT pg_advisory_lock(?, ?)", (LOCK_CLASS, 99))
     outcome: list = []
-    reader = threading.Thread(target=lambda: outcome.append(pg.reader().execute("SELECT 42 FROM pg_advisory_xact_lock(?, ?)", (LOCK_CLASS, 99)).fetchall()))
+    reader = threading.Thread(
+        target=lambda: outcome.append(
+            pg.reader().execute("SELECT 42 FROM pg_advisory_xact_lock(?, ?)", (LOCK_CLASS, 99)).fetchall()
+        )
+    )
     reader.start()
-    wait_until(lambda: holder.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0] == 1, 10, message="the reader to wait")
+    wait_until(
+        lambda: (
+            holder.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]
+            == 1
+        ),
+        10,
+        message="the reader to wait",
+    )
     pg.close()
     assert reader.is_alive()  # close() did not wait for the borrower, nor cut it off
     holder.execute("SELECT pg_advisory_unlock(?, ?)", (LOCK_CLASS, 99))
     reader.join(10)
     assert outcome == [[(42,)]]
     others = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flwd' AND pid <> pg_backend_pid()"
-    wait_until(lambda: holder.execute(others).fetchone()[0] == 0, 10, message="the borrowed connection to be closed when given back")
+    wait_until(
+        lambda: holder.execute(others).fetchone()[0] == 0,
+        10,
+        message="the borrowed connection to be closed when given back",
+    )
     holder.close()
     with pytest.raises(StorageError, match="cannot be read"):
         pg.get_run("nope")  # a closed store opens no new connections
@@ -320,7 +370,14 @@ def test_after_a_restart_reads_go_to_new_connections_at_once(postgres, postgres_
             killed = {conn.execute("SELECT pg_backend_pid()").fetchone()[0] for conn in (a, b, c)}
         with postgres.admin() as admin:  # what a restart or a failover does to the idle connections
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'flwd'")
-            wait_until(lambda: admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flwd'").fetchone()[0] == 0, 10, message="the kill")
+            wait_until(
+                lambda: (
+                    admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flwd'").fetchone()[0]
+                    == 0
+                ),
+                10,
+                message="the kill",
+            )
         for _ in range(3):
             started = time.monotonic()
             assert _backend_pid(reader) not in killed  # repeated once, on a new connection
@@ -355,7 +412,9 @@ def test_a_reader_waits_for_a_free_connection_and_then_gives_up(postgres_url, mo
     reader = PooledReader(readers)
     try:
         with readers.connection():
-            with pytest.raises(StorageError, match=r"no free database connection after 0.5 s \(db_pool_size: 1\)") as raised:
+            with pytest.raises(
+                StorageError, match=r"no free database connection after 0.5 s \(db_pool_size: 1\)"
+            ) as raised:
                 reader.execute("SELECT 1")
             assert raised.value.status == 503
         monkeypatch.setattr(postgres_pool, "WAIT", 30.0)
@@ -364,7 +423,11 @@ def test_a_reader_waits_for_a_free_connection_and_then_gives_up(postgres_url, mo
             queued = readers.pool.get_stats().get("requests_queued", 0)
             waiter = threading.Thread(target=lambda: outcome.append(reader.execute("SELECT 7").fetchall()))
             waiter.start()
-            wait_until(lambda: readers.pool.get_stats().get("requests_queued", 0) >= queued + 3, 10, message="the reader to wait")
+            wait_until(
+                lambda: readers.pool.get_stats().get("requests_queued", 0) >= queued + 3,
+                10,
+                message="the reader to wait",
+            )
             assert waiter.is_alive()  # waiting for the connection, not failed
         waiter.join(10)
         assert outcome == [[(7,)]]

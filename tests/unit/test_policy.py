@@ -17,7 +17,9 @@ def job(text: str):
     return parse_job(text, "t", "j.yaml")
 
 
-def verdicts(job_text: str, profile: Profile, *, runtime: str | None = "podman", signature=None, kind="local", spec=None):
+def verdicts(
+    job_text: str, profile: Profile, *, runtime: str | None = "podman", signature=None, kind="local", spec=None
+):
     ctx = PolicyContext(
         job=job(job_text),
         profile=profile,
@@ -47,7 +49,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("check", "text", "secure", "permissive"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("check", "text", "secure", "permissive"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+)
 def test_a_failing_check_denies_under_secure_and_warns_under_permissive(check, text, secure, permissive):
     assert verdicts(text, Profile.SECURE)[check] == Verdict(secure)
     assert verdicts(text, Profile.PERMISSIVE)[check] == Verdict(permissive)
@@ -58,7 +62,15 @@ def test_a_failing_check_denies_under_secure_and_warns_under_permissive(check, t
 def test_passing_checks_allow_and_say_why():
     good = verdicts(container(requires="[network]", extra="    network: default\n"), Profile.SECURE)
     assert set(good.values()) == {Verdict.ALLOW}
-    assert {"image-registry", "image-digest", "image-signature", "privileged", "host-network", "container-network", "container-runtime"} <= set(good)
+    assert {
+        "image-registry",
+        "image-digest",
+        "image-signature",
+        "privileged",
+        "host-network",
+        "container-network",
+        "container-runtime",
+    } <= set(good)
 
 
 def test_a_missing_runtime_denies_under_every_profile():
@@ -66,15 +78,22 @@ def test_a_missing_runtime_denies_under_every_profile():
         assert verdicts(container(), profile, runtime=None)["container-runtime"] is Verdict.DENY
 
 
-@pytest.mark.parametrize(("mode", "result", "secure", "permissive"), [
-    ("enforce", "unsigned", "deny", "warn"),
-    ("enforce", "invalid", "deny", "warn"),
-    ("permissive", "unsigned", "warn", "warn"),
-    ("disabled", "unsigned", "allow", "allow"),
-    ("enforce", "verified", "allow", "allow"),
-])
+@pytest.mark.parametrize(
+    ("mode", "result", "secure", "permissive"),
+    [
+        ("enforce", "unsigned", "deny", "warn"),
+        ("enforce", "invalid", "deny", "warn"),
+        ("permissive", "unsigned", "warn", "warn"),
+        ("disabled", "unsigned", "allow", "allow"),
+        ("enforce", "verified", "allow", "allow"),
+    ],
+)
 def test_signatures_follow_verify_signatures(monkeypatch, mode, result, secure, permissive):
-    settings = load_settings(None, {"container.allowed_registries": ["registry.example.org"], "container.verify_signatures": mode}, environ={})
+    settings = load_settings(
+        None,
+        {"container.allowed_registries": ["registry.example.org"], "container.verify_signatures": mode},
+        environ={},
+    )
     monkeypatch.setattr("tests.unit.test_policy.SETTINGS", settings)
     signature = lambda image: SignatureResult(result, f"the image is {result}")  # noqa: E731
     assert verdicts(container(), Profile.SECURE, signature=signature)["image-signature"] == Verdict(secure)
@@ -91,7 +110,10 @@ def test_git_sources_following_a_branch_warn_even_under_secure(ref, pinned):
 def test_addons_following_a_tag_warn():
     text = "name: o\nsteps:\n  - run: 'true'\n"
     assert verdicts(text, Profile.SECURE, kind="oci", spec={"ref": "r.example/x:1"})["addon-pinned"] is Verdict.WARN
-    assert verdicts(text, Profile.SECURE, kind="oci", spec={"ref": f"r.example/x{DIGEST}"})["addon-pinned"] is Verdict.ALLOW
+    assert (
+        verdicts(text, Profile.SECURE, kind="oci", spec={"ref": f"r.example/x{DIGEST}"})["addon-pinned"]
+        is Verdict.ALLOW
+    )
 
 
 def test_downgrades_need_the_scope_and_an_allowed_profile():

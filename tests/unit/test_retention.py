@@ -22,8 +22,14 @@ def insert(store: Store, run_id: str, status: str, events: int = 3) -> None:
             "INSERT INTO runs(id, job, source, args, status, profile, submitted_by, created_at, plan) VALUES (?, 'j', 's', '{}', ?, 'secure', 'me', ?, '{}')",
             (run_id, status, time.time()),
         )
-        conn.executemany("INSERT INTO events(run_id, type, ts, data) VALUES (?, 'step.output', 1, ?)", [(run_id, json.dumps({"i": i})) for i in range(events)])
-        conn.execute("INSERT INTO idempotency(subject, key, body_hash, run_id, created_at) VALUES ('me', ?, 'h', ?, 1)", (run_id, run_id))
+        conn.executemany(
+            "INSERT INTO events(run_id, type, ts, data) VALUES (?, 'step.output', 1, ?)",
+            [(run_id, json.dumps({"i": i})) for i in range(events)],
+        )
+        conn.execute(
+            "INSERT INTO idempotency(subject, key, body_hash, run_id, created_at) VALUES ('me', ?, 'h', ?, 1)",
+            (run_id, run_id),
+        )
 
     store.write(op)
 
@@ -49,7 +55,9 @@ def test_prune_keeps_the_newest_finished_runs_and_every_queued_or_running_one(tm
 
 
 def test_history_is_pruned_as_soon_as_runs_end_not_at_the_next_housekeeping(make_settings):
-    engine = Engine(make_settings(**{"limits.max_run_history": 5, "limits.max_concurrent_runs": 4, "sse.poll_interval": 0.01}))
+    engine = Engine(
+        make_settings(**{"limits.max_run_history": 5, "limits.max_concurrent_runs": 4, "sse.poll_interval": 0.01})
+    )
     principal = Principal("test", frozenset(SCOPES))
     try:
         started = time.monotonic()
@@ -63,7 +71,11 @@ def test_history_is_pruned_as_soon_as_runs_end_not_at_the_next_housekeeping(make
         assert time.monotonic() - started < HOUSEKEEP_EVERY, "pruned only by the periodic housekeeping"
         runs, _ = engine.runs(limit=100)
         assert [r.id for r in runs] == list(reversed(ids[-5:]))
-        orphans = engine.store.reader().execute("SELECT count(*) FROM events WHERE run_id IS NOT NULL AND run_id NOT IN (SELECT id FROM runs)").fetchone()[0]
+        orphans = (
+            engine.store.reader()
+            .execute("SELECT count(*) FROM events WHERE run_id IS NOT NULL AND run_id NOT IN (SELECT id FROM runs)")
+            .fetchone()[0]
+        )
         assert orphans == 0
     finally:
         engine.close(grace=0)

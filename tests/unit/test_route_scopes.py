@@ -83,7 +83,9 @@ def test_the_check_and_the_document_read_one_declaration(app, monkeypatch):
         return Response("ok")
 
     # A token is a comma-separated list of the scopes it holds.
-    monkeypatch.setattr(app.config["FLWD_ENGINE"].authenticator, "verify_jwt", lambda token: Principal("t", frozenset(token.split(","))))
+    monkeypatch.setattr(
+        app.config["FLWD_ENGINE"].authenticator, "verify_jwt", lambda token: Principal("t", frozenset(token.split(",")))
+    )
     client = app.test_client()
     paths = openapi_document(app)["paths"]
     checked = 0

@@ -35,8 +35,19 @@ def public_pem(key) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def payload(digest: str, key_name: str = "docker-manifest-digest", kind: str = "cosign container image signature") -> bytes:
-    return json.dumps({"critical": {"identity": {"docker-reference": "registry.example.org/tools/x"}, "image": {key_name: digest}, "type": kind}, "optional": None}).encode()
+def payload(
+    digest: str, key_name: str = "docker-manifest-digest", kind: str = "cosign container image signature"
+) -> bytes:
+    return json.dumps(
+        {
+            "critical": {
+                "identity": {"docker-reference": "registry.example.org/tools/x"},
+                "image": {key_name: digest},
+                "type": kind,
+            },
+            "optional": None,
+        }
+    ).encode()
 
 
 def sig_manifest(*layers: tuple[bytes, bytes]) -> tuple[dict, dict[str, bytes]]:
@@ -45,7 +56,14 @@ def sig_manifest(*layers: tuple[bytes, bytes]) -> tuple[dict, dict[str, bytes]]:
     for body, signature in layers:
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         blobs[digest] = body
-        described.append({"mediaType": SIMPLESIGNING, "size": len(body), "digest": digest, "annotations": {SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()}})
+        described.append(
+            {
+                "mediaType": SIMPLESIGNING,
+                "size": len(body),
+                "digest": digest,
+                "annotations": {SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()},
+            }
+        )
     return {"schemaVersion": 2, "layers": described}, blobs
 
 
@@ -163,5 +181,9 @@ def test_keys_that_cannot_be_read_name_the_setting(tmp_path):
 
 def test_cosign_encrypted_private_keys_are_refused_with_advice():
     with pytest.raises(ConfigError) as caught:
-        load_private_key(b"-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nxx\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n", None, "cosign.key")
+        load_private_key(
+            b"-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nxx\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n",
+            None,
+            "cosign.key",
+        )
     assert "cosign" in caught.value.detail

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from flwd_server.engine import Engine
-from flwd_server.errors import AmbiguousJob, ConfigError, Conflict, JobNotFound, SourceError, SourceNotFound, Unprocessable, UnsafeSource
+from flwd_server.errors import (
+    AmbiguousJob,
+    ConfigError,
+    Conflict,
+    JobNotFound,
+    SourceError,
+    SourceNotFound,
+    Unprocessable,
+    UnsafeSource,
+)
 from flwd_server.models import Principal
 from flwd_server.planner import PlanRequest
 from tests.fixtures.git import job_yaml

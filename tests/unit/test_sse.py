@@ -33,7 +33,9 @@ def parse(frame: bytes) -> list[dict]:
     return events
 
 
-@pytest.mark.parametrize(("header", "query", "expected"), [(None, None, 0), ("12", None, 12), ("", "7", 7), ("5", "9", 5)])
+@pytest.mark.parametrize(
+    ("header", "query", "expected"), [(None, None, 0), ("12", None, 12), ("", "7", 7), ("5", "9", 5)]
+)
 def test_resume_position_comes_from_last_event_id_or_after(header, query, expected):
     assert parse_last_event_id(header, query) == expected
 
@@ -220,5 +222,9 @@ def test_iso_timestamps_match_datetime_to_the_millisecond():
 
     for _ in range(20000):
         ts = random.choice([random.uniform(0, 2e9), round(random.uniform(0, 2e9), 3)])
-        expected = datetime.datetime.fromtimestamp(ts, tz=datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        expected = (
+            datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
         assert iso(ts) == expected

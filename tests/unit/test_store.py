@@ -32,9 +32,10 @@ def _public(job="j"):
 
 
 def queue_runs(store: Store, count: int) -> list[str]:
-    return [store.create_run(plan=_plan(), public=_public(), submitted_by="t", initial_events=[("run.queued", {})])[0].id for _ in range(count)]
-
-
+    return [
+        store.create_run(plan=_plan(), public=_public(), submitted_by="t", initial_events=[("run.queued", {})])[0].id
+        for _ in range(count)
+    ]
 
 
 def test_every_connection_has_the_pragmas(sqlite_store):
@@ -211,7 +212,9 @@ def test_after_a_fork_the_child_opens_its_own_connections(store):
 
 def test_idempotency_replays_the_same_body_and_refuses_another(store):
     first, replayed = store.create_run(plan=_plan(), public=_public(), submitted_by="t", idempotency=("t", "k1", "h1"))
-    again, replayed_again = store.create_run(plan=_plan(), public=_public(), submitted_by="t", idempotency=("t", "k1", "h1"))
+    again, replayed_again = store.create_run(
+        plan=_plan(), public=_public(), submitted_by="t", idempotency=("t", "k1", "h1")
+    )
     assert (replayed, replayed_again, again.id) == (False, True, first.id)
     with pytest.raises(IdempotencyMismatch):
         store.create_run(plan=_plan(), public=_public(), submitted_by="t", idempotency=("t", "k1", "h2"))
@@ -219,7 +222,9 @@ def test_idempotency_replays_the_same_body_and_refuses_another(store):
 
 
 def test_finish_is_atomic_with_its_event_and_scrubs_secrets(store):
-    run, _ = store.create_run(plan={**_plan(), "args": {"pw": "hunter2"}, "secret_args": ["pw"]}, public=_public(), submitted_by="t")
+    run, _ = store.create_run(
+        plan={**_plan(), "args": {"pw": "hunter2"}, "secret_args": ["pw"]}, public=_public(), submitted_by="t"
+    )
     store.claim("me", 1, 1)
     assert store.finish_run(run.id, RunStatus.FAILED, exit_code=3, reason="boom")
     assert not store.finish_run(run.id, RunStatus.SUCCEEDED)  # already ended: nothing written
@@ -282,7 +287,11 @@ def test_a_caller_is_answered_while_queued_events_wait_for_the_disk(tmp_path):
     store.close_reader()
     store.emit(None, "queued", {})  # the writer now retries this, pausing up to 1 s between attempts
     outcome: list[BaseException] = []
-    caller = threading.Thread(target=lambda: outcome.append(_raised(lambda: store.create_run(plan=_plan(), public=_public(), submitted_by="t"))))
+    caller = threading.Thread(
+        target=lambda: outcome.append(
+            _raised(lambda: store.create_run(plan=_plan(), public=_public(), submitted_by="t"))
+        )
+    )
     caller.start()
     caller.join(timeout=5)  # all retries take about 25 s: before this, the caller waited them out
     assert not caller.is_alive() and isinstance(outcome[0], StorageError)

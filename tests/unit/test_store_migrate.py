@@ -96,7 +96,9 @@ def pg_layout(url: str) -> dict[str, list[tuple]]:
             "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
             "WHERE table_schema = 'public' ORDER BY table_name, column_name"
         ).fetchall()
-        indexes = conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname").fetchall()
+        indexes = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname"
+        ).fetchall()
     return {"columns": columns, "indexes": indexes}
 
 

@@ -42,7 +42,21 @@ def test_a_new_key_signs_tokens_the_server_accepts(capsys, tmp_path, alg):
     assert (tmp_path / "jwks.json").stat().st_mode & 0o777 == 0o644
     assert "PRIVATE KEY" in pem.read_text() and '"d"' not in (tmp_path / "jwks.json").read_text()
 
-    code, token, err = flwd(capsys, ":token", "--key", str(pem), *MINT, "--subject", "ci", "--scope", "runs:read", "--scope", "runs:write jobs:read", "--lifetime", "15m")
+    code, token, err = flwd(
+        capsys,
+        ":token",
+        "--key",
+        str(pem),
+        *MINT,
+        "--subject",
+        "ci",
+        "--scope",
+        "runs:read",
+        "--scope",
+        "runs:write jobs:read",
+        "--lifetime",
+        "15m",
+    )
     assert code == 0, err
     principal = verifier(tmp_path / "jwks.json").verify(token.strip())
     assert principal.subject == "ci" and principal.scopes == {"runs:read", "runs:write", "jobs:read"}
@@ -64,7 +78,19 @@ def test_keys_accumulate_in_the_jwks_and_can_be_removed(capsys, tmp_path):
 def test_a_custom_kid_is_printed_in_the_mint_hint(capsys, tmp_path):
     _, out, _ = flwd(capsys, ":keys", "new", "--dir", str(tmp_path), "--kid", "prod-2026")
     assert "--kid prod-2026" in out
-    code, token, _ = flwd(capsys, ":token", "--key", str(tmp_path / "prod-2026.pem"), "--kid", "prod-2026", *MINT, "--subject", "s", "--scope", "jobs:read")
+    code, token, _ = flwd(
+        capsys,
+        ":token",
+        "--key",
+        str(tmp_path / "prod-2026.pem"),
+        "--kid",
+        "prod-2026",
+        *MINT,
+        "--subject",
+        "s",
+        "--scope",
+        "jobs:read",
+    )
     assert verifier(tmp_path / "jwks.json").verify(token.strip()).subject == "s"
 
 
@@ -72,7 +98,17 @@ def test_a_second_key_with_the_same_kid_is_refused(capsys, tmp_path):
     flwd(capsys, ":keys", "new", "--dir", str(tmp_path), "--kid", "one")
     code, _, err = flwd(capsys, ":keys", "new", "--dir", str(tmp_path), "--kid", "one")
     assert code != 0 and "one.pem exists" in err
-    code, _, err = flwd(capsys, ":keys", "new", "--dir", str(tmp_path / "elsewhere"), "--kid", "one", "--jwks", str(tmp_path / "jwks.json"))
+    code, _, err = flwd(
+        capsys,
+        ":keys",
+        "new",
+        "--dir",
+        str(tmp_path / "elsewhere"),
+        "--kid",
+        "one",
+        "--jwks",
+        str(tmp_path / "jwks.json"),
+    )
     assert code != 0 and "already holds a key with kid 'one'" in err
     assert not (tmp_path / "elsewhere" / "one.pem").exists()
 
@@ -88,10 +124,14 @@ def test_a_private_jwk_signs_with_its_own_kid(capsys, tmp_path):
     key = new_key("EdDSA", kid="jwk-kid")
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps({"keys": [key.public_jwk()]}))
-    raw = key.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    raw = key.private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     private_jwk = tmp_path / "key.jwk"
     private_jwk.write_text(json.dumps({**key.public_jwk(), "d": b64url(raw)}))
-    code, token, err = flwd(capsys, ":token", "--key", str(private_jwk), *MINT, "--subject", "jwk-user", "--scope", "export:read")
+    code, token, err = flwd(
+        capsys, ":token", "--key", str(private_jwk), *MINT, "--subject", "jwk-user", "--scope", "export:read"
+    )
     assert code == 0, err
     assert verifier(jwks).verify(token.strip()).scopes == {"export:read"}
 
@@ -100,7 +140,21 @@ def test_issuer_and_audience_come_from_the_server_config(capsys, tmp_path):
     flwd(capsys, ":keys", "new", "--dir", str(tmp_path), "--kid", "k")
     config = tmp_path / "server.yaml"
     config.write_text(f"auth:\n  issuer: '{ISSUER}'\n  audience: {AUDIENCE}\n  jwk_file: {tmp_path / 'jwks.json'}\n")
-    code, out, err = flwd(capsys, ":token", "--key", str(tmp_path / "k.pem"), "--kid", "k", "--config", str(config), "--subject", "x", "--scope", "jobs:read", "--json")
+    code, out, err = flwd(
+        capsys,
+        ":token",
+        "--key",
+        str(tmp_path / "k.pem"),
+        "--kid",
+        "k",
+        "--config",
+        str(config),
+        "--subject",
+        "x",
+        "--scope",
+        "jobs:read",
+        "--json",
+    )
     assert code == 0, err
     minted = json.loads(out)
     assert minted["kid"] == "k" and minted["alg"] == "ES256" and minted["scopes"] == ["jobs:read"]
@@ -136,11 +190,17 @@ def test_public_and_encrypted_keys_cannot_sign(capsys, tmp_path):
     assert code == 2 and "public key" in err
     encrypted = tmp_path / "encrypted.pem"
     encrypted.write_bytes(
-        ec.generate_private_key(ec.SECP256R1()).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw"))
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")
+        )
     )
     code, _, err = flwd(capsys, ":token", "--key", str(encrypted), *MINT, "--subject", "s", "--scope", "jobs:read")
     assert code == 2 and "encrypted" in err
     p384 = tmp_path / "p384.pem"
-    p384.write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    p384.write_bytes(
+        ec.generate_private_key(ec.SECP384R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     code, _, err = flwd(capsys, ":token", "--key", str(p384), *MINT, "--subject", "s", "--scope", "jobs:read")
     assert code == 2 and "P-256" in err

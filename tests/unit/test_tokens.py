@@ -157,7 +157,17 @@ def test_hs256_signed_with_the_public_key_is_refused(verifier, jwt_auth, alg, se
     assert "algorithm is not allowed" in refused(verifier, hs256_token(secret, claims("runs:write"), key.kid))
 
 
-@pytest.mark.parametrize("kid_alg,header_alg", [("RS256", "RS512"), ("RS256", "PS256"), ("RS256", "ES256"), ("ES256", "ES384"), ("ES256", "EdDSA"), ("EdDSA", "Ed25519")])
+@pytest.mark.parametrize(
+    "kid_alg,header_alg",
+    [
+        ("RS256", "RS512"),
+        ("RS256", "PS256"),
+        ("RS256", "ES256"),
+        ("ES256", "ES384"),
+        ("ES256", "EdDSA"),
+        ("EdDSA", "Ed25519"),
+    ],
+)
 def test_an_algorithm_the_key_does_not_allow_is_refused(verifier, jwt_auth, kid_alg, header_alg):
     token = make_token(jwt_auth.keys[kid_alg], claims("runs:write"), alg=header_alg)
     assert "algorithm is not allowed" in refused(verifier, token)
@@ -202,7 +212,16 @@ def test_critical_header_parameters_are_refused(verifier, jwt_auth, crit):
 
 @pytest.mark.parametrize(
     "token",
-    ["abc", "a.b", "a.b.c.d", "!!!.e30.", b64url(b"[1]") + ".e30.", b64url(b"{") + ".e30.", "eyJhbGciOiJFUzI1NiJ9..", encode({"alg": "ES256", "kid": "test-es256"}, b"[1,2]") + ".AA"],
+    [
+        "abc",
+        "a.b",
+        "a.b.c.d",
+        "!!!.e30.",
+        b64url(b"[1]") + ".e30.",
+        b64url(b"{") + ".e30.",
+        "eyJhbGciOiJFUzI1NiJ9..",
+        encode({"alg": "ES256", "kid": "test-es256"}, b"[1,2]") + ".AA",
+    ],
 )
 def test_malformed_tokens_are_refused_without_exception_text(verifier, token):
     detail = refused(verifier, token)
@@ -288,7 +307,14 @@ def test_a_kid_listed_twice_is_not_used(tmp_path):
     assert keyset.keys == {} and "more than once" in keyset.skipped[0]
 
 
-@pytest.mark.parametrize("content,message", [("{not json", "not valid JSON"), ('{"keys": {}}', '{"keys": [...]}'), ('{"keys": []}', "the 'keys' list is empty")])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"keys": {}}', '{"keys": [...]}'),
+        ('{"keys": []}', "the 'keys' list is empty"),
+    ],
+)
 def test_a_broken_jwks_file_fails_start_up(tmp_path, content, message):
     path = tmp_path / "jwks.json"
     path.write_text(content)
@@ -473,13 +499,26 @@ def test_a_dev_server_needs_no_auth_settings(make_settings):
 
 def test_start_up_checks_the_jwks_file(make_settings, tmp_path):
     (tmp_path / "jwks.json").write_text('{"keys": []}')
-    settings = make_settings(**{"auth.issuer": ISSUER, "auth.audience": AUDIENCE, "auth.jwk_file": str(tmp_path / "jwks.json")})
+    settings = make_settings(
+        **{"auth.issuer": ISSUER, "auth.audience": AUDIENCE, "auth.jwk_file": str(tmp_path / "jwks.json")}
+    )
     with pytest.raises(ConfigError) as caught:
         require_auth(settings)
     assert caught.value.key == "auth.jwk_file"
 
 
-@pytest.mark.parametrize("bind,warned", [("0.0.0.0:8080", True), (":8080", True), ("192.0.2.10:8080", True), ("[::]:8080", True), ("127.0.0.1:8080", False), ("localhost:8080", False), ("[::1]:8080", False)])
+@pytest.mark.parametrize(
+    "bind,warned",
+    [
+        ("0.0.0.0:8080", True),
+        (":8080", True),
+        ("192.0.2.10:8080", True),
+        ("[::]:8080", True),
+        ("127.0.0.1:8080", False),
+        ("localhost:8080", False),
+        ("[::1]:8080", False),
+    ],
+)
 def test_dev_on_a_non_loopback_address_warns_loudly(caplog, bind, warned):
     settings = load_settings(None, {"dev": True, "bind": bind}, environ={})
     with caplog.at_level(logging.WARNING, "flwd.serve"):
@@ -515,7 +554,14 @@ def test_dev_token_is_accepted_with_dev_and_jwts_still_verify(verifier, jwt_auth
 
 @pytest.mark.parametrize(
     "header,error",
-    [(None, None), ("", None), ("Basic YWxpY2U6cHc=", None), ("Bearer", "invalid_token"), ("Bearer a b", "invalid_token"), ("Bearer " + "a" * 9000, "invalid_token")],
+    [
+        (None, None),
+        ("", None),
+        ("Basic YWxpY2U6cHc=", None),
+        ("Bearer", "invalid_token"),
+        ("Bearer a b", "invalid_token"),
+        ("Bearer " + "a" * 9000, "invalid_token"),
+    ],
 )
 def test_the_authorization_header_is_parsed_per_rfc_6750(header, error):
     with pytest.raises(Unauthenticated) as caught:

@@ -10,6 +10,7 @@ cancels the rest (``worker_exit``).
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from typing import Any
@@ -47,6 +48,17 @@ def _post_worker_init(worker: Any) -> None:
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+def _pre_fork(server: Any, worker: Any) -> None:
+    """Keep the master's objects out of the workers' garbage collections (``gc.freeze``).
+
+    A worker inherits the master's memory copy-on-write; a full collection in
+    the worker writes to every object it walks, which copies each page it
+    touches (about 10 MB a worker, seen as PSS).  Frozen objects are never
+    walked, so those pages stay shared.
+    """
+    gc.freeze()
 
 
 def _worker_int(worker: Any) -> None:
@@ -124,6 +136,7 @@ class FlwdServer(BaseApplication):
             "post_worker_init": _post_worker_init,
             "worker_exit": _worker_exit,
             "worker_int": _worker_int,
+            "pre_fork": _pre_fork,
             "logger_class": JsonLogger,
             "limit_request_line": 8190,
             "limit_request_fields": 100,

@@ -104,18 +104,20 @@ class StepOutput:
 
     def _deliver(self, stream: str, pieces: list[tuple[bytes, bool]]) -> None:
         budget = self.budget
+        used, dropped, limit = budget.used, budget.dropped, budget.limit  # locals: this runs per line
         lines: list[tuple[str, bool]] = []
         for raw, truncated in pieces:
             if raw.endswith(b"\r"):
                 raw = raw[:-1]
             size = len(raw) + 1
-            if budget.dropped or budget.used + size > budget.limit:
-                if not budget.dropped:
-                    lines.append((LIMIT_NOTICE.format(limit=budget.limit), True))
-                budget.dropped += size
+            if dropped or used + size > limit:
+                if not dropped:
+                    lines.append((LIMIT_NOTICE.format(limit=limit), True))
+                dropped += size
                 continue
-            budget.used += size
+            used += size
             text = raw.decode("utf-8", errors="replace")
             lines.append((text + TRUNCATED_MARK if truncated else text, truncated))
+        budget.used, budget.dropped = used, dropped
         if lines:
             self.emit_lines(stream, lines)

@@ -2,20 +2,23 @@
 
 Routes describe their parameters, bodies and answers with these (see
 :mod:`flwd_server.web.operations`); ``SCHEMAS`` are the named ones the
-document lists under ``components``.  Enums come from the models, so a new
-run status or profile shows up here by itself.
+document lists under ``components``.  Enums come from where each set is declared (the models, the settings), so a
+new run status, profile, verdict, argument or source type shows up here by itself.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..models import EventType, Profile, RunStatus
+from ..config import SOURCE_KEYS
+from ..models import ARG_TYPES, EventType, Profile, RunStatus, Verdict
 
 STATUSES = [s.value for s in RunStatus]
 PROFILES = [p.value for p in Profile]
 EVENT_TYPES = [t.value for t in EventType]
-SOURCE_TYPES = ["local", "git", "oci"]
+SOURCE_TYPES = list(SOURCE_KEYS)
+ARG_TYPE_NAMES = list(ARG_TYPES)
+VERDICTS = [v.value for v in Verdict]
 PROBLEM_TEXT = {
     400: "Malformed request",
     401: "Missing or invalid bearer token",
@@ -148,7 +151,7 @@ SCHEMAS: dict[str, Any] = {
     ),
     "ArgSpec": object_schema(
         {
-            "type": {"type": "string", "enum": ["string", "integer", "number", "boolean"]},
+            "type": {"type": "string", "enum": ARG_TYPE_NAMES},
             "required": {"type": "boolean"},
             "default": {},
             "choices": {"type": "array"},
@@ -178,7 +181,7 @@ SCHEMAS: dict[str, Any] = {
     "Decision": object_schema(
         {
             "check": {"type": "string"},
-            "outcome": {"type": "string", "enum": ["allow", "warn", "deny"]},
+            "outcome": {"type": "string", "enum": VERDICTS},
             "reason": {"type": "string"},
         },
         ["check", "outcome", "reason"],

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..models import EventType
-from .queries import dumps
+from .queries import insert_run_finished
 
 log = logging.getLogger("flwd.runner")  # lost runs are the runner's news, as they always were
 LIVENESS_TIMEOUT = Settings.liveness_timeout  # the setting's default
@@ -179,21 +178,9 @@ class OwnerRecords:
                     "UPDATE runs SET status = 'lost', finished_at = ?, reason = ?, pgid = NULL WHERE id = ?",
                     (now, reason, run_id),
                 )
-                conn.execute(
-                    "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)",
-                    (
-                        run_id,
-                        EventType.RUN_FINISHED.value,
-                        now,
-                        dumps(
-                            {
-                                "status": "lost",
-                                "exit_code": None,
-                                "duration": round(now - (started or now), 6),
-                                "reason": reason,
-                            }
-                        ),
-                    ),
+                duration = round(now - (started or now), 6)
+                insert_run_finished(
+                    conn, run_id, now, {"status": "lost", "exit_code": None, "duration": duration, "reason": reason}
                 )
                 lost.append((run_id, pgid))
             for owner, (host, pid, beat) in owners.items():

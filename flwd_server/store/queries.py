@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..models import Run, RunStatus
+from ..models import EventType, Run, RunStatus
 
 RUN_COLUMNS = (
     "id, job, source, revision, args, status, profile, submitted_by, created_at, "
@@ -53,6 +53,11 @@ def run_from_row(row: Any) -> Run:
 def dumps(data: Any) -> str:
     """Compact JSON as stored in the ``data``, ``args`` and ``plan`` columns."""
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def insert_run_finished(conn: Any, run_id: str, now: float, payload: dict[str, Any]) -> None:
+    """``run.finished``, in the transaction that ends the run: a stream that sees it finds the final row."""
+    conn.execute(INSERT_EVENT, (run_id, EventType.RUN_FINISHED.value, now, dumps(payload)))
 
 
 @dataclass

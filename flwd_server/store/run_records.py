@@ -17,7 +17,16 @@ from typing import Any
 
 from ..errors import IdempotencyMismatch, RunFinished, RunNotFound, Unavailable
 from ..models import EventType, Run, RunStatus
-from .queries import INSERT_EVENT, RUN_COLUMNS, ClaimedRun, dumps, new_run_id, run_from_row, scrub_plan
+from .queries import (
+    INSERT_EVENT,
+    RUN_COLUMNS,
+    ClaimedRun,
+    dumps,
+    insert_run_finished,
+    new_run_id,
+    run_from_row,
+    scrub_plan,
+)
 
 
 def body_hash(body: Any) -> str:
@@ -264,10 +273,7 @@ class RunRecords:
             if reason:
                 payload["reason"] = reason
             payload.update(data or {})
-            conn.execute(
-                "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)",
-                (run_id, EventType.RUN_FINISHED.value, now, dumps(payload)),
-            )
+            insert_run_finished(conn, run_id, now, payload)
             return True
 
         if not wait:
@@ -290,14 +296,8 @@ class RunRecords:
                     "UPDATE runs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?",
                     (now, reason, run_id),
                 )
-                conn.execute(
-                    "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)",
-                    (
-                        run_id,
-                        EventType.RUN_FINISHED.value,
-                        now,
-                        dumps({"status": "cancelled", "exit_code": None, "duration": 0.0, "reason": reason}),
-                    ),
+                insert_run_finished(
+                    conn, run_id, now, {"status": "cancelled", "exit_code": None, "duration": 0.0, "reason": reason}
                 )
             elif run.status is RunStatus.RUNNING:
                 first = conn.execute(
@@ -305,8 +305,7 @@ class RunRecords:
                 ).rowcount
                 if first:
                     conn.execute(
-                        "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)",
-                        (run_id, EventType.RUN_CANCEL_REQUESTED.value, now, dumps({"by": subject})),
+                        INSERT_EVENT, (run_id, EventType.RUN_CANCEL_REQUESTED.value, now, dumps({"by": subject}))
                     )
             else:
                 raise RunFinished(f"run {run_id} already ended ({run.status.value})", run_status=run.status.value)

@@ -381,13 +381,14 @@ def resolve_args(job: Job, given: dict[str, Any] | None) -> dict[str, Any]:
     return resolved
 
 
+def arg_text(value: Any) -> str:
+    """An argument's value as a step sees it (a variable, an argv element)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
 def arg_env(args: dict[str, Any]) -> dict[str, str]:
     """Args as ``FLWD_ARG_<NAME>`` variables: the only way they reach a shell step."""
-    out = {}
-    for name, value in args.items():
-        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-        out[f"FLWD_ARG_{name.upper()}"] = text
-    return out
+    return {f"FLWD_ARG_{name.upper()}": arg_text(value) for name, value in args.items()}
 
 
 def render_command(command: tuple[str, ...], args: dict[str, Any]) -> list[str]:
@@ -396,8 +397,7 @@ def render_command(command: tuple[str, ...], args: dict[str, Any]) -> list[str]:
     for part in command:
         match = PLACEHOLDER_RE.match(part)
         if match:
-            value = args.get(match.group(1), "")
-            out.append(("true" if value else "false") if isinstance(value, bool) else str(value))
+            out.append(arg_text(args.get(match.group(1), "")))
         else:
             out.append(part)
     return out

@@ -15,7 +15,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring as encode_json_string  # the C encoder, as json.dumps(ensure_ascii=False)
@@ -26,13 +26,14 @@ from ..config import Settings
 from ..errors import StorageError, Unavailable
 from ..events.hub import EventHub
 from ..forksafe import reset_after_fork
+from ..jobs import arg_text
 from ..models import Decision, Event, EventType, Job, Profile, Run, RunStatus, Step, Verdict
 from ..planner import Planner, job_from_record
 from ..policy import evaluate, log_decision
 from ..store import Store
 from ..store.owners import HOSTNAME, owner_id, recover_lost_runs
 from ..store.queries import ClaimedRun
-from .capture import OutputBudget, StepOutput
+from .capture import MIN_MASKED_BYTES, OutputBudget, SecretMask, StepOutput
 from .environment import host_environment, host_limits
 from .host_executor import HostStep, StepOutcome, run_host_step
 
@@ -279,9 +280,12 @@ class Runner:
             workdir = self._workdir(run.id)
             deadline = time.time() + job.timeout
             budget = OutputBudget(self.settings.limits.max_output_bytes)
+            secrets = self._secret_mask(run.id, record.get("secret_args") or (), args)
             status = RunStatus.SUCCEEDED
             for index, step in enumerate(job.steps):
-                outcome = self._run_step(run, job, step, index, args, profile, workdir, deadline, active, budget)
+                outcome = self._run_step(
+                    run, job, step, index, args, profile, workdir, deadline, active, budget, secrets
+                )
                 exit_code = outcome.exit_code
                 if outcome.status != "succeeded":
                     status = RunStatus(outcome.status)
@@ -305,6 +309,24 @@ class Runner:
                 log.exception("could not record the end of run %s", run.id)
             self._active.pop(run.id, None)
             self._wakeup.set()
+
+    def _secret_mask(self, run_id: str, names: Iterable[str], args: dict[str, Any]) -> SecretMask:
+        """What to hide in the run's output; a value too short to hide is a warning, not a surprise."""
+        values = {name: arg_text(args[name]) for name in names if args.get(name) not in (None, "")}
+        short = sorted(name for name, text in values.items() if len(text.encode()) < MIN_MASKED_BYTES)
+        if short:
+            self._decide(
+                run_id,
+                [
+                    Decision(
+                        "secret-output",
+                        Verdict.WARN,
+                        f"secret argument {', '.join(short)} is shorter than {MIN_MASKED_BYTES} bytes: "
+                        "masked in plans and runs, not in step output",
+                    )
+                ],
+            )
+        return SecretMask(values.values())
 
     def _job_of(self, plan_json: str, record: dict[str, Any]) -> Job:
         """The job of a stored plan; runs of the same plan share one parsed Job."""
@@ -345,6 +367,7 @@ class Runner:
         deadline: float,
         active: _Active,
         budget: OutputBudget,
+        secrets: SecretMask,
     ) -> StepOutcome:
         self.store.emit(run.id, EventType.STEP_STARTED.value, {"step": step.name, "index": index, "kind": step.kind})
         step_deadline = min(deadline, time.time() + step.timeout) if step.timeout else deadline
@@ -360,7 +383,7 @@ class Runner:
             ]
             self.store.emit_rows(rows)
 
-        output = StepOutput(emit_many, budget, self.settings.limits.max_line_bytes)
+        output = StepOutput(emit_many, budget, self.settings.limits.max_line_bytes, secrets)
 
         def should_stop() -> str | None:
             return "cancelled" if active.cancel.is_set() else None

@@ -1,6 +1,7 @@
 """Figure 4: output throughput of one run printing many lines.
 
-``bench-lines`` runs ``seq -f "line %g" LINES``.  Three rates, in lines/s:
+``bench-lines`` runs ``seq -f "line %g" LINES`` with a secret argument, so each
+line is masked as in any run with one.  Three rates, in lines/s:
 
 * baseline: the same command with its output sent to ``/dev/null``, timed
   directly (best of three): what the machine can do without flwd;

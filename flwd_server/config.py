@@ -113,6 +113,12 @@ class PolicySettings:
     cpu_seconds: int = _opt(3600, "CPU-time limit of host steps under secure.", minimum=1)
     open_files: int = _opt(1024, "Open-file limit of host steps under secure.", minimum=16)
     file_size_bytes: int = _opt(1073741824, "Largest file a host step may write under secure.", minimum=1024)
+    max_processes: int = _opt(
+        512, "Tasks (processes and threads) a run may hold at once, under secure and permissive.", minimum=8
+    )
+    memory_bytes: int = _opt(
+        2147483648, "Memory a run's host processes may use, under secure and permissive.", minimum=16777216
+    )
     host_env_passthrough: tuple[str, ...] = _opt(
         (), "Host variables passed to jobs that require host-env (permissive only)."
     )

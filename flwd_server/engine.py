@@ -32,6 +32,7 @@ from .metrics import install as install_metrics
 from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
 from .planner import Planner, PlanRequest, plan_record
 from .policy import log_decision
+from .runs.cgroups import discover as discover_cgroups
 from .runs.runner import Runner
 from .sources import LocalSource, Source
 from .sources.registry import SourceRegistry
@@ -84,12 +85,14 @@ class Engine:
             max_duration=settings.sse.max_duration,
             is_closing=lambda: self.closing,
         )
+        cgroups = discover_cgroups()
         self.planner = Planner(
             self.catalog,
             settings,
             self.store.digest_key,
             runtime=self.container_runtime,
             verify_signature=self.containers.verify_image,
+            containment=cgroups.containment(),
         )
         self.runner = Runner(
             self.store,
@@ -98,6 +101,7 @@ class Engine:
             settings,
             affinity_only=local_affinity,
             container_executor=self.containers.run_step,
+            cgroups=cgroups,
         )
         self.authenticator = Authenticator(settings.dev, verify_jwt=_token_verifier(settings))
         install_metrics(self.store)

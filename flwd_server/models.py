@@ -221,6 +221,14 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Containment:
+    """How this host contains a run's processes: what policy reports (runs/cgroups.py finds it)."""
+
+    mechanism: str | None = None  # "cgroup2" (killed as one), "cgroup1" (killed one by one), None
+    caps: frozenset[str] = frozenset()  # of "processes", "memory"
+
+
+@dataclass(frozen=True)
 class Decision:
     check: str
     verdict: Verdict

@@ -19,7 +19,7 @@ from .auth.scopes import Scope
 from .catalog import Catalog
 from .config import Settings
 from .jobs import resolve_args
-from .models import ArgSpec, Decision, Job, Plan, Principal, Profile, Step, Verdict
+from .models import ArgSpec, Containment, Decision, Job, Plan, Principal, Profile, Step, Verdict
 from .policy import PolicyContext, SignatureResult, downgrade_decision, evaluate
 
 
@@ -40,6 +40,7 @@ class Planner:
         digest_key: Callable[[], bytes],
         runtime: Callable[[], tuple[str | None, str | None]] = lambda: (None, "no container runtime is configured"),
         verify_signature: Callable[[str], SignatureResult] | None = None,
+        containment: Containment | None = None,
     ) -> None:
         self.catalog = catalog
         self.settings = settings
@@ -47,6 +48,7 @@ class Planner:
         self._key: bytes | None = None  # the installation's digest key never changes: read it once
         self._runtime = runtime
         self._verify_signature = verify_signature
+        self.containment = containment or Containment()
 
     @property
     def default_profile(self) -> Profile:
@@ -97,6 +99,7 @@ class Planner:
             runtime=runtime,
             runtime_problem=problem,
             verify_signature=self._verify_signature,
+            containment=self.containment,
         )
 
     def digest(self, job: Job, args: dict[str, Any], profile: Profile) -> str:

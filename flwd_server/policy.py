@@ -19,7 +19,7 @@ from typing import Any
 from .config import Settings
 from .containers.images import parse_image_ref, registry_allowed
 from .errors import FlwdError
-from .models import Decision, Job, Profile, Verdict
+from .models import Containment, Decision, Job, Profile, Verdict
 
 decision_log = logging.getLogger("flwd.decisions")
 
@@ -44,6 +44,7 @@ class PolicyContext:
     runtime: str | None = None  # the container engine found, or None
     runtime_problem: str | None = None
     verify_signature: Callable[[str], SignatureResult] | None = None
+    containment: Containment = field(default_factory=Containment)
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,36 @@ def check_oci_source_pinned(ctx: PolicyContext) -> list[Finding]:
     return [Finding("addon-pinned", False, f"add-on {ctx.job.source!r} follows tag {ref!r}, not a digest")]
 
 
+def check_containment(ctx: PolicyContext) -> list[Finding]:
+    """Host steps: whether every process a run starts can be killed, and the run's caps (docs/policy.rst)."""
+    if not any(step.run is not None for step in ctx.job.steps):
+        return []
+    held = ctx.containment
+    if held.mechanism:
+        out = [Finding("containment", True, f"the run's processes are in a {held.mechanism} group of their own")]
+    else:
+        out = [
+            Finding(
+                "containment",
+                False,
+                "no writable cgroup: a process that leaves the step's process group (setsid, a double fork) "
+                "may outlive the run",
+                soft=True,
+            )
+        ]
+    policy = ctx.settings.policy
+    for cap, setting, text in (
+        ("processes", "max_processes", f"at most {policy.max_processes} tasks, threads included"),
+        ("memory", "memory_bytes", f"at most {policy.memory_bytes} bytes of memory"),
+    ):
+        check = f"max-{cap}"
+        if cap in held.caps:
+            out.append(Finding(check, True, f"the run may hold {text} (policy.{setting})"))
+        else:
+            out.append(Finding(check, False, f"policy.{setting} is not enforced: no writable {cap} cgroup", soft=True))
+    return out
+
+
 CHECKS: tuple[Check, ...] = (
     check_container_runtime,
     check_image_registry,
@@ -227,6 +258,7 @@ CHECKS: tuple[Check, ...] = (
     check_host_env,
     check_git_ref_pinned,
     check_oci_source_pinned,
+    check_containment,
 )
 
 # Checks that only warn under ``secure``: following a branch is how most teams

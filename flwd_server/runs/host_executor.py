@@ -8,7 +8,9 @@
 * Arguments reach the script only as ``FLWD_ARG_*`` variables; the script text
   is the job author's, never spliced with user input.
 * Resource limits are set by a tiny ``sh`` prologue (``ulimit``) rather than a
-  ``preexec_fn``, which is unsafe in a threaded server.
+  ``preexec_fn``, which is unsafe in a threaded server; the same prologue
+  moves the shell into its run's cgroups (:mod:`.cgroups`), and killing those
+  reaches what left the process group (``setsid``, double forks).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ..models import Step
 from .capture import StepOutput
+from .cgroups import RunGroup
 
 KILL_GRACE = 2.0
 DRAIN_AFTER_EXIT = 0.5
@@ -55,10 +58,11 @@ class HostStep:
     output: StepOutput
     limits: StepLimits = field(default_factory=StepLimits)
     on_spawn: Callable[[int], None] | None = None
+    cgroup: RunGroup | None = None
 
 
-def _prologue(limits: StepLimits) -> list[str]:
-    parts = []
+def _prologue(limits: StepLimits, cgroup: RunGroup | None = None) -> list[str]:
+    parts = cgroup.join_commands() if cgroup is not None else []
     if limits.cpu_seconds:
         parts.append(f"ulimit -t {int(limits.cpu_seconds)}")
     if limits.open_files:
@@ -68,18 +72,24 @@ def _prologue(limits: StepLimits) -> list[str]:
     return parts
 
 
-def build_argv(script: str, limits: StepLimits) -> list[str]:
+def build_argv(script: str, limits: StepLimits, cgroup: RunGroup | None = None) -> list[str]:
     """``sh -c`` with the script as a positional argument, never interpolated.
 
     With limits, one shell sets them and then ``eval``s the script (taken from
     ``$1``, then shifted away so the script sees no arguments, as with plain
     ``sh -c``): one exec per step instead of two.
     """
-    prologue = _prologue(limits)
+    prologue = _prologue(limits, cgroup)
     if not prologue:
         return ["/bin/sh", "-c", script]
     wrapper = " && ".join(prologue) + ' || exit 126; __flwd_script=$1; shift; eval "$__flwd_script"'
     return ["/bin/sh", "-c", wrapper, "flwd-step", script]
+
+
+def _kill_all(task: HostStep, pgid: int) -> None:
+    _killpg(pgid, signal.SIGKILL)
+    if task.cgroup is not None:
+        task.cgroup.kill(timeout=0)
 
 
 def _killpg(pgid: int, sig: int) -> bool:
@@ -125,7 +135,7 @@ def run_host_step(task: HostStep) -> StepOutcome:
     started = time.monotonic()
     limits = task.limits
     proc = subprocess.Popen(
-        build_argv(task.step.run or "", limits),
+        build_argv(task.step.run or "", limits, task.cgroup),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -156,14 +166,14 @@ def run_host_step(task: HostStep) -> StepOutcome:
                     _killpg(pgid, signal.SIGTERM)
                     kill_at = now + KILL_GRACE
             if kill_at is not None and now >= kill_at:
-                _killpg(pgid, signal.SIGKILL)
+                _kill_all(task, pgid)
                 kill_at = None
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
             if exited_at is not None and now - exited_at > DRAIN_AFTER_EXIT:
                 # The shell is gone but something it started still holds the pipes:
                 # a step's processes do not outlive the step.
-                _killpg(pgid, signal.SIGKILL)
+                _kill_all(task, pgid)
                 if now - exited_at > DRAIN_AFTER_EXIT + 2:
                     break
             for key, _ in selector.select(timeout=0.1):
@@ -183,6 +193,8 @@ def run_host_step(task: HostStep) -> StepOutcome:
         code = proc.wait()
         if _killpg(pgid, signal.SIGKILL):  # stragglers of a finished step, or the rest of a killed one
             _wait_group_gone(pgid, 2.0)
+        if task.cgroup is not None:  # and whatever left the process group
+            task.cgroup.kill()
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()

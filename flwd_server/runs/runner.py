@@ -34,6 +34,7 @@ from ..store import Store
 from ..store.owners import HOSTNAME, owner_id, recover_lost_runs
 from ..store.queries import ClaimedRun
 from .capture import MIN_MASKED_BYTES, OutputBudget, SecretMask, StepOutput
+from .cgroups import CAP_SETTINGS, Caps, CgroupLayout, RunGroup, base_name, open_run_group, sweep_leftovers
 from .environment import host_environment, host_limits
 from .host_executor import HostStep, StepOutcome, run_host_step
 
@@ -64,7 +65,10 @@ class Runner:
         *,
         affinity_only: bool = False,
         container_executor: Callable[..., StepOutcome] | None = None,
+        cgroups: CgroupLayout | None = None,
     ) -> None:
+        self.cgroups = cgroups
+        self.cgroup_base = base_name(store.label)
         self.store = store
         self.hub = hub
         self.planner = planner
@@ -100,6 +104,7 @@ class Runner:
                 return
             self.hub.start()
             self.store.register_owner(self.owner, HOSTNAME, os.getpid())
+            self._sweep_cgroups()
             self._pool = ThreadPoolExecutor(
                 max_workers=self.settings.limits.max_concurrent_runs, thread_name_prefix="flwd-run"
             )
@@ -173,7 +178,8 @@ class Runner:
                         self._declared_dead()
                     next_beat = now + HEARTBEAT_EVERY
                 if now >= next_sweep:
-                    recover_lost_runs(self.store, me=self.owner, timeout=self.settings.liveness_timeout)
+                    if recover_lost_runs(self.store, me=self.owner, timeout=self.settings.liveness_timeout):
+                        self._sweep_cgroups()
                     self._check_cancellations()
                     next_sweep = now + SWEEP_EVERY
                 if now >= next_housekeeping:
@@ -211,6 +217,13 @@ class Runner:
         self.owner = f"{owner_id()}:{os.urandom(3).hex()}"
         self.store.register_owner(self.owner, HOSTNAME, os.getpid())
         log.warning("re-registered as %s (was %s)", self.owner, old)
+
+    def _sweep_cgroups(self) -> None:
+        def still_running(run_id: str) -> bool:
+            run = self.store.get_run(run_id)
+            return run_id in self._active or (run is not None and not run.status.is_terminal)
+
+        sweep_leftovers(self.cgroups, self.cgroup_base, still_running)
 
     def housekeeping(self) -> None:
         self.store.prune(self.settings.limits.max_run_history)
@@ -257,6 +270,7 @@ class Runner:
         run = claimed.run
         status, exit_code, reason = RunStatus.FAILED, None, None
         workdir: Path | None = None
+        cgroup: RunGroup | None = None
         scrub = True
         try:
             record = claimed.plan
@@ -281,10 +295,11 @@ class Runner:
             deadline = time.time() + job.timeout
             budget = OutputBudget(self.settings.limits.max_output_bytes)
             secrets = self._secret_mask(run.id, record.get("secret_args") or (), args)
+            cgroup = open_run_group(self.cgroups, self.cgroup_base, run.id, self._caps(profile))
             status = RunStatus.SUCCEEDED
             for index, step in enumerate(job.steps):
                 outcome = self._run_step(
-                    run, job, step, index, args, profile, workdir, deadline, active, budget, secrets
+                    run, job, step, index, args, profile, workdir, deadline, active, budget, secrets, cgroup
                 )
                 exit_code = outcome.exit_code
                 if outcome.status != "succeeded":
@@ -295,11 +310,18 @@ class Runner:
                         reason = f"the job's timeout of {job.timeout:g}s was reached"
                     else:
                         reason = f"step {step.name!r} exited with {outcome.exit_code}"
+                    cap = cgroup.cap_reached() if cgroup is not None else None
+                    if cap:
+                        setting, unit = CAP_SETTINGS[cap]
+                        value = getattr(self.settings.policy, setting)
+                        reason += f": the run reached its cap of {value} {unit} (policy.{setting})"
                     break
         except Exception as exc:
             log.exception("run %s failed inside flwd", run.id)
             status, reason = RunStatus.FAILED, f"flwd could not execute the run: {type(exc).__name__}"
         finally:
+            if cgroup is not None:
+                cgroup.remove()  # kills whatever a step left running, wherever it went
             if workdir is not None:
                 _remove_workdir(workdir)
             try:
@@ -309,6 +331,12 @@ class Runner:
                 log.exception("could not record the end of run %s", run.id)
             self._active.pop(run.id, None)
             self._wakeup.set()
+
+    def _caps(self, profile: Profile) -> Caps:
+        if profile is Profile.DISABLED:
+            return Caps()
+        policy = self.settings.policy
+        return Caps(max_processes=policy.max_processes, memory_bytes=policy.memory_bytes)
 
     def _secret_mask(self, run_id: str, names: Iterable[str], args: dict[str, Any]) -> SecretMask:
         """What to hide in the run's output; a value too short to hide is a warning, not a surprise."""
@@ -368,6 +396,7 @@ class Runner:
         active: _Active,
         budget: OutputBudget,
         secrets: SecretMask,
+        cgroup: RunGroup | None,
     ) -> StepOutcome:
         self.store.emit(run.id, EventType.STEP_STARTED.value, {"step": step.name, "index": index, "kind": step.kind})
         step_deadline = min(deadline, time.time() + step.timeout) if step.timeout else deadline
@@ -417,6 +446,7 @@ class Runner:
                 output=output,
                 limits=host_limits(profile, self.settings),
                 on_spawn=lambda pgid: self.store.set_pgid(run.id, pgid),
+                cgroup=cgroup,
             )
             outcome = run_host_step(task)
         self.store.emit(

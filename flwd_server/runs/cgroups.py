@@ -1,0 +1,329 @@
+"""A cgroup per run: every process a run starts can be found, capped and killed.
+
+A process group is not enough: ``setsid`` or a double fork leaves it, and
+``killpg`` never reaches what left.  A cgroup cannot be left by an unprivileged
+step, and the kernel moves every child into its parent's group at fork.
+
+* **Where.** Groups are made only below the server's own group in each
+  hierarchy (read from ``/proc/self/cgroup``): ``flwd-<database>/<run id>``.
+  The cgroup2 group kills (``cgroup.kill``: every member at once, no race with
+  a fork); the ``pids`` and ``memory`` controllers cap.  On a pure cgroup2
+  host one group does both; on a hybrid host the cgroup2 hierarchy has no
+  controllers, so the caps come from the cgroup1 ``pids`` and ``memory``
+  hierarchies, where the step is a member too.
+* **Joining.** A step's shell writes its own pid into each of its run's groups
+  in its prologue, before the script runs, so nothing can fork before the
+  move and spawning keeps its fast path.
+* **Leaving nothing.** After each step, on cancel, timeout and shutdown the
+  run's groups are killed and waited empty; at the end of the run they are
+  removed, and a starting server removes what a killed one left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..models import Containment
+
+log = logging.getLogger("flwd.cgroups")
+
+PROC_CGROUP = Path("/proc/self/cgroup")
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+@dataclass(frozen=True)
+class CgroupLayout:
+    """The server's own groups: where run groups are made, per purpose (None: not available)."""
+
+    killer: Path | None  # a cgroup2 group: cgroup.kill, cgroup.events
+    pids: Path | None
+    memory: Path | None
+    pids_v2: bool = False  # pids/memory in the cgroup2 group (pure v2) rather than cgroup1
+    memory_v2: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.killer is not None or self.pids is not None
+
+    def containment(self) -> Containment:
+        mechanism = "cgroup2" if self.killer is not None else "cgroup1" if self.pids is not None else None
+        caps = {name for name, where in (("processes", self.pids), ("memory", self.memory)) if where is not None}
+        return Containment(mechanism, frozenset(caps))
+
+    def describe(self) -> str:
+        parts = []
+        if self.killer is not None:
+            parts.append("cgroup2 (kill)")
+        if self.pids is not None:
+            parts.append("pids" + (" (cgroup2)" if self.pids_v2 else " (cgroup1)"))
+        if self.memory is not None:
+            parts.append("memory" + (" (cgroup2)" if self.memory_v2 else " (cgroup1)"))
+        return ", ".join(parts) or "none"
+
+
+def _mounts() -> list[tuple[str, str, str, set[str]]]:
+    """(mount point, root inside the hierarchy, fstype, options) of every cgroup mount."""
+    out = []
+    try:
+        text = MOUNTINFO.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        fields = line.split()
+        try:
+            sep = fields.index("-")
+        except ValueError:
+            continue
+        fstype = fields[sep + 1]
+        if fstype not in ("cgroup", "cgroup2"):
+            continue
+        options = set(fields[sep + 3].split(",")) if len(fields) > sep + 3 else set()
+        out.append((fields[4], fields[3], fstype, options))
+    return out
+
+
+def _own_groups() -> dict[str, str]:
+    """The server's group per hierarchy: ``""`` for cgroup2, controller names for cgroup1."""
+    out = {}
+    try:
+        text = PROC_CGROUP.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if not controllers:
+            out[""] = path
+        for name in controllers.split(","):
+            if name:
+                out[name] = path
+    return out
+
+
+def _group_dir(mount: str, root: str, path: str) -> Path | None:
+    """The directory of ``path`` (as /proc/self/cgroup names it) under a mount of ``root``."""
+    if root != "/" and path != root and not path.startswith(root.rstrip("/") + "/"):
+        return None
+    relative = path[len(root) :] if root != "/" else path
+    return Path(mount) / relative.lstrip("/")
+
+
+def _writable(directory: Path | None) -> bool:
+    return directory is not None and directory.is_dir() and os.access(directory, os.W_OK)
+
+
+def _children_have_kill(directory: Path) -> bool:
+    """Whether a group made here has ``cgroup.kill`` (Linux 5.14+; the root group itself never has it)."""
+    if (directory / "cgroup.kill").exists():
+        return True
+    probe = directory / f"flwd-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+    except OSError:
+        return False
+    try:
+        return (probe / "cgroup.kill").exists()
+    finally:
+        _rmdir(probe)
+
+
+def discover() -> CgroupLayout:
+    """Which hierarchies this process may make groups in, below its own groups."""
+    own = _own_groups()
+    killer = pids = memory = None
+    pids_v2 = memory_v2 = False
+    for mount, root, fstype, options in _mounts():
+        if fstype == "cgroup2" and "" in own and killer is None:
+            directory = _group_dir(mount, root, own[""])
+            if _writable(directory) and _children_have_kill(directory):  # type: ignore[arg-type]
+                killer = directory
+                # Our children have a controller only if our group enables it for them (a delegated group).
+                controllers = set((directory / "cgroup.subtree_control").read_text().split())  # type: ignore[operator]
+                if "pids" in controllers:
+                    pids, pids_v2 = directory, True
+                if "memory" in controllers:
+                    memory, memory_v2 = directory, True
+        elif fstype == "cgroup":
+            for name in ("pids", "memory"):
+                if name in options and name in own:
+                    directory = _group_dir(mount, root, own[name])
+                    if _writable(directory):
+                        if name == "pids" and pids is None:
+                            pids = directory
+                        elif name == "memory" and memory is None:
+                            memory = directory
+    return CgroupLayout(killer, pids, memory, pids_v2, memory_v2)
+
+
+def base_name(database: str) -> str:
+    """The parent group of a database's runs: servers of other databases never touch it."""
+    return "flwd-" + hashlib.sha256(database.encode()).hexdigest()[:12]
+
+
+CAP_SETTINGS = {"processes": ("max_processes", "tasks"), "memory": ("memory_bytes", "bytes of memory")}
+
+
+@dataclass(frozen=True)
+class Caps:
+    max_processes: int | None = None
+    memory_bytes: int | None = None
+
+
+class RunGroup:
+    """The cgroups of one run, in every usable hierarchy."""
+
+    def __init__(self, layout: CgroupLayout, base: str, run_id: str) -> None:
+        self.layout = layout
+        self.killer = layout.killer / base / run_id if layout.killer else None
+        self.pids = layout.pids / base / run_id if layout.pids else None
+        self.memory = layout.memory / base / run_id if layout.memory else None
+
+    @property
+    def dirs(self) -> list[Path]:
+        return list(dict.fromkeys(d for d in (self.killer, self.pids, self.memory) if d is not None))
+
+    def create(self, caps: Caps) -> None:
+        for directory in self.dirs:
+            directory.parent.mkdir(exist_ok=True)
+            if directory == self.killer and (self.layout.pids_v2 or self.layout.memory_v2):
+                # cgroup2: a group's children get a controller only if the group enables it (it holds no process)
+                wanted = " ".join(
+                    f"+{n}" for n, on in (("pids", self.layout.pids_v2), ("memory", self.layout.memory_v2)) if on
+                )
+                with contextlib.suppress(OSError):
+                    (directory.parent / "cgroup.subtree_control").write_text(wanted)
+            directory.mkdir(exist_ok=True)
+        if caps.max_processes and self.pids is not None:
+            (self.pids / "pids.max").write_text(str(caps.max_processes))
+        if caps.memory_bytes and self.memory is not None:
+            name = "memory.max" if self.layout.memory_v2 else "memory.limit_in_bytes"
+            (self.memory / name).write_text(str(caps.memory_bytes))
+            # Swap counts too: a cap that swapping can step around caps nothing.
+            swap = "memory.swap.max" if self.layout.memory_v2 else "memory.memsw.limit_in_bytes"
+            with contextlib.suppress(OSError):
+                (self.memory / swap).write_text("0" if self.layout.memory_v2 else str(caps.memory_bytes))
+
+    def join_commands(self) -> list[str]:
+        """Shell lines that move the shell running them into every group of the run."""
+        return [f"echo $$ > {_quote(str(d / 'cgroup.procs'))}" for d in self.dirs]
+
+    def members(self) -> list[int]:
+        pids: set[int] = set()
+        for directory in self.dirs:
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
+        return sorted(pids)
+
+    def kill(self, timeout: float = 5.0) -> bool:
+        """Kill every member and wait until none is left (``timeout=0``: do not wait); False if some are left."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.killer is not None:
+                with contextlib.suppress(OSError):
+                    (self.killer / "cgroup.kill").write_text("1")
+            members = self.members()
+            if not members:
+                return True
+            if self.killer is None:
+                for pid in members:  # cgroup1 only: signal each; new forks are caught by the next pass
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+            if timeout <= 0:
+                return False
+            if time.monotonic() >= deadline:
+                log.warning("processes %s of a run survived being killed", members)
+                return False
+            time.sleep(0.005)
+
+    def cap_reached(self) -> str | None:
+        """The cap that refused something, if one did: the reason a run stopped."""
+        if self.memory is not None:
+            name = "memory.events" if self.layout.memory_v2 else "memory.oom_control"
+            if _counter(self.memory / name, "oom_kill"):
+                return "memory"
+        if self.pids is not None and _counter(self.pids / "pids.events", "max"):
+            return "processes"
+        return None
+
+    def remove(self) -> None:
+        """Kill what is left and remove the groups (and the base, once it is empty)."""
+        self.kill()
+        for directory in self.dirs:
+            _rmdir(directory)
+            _rmdir(directory.parent, quiet=True)
+
+
+def _counter(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _rmdir(directory: Path, quiet: bool = False) -> None:
+    try:
+        directory.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if not quiet and exc.errno != errno.ENOENT:
+            log.warning("could not remove cgroup %s: %s", directory, exc.strerror)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def leftover_groups(layout: CgroupLayout, base: str) -> set[str]:
+    """Run ids with a group under ``base`` in any hierarchy."""
+    out: set[str] = set()
+    for root in (layout.killer, layout.pids, layout.memory):
+        if root is None:
+            continue
+        with contextlib.suppress(OSError):
+            out.update(entry.name for entry in os.scandir(root / base) if entry.is_dir())
+    return out
+
+
+def open_run_group(layout: CgroupLayout | None, base: str, run_id: str, caps: Caps) -> RunGroup | None:
+    """The run's groups, made and capped; None where this host has none (or they cannot be made)."""
+    if layout is None or not layout.usable:
+        return None
+    group = RunGroup(layout, base, run_id)
+    try:
+        group.create(caps)
+    except OSError as exc:
+        log.warning("run %s: no cgroup (%s); its processes are contained by their process group only", run_id, exc)
+        group.remove()
+        return None
+    return group
+
+
+def sweep_leftovers(layout: CgroupLayout | None, base: str, still_running: Callable[[str], bool]) -> list[str]:
+    """Kill and remove the groups of runs that no longer run (a killed server's); returns their run ids."""
+    if layout is None or not layout.usable:
+        return []
+    swept = []
+    for run_id in sorted(leftover_groups(layout, base)):
+        if still_running(run_id):
+            continue
+        RunGroup(layout, base, run_id).remove()
+        swept.append(run_id)
+    if swept:
+        log.warning("removed the cgroups (and any process in them) of runs that no longer run: %s", ", ".join(swept))
+    return swept

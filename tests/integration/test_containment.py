@@ -1,0 +1,171 @@
+"""No process a run starts outlives it (setsid, double forks included), and a run is capped in tasks and memory.
+
+Through a real ``flwd :serve`` (and the local CLI) on this host's cgroups: the
+groups live below the server's own, and every test leaves none behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from flwd_server.runs.cgroups import base_name, discover, leftover_groups
+from tests.fixtures.helpers import wait_until
+from tests.fixtures.server import REPO
+
+pytestmark = pytest.mark.integration
+
+JOBS = {
+    "escape": 'steps:\n  - run: \'setsid sleep "$FLWD_ARG_MARK" & (sleep "$FLWD_ARG_MARK" &) ; echo started\'\n',
+    "escape-then-wait": "steps:\n  - run: 'setsid sleep \"$FLWD_ARG_MARK\" & echo started; exec sleep 600'\n",
+    "forky": "steps:\n  - run: 'for i in $(seq 1500); do sleep \"$FLWD_ARG_MARK\" & done; wait'\n",
+    "greedy": "steps:\n  - run: 'python3 -c \"x = bytearray(200 << 20); x[::4096] = bytes(len(x[::4096]))\"'\n",
+    "code": "steps:\n  - run: 'sh -c \"exit 3\" & wait $!; exit $?'\n",
+}
+
+
+def job_text(name: str, body: str) -> str:
+    return f"name: {name}\nargs:\n  mark: {{type: string, default: '3600'}}\n{body}"
+
+
+@pytest.fixture(scope="module")
+def contained(tmp_path_factory):
+    from tests.fixtures.server import ServerProcess
+
+    root = tmp_path_factory.mktemp("containment")
+    (root / "src" / "jobs").mkdir(parents=True)
+    for name, body in JOBS.items():
+        (root / "src" / "jobs" / f"{name}.yaml").write_text(job_text(name, body))
+    config = {
+        "sources": [{"type": "local", "name": "c", "path": str(root / "src")}],
+        "policy": {"max_processes": 64, "memory_bytes": 128 << 20, "allowed_downgrades": ["permissive", "disabled"]},
+    }
+    server = ServerProcess(root, config, dev=True, env={}).start()
+    yield server
+    server.stop()
+    layout = discover()
+    assert not leftover_groups(layout, base_name(str(server.data_dir / "flwd.db"))), "run cgroups were left behind"
+
+
+def mark() -> str:
+    """A unique sleep duration: ``pgrep -f`` finds exactly the processes of one test."""
+    return f"3600.{uuid.uuid4().int % 10**9}"
+
+
+def alive(marker: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def test_the_host_has_the_cgroups_these_tests_need():
+    layout = discover()
+    assert layout.killer is not None or layout.pids is not None, layout
+    assert layout.pids is not None and layout.memory is not None, layout
+
+
+def test_processes_that_left_the_process_group_do_not_outlive_a_finished_run(contained):
+    marker = mark()
+    run = contained.submit("escape", {"mark": marker})
+    assert contained.wait_finished(run["id"])["status"] == "succeeded"
+    assert alive(marker) == []
+
+
+def test_a_cancelled_run_leaves_nothing_behind(contained):
+    marker = mark()
+    run = contained.submit("escape-then-wait", {"mark": marker})
+    wait_until(lambda: alive(marker), message="the escaped sleep to start")
+    assert contained.post(f"/runs/{run['id']}/cancel").status_code in (200, 202)
+    assert contained.wait_finished(run["id"])["status"] == "cancelled"
+    assert alive(marker) == []
+
+
+def test_a_run_cannot_start_more_tasks_than_its_cap_and_says_so(contained):
+    marker = mark()
+    run = contained.submit("forky", {"mark": marker})
+    finished = contained.wait_finished(run["id"], timeout=60)
+    assert finished["status"] == "failed"
+    assert "cap of 64 tasks (policy.max_processes)" in finished["reason"]
+    assert alive(marker) == []
+
+
+def test_a_run_over_its_memory_cap_is_killed_and_says_so(contained):
+    run = contained.submit("greedy", {})
+    finished = contained.wait_finished(run["id"], timeout=60)
+    assert finished["status"] == "failed" and finished["exit_code"] == 137
+    assert "cap of 134217728 bytes of memory (policy.memory_bytes)" in finished["reason"]
+
+
+def test_exit_codes_are_the_step_s_own(contained):
+    run = contained.submit("code", {})
+    finished = contained.wait_finished(run["id"])
+    assert (finished["status"], finished["exit_code"]) == ("failed", 3)
+
+
+@pytest.mark.parametrize("profile", ["secure", "permissive", "disabled"])
+def test_the_plan_shows_the_containment_and_the_caps(contained, profile):
+    plan = contained.post("/plans", {"job": "escape", "profile": profile}).json()["plan"]
+    decisions = {d["check"]: (d["outcome"], d["reason"]) for d in plan["decisions"]}
+    if profile == "disabled":
+        assert not {"containment", "max-processes", "max-memory"} & set(decisions)
+        return
+    assert decisions["containment"][0] == "allow"
+    assert decisions["max-processes"] == (
+        "allow",
+        "the run may hold at most 64 tasks, threads included (policy.max_processes)",
+    )
+    assert decisions["max-memory"][0] == "allow" and "policy.memory_bytes" in decisions["max-memory"][1]
+
+
+def test_a_disabled_run_is_not_capped_but_still_contained(contained):
+    marker = mark()
+    run = contained.submit("forky", {"mark": marker}, profile="disabled")
+    wait_until(lambda: len(alive(marker)) > 64, timeout=30, message="more sleeps than the cap")
+    assert contained.post(f"/runs/{run['id']}/cancel").status_code in (200, 202)
+    assert contained.wait_finished(run["id"], timeout=60)["status"] == "cancelled"
+    assert alive(marker) == []
+
+
+def test_what_a_killed_server_left_running_is_killed_when_a_server_starts_again(tmp_path):
+    from tests.fixtures.server import ServerProcess
+
+    (tmp_path / "src" / "jobs").mkdir(parents=True)
+    (tmp_path / "src" / "jobs" / "escape-then-wait.yaml").write_text(
+        job_text("escape-then-wait", JOBS["escape-then-wait"])
+    )
+    config = {"sources": [{"type": "local", "name": "c", "path": str(tmp_path / "src")}]}
+    server = ServerProcess(tmp_path, config, dev=True, env={}).start()
+    marker = mark()
+    try:
+        run = server.submit("escape-then-wait", {"mark": marker})
+        wait_until(lambda: len(alive(marker)) == 1, message="the escaped sleep to start")
+        server.kill()
+        assert len(alive(marker)) == 1  # the server is gone; what the run started is not
+        server.start()
+        wait_until(lambda: not alive(marker), timeout=30, message="the leftover processes to be killed")
+        assert server.wait_finished(run["id"])["status"] == "lost"
+    finally:
+        for pid in alive(marker):
+            os.kill(int(pid), signal.SIGKILL)
+        server.stop()
+    assert not leftover_groups(discover(), base_name(str(tmp_path / "data" / "flwd.db")))
+
+
+def test_a_local_cli_run_leaves_nothing_behind(contained):
+    marker = mark()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FLWD_")}
+    environ["FLWD_CONFIG"] = str(contained.config_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "flwd_cli", "escape", "--mark", marker],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "started\n" and alive(marker) == []

@@ -226,13 +226,13 @@ SOURCE_KEYS = {
     "git": {"required": ("name", "url"), "optional": ("ref",)},
     "oci": {"required": ("name", "ref"), "optional": ()},
 }
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-_BIND_RE = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]*)):(?P<port>\d{1,5})$")
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_BIND_RE = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]*)):(?P<port>\d{1,5})")
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` / ``[V6]:PORT``; raises ConfigError naming ``bind``."""
-    match = _BIND_RE.match(bind or "")
+    match = _BIND_RE.fullmatch(bind or "")
     if not match or not 0 <= int(match.group("port")) <= 65535:
         raise ConfigError("bind", f"expected HOST:PORT or [IPV6]:PORT, got {bind!r}")
     host = match.group("v6") or match.group("host") or "0.0.0.0"
@@ -263,7 +263,7 @@ def validate_source_spec(spec: Any, key: str = "source") -> dict[str, Any]:
     for name, value in spec.items():
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key}.{name}", "expected a non-empty string")
-    if not _NAME_RE.match(spec["name"]):
+    if not _NAME_RE.fullmatch(spec["name"]):
         raise ConfigError(
             f"{key}.name",
             "expected lowercase letters, digits, '.', '_' or '-' (at most 63), starting with a letter or digit",

@@ -7,6 +7,7 @@ in one pass.  Arguments are validated against the job's schema the same way.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -17,15 +18,65 @@ import yaml
 from .errors import InvalidArgs, InvalidJob
 from .models import ARG_TYPES, ArgSpec, Job, Step
 
-JOB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
-ARG_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-PLACEHOLDER_RE = re.compile(r"^\{\{\s*args\.([a-z][a-z0-9_]*)\s*\}\}$")
+JOB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
+ARG_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+PLACEHOLDER_RE = re.compile(r"\{\{\s*args\.([a-z][a-z0-9_]*)\s*\}\}")
 CAPABILITIES = ("network", "privileged", "host-env", "host-network")
 JOB_KEYS = {"name", "description", "args", "requires", "timeout", "env", "steps"}
 ARG_KEYS = {"type", "required", "default", "choices", "pattern", "minimum", "maximum", "description", "secret"}
 STEP_KEYS = {"name", "run", "image", "command", "env", "workdir", "timeout", "privileged", "network"}
 MAX_JOB_FILE_BYTES = 256 * 1024
+INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,64}")
+NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]{1,64}(?:\.[0-9]{0,64})?|\.[0-9]{1,64})(?:[eE][+-]?[0-9]{1,4})?")
+_PYTHON_ONLY_ESCAPES = "AZzG"
+_ECMA_GROUPS = (":", "=", "!", "<=", "<!")
+
+
+@functools.lru_cache(maxsize=1024)
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    r"""An argument's ``pattern`` compiled with its JSON Schema (ECMA-262) meaning.
+
+    The value is searched, not matched whole; ``$`` is the end of the value (Python's
+    would also match before a final newline), ``.`` matches no line terminator, and
+    ``\d``, ``\w``, ``\b`` are ASCII.  Python-only syntax (``\A``, ``\Z``, ``\z``,
+    ``\G``, inline flags, ``(?P...)`` and other extension groups) is refused rather
+    than given a meaning a client's validator would not share.  Raises ValueError.
+    """
+    out: list[str] = []
+    i, n, in_class = 0, len(pattern), False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            if pattern[i + 1 : i + 2] and pattern[i + 1] in _PYTHON_ONLY_ESCAPES:
+                raise ValueError(f"\\{pattern[i + 1]} is Python syntax, not ECMA-262: use ^ and $")
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+            out.append(c)
+        elif c == "[":
+            in_class = True
+            start = i + 1 + (pattern[i + 1 : i + 2] == "^")
+            start += pattern[start : start + 1] == "]"  # a leading ']' is a literal, as Python reads it
+            out.append(pattern[i:start])
+            i = start
+            continue
+        elif c == "$":
+            out.append(r"\Z")
+        elif c == ".":
+            out.append(r"[^\n\r\u2028\u2029]")
+        elif c == "(" and pattern[i + 1 : i + 2] == "?":
+            if not pattern[i + 2 :].startswith(_ECMA_GROUPS):
+                raise ValueError(
+                    "of the (?...) groups only (?:...), (?=...), (?!...), (?<=...) and (?<!...) are supported"
+                )
+            out.append(c)
+        else:
+            out.append(c)
+        i += 1
+    return re.compile("".join(out), re.ASCII)
 
 
 class _Errors:
@@ -49,7 +100,7 @@ def _is_number(value: Any) -> bool:
 
 def _parse_arg(name: str, raw: Any, errors: _Errors) -> ArgSpec | None:
     where = f"args.{name}"
-    if not isinstance(name, str) or not ARG_NAME_RE.match(name):
+    if not isinstance(name, str) or not ARG_NAME_RE.fullmatch(name):
         errors.add(where, "argument names are lowercase letters, digits and '_', starting with a letter")
         return None
     if raw is None:
@@ -74,8 +125,8 @@ def _parse_arg(name: str, raw: Any, errors: _Errors) -> ArgSpec | None:
             pattern = None
         else:
             try:
-                re.compile(pattern)
-            except re.error as exc:
+                pattern_regex(pattern)
+            except (re.error, ValueError) as exc:
                 errors.add(f"{where}.pattern", f"not a valid regular expression: {exc}")
                 pattern = None
     bounds: dict[str, float | None] = {}
@@ -129,7 +180,7 @@ def _parse_env(where: str, raw: Any, errors: _Errors) -> tuple[tuple[str, str], 
         return ()
     out = []
     for name, value in raw.items():
-        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+        if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
             errors.add(f"{where}.{name}", "not a valid environment variable name")
         elif name.startswith("FLWD_"):
             errors.add(f"{where}.{name}", "FLWD_* variables are reserved")
@@ -175,7 +226,7 @@ def _parse_step(index: int, raw: Any, arg_names: set[str], errors: _Errors) -> S
     command = [str(c) for c in command]
     for i, part in enumerate(command):
         if "{{" in part or "}}" in part:
-            match = PLACEHOLDER_RE.match(part)
+            match = PLACEHOLDER_RE.fullmatch(part)
             if not match:
                 errors.add(f"{where}.command[{i}]", "a placeholder must fill the whole element: '{{ args.NAME }}'")
             elif match.group(1) not in arg_names:
@@ -233,7 +284,7 @@ def parse_job(
         if key not in JOB_KEYS:
             errors.add(str(key), f"unknown key (allowed: {', '.join(sorted(JOB_KEYS))})")
     name = data.get("name")
-    if not isinstance(name, str) or not JOB_NAME_RE.match(name):
+    if not isinstance(name, str) or not JOB_NAME_RE.fullmatch(name):
         errors.add("name", "required: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit")
         name = "?"
     description = data.get("description", "")
@@ -305,7 +356,11 @@ def _coerce(spec: ArgSpec, value: Any) -> tuple[Any, str | None]:
             return value.lower() in _TRUE, None
         return value, "expected true or false"
     if isinstance(value, str):
+        # Python's int() and float() also take spaces, newlines, '_' and non-ASCII digits: the text must be plain
+        text_re = INTEGER_TEXT if spec.type == "integer" else NUMBER_TEXT
         try:
+            if not text_re.fullmatch(value):
+                raise ValueError(value)
             value = int(value) if spec.type == "integer" else float(value)
         except ValueError:
             return value, f"expected {'an integer' if spec.type == 'integer' else 'a number'}"
@@ -338,7 +393,7 @@ def _check_value(spec: ArgSpec, value: Any, coerce: bool = True, check_choices: 
             return "must not contain NUL characters"
         if len(value) > 65536:
             return "longer than 65536 characters"
-        if spec.pattern and not re.search(spec.pattern, value):
+        if spec.pattern and not pattern_regex(spec.pattern).search(value):
             return f"does not match the pattern {spec.pattern}"
     if spec.type in ("integer", "number"):
         if spec.minimum is not None and value < spec.minimum:
@@ -395,7 +450,7 @@ def render_command(command: tuple[str, ...], args: dict[str, Any]) -> list[str]:
     """Fill ``{{ args.x }}`` placeholders; each fills exactly one argv element."""
     out = []
     for part in command:
-        match = PLACEHOLDER_RE.match(part)
+        match = PLACEHOLDER_RE.fullmatch(part)
         if match:
             out.append(arg_text(args.get(match.group(1), "")))
         else:

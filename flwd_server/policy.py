@@ -23,7 +23,7 @@ from .models import Containment, Decision, Job, Profile, Verdict
 
 decision_log = logging.getLogger("flwd.decisions")
 
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+COMMIT_RE = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def check_git_ref_pinned(ctx: PolicyContext) -> list[Finding]:
     if ctx.source_kind != "git":
         return []
     ref = ctx.source_spec.get("ref") or "HEAD"
-    if COMMIT_RE.match(ref):
+    if COMMIT_RE.fullmatch(ref):
         return [Finding("git-ref-pinned", True, f"source {ctx.job.source!r} is pinned to commit {ref[:12]}")]
     return [
         Finding(

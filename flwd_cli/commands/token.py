@@ -16,14 +16,14 @@ from flwd_server.auth.keys import algorithm_of, load_private_key, mint, public_j
 from flwd_server.auth.scopes import SCOPES
 from flwd_server.config import load_settings
 
-DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+DURATION_RE = re.compile(r"\s*(\d+)\s*([smhd]?)\s*")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_LIFETIME = 366 * 86400
 
 
 def parse_duration(text: str) -> int:
     """``90``, ``90s``, ``15m``, ``1h``, ``30d`` -> seconds."""
-    match = DURATION_RE.match(text)
+    match = DURATION_RE.fullmatch(text)
     if not match:
         raise click.BadParameter(
             f"expected a duration such as 900, 15m, 1h or 30d, got {text!r}", param_hint="--lifetime"

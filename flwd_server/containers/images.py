@@ -9,10 +9,10 @@ from ..errors import Unprocessable
 
 DOCKER_HUB = "docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_PATH_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-_HOST_RE = re.compile(r"^(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?$")
+_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_PATH_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+_HOST_RE = re.compile(r"(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,13 @@ def parse_image_ref(text: str, field: str = "image") -> ImageRef:
     rest, digest = text, None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
-        if not _DIGEST_RE.match(digest):
+        if not _DIGEST_RE.fullmatch(digest):
             raise Unprocessable(
                 f"{field}: bad digest {digest!r}", [{"field": field, "message": "digest must be sha256:<64 hex>"}]
             )
     first, slash, remainder = rest.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"):
-        if not _HOST_RE.match(first):
+        if not _HOST_RE.fullmatch(first):
             raise Unprocessable(
                 f"{field}: bad registry host {first!r}", [{"field": field, "message": "bad registry host"}]
             )
@@ -72,11 +72,11 @@ def parse_image_ref(text: str, field: str = "image") -> ImageRef:
     tag = None
     if ":" in path.rsplit("/", 1)[-1]:
         path, tag = path.rsplit(":", 1)
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise Unprocessable(f"{field}: bad tag {tag!r}", [{"field": field, "message": "bad tag"}])
     if registry == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
-    if not _PATH_RE.match(path):
+    if not _PATH_RE.fullmatch(path):
         raise Unprocessable(f"{field}: bad repository {path!r}", [{"field": field, "message": "bad repository name"}])
     if tag is None and digest is None:
         tag = "latest"

@@ -41,7 +41,7 @@ MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_REDIRECTS = 5
-_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
 _CHALLENGE_RE = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
 Credentials = Callable[[str], "tuple[str, str] | None"]
@@ -326,7 +326,7 @@ class RegistryClient:
             raise self._fail(response, what)
         raw = self._read_capped(response, MAX_MANIFEST_BYTES, what)
         digest = sha256_digest(raw)
-        if _DIGEST_RE.match(reference) and digest != reference:
+        if _DIGEST_RE.fullmatch(reference) and digest != reference:
             raise DigestMismatch(f"{what}: the registry sent bytes that hash to {digest}")
         claimed = response.headers.get("Docker-Content-Digest")
         if claimed and claimed.startswith("sha256:") and claimed != digest:
@@ -349,7 +349,7 @@ class RegistryClient:
 
     def get_blob(self, registry: str, repository: str, digest: str, max_bytes: int) -> bytes:
         """A blob's bytes, refused if they do not hash to ``digest`` or exceed ``max_bytes``."""
-        if not _DIGEST_RE.match(digest or ""):
+        if not _DIGEST_RE.fullmatch(digest or ""):
             raise RegistryError(f"blob digest {digest!r} is not a sha256 digest")
         what = f"blob {registry}/{repository}@{digest}"
         response = self.request("GET", registry, f"/v2/{repository}/blobs/{digest}", repository=repository, stream=True)

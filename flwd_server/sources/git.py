@@ -162,7 +162,7 @@ class GitSource(Source):
         fetches (and, if no branch or tag reaches it any more, asks for that
         exact commit) before exporting, so every node runs the same revision.
         """
-        if revision is None or not COMMIT_RE.match(revision):
+        if revision is None or not COMMIT_RE.fullmatch(revision):
             return None
         tree = self.revs_dir / revision
         if tree.is_dir():
@@ -267,7 +267,7 @@ class GitSource(Source):
         except GitCommandError:
             return None
         out = out.strip()
-        return out if COMMIT_RE.match(out) else None
+        return out if COMMIT_RE.fullmatch(out) else None
 
     def _resolve(self, repo: Repo) -> str:
         ref = self.ref
@@ -281,9 +281,9 @@ class GitSource(Source):
             commit = self._rev_parse(repo, name)
             if commit:
                 return commit
-        if ABBREV_COMMIT_RE.match(ref):
+        if ABBREV_COMMIT_RE.fullmatch(ref):
             commit = self._rev_parse(repo, ref)
-            if commit is None and COMMIT_RE.match(ref):
+            if commit is None and COMMIT_RE.fullmatch(ref):
                 # A commit no branch or tag reaches: ask for it by id (the server must allow it).
                 try:
                     self._git(
@@ -336,7 +336,7 @@ class GitSource(Source):
         for entry in self.revs_dir.iterdir():
             if entry.name in keep:
                 continue
-            if entry.name.startswith(".") or COMMIT_RE.match(entry.name):
+            if entry.name.startswith(".") or COMMIT_RE.fullmatch(entry.name):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:

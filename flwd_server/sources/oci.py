@@ -35,7 +35,7 @@ from .base import Source, SourceSnapshot, scan_jobs
 
 log = logging.getLogger("flwd.sources.oci")
 RETRY_AFTER = 10.0
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class OciSource(Source):
@@ -73,7 +73,7 @@ class OciSource(Source):
 
     def load_state(self, state: dict[str, Any]) -> None:
         wanted = state.get("revision")
-        self._wanted = wanted if isinstance(wanted, str) and _DIGEST.match(wanted) else None
+        self._wanted = wanted if isinstance(wanted, str) and _DIGEST.fullmatch(wanted) else None
 
     def snapshot(self) -> SourceSnapshot:
         current, wanted = self._current, self._wanted
@@ -187,7 +187,7 @@ class OciSource(Source):
         current = self._current
         if current is not None and (revision is None or revision == current.revision):
             return current.root
-        if revision is None or not _DIGEST.match(revision):
+        if revision is None or not _DIGEST.fullmatch(revision):
             return None
         target = self.root / revision.split(":", 1)[1]
         if (target / "jobs").is_dir():  # unpacked here before, after its signature was checked

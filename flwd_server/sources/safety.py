@@ -22,11 +22,11 @@ from ..errors import UnsafeSource
 NEVER_ALLOWED = frozenset({"ext", "fd"})
 MAX_URL_LENGTH = 2048
 MAX_REF_LENGTH = 255
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
-ABBREV_COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
+COMMIT_RE = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+ABBREV_COMMIT_RE = re.compile(r"[0-9a-f]{7,64}")
 _TRANSPORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::|^::")
-_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
-_SCP_RE = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>[^@/:\[\]]+|\[[^\]/]+\]):(?P<path>.*)$", re.DOTALL)
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
+_SCP_RE = re.compile(r"(?:(?P<user>[^@/:]+)@)?(?P<host>[^@/:\[\]]+|\[[^\]/]+\]):(?P<path>.*)", re.DOTALL)
 _REF_BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
 
@@ -44,7 +44,7 @@ def url_problem(url: object, allowed_schemes: tuple[str, ...] | list[str]) -> st
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         return "must not contain whitespace or control characters"
     allowed_text = ", ".join(sorted(allowed)) or "none"
-    match = _SCHEME_RE.match(url)
+    match = _SCHEME_RE.fullmatch(url)
     if match:
         scheme, rest = match.group(1).lower(), match.group(2)
         if scheme not in allowed:
@@ -60,7 +60,7 @@ def url_problem(url: object, allowed_schemes: tuple[str, ...] | list[str]) -> st
         if not host or host.startswith("-") or user.startswith("-"):
             return "the host (and user) of the URL must not be empty or start with '-'"
         return None
-    scp = _SCP_RE.match(url)
+    scp = _SCP_RE.fullmatch(url)
     if scp and "/" not in url.split(":", 1)[0]:
         if "ssh" not in allowed:
             return (

@@ -16,7 +16,7 @@ from ..errors import ScopeMissing, Unauthenticated
 from ..models import Principal
 from .operations import PUBLIC, declared_operation
 
-DEV_ORIGIN_RE = re.compile(r"^http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?$")
+DEV_ORIGIN_RE = re.compile(r"http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Idempotency-Key, X-Request-ID"
 QUERY_TOKEN_NAMES = ("access_token", "token")
 CORS_EXPOSE_HEADERS = "WWW-Authenticate, Location, Retry-After, X-Request-ID, Idempotent-Replayed"
@@ -34,7 +34,7 @@ def principal() -> Principal:
 
 def _dev_origin() -> str | None:
     origin = request.headers.get("Origin")
-    if origin and current_app.config["FLWD_DEV"] and DEV_ORIGIN_RE.match(origin):
+    if origin and current_app.config["FLWD_DEV"] and DEV_ORIGIN_RE.fullmatch(origin):
         return origin
     return None
 

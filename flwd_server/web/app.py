@@ -17,7 +17,7 @@ from ..metrics import SSE_CLIENTS
 from . import access, jobs_api, ops_api, plans_api, problems, query_params, runs_api, sources_api
 
 access_log = logging.getLogger("flwd.access")
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 BLUEPRINTS = (jobs_api.bp, plans_api.bp, runs_api.bp, ops_api.bp, sources_api.bp)
 
 
@@ -60,7 +60,7 @@ def _register_request_ids(app: Flask) -> None:
     @app.before_request
     def start_request() -> None:
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if REQUEST_ID_RE.match(incoming) else secrets.token_hex(8)
+        g.request_id = incoming if REQUEST_ID_RE.fullmatch(incoming) else secrets.token_hex(8)
         g.started = time.monotonic()
         app.config["FLWD_ENGINE"].start()
 

@@ -33,7 +33,7 @@ from .schemas import (
 )
 
 bp = Blueprint("runs", __name__)
-IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
@@ -67,7 +67,7 @@ def _engine():
 )
 def submit_run() -> Response:
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not IDEMPOTENCY_KEY_RE.match(key):
+    if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise BadRequest("Idempotency-Key must be 1-255 visible ASCII characters")
     run_request = plan_request(with_plan=True)
     idempotency = (key, body_hash(g.flwd_body)) if key else None

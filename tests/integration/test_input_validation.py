@@ -1,0 +1,76 @@
+"""Input is what the validator says, through a real server: names, patterns, links out of a source, sizes.
+
+Each refusal is a 4xx problem naming the field, and it changes nothing: no source stored, no
+folder made, no run queued.
+"""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests.fixtures.server import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+NAMED = """name: named
+args:
+  user: {type: string, required: true, pattern: "^[a-z]{1,8}$"}
+  count: {type: integer, default: 1}
+steps:
+  - run: 'printf "%s\\n" "$FLWD_ARG_USER"'
+"""
+
+BAD_TAILS = ["\n", "\x00", "\x01"]
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("input")
+    (root / "src" / "jobs").mkdir(parents=True)
+    (root / "src" / "jobs" / "named.yaml").write_text(NAMED)
+    config = {"workers": 1, "threads": 8, "sources": [{"type": "local", "name": "in", "path": str(root / "src")}]}
+    server = ServerProcess(root, config, dev=True, env=None).start()
+    yield server
+    server.stop(timeout=30)
+    logs = server.logs()
+    assert "Traceback" not in logs and '"status": 500' not in logs
+
+
+def problem(response: requests.Response, status: int = 422) -> dict:
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    assert response.headers["Content-Type"] == "application/problem+json"
+    return response.json()
+
+
+def fields(response: requests.Response, status: int = 422) -> list[str]:
+    return [e["field"] for e in problem(response, status).get("errors", [])]
+
+
+def run_ids(server: ServerProcess) -> list[str]:
+    return [r["id"] for r in server.get("/runs?limit=500").json()["runs"]]
+
+
+def data_paths(server: ServerProcess) -> set[str]:
+    return {str(p.relative_to(server.data_dir)) for p in server.data_dir.rglob("*")}
+
+
+@pytest.mark.parametrize("tail", BAD_TAILS, ids=repr)
+def test_a_source_name_with_a_newline_nul_or_control_character_is_a_422_and_leaves_nothing(srv, tmp_path, tail):
+    (tmp_path / "jobs").mkdir()
+    before_sources, before_paths = srv.get("/sources").json()["sources"], data_paths(srv)
+    response = srv.post("/sources", {"type": "local", "name": "zz" + tail, "path": str(tmp_path)})
+    assert fields(response) == ["name"]
+    assert srv.get("/sources").json()["sources"] == before_sources
+    assert data_paths(srv) == before_paths
+    assert not any("zz" in path for path in data_paths(srv))
+
+
+@pytest.mark.parametrize("tail", BAD_TAILS, ids=repr)
+@pytest.mark.parametrize("path", ["/plans", "/runs"])
+def test_an_anchored_pattern_and_a_typed_argument_refuse_a_newline_nul_or_control_character(srv, path, tail):
+    before = run_ids(srv)
+    assert fields(srv.post(path, {"job": "named", "args": {"user": "alice" + tail}})) == ["args.user"]
+    assert fields(srv.post(path, {"job": "named", "args": {"user": "alice", "count": "2" + tail}})) == ["args.count"]
+    assert run_ids(srv) == before
+    assert srv.post("/plans", {"job": "named", "args": {"user": "alice", "count": "2"}}).status_code == 200

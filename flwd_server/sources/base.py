@@ -80,7 +80,8 @@ def scan_jobs(
 
     ``cache`` maps a relative path to ``((mtime_ns, size), Job | error)`` so a
     rescan re-parses only what changed.  Files whose real path leaves the source
-    root (``..`` or a symlink) are ignored with an error.
+    root (``..`` or a symlink) are ignored with an error each; a ``jobs`` folder
+    that does is one error, and nothing under it is read.
     """
     root_path = Path(root).resolve()
     jobs_dir = root_path / "jobs"
@@ -88,6 +89,11 @@ def scan_jobs(
     jobs: dict[str, Job] = {}
     if not jobs_dir.is_dir():
         errors.append({"path": "jobs/", "field": "(folder)", "message": "the source has no jobs/ folder"})
+        return SourceSnapshot(source, revision, str(root_path), jobs, tuple(errors))
+    if not _inside(jobs_dir.resolve(), root_path):
+        # os.walk follows its top folder when it is a link, whatever followlinks says: check it first
+        message = "is a link that resolves outside the source root; nothing under it is read"
+        errors.append({"path": "jobs", "field": "(folder)", "message": message})
         return SourceSnapshot(source, revision, str(root_path), jobs, tuple(errors))
     seen = set()
     count = 0

@@ -74,3 +74,37 @@ def test_an_anchored_pattern_and_a_typed_argument_refuse_a_newline_nul_or_contro
     assert fields(srv.post(path, {"job": "named", "args": {"user": "alice", "count": "2" + tail}})) == ["args.count"]
     assert run_ids(srv) == before
     assert srv.post("/plans", {"job": "named", "args": {"user": "alice", "count": "2"}}).status_code == 200
+
+
+def test_a_local_source_whose_jobs_folder_links_outside_is_one_error_and_nothing_under_it_is_read(srv, tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    for i in range(30):
+        (outside / "deep" / f"leak-{i}.yaml").write_text(f"name: leak-{i}\nsteps:\n  - run: 'true'\n")
+    (outside / "leak.yaml").write_text("name: leak\nsteps:\n  - run: 'true'\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "jobs").symlink_to(outside)
+    for name, target in (("linked", tmp_path / "src"), ("usr", None)):
+        root = target or tmp_path / "usr-src"
+        if target is None:
+            root.mkdir()
+            (root / "jobs").symlink_to("/usr")
+        added = srv.post("/sources", {"type": "local", "name": name, "path": str(root)})
+        assert added.status_code == 201, added.text
+        source = srv.get(f"/sources/{name}").json()["source"]
+        assert source["jobs"] == []
+        assert [(e["path"], e["field"]) for e in source["errors"]] == [("jobs", "(folder)")]
+        assert "outside the source root" in source["errors"][0]["message"]
+        assert srv.get("/jobs/leak").status_code == 404
+
+
+def test_a_git_source_whose_jobs_folder_links_outside_is_one_error_and_nothing_under_it_is_read(srv, make_git_repo):
+    repo = make_git_repo("linked")
+    repo.write("README", "jobs is a link\n").symlink("jobs", "/usr")
+    repo.commit("jobs -> /usr")
+    added = srv.post("/sources", {"type": "git", "name": "git-linked", "url": repo.url, "ref": "main"})
+    assert added.status_code == 201, added.text
+    source = srv.get("/sources/git-linked").json()["source"]
+    assert source["jobs"] == []
+    assert [(e["path"], e["field"]) for e in source["errors"]] == [("jobs", "(folder)")]
+    assert "outside the source root" in source["errors"][0]["message"]

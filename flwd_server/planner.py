@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,14 @@ from typing import Any
 from .auth.scopes import Scope
 from .catalog import Catalog
 from .config import Settings
-from .jobs import resolve_args
+from .errors import InvalidArgs
+from .jobs import arg_env, render_command, resolve_args
 from .models import ArgSpec, Containment, Decision, Job, Plan, Principal, Profile, Step, Verdict
-from .policy import PolicyContext, SignatureResult, downgrade_decision, evaluate
+from .policy import PolicyContext, SignatureResult, downgrade_decision, evaluate, host_env_passthrough
+
+MAX_ARG_STRLEN = 32 * 4096  # Linux refuses one argv or environment string longer than this, its NUL included
+MAX_ARG_TOTAL = 6 * 1024 * 1024  # ... and argv + envp over a quarter of the stack limit, at most this
+EXEC_HEADROOM = 16 * 1024  # what the runner adds as a step starts: PATH, HOME, FLWD_*, the ulimit wrapper
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,10 @@ class Planner:
             decisions.append(downgrade)
             if downgrade.verdict is Verdict.DENY:
                 profile = default
+        problems = exec_problems(job, args, host_env_passthrough(job, profile, self.settings))
+        if problems:
+            fields = ", ".join(p["field"] for p in problems)
+            raise InvalidArgs(f"job {job.name!r} could not start its steps (too large for exec): {fields}", problems)
         decisions.extend(evaluate(self.context(job, profile)))
         digest = self.digest(job, args, profile)
         return Plan(
@@ -111,6 +121,55 @@ class Planner:
         )
         material = _job_canonical(job) + "\n" + tail
         return "sha256:" + hmac.new(self._key, material.encode(), hashlib.sha256).hexdigest()
+
+
+def exec_limit() -> int:
+    """The bytes of argv + environment (strings and pointers) a process may start with here."""
+    try:
+        limit = os.sysconf("SC_ARG_MAX")
+    except (ValueError, OSError):
+        limit = -1
+    return min(limit if limit > 0 else 2 * 1024 * 1024, MAX_ARG_TOTAL) - EXEC_HEADROOM
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass")) + 1  # the bytes exec copies, NUL included
+
+
+def exec_problems(job: Job, args: dict[str, Any], passthrough: dict[str, str]) -> list[dict[str, str]]:
+    """What would make a step's exec fail with E2BIG, each named by its field; sizes are UTF-8 bytes.
+
+    A step's strings are its environment (the host's variables passed through, the job's and the
+    step's ``env``, ``FLWD_ARG_*``) and its argv (a shell step's script, a container step's command).
+    """
+    names = {f"FLWD_ARG_{name.upper()}": f"args.{name}" for name in args}
+    problems: dict[str, str] = {}
+    limit = exec_limit()
+    for i, step in enumerate(job.steps):
+        env = {k: (f"host_env.{k}", v) for k, v in (passthrough.items() if step.run is not None else ())}
+        env.update({k: (f"env.{k}", v) for k, v in job.env})
+        env.update({k: (f"steps[{i}].env.{k}", v) for k, v in step.env})
+        env.update({k: (names[k], v) for k, v in arg_env(args).items()})
+        sizes = [(field, _size(f"{k}={v}")) for k, (field, v) in env.items()]
+        if step.run is not None:
+            sizes.append((f"steps[{i}].run", _size(step.run)))
+        else:
+            sizes.extend(
+                (f"steps[{i}].command[{j}]", _size(part)) for j, part in enumerate(render_command(step.command, args))
+            )
+        for field, size in sizes:
+            if size > MAX_ARG_STRLEN:
+                problems.setdefault(
+                    field,
+                    f"is {size - 1} bytes where step {step.name!r} starts; Linux refuses a string over {MAX_ARG_STRLEN - 1} bytes",
+                )
+        total = sum(size + 8 for _, size in sizes)  # each string and its pointer
+        if total > limit and not problems:
+            field = max(sizes, key=lambda item: item[1])[0]
+            problems[field] = (
+                f"the largest part of the {total} bytes of arguments and environment step {step.name!r} would start with; the limit here is {limit}"
+            )
+    return [{"field": field, "message": message} for field, message in problems.items()]
 
 
 _JOB_TEXT: dict[tuple[str, str | None, str], tuple[str, str]] = {}

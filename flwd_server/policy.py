@@ -11,6 +11,7 @@ every profile.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,14 @@ from .models import Containment, Decision, Job, Profile, Verdict
 decision_log = logging.getLogger("flwd.decisions")
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+
+
+def host_env_passthrough(job: Job, profile: Profile, settings: Settings) -> dict[str, str]:
+    """The server's variables a host step of ``job`` gets: none unless it requires ``host-env`` outside ``secure``."""
+    if "host-env" not in job.requires or profile is Profile.SECURE:
+        return {}
+    allowed = settings.policy.host_env_passthrough
+    return {k: v for k, v in os.environ.items() if not allowed or k in allowed}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any
 from ..config import Settings
 from ..jobs import arg_env
 from ..models import Job, Profile, Step
+from ..policy import host_env_passthrough
 from .host_executor import StepLimits
 
 SAFE_HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -30,10 +31,7 @@ def host_environment(
     sees only PATH, HOME (its own work dir), LANG, the job's variables and
     ``FLWD_*``: a secret in the server's environment never reaches a job.
     """
-    env: dict[str, str] = {}
-    if "host-env" in job.requires and profile is not Profile.SECURE:
-        allowed = settings.policy.host_env_passthrough
-        env.update({k: v for k, v in os.environ.items() if not allowed or k in allowed})
+    env = host_env_passthrough(job, profile, settings)
     env.update(
         {
             "PATH": os.environ.get("PATH", SAFE_HOST_PATH) if profile is not Profile.SECURE else SAFE_HOST_PATH,

@@ -21,6 +21,15 @@ steps:
   - run: 'printf "%s\\n" "$FLWD_ARG_USER"'
 """
 
+ECHO = """name: echo
+args:
+  text: {type: string, required: true}
+steps:
+  - run: 'printf "%s" "$FLWD_ARG_TEXT" | wc -c'
+"""
+
+BIG_SCRIPT = "name: big-script\nsteps:\n  - run: 'true # " + "€" * 45000 + "'\n"
+
 BAD_TAILS = ["\n", "\x00", "\x01"]
 
 
@@ -29,6 +38,8 @@ def srv(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("input")
     (root / "src" / "jobs").mkdir(parents=True)
     (root / "src" / "jobs" / "named.yaml").write_text(NAMED)
+    (root / "src" / "jobs" / "echo.yaml").write_text(ECHO)
+    (root / "src" / "jobs" / "big-script.yaml").write_text(BIG_SCRIPT)
     config = {"workers": 1, "threads": 8, "sources": [{"type": "local", "name": "in", "path": str(root / "src")}]}
     server = ServerProcess(root, config, dev=True, env=None).start()
     yield server
@@ -108,3 +119,19 @@ def test_a_git_source_whose_jobs_folder_links_outside_is_one_error_and_nothing_u
     assert source["jobs"] == []
     assert [(e["path"], e["field"]) for e in source["errors"]] == [("jobs", "(folder)")]
     assert "outside the source root" in source["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("path", ["/plans", "/runs"])
+def test_an_argument_too_large_for_exec_in_bytes_is_a_422_naming_it_and_queues_nothing(srv, path):
+    before = run_ids(srv)
+    assert fields(srv.post(path, {"job": "echo", "args": {"text": "€" * 65536}})) == ["args.text"]
+    assert fields(srv.post(path, {"job": "big-script"})) == ["steps[0].run"]
+    assert run_ids(srv) == before
+
+
+def test_a_value_just_under_the_limit_in_bytes_still_runs(srv):
+    count = (128 * 1024 - len("FLWD_ARG_TEXT=") - 1) // 3  # 131,070 bytes with its name and NUL
+    run = srv.submit("echo", {"text": "€" * count})
+    assert srv.wait_finished(run["id"])["status"] == "succeeded"
+    lines = [e["data"]["data"]["line"] for e in srv.events(run["id"]) if e["event"] == "step.output"]
+    assert [line.strip() for line in lines] == [str(3 * count)]

@@ -124,6 +124,24 @@ def test_scp_list_and_string_grant_scopes_like_scope(auth_server, auth):
     assert requests.get(auth_server.url + "/jobs", headers=bearer(near_miss), timeout=10).status_code == 403
 
 
+@pytest.mark.parametrize("separator", ["\u00a0", "\u3000", "\u2028", "\t", "\x1c"], ids=repr)
+def test_only_a_space_separates_scopes_in_a_token(auth_server, auth, separator):
+    """RFC 6749 section 3.3: anything but U+0020 is part of one (unknown) scope, which grants nothing."""
+    for claim_set in ({"scope": f"jobs:read{separator}sources:read"}, {"scp": f"jobs:read{separator}sources:read"}):
+        token = make_token(auth.keys["ES256"], claims(None, **claim_set))
+        for path in ("/sources", "/jobs"):
+            response = requests.get(auth_server.url + path, headers=bearer(token), timeout=10)
+            assert response.status_code == 403, (claim_set, path, response.text)
+            assert response.headers["Content-Type"] == "application/problem+json"
+
+
+def test_scopes_separated_by_spaces_grant_each(auth_server, auth):
+    for scope in ("jobs:read sources:read", "  jobs:read   sources:read "):
+        for path in ("/sources", "/jobs"):
+            response = requests.get(auth_server.url + path, headers=auth.headers(scope), timeout=10)
+            assert response.status_code == 200, (scope, path, response.text)
+
+
 # -- refused tokens: 401 and no side effect -----------------------------------
 
 

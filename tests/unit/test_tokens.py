@@ -258,6 +258,23 @@ def test_scopes_come_from_scope_or_scp_compared_as_whole_tokens(claim_set, grant
     assert ("runs:write" in scopes_of(claim_set)) is granted
 
 
+# RFC 6749 section 3.3: scopes are separated by U+0020 only; any other whitespace is part of one scope.
+NOT_SEPARATORS = ("\u00a0", "\u3000", "\u2028", "\t", "\n", "\x1c", "\x85")
+
+
+@pytest.mark.parametrize("claim", ["scope", "scp"])
+@pytest.mark.parametrize("separator", NOT_SEPARATORS, ids=repr)
+def test_only_a_space_separates_scopes(claim, separator):
+    scopes = scopes_of({claim: f"jobs:read{separator}runs:write"})
+    assert scopes == {f"jobs:read{separator}runs:write"}
+    assert "runs:write" not in scopes and "jobs:read" not in scopes
+
+
+@pytest.mark.parametrize("claim", ["scope", "scp"])
+def test_empty_parts_between_spaces_are_no_scope(claim):
+    assert scopes_of({claim: " jobs:read   runs:write "}) == {"jobs:read", "runs:write"}
+
+
 def test_scopes_reach_the_principal_from_scp(verifier, jwt_auth):
     token = make_token(jwt_auth.keys["RS256"], claims(None, scp=["jobs:read", "runs:read"]))
     assert verifier.verify(token).scopes == {"jobs:read", "runs:read"}

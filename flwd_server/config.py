@@ -159,6 +159,10 @@ class Settings:
     dev: bool = _opt(
         False, "Development mode: accept `dev-token`, CORS for http://localhost (local experiments only).", flag="--dev"
     )
+    dev_allowed_hosts: tuple[str, ...] = _opt(
+        (),
+        "Host names a --dev server answers besides localhost, 127.0.0.0/8 and [::1] (NAME for any port, NAME:PORT for one); any other Host gets 421, against DNS rebinding.",
+    )
     workers: int = _opt(2, "gunicorn worker processes.", minimum=1, maximum=64, flag="--workers")
     threads: int = _opt(
         32, "Request threads per worker (each open SSE stream holds one).", minimum=2, maximum=10000, flag="--threads"
@@ -227,6 +231,8 @@ SOURCE_KEYS = {
     "oci": {"required": ("name", "ref"), "optional": ()},
 }
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+# A Host header (RFC 9110 section 7.2): a name or IPv4 address, or an IPv6 address in brackets, and an optional port.
+HOST_RE = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?")
 _BIND_RE = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]*)):(?P<port>\d{1,5})")
 
 
@@ -449,6 +455,12 @@ def load_settings(
             raise ConfigError("db_url", "expected a PostgreSQL URL such as postgresql://flwd@db.example/flwd")
         if settings.db_path is not None:
             raise ConfigError("db_url", "set db_url (PostgreSQL) or db_path (SQLite), not both")
+    for i, host in enumerate(settings.dev_allowed_hosts):
+        if not HOST_RE.fullmatch(host):
+            raise ConfigError(
+                f"dev_allowed_hosts[{i}]", f"expected NAME or NAME:PORT (devbox.example:8080), got {host!r}"
+            )
+    settings = settings.replace(dev_allowed_hosts=tuple(host.lower() for host in settings.dev_allowed_hosts))
     for profile in settings.policy.allowed_downgrades:
         if profile not in PROFILES:
             raise ConfigError("policy.allowed_downgrades", f"unknown profile {profile!r}")

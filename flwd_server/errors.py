@@ -61,6 +61,14 @@ class UnsupportedMediaType(FlwdError):
     title = "Unsupported media type"
 
 
+class MisdirectedRequest(FlwdError):
+    """Raised by a ``--dev`` server for a request whose ``Host`` it does not answer (DNS rebinding)."""
+
+    status = 421
+    slug = "misdirected-request"
+    title = "Misdirected request"
+
+
 class PayloadTooLarge(FlwdError):
     """Raised when a request body exceeds ``limits.max_body_bytes``."""
 

@@ -1,18 +1,26 @@
-"""Authentication, the scope each route declares, and development CORS.
+"""Authentication, the scope each route declares, development CORS and the development Host check.
 
 Every view carries an :func:`~flwd_server.web.operations.operation`
 declaration, whose scope (or ``PUBLIC``) the hook here enforces; the OpenAPI
 document reads the same declaration.  A view without one is refused (fail
 closed), and a test walks the URL map so that no route can be added without one.
+
+Under ``--dev`` anyone may use ``dev-token``, so the server must not be reachable from a
+web page that rebinds its DNS name to 127.0.0.1 (DNS rebinding): such a page's requests
+carry its own name in ``Host``.  A ``--dev`` server answers only loopback hosts and those
+in ``dev_allowed_hosts``; everything else, ``/healthz`` included, is a 421.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Collection
 
 from flask import Flask, Response, current_app, g, request
 
-from ..errors import ScopeMissing, Unauthenticated
+from ..config import HOST_RE
+from ..errors import MisdirectedRequest, ScopeMissing, Unauthenticated
 from ..models import Principal
 from .operations import PUBLIC, declared_operation
 
@@ -39,9 +47,49 @@ def _dev_origin() -> str | None:
     return None
 
 
+def dev_host_allowed(host: str | None, allowed: Collection[str]) -> bool:
+    """Whether a ``--dev`` server answers this ``Host``: localhost, 127.0.0.0/8, [::1], or a name in ``allowed``.
+
+    ``allowed`` holds lowercase ``NAME`` (any port) or ``NAME:PORT`` entries.  No Host
+    at all (HTTP/1.0) is refused: nothing says which name the client meant.
+    """
+    if not host:
+        return False
+    host = host.lower()
+    match = HOST_RE.fullmatch(host)
+    if not match:
+        return False
+    name = match.group("v6") or match.group("name")
+    bare = host[: match.start("port") - 1] if match.group("port") else host
+    if name == "localhost" or host in allowed or bare in allowed:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_dev_host() -> None:
+    """Under ``--dev``, refuse a request for a Host this server does not answer (before anything else happens)."""
+    if not current_app.config["FLWD_DEV"]:
+        return
+    host = request.headers.get("Host")  # the header itself: werkzeug would fall back to the bound address
+    if dev_host_allowed(host, current_app.config["FLWD_DEV_ALLOWED_HOSTS"]):
+        return
+    what = f"the Host {host!r} is not" if host else "a request without a Host header is not"
+    raise MisdirectedRequest(
+        f"{what} served by this --dev server: it answers localhost, 127.0.0.0/8 and [::1] (any port) and the "
+        "names listed in the setting dev_allowed_hosts, so that a web page whose DNS name points at this "
+        "machine (DNS rebinding) cannot use dev-token",
+        host=host,
+        setting="dev_allowed_hosts",
+    )
+
+
 def register(app: Flask) -> None:
     @app.before_request
     def authenticate() -> Response | None:
+        check_dev_host()
         if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
             return _preflight()
         refuse_query_token()

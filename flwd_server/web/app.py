@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.config.update(
         FLWD_ENGINE=engine,
         FLWD_DEV=settings.dev,
+        FLWD_DEV_ALLOWED_HOSTS=frozenset(settings.dev_allowed_hosts),
         FLWD_STREAM_SLOTS=StreamSlots(
             settings.sse_max_streams, on_change=lambda n: engine.metrics.set_process_gauge(SSE_CLIENTS, n)
         ),

@@ -229,7 +229,7 @@ def test_a_client_that_never_reads_stalls_nothing_and_costs_bounded_memory(start
     stuck = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
     stuck.connect(("127.0.0.1", server.port))
-    stuck.sendall(b"GET /events?after=0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dev-token\r\n\r\n")
+    stuck.sendall(b"GET /events?after=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer dev-token\r\n\r\n")
     try:
         # Its thread is now blocked writing: meanwhile the API answers at once and others follow live events.
         for _ in range(20):

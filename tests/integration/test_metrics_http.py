@@ -95,7 +95,7 @@ def open_stream(server: ServerProcess) -> socket.socket:
     """A raw client: send the request, read until the first event has arrived."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     sock.sendall(
-        b"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dev-token\r\nAccept: text/event-stream\r\n\r\n"
+        b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer dev-token\r\nAccept: text/event-stream\r\n\r\n"
     )
     received = b""
     while b"\nid: " not in received and b"\r\n\r\nid: " not in received and b": ping" not in received:

@@ -117,11 +117,11 @@ def test_a_submit_that_arrives_during_shutdown_gets_a_503_problem(start_server):
     body = json.dumps({"job": "noop"}).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         # A kept-alive connection the worker has taken (it answered on it) ...
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert read_response(sock)[0].startswith(b"HTTP/1.1 200")
         # ... and a client in the middle of sending its next request when the server is told to stop.
         sock.sendall(
-            b"POST /runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dev-token\r\nContent-Type: application/json\r\n"
+            b"POST /runs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer dev-token\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body[:5]
         )

@@ -120,3 +120,21 @@ def test_every_setting_is_described():
 )
 def test_bind_addresses_parse(bind, host, port):
     assert parse_bind(bind) == (host, port)
+
+
+def test_dev_allowed_hosts_come_from_the_file_or_the_environment_lowercased(tmp_path):
+    config = tmp_path / "server.yaml"
+    config.write_text("dev_allowed_hosts: [DevBox.Internal, 'pinned.example:9', '[fd00::1]']\n")
+    assert load_settings(config, environ={}).dev_allowed_hosts == ("devbox.internal", "pinned.example:9", "[fd00::1]")
+    environ = {"FLWD_DEV_ALLOWED_HOSTS": "a.example,b.example:8080"}
+    assert load_settings(None, environ=environ).dev_allowed_hosts == ("a.example", "b.example:8080")
+    assert load_settings(None, environ={}).dev_allowed_hosts == ()
+
+
+@pytest.mark.parametrize(
+    "entry", ["http://devbox", "devbox/x", "dev box", "devbox:", "devbox:123456", "*.localhost", ""]
+)
+def test_a_dev_allowed_host_that_is_no_host_is_refused(entry):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {"dev_allowed_hosts": [entry]}, environ={})
+    assert caught.value.key == "dev_allowed_hosts[0]"

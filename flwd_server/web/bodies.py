@@ -46,11 +46,8 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def json_body(allowed: tuple[str, ...]) -> dict[str, Any]:
-    """The request's JSON object; 415, 413, 400 or 422 with the reason otherwise."""
-    if request.mimetype != "application/json":
-        got = request.mimetype or "no Content-Type"
-        raise UnsupportedMediaType(f"send the body as JSON with 'Content-Type: application/json' (got {got})")
+def _raw_body() -> bytes:
+    """The whole body, read once (cached) and at most ``limits.max_body_bytes``; 413 beyond."""
     limit = request.max_content_length
     if request.content_length is not None and limit is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the request body is larger than {limit} bytes (limits.max_body_bytes)")
@@ -61,6 +58,34 @@ def json_body(allowed: tuple[str, ...]) -> dict[str, Any]:
     if limit is not None and len(raw) >= limit:
         # A chunked body is cut at the limit without an error: reaching it means too large.
         raise PayloadTooLarge(f"the request body is larger than {limit} bytes (limits.max_body_bytes)")
+    return raw
+
+
+def no_body() -> None:
+    """For operations that take no body: none or an empty one is fine; any content is a 415 naming what came.
+
+    Called first in the view, so nothing happens and the answer does not depend on
+    whether the run or source exists.  The body is read (at most the limit, 413
+    beyond) rather than left on the connection, which could then serve no further
+    request; ``Content-Length`` alone would miss a chunked body, which has none.
+    """
+    if request.content_length == 0:
+        return
+    raw = _raw_body()
+    if not raw:
+        return
+    kind = request.mimetype or "no Content-Type"
+    raise UnsupportedMediaType(
+        f"{request.method} {request.path} takes no request body: send none, or an empty one (got {len(raw)} bytes, {kind})"
+    )
+
+
+def json_body(allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The request's JSON object; 415, 413, 400 or 422 with the reason otherwise."""
+    if request.mimetype != "application/json":
+        got = request.mimetype or "no Content-Type"
+        raise UnsupportedMediaType(f"send the body as JSON with 'Content-Type: application/json' (got {got})")
+    raw = _raw_body()
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:

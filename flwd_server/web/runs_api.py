@@ -13,7 +13,7 @@ from ..events.sse import ClosingStream, crowd_pause, event_stream, parse_last_ev
 from ..models import RunStatus
 from ..store.run_records import body_hash
 from .access import principal
-from .bodies import json_body, plan_request, query_choice, query_int, query_text
+from .bodies import json_body, no_body, plan_request, query_choice, query_int, query_text
 from .operations import operation
 from .render import base_url, json_response
 from .schemas import (
@@ -118,9 +118,10 @@ def get_run(run_id: str) -> Response:
 @operation(
     Scope.RUNS_WRITE,
     "Cancel a queued or running run",
-    {"202": json_reply(RUN_REPLY, "Accepted"), **problems(404, 409, 503)},
+    {"202": json_reply(RUN_REPLY, "Accepted"), **problems(404, 409, 413, 415, 503)},
 )
 def cancel_run(run_id: str) -> Response:
+    no_body()
     run = _engine().cancel(run_id, principal())
     return json_response({"run": run.to_dict(base_url())}, status=202)
 

@@ -26,7 +26,7 @@ PROBLEM_TEXT = {
     404: "Not found",
     409: "Conflict",
     413: "Body too large",
-    415: "Body is not JSON",
+    415: "Body is not JSON, or the operation takes no body",
     422: "Invalid fields",
     502: "The source could not be fetched; the last good revision keeps serving",
     503: "Unavailable; retry later",

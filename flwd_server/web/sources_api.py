@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app
 from ..auth.scopes import Scope
 from ..sources.registry import SPEC_FIELDS
 from .access import principal
-from .bodies import json_body
+from .bodies import json_body, no_body
 from .operations import operation
 from .render import base_url, json_response
 from .schemas import NULLABLE_STR, json_reply, json_request, object_schema, problems, ref
@@ -56,9 +56,10 @@ def get_source(name: str) -> Response:
 @operation(
     Scope.SOURCES_WRITE,
     "Remove a source registered over the API (bundled and config sources: 409)",
-    {"204": {"description": "Removed"}, **problems(404, 409, 503)},
+    {"204": {"description": "Removed"}, **problems(404, 409, 413, 415, 503)},
 )
 def remove_source(name: str) -> Response:
+    no_body()
     _engine().remove_source(name, principal())
     return Response(status=204)
 
@@ -74,8 +75,9 @@ def remove_source(name: str) -> Response:
                 ["source", "previous_revision", "changed"],
             )
         ),
-        **problems(404, 502, 503),
+        **problems(404, 413, 415, 502, 503),
     },
 )
 def sync_source(name: str) -> Response:
+    no_body()
     return json_response(_engine().sync_source(name, principal()))

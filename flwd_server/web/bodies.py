@@ -61,6 +61,16 @@ def _raw_body() -> bytes:
     return raw
 
 
+def has_body() -> bool:
+    """Whether the request carries content: ``Content-Length`` alone misses a chunked body (it has none).
+
+    A chunked body is read to see (at most the limit, 413 beyond) and stays cached for :func:`json_body`.
+    """
+    if request.content_length is not None:
+        return request.content_length > 0
+    return bool(_raw_body())
+
+
 def no_body() -> None:
     """For operations that take no body: none or an empty one is fine; any content is a 415 naming what came.
 

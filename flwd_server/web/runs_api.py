@@ -13,7 +13,7 @@ from ..events.sse import ClosingStream, crowd_pause, event_stream, parse_last_ev
 from ..models import RunStatus
 from ..store.run_records import body_hash
 from .access import principal
-from .bodies import json_body, no_body, plan_request, query_choice, query_int, query_text
+from .bodies import has_body, json_body, no_body, plan_request, query_choice, query_int, query_text
 from .operations import operation
 from .render import base_url, json_response
 from .schemas import (
@@ -184,7 +184,7 @@ def sse_response(run_id: str | None) -> Response:
 def create_stream_ticket() -> Response:
     """For browsers: EventSource cannot send Authorization, so it opens ``...events?ticket=T`` once."""
     run_id = None
-    if request.content_length:
+    if has_body():  # not request.content_length: a chunked body has none, and was ignored
         body = json_body(("run",))
         run_id = body.get("run")
         if run_id is not None and (not isinstance(run_id, str) or not run_id):

@@ -120,3 +120,19 @@ def test_a_refused_body_leaves_the_connection_usable(srv):
         first = session.post(srv.url + "/sources/folder/sync", data=b"x" * 100_000, timeout=30)
         assert first.status_code == 415
         assert session.get(srv.url + "/sources/folder", timeout=30).status_code == 200
+
+
+def test_a_chunked_stream_ticket_request_is_read_not_ignored(srv):
+    """POST /stream-tickets takes an optional body; a chunked one (no Content-Length) must count like any other."""
+    run = srv.submit("first")
+    headers = {**srv.headers(), "Content-Type": "application/json"}
+    for run_id, status in ((run["id"], 201), ("does-not-exist", 404)):
+        body = chunks(f'{{"run": "{run_id}"}}'.encode())
+        response = requests.post(srv.url + "/stream-tickets", data=body, headers=headers, timeout=30)
+        assert response.status_code == status, response.text
+        if status == 201:
+            assert response.json()["run_id"] == run_id
+    refused = requests.post(srv.url + "/stream-tickets", data=chunks(b'{"bogus": 1}'), headers=headers, timeout=30)
+    assert refused.status_code == 422, refused.text
+    empty = requests.post(srv.url + "/stream-tickets", headers=srv.headers(), timeout=30)
+    assert empty.status_code == 201 and empty.json()["run_id"] is None

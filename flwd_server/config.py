@@ -119,6 +119,9 @@ class PolicySettings:
     memory_bytes: int = _opt(
         2147483648, "Memory a run's host processes may use, under secure and permissive.", minimum=16777216
     )
+    cgroups: bool = _opt(
+        True, "Contain and cap runs with cgroups where this host allows (false: a subreaper, and no caps)."
+    )
     host_env_passthrough: tuple[str, ...] = _opt(
         (), "Host variables passed to jobs that require host-env (permissive only)."
     )

@@ -29,7 +29,7 @@ from .events.hub import EventHub
 from .forksafe import reset_after_fork
 from .metrics import Metrics
 from .metrics import install as install_metrics
-from .models import Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
+from .models import Containment, Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
 from .planner import Planner, PlanRequest, plan_record
 from .policy import log_decision
 from .runs.cgroups import discover as discover_cgroups
@@ -85,14 +85,15 @@ class Engine:
             max_duration=settings.sse.max_duration,
             is_closing=lambda: self.closing,
         )
-        cgroups = discover_cgroups()
+        cgroups = discover_cgroups() if settings.policy.cgroups else None
+        containment = cgroups.containment() if cgroups is not None and cgroups.usable else Containment("subreaper")
         self.planner = Planner(
             self.catalog,
             settings,
             self.store.digest_key,
             runtime=self.container_runtime,
             verify_signature=self.containers.verify_image,
-            containment=cgroups.containment(),
+            containment=containment,
         )
         self.runner = Runner(
             self.store,

@@ -224,7 +224,7 @@ class Job:
 class Containment:
     """How this host contains a run's processes: what policy reports (runs/cgroups.py finds it)."""
 
-    mechanism: str | None = None  # "cgroup2" (killed as one), "cgroup1" (killed one by one), None
+    mechanism: str | None = None  # "cgroup2" (killed as one), "cgroup1" (one by one), "subreaper", None
     caps: frozenset[str] = frozenset()  # of "processes", "memory"
 
 

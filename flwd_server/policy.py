@@ -231,7 +231,10 @@ def check_containment(ctx: PolicyContext) -> list[Finding]:
     if not any(step.run is not None for step in ctx.job.steps):
         return []
     held = ctx.containment
-    if held.mechanism:
+    if held.mechanism == "subreaper":
+        reason = "no cgroup: flwd adopts the processes a step leaves behind (a subreaper) and kills them with the run"
+        out = [Finding("containment", True, reason)]
+    elif held.mechanism:
         out = [Finding("containment", True, f"the run's processes are in a {held.mechanism} group of their own")]
     else:
         out = [

@@ -214,6 +214,15 @@ class RunGroup:
             with contextlib.suppress(OSError):
                 (self.memory / swap).write_text("0" if self.layout.memory_v2 else str(caps.memory_bytes))
 
+    def spawning(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # joining happens in the shell itself: nothing to guard
+
+    def spawned(self, pid: int, pipes: tuple[int, ...] = ()) -> None:
+        pass
+
+    def waited(self, pid: int) -> None:
+        pass
+
     def join_commands(self) -> list[str]:
         """Shell lines that move the shell running them into every group of the run."""
         return [f"echo $$ > {_quote(str(d / 'cgroup.procs'))}" for d in self.dirs]

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -22,10 +23,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..models import Step
 from .capture import StepOutput
-from .cgroups import RunGroup
 
 KILL_GRACE = 2.0
 DRAIN_AFTER_EXIT = 0.5
@@ -47,6 +48,16 @@ class StepLimits:
     file_size_bytes: int | None = None
 
 
+class RunContainment(Protocol):
+    """What keeps a run's processes together: a cgroup (runs/cgroups.py) or the subreaper (runs/reaper.py)."""
+
+    def join_commands(self) -> list[str]: ...
+    def spawning(self) -> contextlib.AbstractContextManager[None]: ...
+    def spawned(self, pid: int, pipes: tuple[int, ...] = ()) -> None: ...
+    def waited(self, pid: int) -> None: ...
+    def kill(self, timeout: float = 5.0) -> bool: ...
+
+
 @dataclass
 class HostStep:
     run_id: str
@@ -58,11 +69,11 @@ class HostStep:
     output: StepOutput
     limits: StepLimits = field(default_factory=StepLimits)
     on_spawn: Callable[[int], None] | None = None
-    cgroup: RunGroup | None = None
+    containment: RunContainment | None = None
 
 
-def _prologue(limits: StepLimits, cgroup: RunGroup | None = None) -> list[str]:
-    parts = cgroup.join_commands() if cgroup is not None else []
+def _prologue(limits: StepLimits, containment: RunContainment | None = None) -> list[str]:
+    parts = containment.join_commands() if containment is not None else []
     if limits.cpu_seconds:
         parts.append(f"ulimit -t {int(limits.cpu_seconds)}")
     if limits.open_files:
@@ -72,14 +83,14 @@ def _prologue(limits: StepLimits, cgroup: RunGroup | None = None) -> list[str]:
     return parts
 
 
-def build_argv(script: str, limits: StepLimits, cgroup: RunGroup | None = None) -> list[str]:
+def build_argv(script: str, limits: StepLimits, containment: RunContainment | None = None) -> list[str]:
     """``sh -c`` with the script as a positional argument, never interpolated.
 
     With limits, one shell sets them and then ``eval``s the script (taken from
     ``$1``, then shifted away so the script sees no arguments, as with plain
     ``sh -c``): one exec per step instead of two.
     """
-    prologue = _prologue(limits, cgroup)
+    prologue = _prologue(limits, containment)
     if not prologue:
         return ["/bin/sh", "-c", script]
     wrapper = " && ".join(prologue) + ' || exit 126; __flwd_script=$1; shift; eval "$__flwd_script"'
@@ -88,8 +99,8 @@ def build_argv(script: str, limits: StepLimits, cgroup: RunGroup | None = None) 
 
 def _kill_all(task: HostStep, pgid: int) -> None:
     _killpg(pgid, signal.SIGKILL)
-    if task.cgroup is not None:
-        task.cgroup.kill(timeout=0)
+    if task.containment is not None:
+        task.containment.kill(timeout=0)
 
 
 def _killpg(pgid: int, sig: int) -> bool:
@@ -134,16 +145,20 @@ def group_alive(pgid: int) -> bool:
 def run_host_step(task: HostStep) -> StepOutcome:
     started = time.monotonic()
     limits = task.limits
-    proc = subprocess.Popen(
-        build_argv(task.step.run or "", limits, task.cgroup),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=task.cwd,
-        env=task.env,
-        start_new_session=True,
-        close_fds=True,
-    )
+    containment = task.containment
+    with containment.spawning() if containment is not None else contextlib.nullcontext():
+        proc = subprocess.Popen(
+            build_argv(task.step.run or "", limits, containment),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=task.cwd,
+            env=task.env,
+            start_new_session=True,
+            close_fds=True,
+        )
+        if containment is not None:
+            containment.spawned(proc.pid, (proc.stdout.fileno(), proc.stderr.fileno()))  # type: ignore[union-attr]
     pgid = proc.pid
     if task.on_spawn:
         task.on_spawn(pgid)
@@ -191,10 +206,12 @@ def run_host_step(task: HostStep) -> StepOutcome:
             selector.unregister(key.fileobj)
         selector.close()
         code = proc.wait()
+        if containment is not None:
+            containment.waited(proc.pid)
         if _killpg(pgid, signal.SIGKILL):  # stragglers of a finished step, or the rest of a killed one
             _wait_group_gone(pgid, 2.0)
-        if task.cgroup is not None:  # and whatever left the process group
-            task.cgroup.kill()
+        if containment is not None:  # and whatever left the process group
+            containment.kill()
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()

@@ -37,6 +37,7 @@ from .capture import MIN_MASKED_BYTES, OutputBudget, SecretMask, StepOutput
 from .cgroups import CAP_SETTINGS, Caps, CgroupLayout, RunGroup, base_name, open_run_group, sweep_leftovers
 from .environment import host_environment, host_limits
 from .host_executor import HostStep, StepOutcome, run_host_step
+from .reaper import RunReaper, Subreaper
 
 log = logging.getLogger("flwd.runner")
 
@@ -67,7 +68,7 @@ class Runner:
         container_executor: Callable[..., StepOutcome] | None = None,
         cgroups: CgroupLayout | None = None,
     ) -> None:
-        self.cgroups = cgroups
+        self.cgroups = cgroups if cgroups is not None and cgroups.usable else None
         self.cgroup_base = base_name(store.label)
         self.store = store
         self.hub = hub
@@ -92,6 +93,7 @@ class Runner:
         self._claim_lock = threading.Lock()
         self._draining = False
         self._stopped = False
+        self.reaper: Subreaper | None = None  # this process's, where no cgroup can be made (start())
 
     # -- life cycle ------------------------------------------------------------
 
@@ -104,7 +106,9 @@ class Runner:
                 return
             self.hub.start()
             self.store.register_owner(self.owner, HOSTNAME, os.getpid())
-            self._sweep_cgroups()
+            if self.cgroups is None and self.reaper is None:
+                self.reaper = Subreaper()
+            self._sweep_leftovers()
             self._pool = ThreadPoolExecutor(
                 max_workers=self.settings.limits.max_concurrent_runs, thread_name_prefix="flwd-run"
             )
@@ -179,7 +183,9 @@ class Runner:
                     next_beat = now + HEARTBEAT_EVERY
                 if now >= next_sweep:
                     if recover_lost_runs(self.store, me=self.owner, timeout=self.settings.liveness_timeout):
-                        self._sweep_cgroups()
+                        self._sweep_leftovers()
+                    if self.reaper is not None:
+                        self.reaper.reap()
                     self._check_cancellations()
                     next_sweep = now + SWEEP_EVERY
                 if now >= next_housekeeping:
@@ -218,12 +224,20 @@ class Runner:
         self.store.register_owner(self.owner, HOSTNAME, os.getpid())
         log.warning("re-registered as %s (was %s)", self.owner, old)
 
-    def _sweep_cgroups(self) -> None:
+    def _sweep_leftovers(self) -> None:
+        """Kill what runs that no longer run left behind (a killed server's runs, once they are lost)."""
+
         def still_running(run_id: str) -> bool:
             run = self.store.get_run(run_id)
             return run_id in self._active or (run is not None and not run.status.is_terminal)
 
-        sweep_leftovers(self.cgroups, self.cgroup_base, still_running)
+        if self.cgroups is not None:
+            sweep_leftovers(self.cgroups, self.cgroup_base, still_running)
+        elif self.reaper is not None:
+            for run_id in self.reaper.runs_with_processes():
+                if self.store.get_run(run_id) is not None and not still_running(run_id):  # ours, and over
+                    log.warning("killing what run %s left running", run_id)
+                    self.reaper.kill_run(run_id)
 
     def housekeeping(self) -> None:
         self.store.prune(self.settings.limits.max_run_history)
@@ -270,7 +284,7 @@ class Runner:
         run = claimed.run
         status, exit_code, reason = RunStatus.FAILED, None, None
         workdir: Path | None = None
-        cgroup: RunGroup | None = None
+        containment: RunGroup | RunReaper | None = None
         scrub = True
         try:
             record = claimed.plan
@@ -295,11 +309,11 @@ class Runner:
             deadline = time.time() + job.timeout
             budget = OutputBudget(self.settings.limits.max_output_bytes)
             secrets = self._secret_mask(run.id, record.get("secret_args") or (), args)
-            cgroup = open_run_group(self.cgroups, self.cgroup_base, run.id, self._caps(profile))
+            containment = self._contain(run.id, profile)
             status = RunStatus.SUCCEEDED
             for index, step in enumerate(job.steps):
                 outcome = self._run_step(
-                    run, job, step, index, args, profile, workdir, deadline, active, budget, secrets, cgroup
+                    run, job, step, index, args, profile, workdir, deadline, active, budget, secrets, containment
                 )
                 exit_code = outcome.exit_code
                 if outcome.status != "succeeded":
@@ -310,7 +324,7 @@ class Runner:
                         reason = f"the job's timeout of {job.timeout:g}s was reached"
                     else:
                         reason = f"step {step.name!r} exited with {outcome.exit_code}"
-                    cap = cgroup.cap_reached() if cgroup is not None else None
+                    cap = containment.cap_reached() if containment is not None else None
                     if cap:
                         setting, unit = CAP_SETTINGS[cap]
                         value = getattr(self.settings.policy, setting)
@@ -320,8 +334,8 @@ class Runner:
             log.exception("run %s failed inside flwd", run.id)
             status, reason = RunStatus.FAILED, f"flwd could not execute the run: {type(exc).__name__}"
         finally:
-            if cgroup is not None:
-                cgroup.remove()  # kills whatever a step left running, wherever it went
+            if containment is not None:
+                containment.remove()  # kills whatever a step left running, wherever it went
             if workdir is not None:
                 _remove_workdir(workdir)
             try:
@@ -331,6 +345,16 @@ class Runner:
                 log.exception("could not record the end of run %s", run.id)
             self._active.pop(run.id, None)
             self._wakeup.set()
+
+    def _contain(self, run_id: str, profile: Profile) -> RunGroup | RunReaper | None:
+        """The run's cgroups, or, where there are none, its share of this process's subreaper."""
+        if self.cgroups is not None:
+            group = open_run_group(self.cgroups, self.cgroup_base, run_id, self._caps(profile))
+            if group is not None:
+                return group
+        if self.reaper is not None and self.reaper.enabled:
+            return RunReaper(self.reaper, run_id)
+        return None
 
     def _caps(self, profile: Profile) -> Caps:
         if profile is Profile.DISABLED:
@@ -396,7 +420,7 @@ class Runner:
         active: _Active,
         budget: OutputBudget,
         secrets: SecretMask,
-        cgroup: RunGroup | None,
+        containment: RunGroup | RunReaper | None,
     ) -> StepOutcome:
         self.store.emit(run.id, EventType.STEP_STARTED.value, {"step": step.name, "index": index, "kind": step.kind})
         step_deadline = min(deadline, time.time() + step.timeout) if step.timeout else deadline
@@ -446,7 +470,7 @@ class Runner:
                 output=output,
                 limits=host_limits(profile, self.settings),
                 on_spawn=lambda pgid: self.store.set_pgid(run.id, pgid),
-                cgroup=cgroup,
+                containment=containment,
             )
             outcome = run_host_step(task)
         self.store.emit(

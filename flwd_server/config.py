@@ -134,6 +134,15 @@ class GitSettings:
 
 
 @dataclass(frozen=True)
+class HTTPSettings:
+    header_timeout: float = _opt(
+        10.0,
+        "Seconds a client has to send a request's head; a slow one waits without a thread, then is dropped.",
+        minimum=1,
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     bind: str = _opt("127.0.0.1:8080", "Listen address HOST:PORT ([::1]:PORT for IPv6).", flag="--bind")
     default_profile: str = _opt("secure", "Security profile of runs that ask for none.", PROFILES, flag="--profile")
@@ -188,6 +197,7 @@ class Settings:
     sse: SSESettings = field(default_factory=SSESettings, metadata={"help": "Server-Sent Events streams."})
     policy: PolicySettings = field(default_factory=PolicySettings, metadata={"help": "Security profile details."})
     git: GitSettings = field(default_factory=GitSettings, metadata={"help": "Git sources."})
+    http: HTTPSettings = field(default_factory=HTTPSettings, metadata={"help": "HTTP connections."})
     sources: tuple[dict[str, Any], ...] = field(
         default=(), metadata={"help": "Sources registered at start (same objects as POST /sources)."}
     )

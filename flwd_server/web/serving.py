@@ -25,18 +25,13 @@ from ..logs import JsonFormatter, configure_logging
 from ..store import open_store
 from ..store.owners import recover_lost_runs
 from .app import create_app
+from .worker import FlwdWorker, engine_of
 
 log = logging.getLogger("flwd.serve")
 
 
-def _engine_of(worker: Any) -> Engine | None:
-    app = getattr(worker, "wsgi", None)
-    config = getattr(app, "config", None)
-    return config.get("FLWD_ENGINE") if config else None
-
-
 def _post_worker_init(worker: Any) -> None:
-    engine = _engine_of(worker)
+    engine = engine_of(worker)
     if engine is None:
         return
     engine.start()
@@ -63,13 +58,13 @@ def _pre_fork(server: Any, worker: Any) -> None:
 
 def _worker_int(worker: Any) -> None:
     """SIGINT/SIGQUIT is a quick stop: cancel running runs now instead of after the grace."""
-    engine = _engine_of(worker)
+    engine = engine_of(worker)
     if engine is not None:
         engine.begin_shutdown(grace=0)
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
-    engine = _engine_of(worker)
+    engine = engine_of(worker)
     if engine is not None:
         engine.close()
 
@@ -120,7 +115,7 @@ class FlwdServer(BaseApplication):
             "bind": [host_port],
             "workers": s.workers,
             "threads": s.threads,
-            "worker_class": "gthread",
+            "worker_class": FlwdWorker,  # gthread, with request heads read without a thread
             "worker_connections": max(1000, s.threads * 4),
             "timeout": 30,  # gthread: a heartbeat of the worker loop, not a request timeout
             # A worker's runs get shutdown_grace from SIGTERM, then ~2 s to die (SIGTERM, SIGKILL of

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+from gunicorn.workers.gthread import ThreadWorker
+
 from flwd_server.web.serving import FlwdServer
+from flwd_server.web.worker import FlwdWorker, head_complete
 
 
 def test_the_master_freezes_its_objects_before_each_fork(make_settings):
@@ -22,5 +26,20 @@ def test_the_master_freezes_its_objects_before_each_fork(make_settings):
 def test_workers_are_never_recycled_and_outlive_the_shutdown_grace(make_settings):
     settings = make_settings(shutdown_grace=20)
     cfg = FlwdServer(settings).cfg
-    assert cfg.max_requests == 0 and cfg.worker_class_str == "gthread"
+    assert cfg.max_requests == 0 and cfg.worker_class is FlwdWorker and issubclass(FlwdWorker, ThreadWorker)
     assert cfg.graceful_timeout > settings.shutdown_grace
+
+
+def test_the_worker_refuses_tls_it_would_read_heads_before_the_handshake(make_settings):
+    cfg = FlwdServer(make_settings()).cfg
+    FlwdWorker.check_config(cfg, None)
+    cfg.set("certfile", "/etc/ssl/flwd/fullchain.pem")
+    with pytest.raises(RuntimeError, match="plain HTTP"):
+        FlwdWorker.check_config(cfg, None)
+
+
+def test_a_head_is_complete_at_its_blank_line_after_at_most_one_leading_empty_line():
+    assert head_complete(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head_complete(b"\r\nGET / HTTP/1.1\r\n\r\nbody")
+    assert not head_complete(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert not head_complete(b"\r\n\r\n")

@@ -197,6 +197,11 @@ class Engine:
         self.runner.stop_claiming()
         self.hub.close(wait=False)  # may run in a signal handler: the final close() waits
 
+    def abandon(self, reason: str) -> None:
+        """The process that supervised this one is gone: no grace; running runs stop now and end ``lost``."""
+        self.begin_shutdown(grace=0)
+        self.runner.abandon(reason)
+
     def close(self, grace: float | None = None) -> None:
         """Stop: running runs get until the grace deadline, then are cancelled with a reason."""
         self.closing = True

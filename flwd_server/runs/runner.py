@@ -145,8 +145,9 @@ class Runner:
         while self._active and time.monotonic() < deadline:
             time.sleep(0.05)
         for active in list(self._active.values()):
-            active.reason = f"{reason}; it did not finish within the {grace:g}s grace period (shutdown_grace)"
-            active.cancel.set()
+            if not active.cancel.is_set():  # a run already stopped (cancelled, abandoned) keeps its reason
+                active.reason = f"{reason}; it did not finish within the {grace:g}s grace period (shutdown_grace)"
+                active.cancel.set()
         stop_deadline = time.monotonic() + 15
         while self._active and time.monotonic() < stop_deadline:
             time.sleep(0.05)
@@ -157,6 +158,13 @@ class Runner:
             self._pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(Exception):
             self.store.unregister_owner(self.owner)
+
+    def abandon(self, reason: str) -> None:
+        """Stop every running run now; each ends ``lost`` with ``reason``, as if the process had died."""
+        self._draining = True
+        for active in list(self._active.values()):
+            active.status, active.reason = RunStatus.LOST.value, reason
+            active.cancel.set()
 
     # -- dispatch --------------------------------------------------------------
 
@@ -319,7 +327,7 @@ class Runner:
                 if outcome.status != "succeeded":
                     status = RunStatus(outcome.status)
                     if status is RunStatus.CANCELLED:
-                        reason = active.reason or "cancelled"
+                        status, reason = RunStatus(active.status), active.reason or "cancelled"
                     elif status is RunStatus.TIMED_OUT:
                         reason = f"the job's timeout of {job.timeout:g}s was reached"
                     else:

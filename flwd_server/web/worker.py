@@ -13,8 +13,12 @@ would enforce (``limit_request_line``, ``limit_request_fields`` x
 ``limit_request_field_size``), is dropped.  Kept-alive connections go through
 the same path for their next request.
 
+The worker also leaves at once when gunicorn's master is gone (SIGKILL): it
+closes its listening sockets, so clients are refused and a new server can
+bind the port, and the engine stops its runs, which end ``lost``.
+
 Subclassing gunicorn's worker ties flwd to its internals (``enqueue_req``,
-``handle``, ``murder_pending``, ``TConn``), which changed
+``handle``, ``murder_pending``, ``is_parent_alive``, ``TConn``), which changed
 between 23 and 27: setup.cfg pins the range this is tested with.
 """
 
@@ -34,6 +38,7 @@ HEAD_END = b"\r\n\r\n"
 READ_SIZE = 65536
 STOP_LINGER = 2.0  # seconds a stopping worker still waits for a head under way
 REFUSED = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+MASTER_GONE = "the server's master process died; the worker stopped the run"
 
 
 def engine_of(worker: Any) -> Engine | None:
@@ -78,6 +83,7 @@ class FlwdWorker(ThreadWorker):
         self.header_timeout = getattr(settings, "http", HTTPSettings()).header_timeout
         self.head_limit = head_limit(self.cfg)
         self.heads: dict[Any, float] = {}  # connections reading a head -> deadline; insertion order is deadline order
+        self.master_gone = False
 
     # -- heads, on the poller ----------------------------------------------------
 
@@ -156,3 +162,28 @@ class FlwdWorker(ThreadWorker):
             conn.init()  # plain HTTP/1.x (check_config): only makes the parser, reads nothing
             conn.parser.unreader.unread(head)
         return super().handle(conn)
+
+    # -- the master ----------------------------------------------------------------
+
+    def is_parent_alive(self) -> bool:
+        if super().is_parent_alive():
+            return True
+        self.on_master_gone()
+        return False
+
+    def on_master_gone(self) -> None:
+        """Nobody will restart or stop this worker: stop listening now and end the runs ``lost``."""
+        if self.master_gone:
+            return
+        self.master_gone = True
+        self.alive = False
+        self.log.error("the master process is gone: closing the listening sockets and stopping the runs")
+        self.set_accept_enabled(False)
+        for listener in self.sockets:
+            listener.close()
+        for conn in list(self.heads):
+            self._drop(conn)
+        self.murder_keepalived(force=True)
+        engine = engine_of(self)
+        if engine is not None:
+            engine.abandon(MASTER_GONE)

@@ -3,6 +3,7 @@ shutdown_grace or end cancelled with a reason, and nothing they started is left 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -170,3 +171,51 @@ def test_after_a_crash_the_next_start_ends_the_run_lost_and_kills_what_it_left(s
     status, reason, finished = stored(server, run["id"])
     assert status == "lost" and finished["status"] == "lost" and "stopped" in reason
     wait_until(lambda: processes_of(run["id"]) == [], 5, 0.05, "the lost run's processes to be killed")
+
+
+def gone(pid: int) -> bool:
+    """Whether a process has exited (a zombie nobody reaps counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def refuses(server) -> bool:
+    try:
+        socket.create_connection((server.host, server.port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_sigkilled_master_leaves_no_worker_on_the_port_and_the_worker_s_run_ends_lost(start_server, tmp_path):
+    (tmp_path / "ops" / "jobs").mkdir(parents=True)
+    (tmp_path / "ops" / "jobs" / "forky.yaml").write_text(FORKY)
+    server = start_server(
+        {"workers": 1, "threads": 8, "sources": [{"type": "local", "name": "ops", "path": str(tmp_path / "ops")}]}
+    )
+    run = server.submit("forky")
+    wait_running(server, run["id"])
+    wait_until(lambda: len(processes_of(run["id"])) >= 3, 10, 0.05, "the job's processes")
+    workers = server.worker_pids()
+    try:
+        master = server.proc
+        os.kill(master.pid, signal.SIGKILL)  # the master alone: its worker stays
+        master.wait(10)
+        start = time.monotonic()
+        wait_until(lambda: refuses(server), 5, 0.05, "the port to refuse connections")
+        refused_after = time.monotonic() - start
+        wait_until(lambda: all(gone(pid) for pid in workers), 15, 0.05, "the orphaned worker to exit")
+        exited_after = time.monotonic() - start
+        status, reason, finished = stored(server, run["id"])
+        assert status == "lost" and finished["status"] == "lost" and "master" in reason, (status, reason)
+        assert processes_of(run["id"]) == []
+        print(f"port refused after {refused_after:.2f}s, worker gone after {exited_after:.2f}s")
+    finally:  # before the fix the orphan lingered: leave nothing behind whatever happens
+        for pid in workers + processes_of(run["id"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    server.stop()
+    server.start()  # a new server binds the same port
+    assert server.run_status(run["id"]) == "lost"

@@ -22,7 +22,8 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..models import SECRET_MASK
+from ..jobs import arg_text
+from ..models import SECRET_MASK, Decision, Verdict
 
 TRUNCATED_MARK = " [flwd: line truncated]"
 LIMIT_NOTICE = "[flwd: output limit of {limit} bytes reached; the rest is not stored]"
@@ -122,6 +123,17 @@ class SecretMask:
                     break  # the earliest match is the longest
                 at = raw.find(first, at + 1)
         return best
+
+
+def secret_mask(secrets: dict[str, object]) -> tuple[SecretMask, Decision | None]:
+    """The mask of a run's secret argument values, and the warning if one is too short to mask."""
+    values = {name: arg_text(value) for name, value in secrets.items() if value not in (None, "")}
+    short = sorted(name for name, text in values.items() if len(text.encode()) < MIN_MASKED_BYTES)
+    warning = None
+    if short:
+        reason = f"secret argument {', '.join(short)} is shorter than {MIN_MASKED_BYTES} bytes: "
+        warning = Decision("secret-output", Verdict.WARN, reason + "masked in plans and runs, not in step output")
+    return SecretMask(values.values()), warning
 
 
 @dataclass

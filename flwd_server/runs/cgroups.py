@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..models import Containment
 
@@ -172,6 +173,12 @@ def base_name(database: str) -> str:
 
 
 CAP_SETTINGS = {"processes": ("max_processes", "tasks"), "memory": ("memory_bytes", "bytes of memory")}
+
+
+def cap_reason(cap: str, policy: Any) -> str:
+    """Why a run stopped, naming the cap it reached (``cap`` from :meth:`RunGroup.cap_reached`)."""
+    setting, unit = CAP_SETTINGS[cap]
+    return f"the run reached its cap of {getattr(policy, setting)} {unit} (policy.{setting})"
 
 
 @dataclass(frozen=True)

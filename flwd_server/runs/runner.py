@@ -26,15 +26,14 @@ from ..config import Settings
 from ..errors import StorageError, Unavailable
 from ..events.hub import EventHub
 from ..forksafe import reset_after_fork
-from ..jobs import arg_text
 from ..models import Decision, Event, EventType, Job, Profile, Run, RunStatus, Step, Verdict
 from ..planner import Planner, job_from_record
 from ..policy import evaluate, log_decision
 from ..store import Store
 from ..store.owners import HOSTNAME, owner_id, recover_lost_runs
 from ..store.queries import ClaimedRun
-from .capture import MIN_MASKED_BYTES, OutputBudget, SecretMask, StepOutput
-from .cgroups import CAP_SETTINGS, Caps, CgroupLayout, RunGroup, base_name, open_run_group, sweep_leftovers
+from .capture import OutputBudget, SecretMask, StepOutput, secret_mask
+from .cgroups import Caps, CgroupLayout, RunGroup, base_name, cap_reason, open_run_group, sweep_leftovers
 from .environment import host_environment, host_limits
 from .host_executor import HostStep, StepOutcome, run_host_step
 from .reaper import RunReaper, Subreaper
@@ -334,9 +333,7 @@ class Runner:
                         reason = f"step {step.name!r} exited with {outcome.exit_code}"
                     cap = containment.cap_reached() if containment is not None else None
                     if cap:
-                        setting, unit = CAP_SETTINGS[cap]
-                        value = getattr(self.settings.policy, setting)
-                        reason += f": the run reached its cap of {value} {unit} (policy.{setting})"
+                        reason += f": {cap_reason(cap, self.settings.policy)}"
                     break
         except Exception as exc:
             log.exception("run %s failed inside flwd", run.id)
@@ -372,21 +369,10 @@ class Runner:
 
     def _secret_mask(self, run_id: str, names: Iterable[str], args: dict[str, Any]) -> SecretMask:
         """What to hide in the run's output; a value too short to hide is a warning, not a surprise."""
-        values = {name: arg_text(args[name]) for name in names if args.get(name) not in (None, "")}
-        short = sorted(name for name, text in values.items() if len(text.encode()) < MIN_MASKED_BYTES)
-        if short:
-            self._decide(
-                run_id,
-                [
-                    Decision(
-                        "secret-output",
-                        Verdict.WARN,
-                        f"secret argument {', '.join(short)} is shorter than {MIN_MASKED_BYTES} bytes: "
-                        "masked in plans and runs, not in step output",
-                    )
-                ],
-            )
-        return SecretMask(values.values())
+        mask, warning = secret_mask({name: args.get(name) for name in names})
+        if warning is not None:
+            self._decide(run_id, [warning])
+        return mask
 
     def _job_of(self, plan_json: str, record: dict[str, Any]) -> Job:
         """The job of a stored plan; runs of the same plan share one parsed Job."""

@@ -253,8 +253,18 @@ class Unavailable(FlwdError):
 
 
 class StorageError(FlwdError):
-    """Raised when the database cannot be written (disk full, read-only)."""
+    """Raised when the database or the data dir cannot be written (disk full, read-only)."""
 
     status = 503
     slug = "storage-unavailable"
     title = "Storage unavailable"
+
+
+def disk_error(action: str, path: Any, exc: OSError) -> StorageError:
+    """A write under the data dir that the disk refused: what failed, where, and the system's reason.
+
+    ``disk_error("could not create the run's work dir", path, exc)`` ->
+    "could not create the run's work dir PATH: read-only file system".
+    """
+    why = exc.strerror or type(exc).__name__
+    return StorageError(f"{action} {path}: {why[:1].lower()}{why[1:]}")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import StorageError, Unavailable
+from ..errors import FlwdError, StorageError, Unavailable, disk_error
 from ..events.hub import EventHub
 from ..forksafe import reset_after_fork
 from ..models import Decision, Event, EventType, Job, Profile, Run, RunStatus, Step, Verdict
@@ -335,6 +335,9 @@ class Runner:
                     if cap:
                         reason += f": {cap_reason(cap, self.settings.policy)}"
                     break
+        except FlwdError as exc:  # an expected fault (e.g. the data dir is read-only): one line, its reason
+            log.error("run %s failed: %s", run.id, exc.detail, extra={"run_id": run.id})
+            status, reason = RunStatus.FAILED, exc.detail
         except Exception as exc:
             log.exception("run %s failed inside flwd", run.id)
             status, reason = RunStatus.FAILED, f"flwd could not execute the run: {type(exc).__name__}"
@@ -387,10 +390,13 @@ class Runner:
         root = self.settings.resolved_data_dir / "work"
         workdir = root / run_id
         try:
-            os.mkdir(workdir, 0o700)
-        except FileNotFoundError:
-            root.mkdir(parents=True, exist_ok=True)
-            os.mkdir(workdir, 0o700)
+            try:
+                os.mkdir(workdir, 0o700)
+            except FileNotFoundError:
+                root.mkdir(parents=True, exist_ok=True)
+                os.mkdir(workdir, 0o700)
+        except OSError as exc:  # the disk (read-only, full), not the code: the run ends saying so
+            raise disk_error("could not create the run's work dir", workdir, exc) from None
         return workdir
 
     def _source_dir(self, job: Job) -> str | None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import Unavailable
+from ..errors import Unavailable, disk_error
 
 
 def lock_path(data_dir: Path, name: str) -> Path:
@@ -24,10 +24,17 @@ def lock_path(data_dir: Path, name: str) -> Path:
 
 @contextlib.contextmanager
 def source_lock(data_dir: Path, name: str, timeout: float = 600.0) -> Iterator[None]:
-    """Hold the source's lock; a caller waiting longer than ``timeout`` gets a 503."""
+    """Hold the source's lock; a caller waiting longer than ``timeout`` gets a 503.
+
+    A data dir that cannot be written (read-only, full) is a 503 too: every change to a
+    source takes this lock first, so nothing about the source has changed yet.
+    """
     path = lock_path(data_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise disk_error(f"source {name!r}: could not open its lock file", path, exc) from None
     try:
         deadline = time.monotonic() + timeout
         delay = 0.005

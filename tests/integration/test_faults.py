@@ -71,6 +71,22 @@ def mounted(*args: str, target: Path):
         subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
+@contextlib.contextmanager
+def read_only_bind(directory: Path):
+    """``directory`` turned read-only under a running program, and always undone (``umount -l``).
+
+    A bind mount of the directory onto itself, remounted ``bind,ro``: every new open for
+    writing, ``mkdir`` or ``rename`` under it fails with EROFS, while files the program
+    already holds open (the database) keep writing through the mount beneath.
+    """
+    mount("--bind", str(directory), str(directory))
+    try:
+        mount("-o", "remount,bind,ro", str(directory))
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
 def integrity(db: Path) -> str:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -167,6 +183,60 @@ def test_a_disk_that_turns_read_only_gives_503_problems_and_the_data_survives_a_
     logs = server.logs()
     assert "the database cannot be written: disk I/O error" in logs and '"status": 500' not in logs
     assert "Traceback" not in logs, [line for line in logs.splitlines() if "Traceback" in line]
+
+
+def test_a_data_dir_that_turns_read_only_gives_503_problems_and_failed_runs_and_recovers_without_a_restart(
+    start_server, make_git_repo, tmp_path
+):
+    need_root_mounts()
+    repo = make_git_repo("readonly")
+    repo.write("jobs/ro-job.yaml", job_yaml("ro-job", "echo from git"))
+    repo.commit("one")
+    folder = tmp_path / "folder-jobs"
+    (folder / "jobs").mkdir(parents=True)
+    (folder / "jobs" / "folder-job.yaml").write_text(job_yaml("folder-job", "echo from a folder"))
+    server = start_server({"workers": 2})  # the database is DATA_DIR/flwd.db: on the same mount
+    assert server.post("/sources", {"type": "git", "name": "kept", "url": repo.url}).status_code == 201
+    writes = [
+        ("post", "/sources", {"type": "git", "name": "fresh", "url": repo.url}, 201, "fresh"),
+        ("post", "/sources", {"type": "local", "name": "folder", "path": str(folder)}, 201, "folder"),
+        ("post", "/sources/kept/sync", None, 200, "kept"),
+        ("delete", "/sources/kept", None, 204, "kept"),
+    ]
+    data = server.data_dir
+
+    def call(method: str, path: str, body: dict | None) -> requests.Response:
+        return server.post(path, body) if method == "post" else server.delete(path)
+
+    details = []
+    with read_only_bind(data):
+        for method, path, body, _, name in writes:
+            answer = problem(call(method, path, body), 503)
+            assert answer["type"] == "urn:flwd:error:storage-unavailable", answer
+            lock = data / "sources" / ".locks" / f"{name}.lock"
+            assert answer["detail"] == f"source {name!r}: could not open its lock file {lock}: read-only file system"
+            details.append(answer["detail"])
+        for job in ("hello-world", "ro-job"):
+            run = server.submit(job, {"name": "RO"} if job == "hello-world" else {})  # the database still writes
+            ended = server.wait_finished(run["id"])
+            assert ended["status"] == "failed", ended
+            workdir = data / "work" / run["id"]
+            assert ended["reason"] == f"could not create the run's work dir {workdir}: read-only file system"
+            details.append(ended["reason"])
+        assert [s["name"] for s in server.get("/sources").json()["sources"] if s["origin"] == "api"] == ["kept"]
+
+    # Writable again: the same requests succeed on the same server, no restart.
+    for method, path, body, status, _ in writes:
+        response = call(method, path, body)
+        assert response.status_code == status, (method, path, response.status_code, response.text[:300])
+    for job in ("hello-world", "ro-job"):
+        run = server.submit(job, {"name": "RW"} if job == "hello-world" else {})  # ro-job: now from 'fresh'
+        assert server.wait_finished(run["id"])["status"] == "succeeded"
+    logs = server.logs()
+    assert '"status": 500' not in logs
+    assert "Traceback" not in logs, [line for line in logs.splitlines() if "Traceback" in line]
+    for detail in details:  # one line per failure, saying what failed and where (sync and delete share one)
+        assert sum(detail in line for line in logs.splitlines()) == details.count(detail), detail
 
 
 def worker_memory(pid: int) -> dict[str, int]:

@@ -34,7 +34,7 @@ from git import GitCommandError, Remote, Repo
 from git.exc import GitError
 
 from ..config import GitSettings
-from ..errors import FlwdError, SourceError, UnsafeSource
+from ..errors import FlwdError, SourceError, UnsafeSource, disk_error
 from ..logs import redact_url
 from .base import Source, SourceSnapshot, scan_jobs
 from .locking import source_lock
@@ -220,10 +220,12 @@ class GitSource(Source):
                 self._fetch(repo)
                 commit = self._resolve(repo)
                 self._export(repo, commit)
-        except (GitError, OSError) as exc:
+        except GitError as exc:  # before OSError: GitPython's NoSuchPathError is both
             raise SourceError(
                 f"source {self.name!r}: fetching {redact_url(self.url)} failed: {_git_error(exc, self.url)}"
             ) from None
+        except OSError as exc:  # our own clone could not be written (read-only, full): a 503, not the remote's fault
+            raise disk_error(f"source {self.name!r}: could not write its clone under", self.root, exc) from None
         self.state = {**self.state, "revision": commit}
         log.info("source %s synced to %s in %.2fs", self.name, commit, time.monotonic() - started)
         return self.snapshot()

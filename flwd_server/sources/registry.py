@@ -192,6 +192,9 @@ class SourceRegistry:
             self._wipe(name)  # leftovers of an earlier source of that name
             try:
                 snap = source.sync()
+            except StorageError:  # our disk, not the source: a 503 as it is, not a 422 about the source
+                self._wipe(name)
+                raise
             except FlwdError as exc:
                 self._wipe(name)
                 field = exc.extra.get("field") or next((k for k in ("url", "path", "ref") if k in spec), "name")

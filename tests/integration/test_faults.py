@@ -239,6 +239,25 @@ def test_a_data_dir_that_turns_read_only_gives_503_problems_and_failed_runs_and_
         assert sum(detail in line for line in logs.splitlines()) == details.count(detail), detail
 
 
+def test_a_source_folder_that_cannot_be_written_is_a_503_not_a_fault_of_the_source(start_server, make_git_repo):
+    need_root_mounts()
+    repo = make_git_repo("unwritable")
+    repo.write("jobs/unwritable.yaml", job_yaml("unwritable", "echo hi"))
+    repo.commit("one")
+    server = start_server()
+    folder = server.data_dir / "sources" / "fresh"
+    folder.mkdir(parents=True)
+    with read_only_bind(folder):  # the lock file (sources/.locks) can be written, the clone cannot
+        answer = problem(server.post("/sources", {"type": "git", "name": "fresh", "url": repo.url}), 503)
+        assert answer["type"] == "urn:flwd:error:storage-unavailable", answer
+        assert answer["detail"] == f"source 'fresh': could not write its clone under {folder}: read-only file system"
+    response = server.post("/sources", {"type": "git", "name": "fresh", "url": repo.url})
+    assert response.status_code == 201, response.text
+    logs = server.logs()
+    assert "Traceback" not in logs and '"status": 500' not in logs
+    assert sum(answer["detail"] in line for line in logs.splitlines()) == 1
+
+
 def worker_memory(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)

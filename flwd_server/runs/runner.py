@@ -403,6 +403,8 @@ class Runner:
         """The source's files at the revision the run was planned with (FLWD_SOURCE_DIR)."""
         try:
             return self.planner.catalog.get(job.source).checkout_for(job.revision)
+        except StorageError:  # the files could not be written here: the run fails saying where
+            raise
         except Exception:  # a source removed since planning: the run goes on without it
             log.warning("run of %s: no files of source %s at %s", job.name, job.source, job.revision)
             return None

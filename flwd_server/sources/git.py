@@ -34,7 +34,7 @@ from git import GitCommandError, Remote, Repo
 from git.exc import GitError
 
 from ..config import GitSettings
-from ..errors import FlwdError, SourceError, UnsafeSource, disk_error
+from ..errors import FlwdError, SourceError, StorageError, UnsafeSource, disk_error
 from ..logs import redact_url
 from .base import Source, SourceSnapshot, scan_jobs
 from .locking import source_lock
@@ -141,7 +141,12 @@ class GitSource(Source):
             cached = self._snapshots.get(revision)
         if cached is not None:
             return cached
-        tree = self.checkout_for(revision)
+        try:
+            tree = self.checkout_for(revision)
+        except StorageError as exc:  # our disk refused the export: shown, not cached; the next look tries again
+            return SourceSnapshot(
+                self.name, revision, None, {}, ({"path": "", "field": "(source)", "message": exc.detail},)
+            )
         if tree is None:
             error = {
                 "path": "",
@@ -156,6 +161,9 @@ class GitSource(Source):
 
     def checkout_for(self, revision: str | None) -> str | None:
         """The exported tree of ``revision``: exported again if it was pruned, fetched if missing.
+
+        None when git cannot give it; a :class:`StorageError` when our own disk cannot hold it
+        (read-only, full), so that a run fails saying where instead of going on without its files.
 
         Several nodes share one database but each has its own clone: a source
         synced on node A names a commit node B may never have fetched.  B then
@@ -178,13 +186,15 @@ class GitSource(Source):
                     if self._rev_parse(repo, revision) is None:
                         self._fetch_commit(repo, revision)
                     self._export(repo, revision)
-        except (GitError, OSError, FlwdError) as exc:
-            log.warning(
-                "source %s: cannot export %s: %s",
-                self.name,
-                revision,
-                exc.detail if isinstance(exc, FlwdError) else _git_error(exc, self.url),
-            )
+        except StorageError:
+            raise
+        except GitError as exc:  # before OSError: GitPython's NoSuchPathError is both
+            log.warning("source %s: cannot export %s: %s", self.name, revision, _git_error(exc, self.url))
+            return None
+        except OSError as exc:
+            raise disk_error(f"source {self.name!r}: could not export commit {revision} to", tree, exc) from None
+        except FlwdError as exc:
+            log.warning("source %s: cannot export %s: %s", self.name, revision, exc.detail)
             return None
         return str(tree)
 

@@ -258,6 +258,30 @@ def test_a_source_folder_that_cannot_be_written_is_a_503_not_a_fault_of_the_sour
     assert sum(answer["detail"] in line for line in logs.splitlines()) == 1
 
 
+def test_a_run_whose_source_files_cannot_be_exported_fails_saying_where(start_server, make_git_repo):
+    need_root_mounts()
+    repo = make_git_repo("exported")
+    repo.write("jobs/exported.yaml", job_yaml("exported", 'test -f "$FLWD_SOURCE_DIR/jobs/exported.yaml"'))
+    commit = repo.commit("one")
+    server = start_server()
+    assert server.post("/sources", {"type": "git", "name": "kept", "url": repo.url}).status_code == 201
+    revs = server.data_dir / "sources" / "kept" / "revs"
+    shutil.rmtree(revs / commit)  # pruned, as after a sync: a run of that commit exports it again
+    with read_only_bind(revs):
+        run = server.submit("exported")
+        ended = server.wait_finished(run["id"])
+        assert ended["status"] == "failed", ended
+        assert (
+            ended["reason"]
+            == f"source 'kept': could not export commit {commit} to {revs / commit}: read-only file system"
+        )
+    again = server.submit("exported")
+    assert server.wait_finished(again["id"])["status"] == "succeeded"  # writable again: exported, no restart
+    logs = server.logs()
+    assert "Traceback" not in logs and '"status": 500' not in logs
+    assert sum(ended["reason"] in line for line in logs.splitlines()) == 1
+
+
 def worker_memory(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)

@@ -25,7 +25,8 @@ import pytest
 import requests
 
 from tests.fixtures.git import job_yaml
-from tests.fixtures.helpers import IN_CI, read_stream, require_tool, wait_until
+from tests.fixtures.helpers import read_stream, require_tool, wait_until
+from tests.fixtures.mounts import mount, mounted, need_root_mounts, read_only_bind
 
 pytestmark = pytest.mark.integration
 
@@ -42,49 +43,6 @@ def local_source(tmp_path: Path, jobs: dict[str, str]) -> dict:
     for name, text in jobs.items():
         (folder / "jobs" / f"{name}.yaml").write_text(text)
     return {"type": "local", "name": "faults", "path": str(folder)}
-
-
-def need_root_mounts() -> None:
-    if os.geteuid() != 0:
-        message = "mounting a small or read-only filesystem needs root"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def mount(*args: str) -> None:
-    done = subprocess.run(["mount", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        message = f"mount {' '.join(args)}: {done.stderr.strip()}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-@contextlib.contextmanager
-def mounted(*args: str, target: Path):
-    target.mkdir(parents=True, exist_ok=True)
-    mount(*args, str(target))
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
-
-
-@contextlib.contextmanager
-def read_only_bind(directory: Path):
-    """``directory`` turned read-only under a running program, and always undone (``umount -l``).
-
-    A bind mount of the directory onto itself, remounted ``bind,ro``: every new open for
-    writing, ``mkdir`` or ``rename`` under it fails with EROFS, while files the program
-    already holds open (the database) keep writing through the mount beneath.
-    """
-    mount("--bind", str(directory), str(directory))
-    try:
-        mount("-o", "remount,bind,ro", str(directory))
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], capture_output=True)
 
 
 def integrity(db: Path) -> str:

@@ -26,7 +26,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import UnsafeSource
+from ..errors import UnsafeSource, disk_error
 from .images import ImageRef
 from .registry_client import OCI_MANIFEST, Manifest, RegistryClient, sha256_digest
 
@@ -165,8 +165,11 @@ def extract(layer: bytes, dest: str | os.PathLike[str], limits: Limits = Limits(
     and the running totals of bytes and entries.  A failure leaves nothing behind.
     """
     target = Path(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+    except OSError as exc:  # our disk (read-only, full), not the add-on: a 503
+        raise disk_error("could not unpack the add-on into", target.parent, exc) from None
     try:
         total = count = 0
         try:
@@ -196,15 +199,17 @@ def extract(layer: bytes, dest: str | os.PathLike[str], limits: Limits = Limits(
                     with open(out, "wb") as handle:
                         shutil.copyfileobj(source, handle)
                     os.chmod(out, 0o644)
-        except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile) as exc:
             raise UnsafeSource(f"the add-on layer is not a readable tar+gzip: {exc}") from None
+        except OSError as exc:  # writing the files, not reading the layer (that is an in-memory buffer)
+            raise disk_error("could not unpack the add-on into", target.parent, exc) from None
         if not (staging / "jobs").is_dir():
             raise UnsafeSource("the add-on holds no jobs/ folder")
         try:
             os.rename(staging, target)
-        except OSError:
+        except OSError as exc:
             if not target.is_dir():  # another process extracted the same digest first: use theirs
-                raise
+                raise disk_error("could not unpack the add-on into", target.parent, exc) from None
             shutil.rmtree(staging, ignore_errors=True)
         return target
     except BaseException:

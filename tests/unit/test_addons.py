@@ -22,7 +22,8 @@ from flwd_server.containers.addons import (
     pack,
 )
 from flwd_server.containers.registry_client import Manifest, sha256_digest
-from flwd_server.errors import UnsafeSource
+from flwd_server.errors import StorageError, UnsafeSource
+from tests.fixtures.mounts import need_root_mounts, read_only_bind
 
 
 def make_folder(root: Path) -> Path:
@@ -170,3 +171,15 @@ def test_extracted_files_get_plain_modes(tmp_path):
     )
     out = extract(layer, tmp_path / "out")
     assert (out / "jobs" / "x.yaml").stat().st_mode & 0o7777 == 0o644
+
+
+def test_a_folder_that_cannot_be_written_is_a_storage_error_not_a_bad_add_on(tmp_path):
+    need_root_mounts()
+    layer = tar_of((entry("jobs", tarfile.DIRTYPE), None), (entry("jobs/x.yaml"), b"name: x\n"))
+    root = tmp_path / "addons"
+    root.mkdir()
+    with read_only_bind(root), pytest.raises(StorageError) as raised:
+        extract(layer, root / "digest")
+    assert raised.value.detail == f"could not unpack the add-on into {root}: read-only file system"
+    assert raised.value.status == 503
+    assert (extract(layer, root / "digest") / "jobs" / "x.yaml").read_text() == "name: x\n"  # writable again

@@ -185,6 +185,36 @@ def test_what_a_killed_server_left_running_is_killed_when_a_server_starts_again(
     assert not leftover_groups(discover(), base_name(str(tmp_path / "data" / "flwd.db")))
 
 
+@pytest.mark.parametrize("use_cgroups", [True, False])
+def test_a_server_that_shuts_down_leaves_nothing_behind(tmp_path, use_cgroups):
+    from tests.fixtures.server import ServerProcess
+
+    (tmp_path / "src" / "jobs").mkdir(parents=True)
+    (tmp_path / "src" / "jobs" / "escape-then-wait.yaml").write_text(
+        job_text("escape-then-wait", JOBS["escape-then-wait"])
+    )
+    config = {
+        "sources": [{"type": "local", "name": "c", "path": str(tmp_path / "src")}],
+        "policy": {"cgroups": use_cgroups},
+        "shutdown_grace": 1,
+    }
+    server = ServerProcess(tmp_path, config, dev=True, env={}).start()
+    marker = mark()
+    try:
+        run = server.submit("escape-then-wait", {"mark": marker})
+        wait_until(lambda: len(alive(marker)) == 1, message="the escaped sleep to start")
+        assert server.stop() == 0
+        assert alive(marker) == []
+    finally:
+        for pid in alive(marker):
+            os.kill(int(pid), signal.SIGKILL)
+    server.start()
+    try:
+        assert server.run_status(run["id"]) == "cancelled"
+    finally:
+        server.stop()
+
+
 def test_a_local_cli_run_leaves_nothing_behind(contained):
     marker = mark()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FLWD_")}

@@ -147,10 +147,10 @@ def read_response(sock: socket.socket, pending: bytearray) -> tuple[int, bytes]:
 def test_heads_in_pieces_keep_alive_pipelining_and_bodies_still_work(server):
     body = json.dumps({"job": "hello-world", "args": {"name": "Ada"}}).encode()
     post = (
-        b"POST /runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dev-token\r\nContent-Type: application/json\r\n"
+        b"POST /runs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer dev-token\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
-    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    get = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pending = bytearray()

@@ -27,13 +27,13 @@ import hashlib
 import logging
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..models import Containment
+from ..models import Containment, Profile
 
 log = logging.getLogger("flwd.cgroups")
 
@@ -186,15 +186,24 @@ class Caps:
     max_processes: int | None = None
     memory_bytes: int | None = None
 
+    @classmethod
+    def of(cls, profile: Profile, policy: Any) -> Caps:
+        """A run's caps: the policy's, except under ``disabled``, which caps nothing."""
+        if profile is Profile.DISABLED:
+            return cls()
+        return cls(max_processes=policy.max_processes, memory_bytes=policy.memory_bytes)
+
 
 class RunGroup:
     """The cgroups of one run, in every usable hierarchy."""
 
-    def __init__(self, layout: CgroupLayout, base: str, run_id: str) -> None:
+    def __init__(self, layout: CgroupLayout, base: str, name: str) -> None:
         self.layout = layout
-        self.killer = layout.killer / base / run_id if layout.killer else None
-        self.pids = layout.pids / base / run_id if layout.pids else None
-        self.memory = layout.memory / base / run_id if layout.memory else None
+        self.killer = layout.killer / base / name if layout.killer else None
+        self.pids = layout.pids / base / name if layout.pids else None
+        self.memory = layout.memory / base / name if layout.memory else None
+        self.caps: Caps | None = None  # as last written
+        self._baseline = (0, 0)  # the cap counters when the current run began (a pooled group is reused)
 
     @property
     def dirs(self) -> list[Path]:
@@ -211,15 +220,43 @@ class RunGroup:
                 with contextlib.suppress(OSError):
                     (directory.parent / "cgroup.subtree_control").write_text(wanted)
             directory.mkdir(exist_ok=True)
-        if caps.max_processes and self.pids is not None:
-            (self.pids / "pids.max").write_text(str(caps.max_processes))
-        if caps.memory_bytes and self.memory is not None:
-            name = "memory.max" if self.layout.memory_v2 else "memory.limit_in_bytes"
-            (self.memory / name).write_text(str(caps.memory_bytes))
+        self.set_caps(caps)
+
+    def set_caps(self, caps: Caps) -> None:
+        if caps == self.caps:
+            return
+        if self.pids is not None:
+            (self.pids / "pids.max").write_text(str(caps.max_processes or "max"))
+        if self.memory is not None:
+            limit = caps.memory_bytes
             # Swap counts too: a cap that swapping can step around caps nothing.
-            swap = "memory.swap.max" if self.layout.memory_v2 else "memory.memsw.limit_in_bytes"
-            with contextlib.suppress(OSError):
-                (self.memory / swap).write_text("0" if self.layout.memory_v2 else str(caps.memory_bytes))
+            if self.layout.memory_v2:
+                (self.memory / "memory.max").write_text(str(limit or "max"))
+                with contextlib.suppress(OSError):  # absent without swap accounting
+                    (self.memory / "memory.swap.max").write_text("0" if limit else "max")
+            else:  # cgroup1 wants memsw >= the limit at every moment: lower the limit first, raise memsw first
+                memory, memsw = self.memory / "memory.limit_in_bytes", self.memory / "memory.memsw.limit_in_bytes"
+                value = str(limit or -1)
+                if limit:
+                    memory.write_text(value)
+                with contextlib.suppress(OSError):
+                    memsw.write_text(value)
+                if not limit:
+                    memory.write_text(value)
+        self.caps = caps
+
+    def begin(self) -> None:
+        """A run starts in this group: what its caps refuse from now on is its own."""
+        self._baseline = self._counters()
+
+    def _counters(self) -> tuple[int, int]:
+        memory = pids = 0
+        if self.memory is not None:
+            name = "memory.events" if self.layout.memory_v2 else "memory.oom_control"
+            memory = _counter(self.memory / name, "oom_kill")
+        if self.pids is not None:
+            pids = _counter(self.pids / "pids.events", "max")
+        return memory, pids
 
     def spawning(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()  # joining happens in the shell itself: nothing to guard
@@ -241,8 +278,19 @@ class RunGroup:
                 pids.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
         return sorted(pids)
 
+    def empty(self) -> bool:
+        """One read: cgroup2 says whether the group holds any process (``cgroup.events``)."""
+        if self.killer is not None:
+            try:
+                return b"populated 0" in (self.killer / "cgroup.events").read_bytes()
+            except OSError:
+                return True
+        return not self.members()
+
     def kill(self, timeout: float = 5.0) -> bool:
         """Kill every member and wait until none is left (``timeout=0``: do not wait); False if some are left."""
+        if self.empty():  # the usual case after a step: nothing left, nothing to write
+            return True
         deadline = time.monotonic() + timeout
         while True:
             if self.killer is not None:
@@ -263,12 +311,11 @@ class RunGroup:
             time.sleep(0.005)
 
     def cap_reached(self) -> str | None:
-        """The cap that refused something, if one did: the reason a run stopped."""
-        if self.memory is not None:
-            name = "memory.events" if self.layout.memory_v2 else "memory.oom_control"
-            if _counter(self.memory / name, "oom_kill"):
-                return "memory"
-        if self.pids is not None and _counter(self.pids / "pids.events", "max"):
+        """The cap that refused something since :meth:`begin`, if one did: the reason a run stopped."""
+        memory, pids = self._counters()
+        if memory > self._baseline[0]:
+            return "memory"
+        if pids > self._baseline[1]:
             return "processes"
         return None
 
@@ -306,7 +353,7 @@ def _quote(text: str) -> str:
 
 
 def leftover_groups(layout: CgroupLayout, base: str) -> set[str]:
-    """Run ids with a group under ``base`` in any hierarchy."""
+    """The groups under ``base`` in any hierarchy, by name."""
     out: set[str] = set()
     for root in (layout.killer, layout.pids, layout.memory):
         if root is None:
@@ -316,30 +363,84 @@ def leftover_groups(layout: CgroupLayout, base: str) -> set[str]:
     return out
 
 
-def open_run_group(layout: CgroupLayout | None, base: str, run_id: str, caps: Caps) -> RunGroup | None:
-    """The run's groups, made and capped; None where this host has none (or they cannot be made)."""
-    if layout is None or not layout.usable:
-        return None
-    group = RunGroup(layout, base, run_id)
+class GroupPool:
+    """One process's run groups, made once and reused: making and removing cgroups costs ~1 ms a run.
+
+    A group is named after its process (``PID.STARTTIME.N``), so a starting server can tell the
+    groups of processes that are gone (:func:`sweep_leftovers`) from those of live ones.
+    """
+
+    def __init__(self, layout: CgroupLayout, base: str) -> None:
+        self.layout = layout
+        self.base = base
+        pid = os.getpid()
+        self.tag = f"{pid}.{process_start(pid)}"
+        self.idle: list[RunGroup] = []
+        self.made = 0
+        self._lock = threading.Lock()
+
+    def acquire(self, run_id: str, caps: Caps) -> RunGroup | None:
+        """A group for a run, capped; None where it cannot be made (the run is contained by its process group)."""
+        with self._lock:
+            group = self.idle.pop() if self.idle else None
+            if group is None:
+                self.made += 1
+                group = RunGroup(self.layout, self.base, f"{self.tag}.{self.made}")
+        try:
+            if group.caps is None:
+                group.create(caps)
+            else:
+                group.set_caps(caps)
+        except OSError as exc:
+            log.warning("run %s: no cgroup (%s); its processes are contained by their process group only", run_id, exc)
+            group.remove()
+            return None
+        group.begin()
+        return group
+
+    def release(self, group: RunGroup) -> None:
+        """Kill what the run left in its group and keep the group for the next run."""
+        if group.kill():
+            with self._lock:
+                self.idle.append(group)
+        else:
+            group.remove()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self.idle = self.idle, []
+        for group in idle:
+            group.remove()
+
+
+def process_start(pid: int) -> str:
+    """A live process's start time (clock ticks since boot): with the pid, it names one process for good.
+
+    "0" for a process that is gone or a zombie: a killed worker whose master died too waits,
+    a zombie, until PID 1 reaps it, which some container inits do only now and then.
+    """
     try:
-        group.create(caps)
-    except OSError as exc:
-        log.warning("run %s: no cgroup (%s); its processes are contained by their process group only", run_id, exc)
-        group.remove()
-        return None
-    return group
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return "0"
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return "0"
+    return fields[19].decode()
 
 
-def sweep_leftovers(layout: CgroupLayout | None, base: str, still_running: Callable[[str], bool]) -> list[str]:
-    """Kill and remove the groups of runs that no longer run (a killed server's); returns their run ids."""
+def sweep_leftovers(layout: CgroupLayout | None, base: str) -> list[str]:
+    """Kill and remove the groups of processes that are gone (a killed server's); returns their names."""
     if layout is None or not layout.usable:
         return []
     swept = []
-    for run_id in sorted(leftover_groups(layout, base)):
-        if still_running(run_id):
-            continue
-        RunGroup(layout, base, run_id).remove()
-        swept.append(run_id)
+    for name in sorted(leftover_groups(layout, base)):
+        pid, _, rest = name.partition(".")
+        start = rest.partition(".")[0]
+        if pid.isdigit() and process_start(int(pid)) == start:
+            continue  # a live process's group, ours or another worker's
+        RunGroup(layout, base, name).remove()
+        swept.append(name)
     if swept:
-        log.warning("removed the cgroups (and any process in them) of runs that no longer run: %s", ", ".join(swept))
+        log.warning("removed the cgroups (and any process in them) of processes that are gone: %s", ", ".join(swept))
     return swept

@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger("flwd.reaper")
 
@@ -133,8 +133,39 @@ class Subreaper:
                         out.add(run_id)
         return out
 
-    def kill_run(self, run_id: str, timeout: float = 5.0, pipes: frozenset[str] = frozenset()) -> bool:
-        """SIGKILL every process of the run until none is left (``timeout=0``: one pass); reap what we adopted."""
+    def adopted(self) -> list[int]:
+        """Our live children that we did not start: what steps left behind, re-parented to us."""
+        me, group, out = os.getpid(), os.getpgrp(), []
+        children: set[int] = set()
+        with contextlib.suppress(OSError), os.scandir(f"/proc/{me}/task") as tasks:
+            for task in tasks:
+                with contextlib.suppress(OSError), open(f"{task.path}/children", "rb") as fh:
+                    children.update(int(pid) for pid in fh.read().split())
+        for pid in children:
+            stat = _stat(str(pid))
+            if stat and stat[1] != group and pid not in self._steps and stat[2] not in (b"Z", b"X"):
+                out.append(pid)
+        return out
+
+    def kill_leftovers(self, run_is_over: Callable[[str], bool]) -> None:
+        """Kill the processes of runs that are over, wherever they are (a killed server left them)."""
+        for run_id in self.runs_with_processes():
+            if run_is_over(run_id):
+                log.warning("killing what run %s left running", run_id)
+                self.kill_run(run_id, everywhere=True)
+
+    def kill_run(
+        self, run_id: str, timeout: float = 5.0, pipes: frozenset[str] = frozenset(), everywhere: bool = False
+    ) -> bool:
+        """SIGKILL every process of the run until none is left (``timeout=0``: one pass); reap what we adopted.
+
+        A step's processes are all our descendants (we are their subreaper): unless we adopted
+        some, none is left and ``/proc`` need not be read.  ``everywhere`` looks further, for
+        what a run of a process that died left behind.
+        """
+        if not everywhere and not self.adopted():
+            self.reap()
+            return True
         deadline = time.monotonic() + timeout
         while True:
             members = self.processes_of(run_id, pipes)

@@ -33,7 +33,7 @@ from ..store import Store
 from ..store.owners import HOSTNAME, owner_id, recover_lost_runs
 from ..store.queries import ClaimedRun
 from .capture import OutputBudget, SecretMask, StepOutput, secret_mask
-from .cgroups import Caps, CgroupLayout, RunGroup, base_name, cap_reason, open_run_group, sweep_leftovers
+from .cgroups import Caps, CgroupLayout, GroupPool, RunGroup, base_name, cap_reason, sweep_leftovers
 from .environment import host_environment, host_limits
 from .host_executor import HostStep, StepOutcome, run_host_step
 from .reaper import RunReaper, Subreaper
@@ -93,6 +93,7 @@ class Runner:
         self._draining = False
         self._stopped = False
         self.reaper: Subreaper | None = None  # this process's, where no cgroup can be made (start())
+        self.groups: GroupPool | None = None  # this process's run cgroups (start())
 
     # -- life cycle ------------------------------------------------------------
 
@@ -107,6 +108,8 @@ class Runner:
             self.store.register_owner(self.owner, HOSTNAME, os.getpid())
             if self.cgroups is None and self.reaper is None:
                 self.reaper = Subreaper()
+            if self.cgroups is not None and self.groups is None:
+                self.groups = GroupPool(self.cgroups, self.cgroup_base)
             self._sweep_leftovers()
             self._pool = ThreadPoolExecutor(
                 max_workers=self.settings.limits.max_concurrent_runs, thread_name_prefix="flwd-run"
@@ -155,6 +158,8 @@ class Runner:
         self._wakeup.set()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.groups is not None:
+            self.groups.close()
         with contextlib.suppress(Exception):
             self.store.unregister_owner(self.owner)
 
@@ -232,19 +237,15 @@ class Runner:
         log.warning("re-registered as %s (was %s)", self.owner, old)
 
     def _sweep_leftovers(self) -> None:
-        """Kill what runs that no longer run left behind (a killed server's runs, once they are lost)."""
-
-        def still_running(run_id: str) -> bool:
-            run = self.store.get_run(run_id)
-            return run_id in self._active or (run is not None and not run.status.is_terminal)
-
+        """Kill what is left of runs that no longer run (a killed server's, once its runs are lost)."""
         if self.cgroups is not None:
-            sweep_leftovers(self.cgroups, self.cgroup_base, still_running)
+            sweep_leftovers(self.cgroups, self.cgroup_base)
         elif self.reaper is not None:
-            for run_id in self.reaper.runs_with_processes():
-                if self.store.get_run(run_id) is not None and not still_running(run_id):  # ours, and over
-                    log.warning("killing what run %s left running", run_id)
-                    self.reaper.kill_run(run_id)
+            self.reaper.kill_leftovers(self._run_is_over)
+
+    def _run_is_over(self, run_id: str) -> bool:
+        run = self.store.get_run(run_id)  # None: another database's run, not ours to touch
+        return run_id not in self._active and run is not None and run.status.is_terminal
 
     def housekeeping(self) -> None:
         self.store.prune(self.settings.limits.max_run_history)
@@ -342,8 +343,10 @@ class Runner:
             log.exception("run %s failed inside flwd", run.id)
             status, reason = RunStatus.FAILED, f"flwd could not execute the run: {type(exc).__name__}"
         finally:
-            if containment is not None:
-                containment.remove()  # kills whatever a step left running, wherever it went
+            if isinstance(containment, RunGroup) and self.groups is not None:
+                self.groups.release(containment)  # kills whatever a step left running, wherever it went
+            elif containment is not None:
+                containment.remove()
             if workdir is not None:
                 _remove_workdir(workdir)
             try:
@@ -356,19 +359,13 @@ class Runner:
 
     def _contain(self, run_id: str, profile: Profile) -> RunGroup | RunReaper | None:
         """The run's cgroups, or, where there are none, its share of this process's subreaper."""
-        if self.cgroups is not None:
-            group = open_run_group(self.cgroups, self.cgroup_base, run_id, self._caps(profile))
+        if self.groups is not None:
+            group = self.groups.acquire(run_id, Caps.of(profile, self.settings.policy))
             if group is not None:
                 return group
         if self.reaper is not None and self.reaper.enabled:
             return RunReaper(self.reaper, run_id)
         return None
-
-    def _caps(self, profile: Profile) -> Caps:
-        if profile is Profile.DISABLED:
-            return Caps()
-        policy = self.settings.policy
-        return Caps(max_processes=policy.max_processes, memory_bytes=policy.memory_bytes)
 
     def _secret_mask(self, run_id: str, names: Iterable[str], args: dict[str, Any]) -> SecretMask:
         """What to hide in the run's output; a value too short to hide is a warning, not a surprise."""

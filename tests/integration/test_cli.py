@@ -11,23 +11,14 @@ import sys
 import pytest
 import requests
 
-from tests.fixtures.helpers import free_port, wait_until
+from tests.fixtures.helpers import cli, free_port, wait_until
 from tests.fixtures.server import REPO
 
 pytestmark = pytest.mark.integration
 
 
 def flwd(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("FLWD_")}
-    environ.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "flwd_cli", *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=timeout,
-        cwd=REPO,
-    )
+    return cli(*args, env=env, timeout=timeout)
 
 
 @pytest.fixture

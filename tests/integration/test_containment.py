@@ -11,14 +11,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import uuid
 
 import pytest
 
 from flwd_server.runs.cgroups import base_name, discover, leftover_groups
-from tests.fixtures.helpers import wait_until
-from tests.fixtures.server import REPO
+from tests.fixtures.helpers import local_flwd, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -156,8 +154,8 @@ def test_a_disabled_run_is_not_capped_but_still_contained(capped):
     assert alive(marker) == []
 
 
-@pytest.mark.parametrize("use_cgroups", [True, False])
-def test_what_a_killed_server_left_running_is_killed_when_a_server_starts_again(tmp_path, use_cgroups):
+def escape_server(tmp_path, use_cgroups: bool, **settings):
+    """A server of its own, with the job that leaves a process behind and waits."""
     from tests.fixtures.server import ServerProcess
 
     (tmp_path / "src" / "jobs").mkdir(parents=True)
@@ -167,8 +165,14 @@ def test_what_a_killed_server_left_running_is_killed_when_a_server_starts_again(
     config = {
         "sources": [{"type": "local", "name": "c", "path": str(tmp_path / "src")}],
         "policy": {"cgroups": use_cgroups},
+        **settings,
     }
-    server = ServerProcess(tmp_path, config, dev=True, env={}).start()
+    return ServerProcess(tmp_path, config, dev=True, env={}).start()
+
+
+@pytest.mark.parametrize("use_cgroups", [True, False])
+def test_what_a_killed_server_left_running_is_killed_when_a_server_starts_again(tmp_path, use_cgroups):
+    server = escape_server(tmp_path, use_cgroups)
     marker = mark()
     try:
         run = server.submit("escape-then-wait", {"mark": marker})
@@ -187,18 +191,7 @@ def test_what_a_killed_server_left_running_is_killed_when_a_server_starts_again(
 
 @pytest.mark.parametrize("use_cgroups", [True, False])
 def test_a_server_that_shuts_down_leaves_nothing_behind(tmp_path, use_cgroups):
-    from tests.fixtures.server import ServerProcess
-
-    (tmp_path / "src" / "jobs").mkdir(parents=True)
-    (tmp_path / "src" / "jobs" / "escape-then-wait.yaml").write_text(
-        job_text("escape-then-wait", JOBS["escape-then-wait"])
-    )
-    config = {
-        "sources": [{"type": "local", "name": "c", "path": str(tmp_path / "src")}],
-        "policy": {"cgroups": use_cgroups},
-        "shutdown_grace": 1,
-    }
-    server = ServerProcess(tmp_path, config, dev=True, env={}).start()
+    server = escape_server(tmp_path, use_cgroups, shutdown_grace=1)
     marker = mark()
     try:
         run = server.submit("escape-then-wait", {"mark": marker})
@@ -217,16 +210,7 @@ def test_a_server_that_shuts_down_leaves_nothing_behind(tmp_path, use_cgroups):
 
 def test_a_local_cli_run_leaves_nothing_behind(contained):
     marker = mark()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("FLWD_")}
-    environ["FLWD_CONFIG"] = str(contained.config_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "flwd_cli", "escape", "--mark", marker],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=60,
-        cwd=REPO,
-    )
+    done = local_flwd(contained.config_path, "escape", "--mark", marker)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "started\n" and alive(marker) == []
 

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.fixtures.server import REPO
+from tests.fixtures.helpers import local_flwd
 
 pytestmark = pytest.mark.integration
 
@@ -97,16 +94,7 @@ def test_a_value_too_short_to_mask_is_a_warning_of_the_run(secret_server):
 
 
 def test_a_local_cli_run_prints_the_masked_output(secret_server):
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("FLWD_")}
-    environ["FLWD_CONFIG"] = str(secret_server.config_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "flwd_cli", "leaky", "--password", TOKEN],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=60,
-        cwd=REPO,
-    )
+    done = local_flwd(secret_server.config_path, "leaky", "--password", TOKEN)
     assert done.returncode == 0, done.stderr
     assert "token=*** plain=visible" in done.stdout and "to stderr: ***" in done.stderr
     assert_nowhere(done.stdout + done.stderr)

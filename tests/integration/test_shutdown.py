@@ -160,7 +160,8 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     return head, body
 
 
-def test_after_a_crash_the_next_start_ends_the_run_lost_and_kills_what_it_left(start_server, tmp_path):
+def forky_running(start_server, tmp_path):
+    """A server with a run of FORKY going, its processes started."""
     (tmp_path / "ops" / "jobs").mkdir(parents=True)
     (tmp_path / "ops" / "jobs" / "forky.yaml").write_text(FORKY)
     server = start_server(
@@ -169,6 +170,11 @@ def test_after_a_crash_the_next_start_ends_the_run_lost_and_kills_what_it_left(s
     run = server.submit("forky")
     wait_running(server, run["id"])
     wait_until(lambda: len(processes_of(run["id"])) >= 3, 10, 0.05, "the job's processes")
+    return server, run
+
+
+def test_after_a_crash_the_next_start_ends_the_run_lost_and_kills_what_it_left(start_server, tmp_path):
+    server, run = forky_running(start_server, tmp_path)
     server.kill()  # SIGKILL to master and workers: no shutdown code runs
     assert processes_of(run["id"]), "the job's own session outlives a killed server"
     server.start()
@@ -194,14 +200,7 @@ def refuses(server) -> bool:
 
 
 def test_a_sigkilled_master_leaves_no_worker_on_the_port_and_the_worker_s_run_ends_lost(start_server, tmp_path):
-    (tmp_path / "ops" / "jobs").mkdir(parents=True)
-    (tmp_path / "ops" / "jobs" / "forky.yaml").write_text(FORKY)
-    server = start_server(
-        {"workers": 1, "threads": 8, "sources": [{"type": "local", "name": "ops", "path": str(tmp_path / "ops")}]}
-    )
-    run = server.submit("forky")
-    wait_running(server, run["id"])
-    wait_until(lambda: len(processes_of(run["id"])) >= 3, 10, 0.05, "the job's processes")
+    server, run = forky_running(start_server, tmp_path)
     workers = server.worker_pids()
     try:
         master = server.proc

@@ -203,6 +203,7 @@ class RunGroup:
         self.pids = layout.pids / base / name if layout.pids else None
         self.memory = layout.memory / base / name if layout.memory else None
         self.caps: Caps | None = None  # as last written
+        self.reaper: Any = None  # the process's Subreaper, if it has one
         self._baseline = (0, 0)  # the cap counters when the current run began (a pooled group is reused)
 
     @property
@@ -258,14 +259,27 @@ class RunGroup:
             pids = _counter(self.pids / "pids.events", "max")
         return memory, pids
 
+    # Joining happens in the step's shell itself; these only tell this process's subreaper (runs/reaper.py,
+    # which reaps what a killed step leaves) which pid is a step's shell, whose status is subprocess's.
     def spawning(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()  # joining happens in the shell itself: nothing to guard
+        return self.reaper.spawning() if self.reaper is not None else contextlib.nullcontext()
 
     def spawned(self, pid: int, pipes: tuple[int, ...] = ()) -> None:
-        pass
+        if self.reaper is not None:
+            self.reaper.spawned(pid)
 
     def waited(self, pid: int) -> None:
-        pass
+        if self.reaper is not None:
+            self.reaper.waited(pid)
+
+    def settled(self) -> bool:
+        """No process left, not even a zombie that still counts against ``pids.max`` (cgroup1)."""
+        if self.pids is not None and not self.layout.pids_v2:
+            try:
+                return (self.pids / "pids.current").read_text().strip() == "0"
+            except OSError:
+                return True
+        return self.empty()
 
     def join_commands(self) -> list[str]:
         """Shell lines that move the shell running them into every group of the run."""
@@ -370,12 +384,14 @@ class GroupPool:
     groups of processes that are gone (:func:`sweep_leftovers`) from those of live ones.
     """
 
-    def __init__(self, layout: CgroupLayout, base: str) -> None:
+    def __init__(self, layout: CgroupLayout, base: str, reaper: Any = None) -> None:
         self.layout = layout
         self.base = base
+        self.reaper = reaper  # reaps the zombies of killed steps, so a group is clean for its next run
         pid = os.getpid()
         self.tag = f"{pid}.{process_start(pid)}"
         self.idle: list[RunGroup] = []
+        self.retired: list[RunGroup] = []  # not clean yet: removed once they are
         self.made = 0
         self._lock = threading.Lock()
 
@@ -386,6 +402,7 @@ class GroupPool:
             if group is None:
                 self.made += 1
                 group = RunGroup(self.layout, self.base, f"{self.tag}.{self.made}")
+                group.reaper = self.reaper
         try:
             if group.caps is None:
                 group.create(caps)
@@ -398,18 +415,38 @@ class GroupPool:
         group.begin()
         return group
 
-    def release(self, group: RunGroup) -> None:
-        """Kill what the run left in its group and keep the group for the next run."""
-        if group.kill():
-            with self._lock:
+    def release(self, group: RunGroup, timeout: float = 1.0) -> None:
+        """Kill what the run left in its group and keep the group for the next run, once it is clean."""
+        group.kill()
+        deadline = time.monotonic() + timeout
+        while not self._settle(group) and time.monotonic() < deadline:
+            time.sleep(0.005)  # killed processes take a moment to die and be reaped
+        clean = self._settle(group)
+        with self._lock:
+            retired, self.retired = self.retired, []
+            if clean:
                 self.idle.append(group)
-        else:
-            group.remove()
+        left = []
+        for old in retired:  # groups that were not clean at their release go once they are
+            if self._settle(old):
+                old.remove()
+            else:
+                left.append(old)
+        with self._lock:
+            self.retired.extend(left + ([] if clean else [group]))
+
+    def _settle(self, group: RunGroup) -> bool:
+        """Whether the group is clean, reaping the zombies of its killed processes if it is not."""
+        if group.settled():
+            return True
+        if self.reaper is not None:
+            self.reaper.reap()
+        return group.settled()
 
     def close(self) -> None:
         with self._lock:
-            idle, self.idle = self.idle, []
-        for group in idle:
+            groups, self.idle, self.retired = self.idle + self.retired, [], []
+        for group in groups:
             group.remove()
 
 

@@ -106,10 +106,10 @@ class Runner:
                 return
             self.hub.start()
             self.store.register_owner(self.owner, HOSTNAME, os.getpid())
-            if self.cgroups is None and self.reaper is None:
+            if self.reaper is None:  # also with cgroups: it reaps the zombies of killed steps
                 self.reaper = Subreaper()
             if self.cgroups is not None and self.groups is None:
-                self.groups = GroupPool(self.cgroups, self.cgroup_base)
+                self.groups = GroupPool(self.cgroups, self.cgroup_base, self.reaper)
             self._sweep_leftovers()
             self._pool = ThreadPoolExecutor(
                 max_workers=self.settings.limits.max_concurrent_runs, thread_name_prefix="flwd-run"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from flwd_server.runs import cgroups
-from flwd_server.runs.cgroups import Caps, RunGroup, discover
+from flwd_server.runs.cgroups import Caps, GroupPool, RunGroup, discover
 
 
 def lay_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc_cgroup: str, mounts: list[str]) -> None:
@@ -81,3 +81,25 @@ def test_groups_are_made_below_the_server_s_own_group_in_each_cgroup1_hierarchy(
     memory = tmp_path / "memory" / "box" / "42" / "flwd-db" / "run1"
     assert (memory / "memory.limit_in_bytes").read_text() == str(1 << 28)
     assert (memory / "memory.memsw.limit_in_bytes").read_text() == str(1 << 28)
+
+
+def test_a_pool_reuses_clean_groups_and_holds_back_one_that_still_counts_tasks(tmp_path, monkeypatch):
+    (tmp_path / "pids").mkdir()
+    lay_out(tmp_path, monkeypatch, "8:pids:/\n", [f"/ {tmp_path / 'pids'} rw - cgroup cgroup rw,pids"])
+    pool = GroupPool(discover(), "flwd-db")
+    first = pool.acquire("run1", Caps(max_processes=64))
+    assert first is not None and (first.pids / "pids.max").read_text() == "64"
+    (first.pids / "pids.current").write_text("0\n")
+    pool.release(first)
+    assert pool.acquire("run2", Caps()) is first and (first.pids / "pids.max").read_text() == "max"  # reused, uncapped
+    (first.pids / "pids.current").write_text("3\n")  # zombies of killed steps still count against pids.max
+    pool.release(first, timeout=0)
+    assert pool.idle == [] and pool.retired == [first]
+    second = pool.acquire("run3", Caps())
+    assert second is not None and second is not first
+    (second.pids / "pids.current").write_text("0\n")
+    (first.pids / "pids.current").write_text("0\n")  # reaped at last
+    monkeypatch.setattr(RunGroup, "remove", lambda group: removed.append(group))
+    removed: list[RunGroup] = []
+    pool.release(second)
+    assert pool.idle == [second] and pool.retired == [] and removed == [first]

@@ -29,11 +29,11 @@ log = logging.getLogger("flwd.reaper")
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def become_subreaper() -> bool:
-    """Make orphaned descendants of this process its children (Linux 3.4+)."""
+def become_subreaper(on: bool = True) -> bool:
+    """Make orphaned descendants of this process its children (Linux 3.4+), or stop doing so."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
 
@@ -79,6 +79,13 @@ class Subreaper:
         self.enabled = become_subreaper()
         self._lock = threading.Lock()
         self._steps: set[int] = set()  # shells of running steps: subprocess reaps them
+
+    def close(self) -> None:
+        """The runner stopped: reap what is left and let orphans go to PID 1 again (a CLI or test process lives on)."""
+        if self.enabled:
+            self.reap()
+            become_subreaper(False)
+            self.enabled = False
 
     @contextlib.contextmanager
     def spawning(self) -> Iterator[None]:

@@ -160,6 +160,9 @@ class Runner:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self.groups is not None:
             self.groups.close()
+        if self.reaper is not None:
+            self.reaper.close()
+        self.groups = self.reaper = None  # a later start() makes new ones
         with contextlib.suppress(Exception):
             self.store.unregister_owner(self.owner)
 

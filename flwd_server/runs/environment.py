@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings
+from ..errors import disk_error
 from ..jobs import arg_env
 from ..models import Job, Profile, Step
 from ..policy import host_env_passthrough
@@ -67,3 +69,24 @@ def host_limits(profile: Profile, settings: Settings) -> StepLimits:
     return StepLimits(
         cpu_seconds=policy.cpu_seconds, open_files=policy.open_files, file_size_bytes=policy.file_size_bytes
     )
+
+
+def make_workdir(root: Path, run_id: str) -> Path:
+    """A run's own working directory (also its steps' HOME), private to the server's user."""
+    workdir = root / run_id
+    try:
+        try:
+            os.mkdir(workdir, 0o700)
+        except FileNotFoundError:
+            root.mkdir(parents=True, exist_ok=True)
+            os.mkdir(workdir, 0o700)
+    except OSError as exc:  # the disk (read-only, full), not the code: the run ends saying so
+        raise disk_error("could not create the run's work dir", workdir, exc) from None
+    return workdir
+
+
+def remove_workdir(workdir: Path) -> None:
+    try:
+        os.rmdir(workdir)  # the usual case: the step left nothing
+    except OSError:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import FlwdError, StorageError, Unavailable, disk_error
+from ..errors import FlwdError, StorageError, Unavailable
 from ..events.hub import EventHub
 from ..forksafe import reset_after_fork
 from ..models import Decision, Event, EventType, Job, Profile, Run, RunStatus, Step, Verdict
@@ -34,7 +33,7 @@ from ..store.owners import HOSTNAME, owner_id, recover_lost_runs
 from ..store.queries import ClaimedRun
 from .capture import OutputBudget, SecretMask, StepOutput, secret_mask
 from .cgroups import Caps, CgroupLayout, GroupPool, RunGroup, base_name, cap_reason, sweep_leftovers
-from .environment import host_environment, host_limits
+from .environment import host_environment, host_limits, make_workdir, remove_workdir
 from .host_executor import HostStep, StepOutcome, run_host_step
 from .reaper import RunReaper, Subreaper
 
@@ -105,7 +104,10 @@ class Runner:
             if self._dispatcher is not None and self._dispatcher.is_alive():
                 return
             self.hub.start()
-            self.store.register_owner(self.owner, HOSTNAME, os.getpid())
+            try:
+                self.store.register_owner(self.owner, HOSTNAME, os.getpid())
+            except StorageError as exc:  # e.g. a disk gone read-only: the heartbeat registers us once it can
+                log.error("could not register this process as a run owner: %s; the heartbeat retries", exc.detail)
             if self.reaper is None:  # also with cgroups: it reaps the zombies of killed steps
                 self.reaper = Subreaper()
             if self.cgroups is not None and self.groups is None:
@@ -316,7 +318,7 @@ class Runner:
                 EventType.RUN_STARTED.value,
                 {"owner": self.owner, "profile": profile.value, "submitted_by": run.submitted_by},
             )
-            workdir = self._workdir(run.id)
+            workdir = make_workdir(self.settings.resolved_data_dir / "work", run.id)
             deadline = time.time() + job.timeout
             budget = OutputBudget(self.settings.limits.max_output_bytes)
             secrets = self._secret_mask(run.id, record.get("secret_args") or (), args)
@@ -351,7 +353,7 @@ class Runner:
             elif containment is not None:
                 containment.remove()
             if workdir is not None:
-                _remove_workdir(workdir)
+                remove_workdir(workdir)
             try:
                 # Queued behind the run's own events; the next claim is queued behind it.
                 self.store.finish_run(run.id, status, exit_code=exit_code, reason=reason, scrub=scrub, wait=False)
@@ -385,19 +387,6 @@ class Runner:
                 self._jobs.clear()
             job = self._jobs[plan_json] = job_from_record(record)
         return job
-
-    def _workdir(self, run_id: str) -> Path:
-        root = self.settings.resolved_data_dir / "work"
-        workdir = root / run_id
-        try:
-            try:
-                os.mkdir(workdir, 0o700)
-            except FileNotFoundError:
-                root.mkdir(parents=True, exist_ok=True)
-                os.mkdir(workdir, 0o700)
-        except OSError as exc:  # the disk (read-only, full), not the code: the run ends saying so
-            raise disk_error("could not create the run's work dir", workdir, exc) from None
-        return workdir
 
     def _source_dir(self, job: Job) -> str | None:
         """The source's files at the revision the run was planned with (FLWD_SOURCE_DIR)."""
@@ -487,10 +476,3 @@ class Runner:
             },
         )
         return outcome
-
-
-def _remove_workdir(workdir: Path) -> None:
-    try:
-        os.rmdir(workdir)  # the usual case: the step left nothing
-    except OSError:
-        shutil.rmtree(workdir, ignore_errors=True)

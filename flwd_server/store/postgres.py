@@ -199,12 +199,12 @@ class PostgresStore(Store):
         if local_free <= 0 or self._closed:
             return []
         sql = _CLAIM_AFFINITY_ONLY if affinity_only else _CLAIM
-        now = time.time()
         try:
             with self._pool.connection() as conn:
                 # The lock first, in its own statement: the count below must be read after it is held
                 # (a statement's snapshot is taken when the statement starts).
                 conn.run(_BEGIN_CLAIM)
+                now = time.time()  # under the lock: started_at follows the order of claims, across nodes
                 try:
                     rows = conn.raw.execute(sql, (local_free, max_running, owner, owner, now)).fetchall()
                 except BaseException:

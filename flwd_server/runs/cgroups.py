@@ -466,7 +466,17 @@ def process_start(pid: int) -> str:
     return fields[19].decode()
 
 
-def sweep_leftovers(layout: CgroupLayout | None, base: str) -> list[str]:
+def leftover_bases(layout: CgroupLayout) -> set[str]:
+    """The ``flwd-<database>`` groups in any hierarchy."""
+    out: set[str] = set()
+    for root in (layout.killer, layout.pids, layout.memory):
+        if root is not None:
+            with contextlib.suppress(OSError):
+                out.update(e.name for e in os.scandir(root) if e.is_dir() and e.name.startswith("flwd-"))
+    return out
+
+
+def sweep_leftovers(layout: CgroupLayout | None, base: str, quiet: bool = False) -> list[str]:
     """Kill and remove the groups of processes that are gone (a killed server's); returns their names."""
     if layout is None or not layout.usable:
         return []
@@ -478,6 +488,6 @@ def sweep_leftovers(layout: CgroupLayout | None, base: str) -> list[str]:
             continue  # a live process's group, ours or another worker's
         RunGroup(layout, base, name).remove()
         swept.append(name)
-    if swept:
+    if swept and not quiet:
         log.warning("removed the cgroups (and any process in them) of processes that are gone: %s", ", ".join(swept))
     return swept

@@ -1,13 +1,18 @@
-"""/openapi.json describes exactly the routes the app has: every path, method, path parameter and scope."""
+"""/openapi.json describes exactly the routes the app has: every path, method, path parameter, scope and
+operationId."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import pytest
+
+from flwd_server.auth.scopes import Scope
 from flwd_server.web.access import required_scope
 from flwd_server.web.app import routes_only_app
 from flwd_server.web.openapi import openapi_document, openapi_path
-from flwd_server.web.operations import PUBLIC
+from flwd_server.web.operations import OPERATION_ID_RE, PUBLIC, operation
 from flwd_server.web.query_params import declared_query_parameters
 
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -81,3 +86,67 @@ def test_the_document_is_valid_openapi_3_1():
     broken = openapi_document(routes_only_app())
     broken["paths"]["/runs"]["get"]["responses"]["200"] = {"content": 5}
     assert list(OPENAPI_31_VALIDATOR.iter_errors(broken))  # the check can fail
+
+
+# The API's operationIds: generated clients name their functions and modules after them, so they never change.
+OPERATION_IDS = {
+    ("get", "/jobs"): "listJobs",
+    ("get", "/jobs/{name}"): "getJob",
+    ("post", "/plans"): "createPlan",
+    ("post", "/runs"): "submitRun",
+    ("get", "/runs"): "listRuns",
+    ("get", "/runs/{run_id}"): "getRun",
+    ("post", "/runs/{run_id}/cancel"): "cancelRun",
+    ("get", "/runs/{run_id}/events"): "streamRunEvents",
+    ("get", "/events"): "streamEvents",
+    ("post", "/stream-tickets"): "createStreamTicket",
+    ("get", "/sources"): "listSources",
+    ("post", "/sources"): "addSource",
+    ("get", "/sources/{name}"): "getSource",
+    ("delete", "/sources/{name}"): "removeSource",
+    ("post", "/sources/{name}/sync"): "syncSource",
+    ("get", "/healthz"): "getHealth",
+    ("get", "/openapi.json"): "getOpenApiDocument",
+    ("get", "/metrics"): "getMetrics",
+    ("get", "/export"): "exportRuns",
+}
+
+
+def test_each_operation_has_its_own_stable_operation_id(app):
+    operations = document_operations(openapi_document(app))
+    ids = {(method, path): op.get("operationId") for (path, method), op in operations.items()}
+    assert ids == OPERATION_IDS  # every route has one, and none was renamed
+    assert len(set(ids.values())) == len(ids)
+    assert all(OPERATION_ID_RE.fullmatch(i) for i in ids.values())
+
+
+def test_docs_list_every_operation_id():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.rst").read_text()
+    rows = re.findall(r"^``(\w+)``\s+``(GET|POST|DELETE|PUT|PATCH) (\S+)``", text, re.MULTILINE)
+    assert {(method.lower(), path): operation_id for operation_id, method, path in rows} == OPERATION_IDS
+
+
+def test_two_operations_cannot_share_an_operation_id(app):
+    @app.route("/twice", methods=["GET", "POST"])
+    @operation(Scope.RUNS_READ, "One view, two methods", {"200": {"description": "OK"}}, operation_id="getTwice")
+    def twice() -> str:
+        return "ok"
+
+    with pytest.raises(ValueError, match="getTwice"):
+        openapi_document(app)
+
+
+def test_a_route_cannot_reuse_another_routes_operation_id(app):
+    @app.get("/runs-again")
+    @operation(Scope.RUNS_READ, "A second listRuns", {"200": {"description": "OK"}}, operation_id="listRuns")
+    def runs_again() -> str:
+        return "ok"
+
+    with pytest.raises(ValueError, match="GET /runs"):
+        openapi_document(app)
+
+
+@pytest.mark.parametrize("bad", ["list_jobs", "ListJobs", "list", "list-jobs", ""])
+def test_an_operation_id_is_lower_camel_case(bad):
+    with pytest.raises(ValueError, match="operationId"):
+        operation(Scope.RUNS_READ, "Bad", {"200": {"description": "OK"}}, operation_id=bad)

@@ -1,5 +1,5 @@
 """/openapi.json describes exactly the routes the app has: every path, method, path parameter, scope and
-operationId."""
+operationId, in shapes client generators read."""
 
 from __future__ import annotations
 
@@ -150,3 +150,48 @@ def test_a_route_cannot_reuse_another_routes_operation_id(app):
 def test_an_operation_id_is_lower_camel_case(bad):
     with pytest.raises(ValueError, match="operationId"):
         operation(Scope.RUNS_READ, "Bad", {"200": {"description": "OK"}}, operation_id=bad)
+
+
+def schema_shape_problems(schema, where: str) -> list[str]:
+    """What client generators cannot read: an array without items, a schema with no type, $ref or union."""
+    if not isinstance(schema, dict):
+        return [f"{where}: not a schema object"]
+    out = []
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if not types and not {"$ref", "anyOf", "oneOf", "allOf"} & set(schema):
+        out.append(f"{where}: no type")
+    if "array" in types and "items" not in schema:
+        out.append(f"{where}: an array without items")
+    for name, sub in schema.get("properties", {}).items():
+        out += schema_shape_problems(sub, f"{where}.{name}")
+    if isinstance(schema.get("additionalProperties"), dict):
+        out += schema_shape_problems(schema["additionalProperties"], f"{where}.additionalProperties")
+    if "items" in schema:
+        out += schema_shape_problems(schema["items"], f"{where}[]")
+    for keyword in ("anyOf", "oneOf", "allOf"):
+        for i, sub in enumerate(schema.get(keyword, [])):
+            out += schema_shape_problems(sub, f"{where}.{keyword}[{i}]")
+    return out
+
+
+def document_schemas(document):
+    """Every schema of the document: the components and each parameter, body and response of each operation."""
+    for name, schema in document["components"]["schemas"].items():
+        yield f"#/components/schemas/{name}", schema
+    for (path, method), op in document_operations(document).items():
+        for parameter in op.get("parameters", []):
+            yield f"{method} {path} {parameter['name']}", parameter["schema"]
+        for media, content in op.get("requestBody", {}).get("content", {}).items():
+            yield f"{method} {path} body {media}", content["schema"]
+        for status, response in op["responses"].items():
+            for media, content in response.get("content", {}).items():
+                yield f"{method} {path} {status} {media}", content["schema"]
+
+
+def test_every_schema_has_what_client_generators_need():
+    document = openapi_document(routes_only_app())
+    problems = [p for where, schema in document_schemas(document) for p in schema_shape_problems(schema, where)]
+    assert problems == []
+    broken = {"type": "object", "properties": {"choices": {"type": "array"}, "default": {}}}
+    assert schema_shape_problems(broken, "x") == ["x.choices: an array without items", "x.default: no type"]

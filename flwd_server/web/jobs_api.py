@@ -22,6 +22,7 @@ bp = Blueprint("jobs", __name__)
         **problems(400, 404),
     },
     parameters=[SOURCE_QUERY],
+    operation_id="listJobs",
 )
 def list_jobs() -> Response:
     engine = current_app.config["FLWD_ENGINE"]
@@ -34,6 +35,7 @@ def list_jobs() -> Response:
     "One job with its steps",
     {"200": json_reply(object_schema({"job": ref("JobSummary")}, ["job"])), **problems(400, 404, 409, 422)},
     parameters=[SOURCE_QUERY],
+    operation_id="getJob",
 )
 def get_job(name: str) -> Response:
     engine = current_app.config["FLWD_ENGINE"]

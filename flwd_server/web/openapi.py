@@ -47,7 +47,7 @@ def path_parameters(rule: str) -> list[dict[str, Any]]:
 def operation_object(declared: Operation, rule: str) -> dict[str, Any]:
     """One OpenAPI operation; every route with a scope answers 401 and 403 too."""
     responses = copy.deepcopy(dict(declared.responses))
-    op: dict[str, Any] = {"summary": declared.summary}
+    op: dict[str, Any] = {"operationId": declared.operation_id, "summary": declared.summary}
     if declared.public:
         op["responses"] = responses
         op["security"] = []
@@ -67,13 +67,21 @@ def operation_object(declared: Operation, rule: str) -> dict[str, Any]:
 
 
 def paths(app: Flask) -> dict[str, Any]:
-    """Every route of the URL map, in its order; a view without a declaration is an error, not a gap."""
+    """Every route of the URL map, in its order; a view without a declaration is an error, not a gap.
+
+    So is an operationId that two operations share (one view under two rules or two methods):
+    clients generated from the document would lose one of them.
+    """
     out: dict[str, dict[str, Any]] = {}
+    seen: dict[str, str] = {}
     for rule in app.url_map.iter_rules():
         declared = declared_operation(app, rule.endpoint)
         if declared is None:
             raise LookupError(f"{rule.rule} ({rule.endpoint}) has no @operation declaration: add one next to the route")
         for method in sorted((rule.methods or set()) - UNDOCUMENTED_METHODS):
+            where = f"{method} {rule.rule}"
+            if (other := seen.setdefault(declared.operation_id, where)) != where:
+                raise ValueError(f"{where} and {other} share the operationId {declared.operation_id!r}")
             out.setdefault(openapi_path(rule.rule), {})[method.lower()] = operation_object(declared, rule.rule)
     return out
 

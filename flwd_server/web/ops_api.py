@@ -27,6 +27,7 @@ bp = Blueprint("ops", __name__)
         "200": json_reply(object_schema({"status": {"type": "string"}, "version": {"type": "string"}}, ["status"])),
         **problems(503),
     },
+    operation_id="getHealth",
 )
 def healthz() -> Response:
     engine = current_app.config["FLWD_ENGINE"]
@@ -39,7 +40,7 @@ def healthz() -> Response:
 
 
 @bp.get("/openapi.json")
-@operation(PUBLIC, "This document", {"200": json_reply({"type": "object"})})
+@operation(PUBLIC, "This document", {"200": json_reply({"type": "object"})}, operation_id="getOpenApiDocument")
 def openapi() -> Response:
     return json_response(openapi_document(current_app))
 
@@ -49,6 +50,7 @@ def openapi() -> Response:
     Scope.METRICS_READ,
     "Prometheus metrics (text exposition format 0.0.4), the same from every worker",
     {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    operation_id="getMetrics",
 )
 def metrics() -> Response:
     engine = current_app.config["FLWD_ENGINE"]
@@ -77,6 +79,7 @@ def metrics() -> Response:
         query_parameter("status", {"type": "string"}, "one status or several, comma-separated"),
         query_parameter("job", {"type": "string"}, "NAME or SOURCE:NAME"),
     ],
+    operation_id="exportRuns",
 )
 def export() -> Response:
     engine = current_app.config["FLWD_ENGINE"]

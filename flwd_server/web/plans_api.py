@@ -20,6 +20,7 @@ bp = Blueprint("plans", __name__)
     "Plan a run without running it",
     {"200": json_reply(object_schema({"plan": ref("Plan")}, ["plan"])), **problems(400, 404, 409, 413, 415, 422)},
     request_body=json_request(RUN_REQUEST),
+    operation_id="createPlan",
 )
 def create_plan() -> Response:
     engine = current_app.config["FLWD_ENGINE"]

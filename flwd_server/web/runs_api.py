@@ -64,6 +64,7 @@ def _engine():
             "properties": {**RUN_REQUEST["properties"], "plan": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}},
         }
     ),
+    operation_id="submitRun",
 )
 def submit_run() -> Response:
     key = request.headers.get("Idempotency-Key")
@@ -96,6 +97,7 @@ def submit_run() -> Response:
         {**query_parameter("limit", {"type": "integer", "minimum": 1, "maximum": 500}), "allowEmptyValue": False},
         query_parameter("cursor", {"type": "string", "pattern": "^[0-9]{1,20}$"}, "the `next` of the previous page"),
     ],
+    operation_id="listRuns",
 )
 def list_runs() -> Response:
     runs, cursor = _engine().runs(
@@ -109,7 +111,7 @@ def list_runs() -> Response:
 
 
 @bp.get("/runs/<run_id>")
-@operation(Scope.RUNS_READ, "One run", {"200": json_reply(RUN_REPLY), **problems(404)})
+@operation(Scope.RUNS_READ, "One run", {"200": json_reply(RUN_REPLY), **problems(404)}, operation_id="getRun")
 def get_run(run_id: str) -> Response:
     return json_response({"run": _engine().run(run_id).to_dict(base_url())})
 
@@ -119,6 +121,7 @@ def get_run(run_id: str) -> Response:
     Scope.RUNS_WRITE,
     "Cancel a queued or running run",
     {"202": json_reply(RUN_REPLY, "Accepted"), **problems(404, 409, 413, 415, 503)},
+    operation_id="cancelRun",
 )
 def cancel_run(run_id: str) -> Response:
     no_body()
@@ -180,6 +183,7 @@ def sse_response(run_id: str | None) -> Response:
         **problems(400, 404, 413, 415, 422),
     },
     request_body=json_request(object_schema({"run": {"type": ["string", "null"], "minLength": 1}}), required=False),
+    operation_id="createStreamTicket",
 )
 def create_stream_ticket() -> Response:
     """For browsers: EventSource cannot send Authorization, so it opens ``...events?ticket=T`` once."""
@@ -198,12 +202,19 @@ def create_stream_ticket() -> Response:
     "Stream a run's events (ends after run.finished)",
     {"200": SSE, "204": {"description": "The run finished and every event was seen"}, **problems(400, 404, 503)},
     parameters=LAST_EVENT_ID,
+    operation_id="streamRunEvents",
 )
 def run_events(run_id: str) -> Response:
     return sse_response(run_id)
 
 
 @bp.get("/events")
-@operation(Scope.RUNS_READ, "Stream every event", {"200": SSE, **problems(400, 503)}, parameters=LAST_EVENT_ID)
+@operation(
+    Scope.RUNS_READ,
+    "Stream every event",
+    {"200": SSE, **problems(400, 503)},
+    parameters=LAST_EVENT_ID,
+    operation_id="streamEvents",
+)
 def all_events() -> Response:
     return sse_response(None)

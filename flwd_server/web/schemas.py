@@ -75,6 +75,8 @@ def query_parameter(name: str, schema: dict[str, Any], description: str | None =
 
 
 NULLABLE_STR = {"type": ["string", "null"]}
+# A job argument's value (a default, a choice): one of ARG_TYPES, of the type the argument declares.
+ARG_VALUE = {"type": ["string", "number", "boolean"]}
 # A name in a query (?source=, ?job=): what web/bodies.py query_text accepts; empty means absent.
 NAME_QUERY = {"type": "string", "maxLength": 256, "pattern": "^[^\\x00-\\x1f]*$"}
 SOURCE_QUERY = query_parameter("source", NAME_QUERY)
@@ -88,25 +90,30 @@ EVENT = object_schema(
     },
     ["id", "run_id", "type", "time", "data"],
 )
+# One event of a stream as sent; the data is the Event as JSON.
+STREAM_EVENT = object_schema(
+    {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string", "enum": EVENT_TYPES},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": ref("Event")},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+    additional=True,
+)
 SSE = {
     "description": "Server-Sent Events: `id:` is the event id, `event:` its type, `data:` the event as JSON; "
     "the stream opens with `retry:` and idle streams get `: ping` comments",
-    # OpenAPI 3.1 has no itemSchema: the schema of an event stream describes one event.
+    # OpenAPI 3.1 has no itemSchema (3.2 has), so the schema says both readings of a stream: the body is
+    # text (what generated clients hand back), and tools that read a 3.1 stream's schema per event
+    # (schemathesis) check each event, an object, against StreamEvent.
     "content": {
         "text/event-stream": {
-            "schema": object_schema(
-                {
-                    "id": {"type": "string", "pattern": "^[0-9]+$"},
-                    "event": {"type": "string", "enum": EVENT_TYPES},
-                    "data": {
-                        "type": "string",
-                        "contentMediaType": "application/json",
-                        "contentSchema": {"$ref": "#/components/schemas/Event"},
-                    },
-                    "retry": {"type": "integer", "minimum": 0},
-                },
-                additional=True,
-            )
+            "schema": {
+                "anyOf": [
+                    {"type": "string", "description": "the stream as text, as far as it was read"},
+                    ref("StreamEvent"),
+                ]
+            }
         }
     },
 }
@@ -139,6 +146,7 @@ RUN_REQUEST = object_schema(
 
 SCHEMAS: dict[str, Any] = {
     "Event": EVENT,
+    "StreamEvent": STREAM_EVENT,
     "Problem": object_schema(
         {
             "type": {"type": "string"},
@@ -153,8 +161,8 @@ SCHEMAS: dict[str, Any] = {
         {
             "type": {"type": "string", "enum": ARG_TYPE_NAMES},
             "required": {"type": "boolean"},
-            "default": {},
-            "choices": {"type": "array"},
+            "default": ARG_VALUE,
+            "choices": {"type": "array", "items": ARG_VALUE, "minItems": 1},
             "pattern": {"type": "string"},
             "minimum": {"type": "number"},
             "maximum": {"type": "number"},

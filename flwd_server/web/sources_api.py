@@ -25,6 +25,7 @@ def _engine():
     Scope.SOURCES_READ,
     "List sources with their revisions, jobs and job-file errors",
     {"200": json_reply(object_schema({"sources": {"type": "array", "items": ref("Source")}}, ["sources"]))},
+    operation_id="listSources",
 )
 def list_sources() -> Response:
     return json_response({"sources": _engine().sources()})
@@ -36,6 +37,7 @@ def list_sources() -> Response:
     "Register a source (a git source is fetched first)",
     {"201": json_reply(SOURCE_REPLY, "Created"), **problems(400, 409, 413, 415, 422, 503)},
     request_body=json_request(ref("SourceRequest")),
+    operation_id="addSource",
 )
 def add_source() -> Response:
     source = _engine().add_source(json_body(SPEC_FIELDS), principal())
@@ -47,6 +49,7 @@ def add_source() -> Response:
     Scope.SOURCES_READ,
     "One source, each job file's error with its path and line",
     {"200": json_reply(SOURCE_REPLY), **problems(404)},
+    operation_id="getSource",
 )
 def get_source(name: str) -> Response:
     return json_response({"source": _engine().source(name)})
@@ -57,6 +60,7 @@ def get_source(name: str) -> Response:
     Scope.SOURCES_WRITE,
     "Remove a source registered over the API (bundled and config sources: 409)",
     {"204": {"description": "Removed"}, **problems(404, 409, 413, 415, 503)},
+    operation_id="removeSource",
 )
 def remove_source(name: str) -> Response:
     no_body()
@@ -77,6 +81,7 @@ def remove_source(name: str) -> Response:
         ),
         **problems(404, 413, 415, 502, 503),
     },
+    operation_id="syncSource",
 )
 def sync_source(name: str) -> Response:
     no_body()

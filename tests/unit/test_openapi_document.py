@@ -1,13 +1,18 @@
-"""/openapi.json describes exactly the routes the app has: every path, method, path parameter and scope."""
+"""/openapi.json describes exactly the routes the app has: every path, method, path parameter, scope and
+operationId, in shapes client generators read."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import pytest
+
+from flwd_server.auth.scopes import Scope
 from flwd_server.web.access import required_scope
 from flwd_server.web.app import routes_only_app
 from flwd_server.web.openapi import openapi_document, openapi_path
-from flwd_server.web.operations import PUBLIC
+from flwd_server.web.operations import OPERATION_ID_RE, PUBLIC, operation
 from flwd_server.web.query_params import declared_query_parameters
 
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -81,3 +86,112 @@ def test_the_document_is_valid_openapi_3_1():
     broken = openapi_document(routes_only_app())
     broken["paths"]["/runs"]["get"]["responses"]["200"] = {"content": 5}
     assert list(OPENAPI_31_VALIDATOR.iter_errors(broken))  # the check can fail
+
+
+# The API's operationIds: generated clients name their functions and modules after them, so they never change.
+OPERATION_IDS = {
+    ("get", "/jobs"): "listJobs",
+    ("get", "/jobs/{name}"): "getJob",
+    ("post", "/plans"): "createPlan",
+    ("post", "/runs"): "submitRun",
+    ("get", "/runs"): "listRuns",
+    ("get", "/runs/{run_id}"): "getRun",
+    ("post", "/runs/{run_id}/cancel"): "cancelRun",
+    ("get", "/runs/{run_id}/events"): "streamRunEvents",
+    ("get", "/events"): "streamEvents",
+    ("post", "/stream-tickets"): "createStreamTicket",
+    ("get", "/sources"): "listSources",
+    ("post", "/sources"): "addSource",
+    ("get", "/sources/{name}"): "getSource",
+    ("delete", "/sources/{name}"): "removeSource",
+    ("post", "/sources/{name}/sync"): "syncSource",
+    ("get", "/healthz"): "getHealth",
+    ("get", "/openapi.json"): "getOpenApiDocument",
+    ("get", "/metrics"): "getMetrics",
+    ("get", "/export"): "exportRuns",
+}
+
+
+def test_each_operation_has_its_own_stable_operation_id(app):
+    operations = document_operations(openapi_document(app))
+    ids = {(method, path): op.get("operationId") for (path, method), op in operations.items()}
+    assert ids == OPERATION_IDS  # every route has one, and none was renamed
+    assert len(set(ids.values())) == len(ids)
+    assert all(OPERATION_ID_RE.fullmatch(i) for i in ids.values())
+
+
+def test_docs_list_every_operation_id():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.rst").read_text()
+    rows = re.findall(r"^``(\w+)``\s+``(GET|POST|DELETE|PUT|PATCH) (\S+)``", text, re.MULTILINE)
+    assert {(method.lower(), path): operation_id for operation_id, method, path in rows} == OPERATION_IDS
+
+
+def test_two_operations_cannot_share_an_operation_id(app):
+    @app.route("/twice", methods=["GET", "POST"])
+    @operation(Scope.RUNS_READ, "One view, two methods", {"200": {"description": "OK"}}, operation_id="getTwice")
+    def twice() -> str:
+        return "ok"
+
+    with pytest.raises(ValueError, match="getTwice"):
+        openapi_document(app)
+
+
+def test_a_route_cannot_reuse_another_routes_operation_id(app):
+    @app.get("/runs-again")
+    @operation(Scope.RUNS_READ, "A second listRuns", {"200": {"description": "OK"}}, operation_id="listRuns")
+    def runs_again() -> str:
+        return "ok"
+
+    with pytest.raises(ValueError, match="GET /runs"):
+        openapi_document(app)
+
+
+@pytest.mark.parametrize("bad", ["list_jobs", "ListJobs", "list", "list-jobs", ""])
+def test_an_operation_id_is_lower_camel_case(bad):
+    with pytest.raises(ValueError, match="operationId"):
+        operation(Scope.RUNS_READ, "Bad", {"200": {"description": "OK"}}, operation_id=bad)
+
+
+def schema_shape_problems(schema, where: str) -> list[str]:
+    """What client generators cannot read: an array without items, a schema with no type, $ref or union."""
+    if not isinstance(schema, dict):
+        return [f"{where}: not a schema object"]
+    out = []
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if not types and not {"$ref", "anyOf", "oneOf", "allOf"} & set(schema):
+        out.append(f"{where}: no type")
+    if "array" in types and "items" not in schema:
+        out.append(f"{where}: an array without items")
+    for name, sub in schema.get("properties", {}).items():
+        out += schema_shape_problems(sub, f"{where}.{name}")
+    if isinstance(schema.get("additionalProperties"), dict):
+        out += schema_shape_problems(schema["additionalProperties"], f"{where}.additionalProperties")
+    if "items" in schema:
+        out += schema_shape_problems(schema["items"], f"{where}[]")
+    for keyword in ("anyOf", "oneOf", "allOf"):
+        for i, sub in enumerate(schema.get(keyword, [])):
+            out += schema_shape_problems(sub, f"{where}.{keyword}[{i}]")
+    return out
+
+
+def document_schemas(document):
+    """Every schema of the document: the components and each parameter, body and response of each operation."""
+    for name, schema in document["components"]["schemas"].items():
+        yield f"#/components/schemas/{name}", schema
+    for (path, method), op in document_operations(document).items():
+        for parameter in op.get("parameters", []):
+            yield f"{method} {path} {parameter['name']}", parameter["schema"]
+        for media, content in op.get("requestBody", {}).get("content", {}).items():
+            yield f"{method} {path} body {media}", content["schema"]
+        for status, response in op["responses"].items():
+            for media, content in response.get("content", {}).items():
+                yield f"{method} {path} {status} {media}", content["schema"]
+
+
+def test_every_schema_has_what_client_generators_need():
+    document = openapi_document(routes_only_app())
+    problems = [p for where, schema in document_schemas(document) for p in schema_shape_problems(schema, where)]
+    assert problems == []
+    broken = {"type": "object", "properties": {"choices": {"type": "array"}, "default": {}}}
+    assert schema_shape_problems(broken, "x") == ["x.choices: an array without items", "x.default: no type"]

@@ -78,7 +78,7 @@ def test_the_check_and_the_document_read_one_declaration(app, monkeypatch):
     """For every rule of the URL map (one added here too), the scope the hook enforces is the one documented."""
 
     @app.get("/added/<thing>")
-    @operation(Scope.EXPORT_READ, "A route added by the test", {"200": {"description": "OK"}})
+    @operation(Scope.EXPORT_READ, "A route added by the test", {"200": {"description": "OK"}}, operation_id="getAdded")
     def added(thing: str) -> Response:
         return Response("ok")
 
@@ -121,7 +121,7 @@ def test_a_view_without_a_declaration_is_refused_by_the_document_too(app):
 
 def test_an_unknown_scope_cannot_be_declared():
     with pytest.raises(ValueError, match="runs:delete"):
-        operation("runs:delete", "Delete a run", {"204": {"description": "Deleted"}})
+        operation("runs:delete", "Delete a run", {"204": {"description": "Deleted"}}, operation_id="deleteRun")
 
 
 def test_a_stream_ticket_stands_in_for_a_token_only_where_the_route_declares_the_ticket_parameter(app):

@@ -278,6 +278,11 @@ class RegistryClient:
                 )
             except requests.exceptions.SSLError as exc:
                 raise self._tls_failure(url, exc) from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise RegistryError(
+                    f"cannot reach registry {urlsplit(url).netloc} ({type(exc).__name__} on {method} "
+                    f"{urlsplit(url).path})"
+                ) from None
             except requests.RequestException as exc:
                 raise RegistryError(
                     f"{method} {urlsplit(url).netloc}{urlsplit(url).path} failed: {type(exc).__name__}"

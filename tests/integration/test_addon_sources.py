@@ -372,4 +372,6 @@ def test_sync_answers_for_oci_sources(addons, registry, signing_keys, tmp_path):
     assert "cannot reach registry" in unreachable["detail"]
     problem_of(server.post("/sources/no-such-source/sync"), 404, "source-not-found")
     assert server.get("/sources/synced").json()["source"]["revision"] == second_digest
+    assert (server.data_dir / "addons" / "synced").is_dir()
     assert server.delete("/sources/synced").status_code == 204
+    assert not (server.data_dir / "addons" / "synced").exists()  # its unpacked digests go with it

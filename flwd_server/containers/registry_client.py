@@ -111,14 +111,10 @@ def _origin(url: str) -> tuple[str, str]:
 def registry_answer(response: requests.Response) -> str:
     """The registry's own words for an error answer (``manifest unknown``), or ``HTTP <status>``."""
     try:
-        errors = response.json().get("errors") or []
-        if errors and isinstance(errors[0], dict) and errors[0].get("message"):
-            return str(errors[0]["message"])[:200]
-        if errors and isinstance(errors[0], dict) and errors[0].get("code"):
-            return str(errors[0]["code"])[:200]
-    except (ValueError, AttributeError):
-        pass
-    return f"HTTP {response.status_code}"
+        first = (response.json().get("errors") or [{}])[0]
+        return str(first.get("message") or first.get("code") or f"HTTP {response.status_code}")[:200]
+    except (ValueError, AttributeError, IndexError):
+        return f"HTTP {response.status_code}"
 
 
 class RegistryClient:
@@ -301,12 +297,10 @@ class RegistryClient:
         """Why HTTPS to a registry failed; a registry that answers plain HTTP is told apart by asking it."""
         host = urlsplit(url).netloc
         try:
-            plain = self.session.get(f"http://{host}/v2/", timeout=min(self.timeout, 5.0), allow_redirects=False)
-            plain.close()
-            speaks_http = True
+            self.session.get(f"http://{host}/v2/", timeout=min(self.timeout, 5.0), allow_redirects=False).close()
         except requests.RequestException:
-            speaks_http = False
-        if speaks_http:
+            pass
+        else:
             return RegistryError(
                 f"registry {host} speaks plain HTTP, not HTTPS: if that is intended (a loopback or test registry), "
                 "add it to container.insecure_registries in the server config, or pass --insecure to "

@@ -47,7 +47,7 @@ def sign_command(image: str, key_path: str, insecure: bool, config_path: str | N
     key = signing_key(key_path)
     registry = registry_client(target, insecure, config_path)
     try:
-        digest = target.digest or registry.require_manifest(target).digest
+        digest = registry.require_manifest(target).digest  # a digest too: never sign an image that is not there
         tag = attach_signature(registry, target, digest, key)
     finally:
         registry.close()

@@ -402,3 +402,13 @@ def test_flwd_sign_says_how_to_reach_a_plain_http_registry(registry, images, sig
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "speaks plain HTTP" in done.stderr and "--insecure" in done.stderr
     assert "container.insecure_registries" in done.stderr
+
+
+def test_flwd_sign_refuses_an_image_that_is_not_there(registry, signing_keys):
+    missing = f"{registry.host}/steps/flwd-missing@sha256:{'0' * 64}"
+    done = sign(missing, str(signing_keys["trusted_pem"]), "--insecure")
+    assert done.returncode != 0 and f"no such image {missing}" in done.stderr, done.stderr
+    tag = f"sha256-{'0' * 64}.sig"
+    assert (
+        registry.session().get(f"{registry.url}/v2/steps/flwd-missing/manifests/{tag}", timeout=10).status_code == 404
+    )

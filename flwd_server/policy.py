@@ -157,7 +157,14 @@ def check_privileged(ctx: PolicyContext) -> list[Finding]:
     if not asked and not _container_steps(ctx):
         return []
     if asked:
-        return [Finding("privileged", False, f"privileged containers requested: {', '.join(asked)}")]
+        return [
+            Finding(
+                "privileged",
+                False,
+                f"privileged containers requested: {', '.join(asked)} (flwd never creates a privileged container: "
+                "if the run goes ahead, the step runs unprivileged anyway)",
+            )
+        ]
     return [Finding("privileged", True, "no privileged containers")]
 
 

@@ -10,6 +10,7 @@ def register(cli: click.Group) -> None:
     from .addon import addon_group
     from .export import export_command
     from .keys import keys_group
+    from .sign import sign_command
     from .sources import sources_group
     from .token import token_command
 
@@ -18,3 +19,4 @@ def register(cli: click.Group) -> None:
     cli.add_command(sources_group)
     cli.add_command(addon_group)
     cli.add_command(export_command)
+    cli.add_command(sign_command)

@@ -16,10 +16,10 @@ import click
 
 from flwd_server.config import load_settings
 from flwd_server.containers.addons import publish
-from flwd_server.containers.images import normalize_registry, parse_image_ref
+from flwd_server.containers.images import ImageRef, normalize_registry, parse_image_ref
 from flwd_server.containers.registry_client import RegistryClient
-from flwd_server.containers.signatures import attach_signature, load_private_key
-from flwd_server.errors import ConfigError, Unprocessable
+from flwd_server.containers.signatures import PrivateKey, attach_signature, load_private_key
+from flwd_server.errors import ConfigError, InvalidJob, Unprocessable
 from flwd_server.jobs import parse_job
 
 
@@ -63,17 +63,8 @@ def publish_command(folder: str, ref: str, sign_key: str | None, insecure: bool,
             [{"field": "ref", "message": "expected registry/repo:tag"}],
         )
     _check_jobs(Path(folder))
-    key = None
-    if sign_key:
-        password = os.environ.get("FLWD_SIGN_KEY_PASSWORD")
-        key = load_private_key(
-            Path(sign_key).read_bytes(), password.encode() if password else None, Path(sign_key).name
-        )
-    settings = load_settings(config_path) if config_path else None
-    insecure_list = list(settings.container.insecure_registries) if settings else []
-    if insecure:
-        insecure_list.append(target.registry)
-    registry = RegistryClient(insecure_list, credentials=_credentials)
+    key = signing_key(sign_key) if sign_key else None
+    registry = registry_client(target, insecure, config_path)
     try:
         digest = publish(registry, target, folder)
         click.echo(f"{target.registry}/{target.repository}@{digest}")
@@ -82,6 +73,21 @@ def publish_command(folder: str, ref: str, sign_key: str | None, insecure: bool,
             click.echo(f"signed: {target.registry}/{target.repository}:{tag}", err=True)
     finally:
         registry.close()
+
+
+def signing_key(path: str) -> PrivateKey:
+    """The PEM private key at ``path`` (its password in ``FLWD_SIGN_KEY_PASSWORD``)."""
+    password = os.environ.get("FLWD_SIGN_KEY_PASSWORD")
+    return load_private_key(Path(path).read_bytes(), password.encode() if password else None, Path(path).name)
+
+
+def registry_client(target: ImageRef, insecure: bool, config_path: str | None) -> RegistryClient:
+    """A client for ``target``'s registry: plain HTTP with ``--insecure`` or the config's insecure_registries."""
+    settings = load_settings(config_path) if config_path else None
+    insecure_list = list(settings.container.insecure_registries) if settings else []
+    if insecure:
+        insecure_list.append(target.registry)
+    return RegistryClient(insecure_list, credentials=registry_credentials)
 
 
 def _check_jobs(folder: Path) -> None:
@@ -95,13 +101,18 @@ def _check_jobs(folder: Path) -> None:
             rel = path.relative_to(folder).as_posix()
             try:
                 parse_job(path.read_bytes(), "addon", rel)
-            except Exception as exc:  # InvalidJob names every field; anything else is unreadable
-                problems.append(getattr(exc, "detail", str(exc)))
+            except InvalidJob as exc:  # every field, and the line of a YAML syntax error (path:line, as :sources show)
+                problems.extend(
+                    f"{rel}{':' + str(e['line']) if e.get('line') else ''}: {e['field']}: {e['message']}"
+                    for e in exc.errors
+                )
+            except OSError as exc:
+                problems.append(f"{rel}: cannot read it ({exc.strerror})")
     if problems:
         raise Unprocessable("invalid job files; nothing was published: " + "; ".join(problems))
 
 
-def _credentials(registry: str) -> tuple[str, str] | None:
+def registry_credentials(registry: str) -> tuple[str, str] | None:
     user = os.environ.get("FLWD_REGISTRY_USERNAME")
     password = os.environ.get("FLWD_REGISTRY_PASSWORD")
     host = os.environ.get("FLWD_REGISTRY_HOST")

@@ -37,7 +37,7 @@ def _print_source(source: dict[str, Any]) -> None:
 
 @click.group(":sources")
 def sources_group() -> None:
-    """List, add, remove and sync job sources (local folders, git repositories)."""
+    """List, add, remove and sync job sources (local folders, git repositories, OCI add-ons)."""
 
 
 @sources_group.command("list")
@@ -69,20 +69,37 @@ def show_command(backend: Any, name: str, as_json: bool) -> None:
 @sources_group.command("add")
 @click.argument("name")
 @click.option("--path", help="A local folder holding jobs/ (local source).")
-@click.option("--url", help="A git URL: https://, ssh://, git://, file:/// (git source).")
+@click.option("--url", help="A git URL: https://, ssh://, git://, file:/// (git source); oci://REF is --oci REF.")
 @click.option("--ref", help="Branch, tag or commit of a git source (default: the remote's HEAD).")
+@click.option("--oci", "oci_ref", metavar="REF", help="An OCI add-on: registry/repo:tag or registry/repo@sha256:….")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @with_backend
-def add_command(backend: Any, name: str, path: str | None, url: str | None, ref: str | None, as_json: bool) -> None:
-    """Register a source NAME from --path (local) or --url [--ref] (git)."""
-    if bool(path) == bool(url):
-        raise click.UsageError("give exactly one of --path (a local folder) or --url (a git repository)")
+def add_command(
+    backend: Any, name: str, path: str | None, url: str | None, ref: str | None, oci_ref: str | None, as_json: bool
+) -> None:
+    """Register a source NAME from --path (local), --url [--ref] (git) or --oci REF (OCI add-on).
+
+    \b
+    flwd :sources add tools --url https://git.example.org/ops/tools.git --ref main
+    flwd :sources add boxed --oci registry.example.org/flwd/tools:1.0
+    """
+    if url and url.lower().startswith("oci://"):
+        if oci_ref:
+            raise click.UsageError("give the add-on once: --oci REF (or --url oci://REF)")
+        url, oci_ref = None, url[len("oci://") :]
+    if sum(bool(x) for x in (path, url, oci_ref)) != 1:
+        raise click.UsageError(
+            "give exactly one of --path (a local folder), --url (a git repository) or --oci (an OCI add-on)"
+        )
     if ref and not url:
-        raise click.UsageError("--ref applies to git sources (--url)")
+        hint = "; an add-on's tag or digest is part of --oci REF" if oci_ref else ""
+        raise click.UsageError(f"--ref applies to git sources (--url){hint}")
     if path:
         if not backend.remote:
             path = os.path.abspath(os.path.expanduser(path))
         spec: dict[str, Any] = {"type": "local", "name": name, "path": path}
+    elif oci_ref:
+        spec = {"type": "oci", "name": name, "ref": oci_ref}
     else:
         spec = {"type": "git", "name": name, "url": url}
         if ref:
@@ -113,7 +130,7 @@ def remove_command(backend: Any, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @with_backend
 def sync_command(backend: Any, name: str, as_json: bool) -> None:
-    """Fetch a git source (or rescan a local one) now."""
+    """Fetch a git source or an add-on's tag (or rescan a local folder) now."""
     result = backend.sync_source(name)
     if as_json:
         output.print_json(result)

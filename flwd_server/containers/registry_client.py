@@ -61,6 +61,13 @@ class DigestMismatch(RegistryError):
     title = "Digest mismatch"
 
 
+class ManifestUnknown(RegistryError):
+    """Raised when the registry has no such tag or digest (it answered 404)."""
+
+    slug = "manifest-unknown"
+    title = "No such image or tag"
+
+
 class TooLarge(RegistryError):
     """Raised when a manifest or blob is larger than the cap for it."""
 
@@ -99,6 +106,15 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme, parts.netloc.lower()
+
+
+def registry_answer(response: requests.Response) -> str:
+    """The registry's own words for an error answer (``manifest unknown``), or ``HTTP <status>``."""
+    try:
+        first = (response.json().get("errors") or [{}])[0]
+        return str(first.get("message") or first.get("code") or f"HTTP {response.status_code}")[:200]
+    except (ValueError, AttributeError, IndexError):
+        return f"HTTP {response.status_code}"
 
 
 class RegistryClient:
@@ -256,6 +272,13 @@ class RegistryClient:
                     stream=stream,
                     allow_redirects=False,
                 )
+            except requests.exceptions.SSLError as exc:
+                raise self._tls_failure(url, exc) from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise RegistryError(
+                    f"cannot reach registry {urlsplit(url).netloc} ({type(exc).__name__} on {method} "
+                    f"{urlsplit(url).path})"
+                ) from None
             except requests.RequestException as exc:
                 raise RegistryError(
                     f"{method} {urlsplit(url).netloc}{urlsplit(url).path} failed: {type(exc).__name__}"
@@ -269,6 +292,23 @@ class RegistryClient:
                 continue
             return response
         raise RegistryError(f"too many redirects from {origin[1]}")
+
+    def _tls_failure(self, url: str, exc: requests.exceptions.SSLError) -> RegistryError:
+        """Why HTTPS to a registry failed; a registry that answers plain HTTP is told apart by asking it."""
+        host = urlsplit(url).netloc
+        try:
+            self.session.get(f"http://{host}/v2/", timeout=min(self.timeout, 5.0), allow_redirects=False).close()
+        except requests.RequestException:
+            pass
+        else:
+            return RegistryError(
+                f"registry {host} speaks plain HTTP, not HTTPS: if that is intended (a loopback or test registry), "
+                "add it to container.insecure_registries in the server config, or pass --insecure to "
+                "flwd :addon publish / flwd :sign"
+            )
+        reason = str(exc.args[0] if exc.args else exc)
+        found = re.search(r"\[SSL: [A-Z_]+\][^(')\]]*", reason)
+        return RegistryError(f"HTTPS to registry {host} failed: {found.group(0).strip() if found else 'TLS error'}")
 
     @staticmethod
     def _fail(response: requests.Response, what: str) -> RegistryError:
@@ -298,9 +338,14 @@ class RegistryClient:
     # -- pulling -------------------------------------------------------------------
 
     def get_manifest(
-        self, registry: str, repository: str, reference: str, accept: tuple[str, ...] = MANIFEST_TYPES
+        self,
+        registry: str,
+        repository: str,
+        reference: str,
+        accept: tuple[str, ...] = MANIFEST_TYPES,
+        required: bool = False,
     ) -> Manifest | None:
-        """The manifest at a tag or digest, or None if there is none.
+        """The manifest at a tag or digest, or None if there is none (``required``: ManifestUnknown).
 
         Pulled by digest, the bytes must hash to it; pulled by tag, the digest
         is computed from the bytes (a ``Docker-Content-Digest`` that disagrees
@@ -320,7 +365,10 @@ class RegistryClient:
             stream=True,
         )
         if response.status_code == 404:
+            answer = registry_answer(response)
             response.close()
+            if required:
+                raise ManifestUnknown(f"{_missing(registry, repository, reference)} (the registry answered: {answer})")
             return None
         if response.status_code != 200:
             raise self._fail(response, what)
@@ -341,11 +389,26 @@ class RegistryClient:
         return Manifest(digest, media_type, raw, data)
 
     def require_manifest(self, ref: ImageRef) -> Manifest:
-        reference = ref.digest or ref.tag or "latest"
-        manifest = self.get_manifest(ref.registry, ref.repository, reference)
-        if manifest is None:
-            raise RegistryError(f"{ref} was not found in its registry")
+        """The manifest ``ref`` names; ManifestUnknown (with the registry's answer) when there is none."""
+        manifest = self.get_manifest(ref.registry, ref.repository, ref.digest or ref.tag or "latest", required=True)
+        assert manifest is not None
         return manifest
+
+    def has_manifest(self, registry: str, repository: str, reference: str) -> str | None:
+        """None when the registry holds ``reference``, else its answer (``manifest unknown``); no body is read."""
+        response = self.request(
+            "HEAD",
+            registry,
+            f"/v2/{repository}/manifests/{reference}",
+            repository=repository,
+            headers={"Accept": ", ".join(MANIFEST_TYPES)},
+        )
+        response.close()
+        if response.status_code == 200:
+            return None
+        if response.status_code == 404:
+            return "manifest unknown"  # a HEAD answer has no body to quote
+        raise RegistryError(f"manifest {registry}/{repository}@{reference}: HTTP {response.status_code}")
 
     def get_blob(self, registry: str, repository: str, digest: str, max_bytes: int) -> bytes:
         """A blob's bytes, refused if they do not hash to ``digest`` or exceed ``max_bytes``."""
@@ -428,3 +491,9 @@ class RegistryClient:
         if response.status_code not in (200, 201):
             raise self._fail(response, f"storing the manifest {registry}/{repository}:{reference}")
         return sha256_digest(raw)
+
+
+def _missing(registry: str, repository: str, reference: str) -> str:
+    if _DIGEST_RE.fullmatch(reference):
+        return f"no such image {registry}/{repository}@{reference}"
+    return f"no such tag {reference!r} in {registry}/{repository}"

@@ -36,11 +36,12 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ..errors import ConfigError, FlwdError
 from ..policy import SignatureResult
 from .images import ImageRef, parse_image_ref, registry_allowed
-from .registry_client import OCI_MANIFEST, RegistryClient, RegistryError
+from .registry_client import OCI_MANIFEST, ManifestUnknown, RegistryClient, RegistryError
 
 log = logging.getLogger("flwd.signatures")
 
@@ -98,25 +99,67 @@ def signature_valid(key: PublicKey, signature: bytes, payload: bytes) -> bool:
     return True
 
 
-def payload_problem(payload: bytes, digest: str) -> str | None:
-    """Why a simple-signing payload does not bind to ``digest`` (None when it does)."""
+def signed_digest(payload: bytes) -> tuple[str | None, str | None]:
+    """``(digest the payload names, None)``, or ``(None, why it is no cosign payload)``."""
     try:
         data = json.loads(payload)
     except ValueError:
-        return "the signed payload is not JSON"
+        return None, "the signed payload is not JSON"
     critical = data.get("critical") if isinstance(data, dict) else None
     if not isinstance(critical, dict):
-        return "the signed payload has no critical section"
+        return None, "the signed payload has no critical section"
     if critical.get("type") != SIGNATURE_TYPE:
-        return f"the signed payload's type is {critical.get('type')!r}, not {SIGNATURE_TYPE!r}"
+        return None, f"the signed payload's type is {critical.get('type')!r}, not {SIGNATURE_TYPE!r}"
     image = critical.get("image")
     if not isinstance(image, dict):
-        return "the signed payload names no image"
+        return None, "the signed payload names no image"
     # cosign compares case-insensitively (Go's JSON); older versions wrote Docker-manifest-digest.
     signed = next((v for k, v in image.items() if k.lower() == "docker-manifest-digest"), None)
+    return (signed, None) if isinstance(signed, str) else (None, "the signed payload names no image digest")
+
+
+def payload_problem(payload: bytes, digest: str) -> str | None:
+    """Why a simple-signing payload does not bind to ``digest`` (None when it does)."""
+    signed, problem = signed_digest(payload)
+    if problem:
+        return problem
     if signed != digest:
-        return f"the signature is for {signed}, not {digest}"
+        return (
+            f"the signature does not match the image digest: the signature is for {signed}, not {digest} "
+            "(tampered, or copied from another image)"
+        )
     return None
+
+
+def well_formed(key: PublicKey, signature: bytes) -> bool:
+    """Whether ``signature`` has the shape a signature by a key of this kind has (DER for ECDSA)."""
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        try:
+            decode_dss_signature(signature)
+        except ValueError:
+            return False
+        return True
+    if isinstance(key, rsa.RSAPublicKey):
+        return len(signature) == (key.key_size + 7) // 8
+    return len(signature) == 64
+
+
+def describe_keys(keys: list[TrustedKey]) -> str:
+    return ", ".join(f"{k.name} ({k.fingerprint})" for k in keys)
+
+
+def _unverified(signature: bytes, payload: bytes, digest: str, keys: list[TrustedKey]) -> str:
+    """Why a signature no configured key verifies was refused: tampered, or another key's."""
+    problem = payload_problem(payload, digest)
+    if problem:  # it does not even claim this image: whatever signed it, it is not this image's signature
+        return problem
+    if not any(well_formed(k.key, signature) for k in keys):
+        return "the signature does not match the image digest: it is not a well-formed signature (tampered)"
+    return (
+        f"signed with another key: the signature verifies with none of the configured keys "
+        f"(container.signature_keys: {describe_keys(keys)}); add the signer's public key there, "
+        "or sign with one of these keys"
+    )
 
 
 def verify_layers(
@@ -135,11 +178,11 @@ def verify_layers(
         try:
             signature = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            problems.append("a signature that is not base64")
+            problems.append("the signature is not base64 (tampered)")
             continue
         signer = next((k for k in keys if signature_valid(k.key, signature, payload)), None)
         if signer is None:
-            problems.append("a signature made with none of the configured keys")
+            problems.append(_unverified(signature, payload, digest, keys))
             continue
         problem = payload_problem(payload, digest)
         if problem:
@@ -184,6 +227,8 @@ class SignatureVerifier:
             )
         try:
             digest = ref.digest or self.registry.require_manifest(ref).digest
+        except ManifestUnknown as exc:
+            return SignatureResult("error", exc.detail)
         except RegistryError as exc:
             return SignatureResult("error", f"cannot resolve {image}: {exc.detail}")
         return self.verify_digest(ref, digest)
@@ -244,6 +289,11 @@ class SignatureVerifier:
         return verify_layers(manifest.data, payloads, digest, keys)
 
     def _without_sig_tag(self, ref: ImageRef, digest: str, tag: str) -> SignatureResult:
+        missing = self.registry.has_manifest(ref.registry, ref.repository, digest)
+        if missing:  # no signature because there is no image: say that, not "unsigned"
+            return SignatureResult(
+                "error", f"no such image {ref.registry}/{ref.repository}@{digest} (the registry answered: {missing})"
+            )
         referrers = self.registry.referrers(ref.registry, ref.repository, digest)
         bundles = [m for m in referrers if str(m.get("artifactType", "")).startswith(BUNDLE_TYPE_PREFIX)]
         if bundles:

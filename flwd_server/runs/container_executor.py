@@ -133,8 +133,12 @@ class ContainerExecutor:
         started = time.monotonic()
         out = output
 
-        def outcome(code: int | None, status: str) -> StepOutcome:
-            return StepOutcome(code, status, time.monotonic() - started)
+        def outcome(code: int | None, status: str, reason: str | None = None) -> StepOutcome:
+            return StepOutcome(code, status, time.monotonic() - started, reason)
+
+        def cannot_pull(detail: str) -> StepOutcome:
+            out.note(f"cannot pull image {step.image}: {detail}")
+            return outcome(None, "failed", f"step {step.name!r}: cannot pull image {step.image}: {detail}")
 
         try:
             client = self.runtime.client()
@@ -142,12 +146,10 @@ class ContainerExecutor:
         except _Stopped as stop:
             return outcome(None, stop.status)
         except FlwdError as exc:
-            out.note(f"cannot prepare image {step.image}: {exc.detail}")
-            return outcome(None, "failed")
+            return cannot_pull(exc.detail)
         except ENGINE_ERRORS as exc:
             self.runtime.invalidate()
-            out.note(f"cannot prepare image {step.image}: {_engine_message(exc)}")
-            return outcome(None, "failed")
+            return cannot_pull(_engine_message(exc))
         return self._run(client, image_id, run_id, step, args, env, deadline, should_stop, out, job, outcome)
 
     # -- image -----------------------------------------------------------------
@@ -188,7 +190,7 @@ class ContainerExecutor:
         client.api._raise_for_status(response)
         for item in client.api._stream_helper(response, decode=True):
             if isinstance(item, dict) and item.get("error"):
-                raise FlwdError(f"pulling {name} failed: {item['error']}")
+                raise FlwdError(f"the container engine answered: {item['error']}")
 
     # -- container -------------------------------------------------------------
 
@@ -204,7 +206,7 @@ class ContainerExecutor:
         should_stop: Callable[[], str | None],
         out: StepOutput,
         job: Job,
-        outcome: Callable[[int | None, str], StepOutcome],
+        outcome: Callable[..., StepOutcome],
     ) -> StepOutcome:
         api = client.api
         environment = {
@@ -280,7 +282,7 @@ class ContainerExecutor:
             out.finish()
         if failure:
             out.note(f"container step failed: {failure}")
-            return outcome(exit_code, stopped or "failed")
+            return outcome(exit_code, stopped or "failed", f"step {step.name!r}: container step failed: {failure}")
         if stopped:
             return outcome(exit_code, stopped)
         return outcome(exit_code, "succeeded" if exit_code == 0 else "failed")

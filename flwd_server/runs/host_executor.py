@@ -37,6 +37,7 @@ class StepOutcome:
     exit_code: int | None
     status: str  # succeeded | failed | timed_out | cancelled
     duration: float
+    reason: str | None = None  # why a step that never ran its command failed (the run's reason)
 
 
 @dataclass

@@ -336,7 +336,7 @@ class Runner:
                     elif status is RunStatus.TIMED_OUT:
                         reason = f"the job's timeout of {job.timeout:g}s was reached"
                     else:
-                        reason = f"step {step.name!r} exited with {outcome.exit_code}"
+                        reason = outcome.reason or f"step {step.name!r} exited with {outcome.exit_code}"
                     cap = containment.cap_reached() if containment is not None else None
                     if cap:
                         reason += f": {cap_reason(cap, self.settings.policy)}"

@@ -30,12 +30,22 @@ from typing import Any
 from ..containers.addons import MAX_LAYER_BYTES, addon_layer, extract
 from ..containers.images import parse_image_ref, registry_allowed
 from ..containers.registry_client import RegistryClient
-from ..errors import FlwdError, UnsafeSource
+from ..errors import FlwdError, SourceError, UnsafeSource
 from .base import Source, SourceSnapshot, scan_jobs
 
 log = logging.getLogger("flwd.sources.oci")
 RETRY_AFTER = 10.0
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+class AddonRefused(SourceError):
+    """Raised when a sync finds an artifact flwd will not load (unsigned, not an add-on, unsafe entries).
+
+    A 502 like every failed sync: the request was fine, what the registry holds is not.
+    """
+
+    slug = "addon-refused"
+    title = "Add-on refused"
 
 
 class OciSource(Source):
@@ -57,9 +67,8 @@ class OciSource(Source):
         self.ref = parse_image_ref(spec["ref"], field="ref")
         if not registry_allowed(self.ref, allowed_registries):
             listed = ", ".join(allowed_registries) or "none configured"
-            raise UnsafeSource(
-                f"source {name!r}: registry {self.ref.registry} is not in container.allowed_registries ({listed})"
-            )
+            problem = f"registry {self.ref.registry} is not in container.allowed_registries ({listed})"
+            raise UnsafeSource(f"source {name!r}: {problem}", errors=[{"field": "ref", "message": problem}])
         self.registry = registry
         self.verifier = verifier
         self.verify_signatures = verify_signatures
@@ -121,7 +130,10 @@ class OciSource(Source):
                 raise
 
     def _sync(self) -> SourceSnapshot:
-        return self._serve(self.registry.require_manifest(self.ref))
+        try:
+            return self._serve(self.registry.require_manifest(self.ref))
+        except UnsafeSource as exc:
+            raise AddonRefused(exc.detail) from None
 
     def _unpack(self, manifest: Any) -> tuple[Path, list[dict[str, Any]]]:
         """Check the signature of ``manifest``'s digest and unpack its jobs layer (once per digest)."""

@@ -353,10 +353,11 @@ class SourceRegistry:
         return {**state, "revision": snap.revision, "synced_at": time.time(), "last_error": None, "failed_at": None}
 
     def _wipe(self, name: str) -> None:
-        """Remove a source's files (never the lock file, which others may be waiting on)."""
-        path = self.data_dir / "sources" / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
+        """Remove a source's files, an add-on's unpacked digests too (never the lock file, which others may be
+        waiting on)."""
+        for path in (self.data_dir / "sources" / name, self.data_dir / "addons" / name):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
 
     def _emit_synced(self, source: Source, snap: SourceSnapshot, previous: str | None, subject: str) -> None:
         data = {

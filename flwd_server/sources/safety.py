@@ -47,6 +47,11 @@ def url_problem(url: object, allowed_schemes: tuple[str, ...] | list[str]) -> st
     match = _SCHEME_RE.fullmatch(url)
     if match:
         scheme, rest = match.group(1).lower(), match.group(2)
+        if scheme == "oci":  # not a git transport at all: the add-on kind has its own body
+            return (
+                'oci:// is not a git URL; register an OCI add-on as {"type": "oci", "name": ..., '
+                '"ref": "registry/repo:tag"} (flwd :sources add NAME --oci REF)'
+            )
         if scheme not in allowed:
             return f"the {scheme!r} scheme is not allowed (git.allowed_schemes: {allowed_text})"
         authority, _, path = rest.partition("/")

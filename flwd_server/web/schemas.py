@@ -268,7 +268,10 @@ SCHEMAS: dict[str, Any] = {
             "path": {"type": "string"},
             "url": {"type": "string", "description": "passwords are shown as ***"},
             "ref": NULLABLE_STR,
-            "revision": {**NULLABLE_STR, "description": "the commit (git) or content digest (local) jobs come from"},
+            "revision": {
+                **NULLABLE_STR,
+                "description": "the commit (git), content digest (local) or manifest digest (oci) jobs come from",
+            },
             "synced_at": NULLABLE_STR,
             "last_error": NULLABLE_STR,
             "removable": {"type": "boolean"},
@@ -291,7 +294,8 @@ SCHEMAS: dict[str, Any] = {
             "ref": {
                 "type": "string",
                 "minLength": 1,
-                "description": "git: a branch, tag or commit (default: the remote's HEAD)",
+                "description": "git: a branch, tag or commit (default: the remote's HEAD); "
+                "oci (required): registry/repo:tag or registry/repo@sha256:…",
             },
         },
         ["type", "name"],

@@ -7,10 +7,12 @@ sources are registered through the config file's ``sources:`` list.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,8 +20,9 @@ import yaml
 from flwd_server.config import load_settings
 from flwd_server.containers.registry_client import DigestMismatch
 from flwd_server.engine import Engine
-from flwd_server.errors import UnsafeSource
+from flwd_server.sources.oci import AddonRefused
 from tests.fixtures.containers import PUSHER
+from tests.fixtures.helpers import free_port
 from tests.fixtures.server import ServerProcess
 
 pytestmark = pytest.mark.container
@@ -95,7 +98,16 @@ def addons(tmp_path_factory, registry, token_registry, podman, images, signing_k
         {"type": "oci", "name": "unsigned", "ref": f"{token_registry.host}/addons/unsigned:1"},
         {"type": "oci", "name": "tampered", "ref": f"{registry.host}/addons/tampered:1"},
     ]
-    server = ServerProcess(root / "server", {"container": container, "sources": sources}, dev=True, env=None).start()
+    gone = f"127.0.0.1:{free_port()}"  # allowed, but no registry listens there
+    server_container = {
+        **container,
+        "allowed_registries": [*container["allowed_registries"], gone],
+        "insecure_registries": [*container["insecure_registries"], gone],
+    }
+    server_sources = [*sources, {"type": "oci", "name": "unreachable", "ref": f"{gone}/addons/tools:1"}]
+    server = ServerProcess(
+        root / "server", {"container": server_container, "sources": server_sources}, dev=True, env=None
+    ).start()
     yield {
         "server": server,
         "digest": signed.stdout.strip().split("@")[1],
@@ -133,6 +145,8 @@ def test_an_unsigned_addon_is_refused_under_enforce(addons):
     assert server.get("/jobs?source=unsigned").json()["jobs"] == []
     assert server.post("/plans", {"job": "addon-hello", "source": "unsigned"}).status_code == 404
     assert "is not signed" in server.logs()
+    source = server.get("/sources/unsigned").json()["source"]  # the source is there, with no jobs and the reason
+    assert source["jobs"] == [] and "is not signed" in source["errors"][0]["message"]
 
 
 def test_a_tampered_addon_is_refused(addons):
@@ -148,7 +162,7 @@ def test_the_engine_reports_why_each_addon_was_refused(addons, tmp_path):
     try:
         sources = {s["name"]: engine.make_source(s) for s in addons["sources"]}
         assert sources["tools"].sync().revision == addons["digest"]
-        with pytest.raises(UnsafeSource, match="is not signed"):
+        with pytest.raises(AddonRefused, match="is not signed"):
             sources["unsigned"].sync()
         with pytest.raises(DigestMismatch):
             sources["tampered"].sync()
@@ -231,3 +245,133 @@ def test_every_node_serves_and_runs_the_digest_in_the_database_not_the_moving_ta
     finally:
         node_a.close(grace=0)
         node_b.close(grace=0)
+
+
+def test_publish_names_the_line_of_a_yaml_error(tmp_path, token_registry):
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "broken.yaml").write_text("name: broken\nsteps:\n\t- run: 'true'\n")
+    done = publish(tmp_path, f"{token_registry.host}/addons/broken:1")
+    assert done.returncode == 2 and "jobs/broken.yaml:3: (file): not valid YAML" in done.stderr, done.stderr
+
+
+# -- registering and syncing oci sources: each answer docs/sources.rst documents ------------------
+
+
+def problem_of(response: Any, status: int, kind: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["type"] == f"urn:flwd:error:{kind}", problem
+    return problem
+
+
+def sources_cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLWD_")}
+    env.update({"FLWD_SERVER": server.url, "FLWD_TOKEN": "dev-token"})
+    return subprocess.run(
+        [sys.executable, "-m", "flwd_cli", ":sources", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_the_cli_adds_an_oci_source_with_oci_or_an_oci_url(addons, token_registry):
+    server = addons["server"]
+    ref = f"{token_registry.host}/addons/tools:1"
+    done = sources_cli(server, "add", "cli-tools", "--oci", ref)
+    assert done.returncode == 0, done.stderr
+    assert f"added cli-tools at {addons['digest']}: 2 jobs, 0 problems" in done.stdout
+    done = sources_cli(server, "add", "cli-tools-url", "--url", f"oci://{ref}", "--json")
+    assert done.returncode == 0, done.stderr
+    source = json.loads(done.stdout)["source"]
+    assert (source["type"], source["ref"], source["revision"]) == ("oci", ref, addons["digest"])
+    wrong = sources_cli(server, "add", "cli-ref", "--oci", ref, "--ref", "main")
+    assert wrong.returncode == 2 and "part of --oci REF" in wrong.stderr
+    for name in ("cli-tools", "cli-tools-url"):
+        assert server.delete(f"/sources/{name}").status_code == 204
+
+
+def test_post_sources_answers_for_oci_sources(addons, token_registry):
+    server = addons["server"]
+    ref = f"{token_registry.host}/addons/tools:1"
+    added = server.post("/sources", {"type": "oci", "name": "api-tools", "ref": ref})
+    assert added.status_code == 201, added.text
+    assert added.headers["Location"].endswith("/sources/api-tools")
+    source = added.json()["source"]
+    assert (source["type"], source["origin"], source["ref"], source["revision"]) == (
+        "oci",
+        "api",
+        ref,
+        addons["digest"],
+    )
+    assert sorted(j["name"] for j in source["jobs"]) == ["addon-boxed", "addon-hello"]
+    problem_of(server.post("/sources", {"type": "oci", "name": "api-tools", "ref": ref}), 409, "conflict")
+
+    bad = problem_of(server.post("/sources", {"type": "oci", "name": "bad", "ref": "No Ref"}), 422, "invalid-request")
+    assert [e["field"] for e in bad["errors"]] == ["ref"]
+    other = {"type": "oci", "name": "foreign", "ref": "registry.example.org/addons/tools:1"}
+    foreign = problem_of(server.post("/sources", other), 422, "unsafe-source")
+    assert [e["field"] for e in foreign["errors"]] == ["ref"]
+    assert "container.allowed_registries" in foreign["errors"][0]["message"]
+    missing = {"type": "oci", "name": "nope", "ref": f"{token_registry.host}/addons/tools:nope"}
+    nope = problem_of(server.post("/sources", missing), 422, "invalid-request")
+    assert "no such tag 'nope'" in nope["detail"] and [e["field"] for e in nope["errors"]] == ["ref"]
+    unsigned = {"type": "oci", "name": "unsigned-api", "ref": f"{token_registry.host}/addons/unsigned:1"}
+    refused = problem_of(server.post("/sources", unsigned), 422, "invalid-request")
+    assert "is not signed" in refused["detail"]
+    as_git = problem_of(
+        server.post("/sources", {"type": "git", "name": "g", "url": f"oci://{ref}"}), 422, "unsafe-source"
+    )
+    assert '{"type": "oci"' in as_git["detail"] and "--oci" in as_git["detail"]
+    extra = {"type": "oci", "name": "u", "ref": ref, "url": "https://example.org/x.git"}
+    assert [e["field"] for e in problem_of(server.post("/sources", extra), 422, "invalid-request")["errors"]] == ["url"]
+
+    names = {s["name"] for s in server.get("/sources").json()["sources"]}
+    assert not names & {"bad", "foreign", "nope", "unsigned-api", "g", "u"}
+    assert server.delete("/sources/api-tools").status_code == 204
+
+
+def test_sync_answers_for_oci_sources(addons, registry, signing_keys, tmp_path):
+    """200 when the tag stays or moves; 502 when it moves to something refused, to bytes that do not hash, or away."""
+    server = addons["server"]
+    ref = f"{registry.host}/addons/synced:1"
+    key = str(signing_keys["trusted_pem"])
+    first = publish(addon_folder(tmp_path / "v1", "busybox", "first"), ref, "--sign-key", key)
+    assert first.returncode == 0, first.stderr
+    first_digest = first.stdout.strip().split("@")[1]
+    assert server.post("/sources", {"type": "oci", "name": "synced", "ref": ref}).status_code == 201
+    same = server.post("/sources/synced/sync")
+    assert same.status_code == 200 and (same.json()["changed"], same.json()["previous_revision"]) == (
+        False,
+        first_digest,
+    )
+
+    second = publish(addon_folder(tmp_path / "v2", "busybox", "second"), ref, "--sign-key", key)
+    assert second.returncode == 0, second.stderr
+    second_digest = second.stdout.strip().split("@")[1]
+    moved = server.post("/sources/synced/sync").json()
+    assert moved["changed"] is True and moved["source"]["revision"] == second_digest
+
+    unsigned = publish(addon_folder(tmp_path / "v3", "busybox", "third"), ref)  # the tag moves to an unsigned add-on
+    assert unsigned.returncode == 0, unsigned.stderr
+    refused = problem_of(server.post("/sources/synced/sync"), 502, "addon-refused")
+    assert "is not signed" in refused["detail"]
+    source = server.get("/sources/synced").json()["source"]  # the last good revision keeps serving
+    assert source["revision"] == second_digest and len(source["jobs"]) == 2
+    assert "is not signed" in source["last_error"]
+
+    unsigned_digest = unsigned.stdout.strip().split("@")[1]
+    stored = registry.blob_file(unsigned_digest)  # the manifest under the tag no longer hashes to its digest
+    stored.write_bytes(stored.read_bytes().replace(b'"schemaVersion":2', b'"schemaVersion": 2'))
+    problem_of(server.post("/sources/synced/sync"), 502, "digest-mismatch")
+
+    deleted = registry.session().delete(f"{registry.url}/v2/addons/synced/manifests/{unsigned_digest}", timeout=10)
+    assert deleted.status_code == 202, deleted.text  # the tag is gone with it
+    gone = problem_of(server.post("/sources/synced/sync"), 502, "manifest-unknown")
+    assert "no such tag '1'" in gone["detail"]
+
+    unreachable = problem_of(server.post("/sources/unreachable/sync"), 502, "registry-error")
+    assert "cannot reach registry" in unreachable["detail"]
+    problem_of(server.post("/sources/no-such-source/sync"), 404, "source-not-found")
+    assert server.get("/sources/synced").json()["source"]["revision"] == second_digest
+    assert (server.data_dir / "addons" / "synced").is_dir()
+    assert server.delete("/sources/synced").status_code == 204
+    assert not (server.data_dir / "addons" / "synced").exists()  # its unpacked digests go with it

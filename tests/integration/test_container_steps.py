@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.fixtures.containers import cosign_sign, cosign_v3_bundle
+from tests.fixtures.containers import cosign_sign, cosign_v3_bundle, write_private_key
 from tests.fixtures.helpers import read_stream, wait_until
 from tests.fixtures.server import ServerProcess
 
@@ -89,6 +91,8 @@ def box(tmp_path_factory, registry, other_registry, podman, images, signing_keys
         "unsigned": job("unsigned", unsigned, ["echo", "must not run"]),
         "foreign": job("foreign", foreign, ["echo", "must not run"]),
         "v3-bundle": job("v3-bundle", bundled, ["echo", "must not run"]),
+        "missing-tag": job("missing-tag", f"{registry.host}/steps/nope:1", ["echo", "must not run"]),
+        "missing-digest": job("missing-digest", f"{registry.host}/steps/nope@sha256:{'0' * 64}", ["echo", "no"]),
     }
     (root / "src" / "jobs").mkdir(parents=True)
     for name, data in jobs.items():
@@ -116,6 +120,7 @@ def box(tmp_path_factory, registry, other_registry, podman, images, signing_keys
         "foreign": foreign,
         "other_key": other_key,
         "bundled": bundled,
+        "jobs_dir": root / "src" / "jobs",
     }
     server.stop(timeout=30)
 
@@ -272,7 +277,11 @@ def test_an_unsigned_image_is_rejected_under_enforce_before_anything_is_pulled(b
     digest = box["unsigned"].split("@")[1]
     asked = registry.requests_since(mark)
     assert asked and all(
-        path.endswith(".sig") or "/referrers/" in path or path.endswith(digest.replace(":", "-")) for _, path in asked
+        path.endswith(".sig")
+        or "/referrers/" in path
+        or path.endswith(digest.replace(":", "-"))
+        or (method == "HEAD" and path.endswith(f"/manifests/{digest}"))  # is there such an image at all?
+        for method, path in asked
     ), asked
     assert not any("/blobs/" in path for _, path in asked)
     assert not podman.has_image(box["unsigned"])
@@ -322,3 +331,84 @@ def test_containers_of_a_killed_worker_are_swept_when_it_is_replaced(box, podman
     os.kill(worker, signal.SIGKILL)  # gunicorn starts a new worker; its start-up sweep finds the orphan
     wait_until(lambda: podman.containers_of(run["id"]) == [], 20, 0.1, "the orphaned container to be swept")
     assert server.wait_finished(run["id"], timeout=20)["status"] == "lost"
+
+
+def test_a_failed_pull_ends_the_run_with_the_image_and_the_registry_s_answer(box, registry):
+    """Under a permissive run (the signature check only warns) the pull itself fails: the run's reason says why."""
+    server = box["server"]
+    for name, image in (
+        ("missing-tag", f"{registry.host}/steps/nope:1"),  # resolved by flwd's registry client
+        ("missing-digest", f"{registry.host}/steps/nope@sha256:{'0' * 64}"),  # pulled by the engine
+    ):
+        run = server.submit(name, profile="permissive")
+        finished = server.wait_finished(run["id"], timeout=60)
+        assert finished["status"] == "failed", finished
+        assert finished["reason"].startswith(f"step 'box': cannot pull image {image}: "), finished["reason"]
+        assert "manifest unknown" in finished["reason"] and "exited with" not in finished["reason"]
+
+
+def sign(image: str, key: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLWD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "flwd_cli", ":sign", image, "--key", key, *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_an_image_signed_with_flwd_sign_runs_under_enforce(box, registry, images, signing_keys):
+    image = images.push(registry, "steps/flwd-signed", "sign-ok", tag="v1")
+    done = sign(f"{registry.host}/steps/flwd-signed:v1", str(signing_keys["trusted_pem"]), "--insecure")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == image  # the tag was resolved once and that digest signed
+    digest = image.split("@")[1]
+    tag = digest.replace(":", "-") + ".sig"
+    assert f"signed: {registry.host}/steps/flwd-signed:{tag}" in done.stderr
+    raw, _ = registry.manifest("steps/flwd-signed", tag)  # cosign's layout: a simple-signing layer, annotated
+    (layer,) = yaml.safe_load(raw)["layers"]
+    assert layer["mediaType"] == "application/vnd.dev.cosign.simplesigning.v1+json"
+    assert set(layer["annotations"]) == {"dev.cosignproject.cosign/signature"}
+
+    (box["jobs_dir"] / "flwd-signed.yaml").write_text(yaml.safe_dump(job("flwd-signed", image, ["echo", "ran"])))
+    server = box["server"]
+    run = server.submit("flwd-signed")
+    assert server.wait_finished(run["id"], timeout=60)["status"] == "succeeded"
+    assert outputs(server.events(run["id"])) == [("stdout", "ran")]
+    decision = next(
+        e["data"]["data"]
+        for e in server.events(run["id"])
+        if e["event"] == "policy.decision" and e["data"]["data"]["check"] == "image-signature"
+    )
+    assert decision["outcome"] == "allow" and "trusted.pub" in decision["reason"]
+
+
+def test_an_image_signed_with_flwd_sign_and_another_key_is_refused_naming_the_configured_key(
+    box, registry, images, signing_keys, tmp_path, podman
+):
+    image = images.push(registry, "steps/flwd-other", "sign-other")
+    done = sign(image, str(write_private_key(signing_keys["other"], tmp_path / "other.pem")), "--insecure")
+    assert done.returncode == 0, done.stderr
+    (box["jobs_dir"] / "flwd-other.yaml").write_text(yaml.safe_dump(job("flwd-other", image, ["echo", "no"])))
+    reason = _rejected(box["server"], "flwd-other")["decisions"]["image-signature"]["reason"]
+    assert "signed with another key" in reason and "container.signature_keys: trusted.pub (sha256:" in reason
+    assert not podman.has_image(image)
+
+
+def test_flwd_sign_says_how_to_reach_a_plain_http_registry(registry, images, signing_keys):
+    image = images.push(registry, "steps/flwd-plain", "sign-ok")
+    done = sign(image, str(signing_keys["trusted_pem"]))  # no --insecure: HTTPS is tried
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "speaks plain HTTP" in done.stderr and "--insecure" in done.stderr
+    assert "container.insecure_registries" in done.stderr
+
+
+def test_flwd_sign_refuses_an_image_that_is_not_there(registry, signing_keys):
+    missing = f"{registry.host}/steps/flwd-missing@sha256:{'0' * 64}"
+    done = sign(missing, str(signing_keys["trusted_pem"]), "--insecure")
+    assert done.returncode != 0 and f"no such image {missing}" in done.stderr, done.stderr
+    tag = f"sha256-{'0' * 64}.sig"
+    assert (
+        registry.session().get(f"{registry.url}/v2/steps/flwd-missing/manifests/{tag}", timeout=10).status_code == 404
+    )

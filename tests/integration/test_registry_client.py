@@ -188,6 +188,47 @@ def test_a_payload_naming_another_digest_is_refused_even_with_the_right_key(regi
     assert verifier.verify_image(image).status == "invalid"
 
 
+def test_an_image_that_does_not_exist_is_no_such_image_not_unsigned(registry, images, verifier):
+    images.push(registry, "sigs/exists", "a")
+    missing = f"{registry.host}/sigs/exists@sha256:{'0' * 64}"
+    result = verifier.verify_image(missing)
+    assert result.status == "error" and "not signed" not in result.reason
+    assert result.reason.startswith(f"no such image {missing}") and "manifest unknown" in result.reason
+    by_tag = verifier.verify_image(f"{registry.host}/sigs/exists:nope")
+    assert by_tag.status == "error" and "not signed" not in by_tag.reason
+    assert f"no such tag 'nope' in {registry.host}/sigs/exists" in by_tag.reason and "manifest unknown" in by_tag.reason
+
+
+def test_a_tampered_signature_and_another_key_s_signature_get_their_own_messages(
+    registry, images, signing_keys, verifier
+):
+    other_key = images.push(registry, "sigs/other-key", "a")
+    cosign_sign(registry, other_key, signing_keys["other"])
+    result = verifier.verify_image(other_key)
+    assert result.status == "invalid" and "signed with another key" in result.reason
+    assert "trusted.pub (sha256:" in result.reason and "tampered" not in result.reason  # names the configured key
+
+    mangled = images.push(registry, "sigs/mangled", "b")
+    cosign_sign(registry, mangled, signing_keys["trusted"], signature=b"\x30\x02not-a-signature")
+    result = verifier.verify_image(mangled)
+    assert result.status == "invalid" and "does not match the image digest" in result.reason
+    assert "tampered" in result.reason and "another key" not in result.reason
+
+    moved = images.push(registry, "sigs/moved", "c")  # another image's signature, by another key
+    cosign_sign(registry, moved, signing_keys["other"], payload=payload_for(moved, "sha256:" + "1" * 64))
+    result = verifier.verify_image(moved)
+    assert "does not match the image digest" in result.reason and "another key" not in result.reason
+
+
+def test_https_to_a_plain_http_registry_says_how_to_allow_it(registry, images):
+    image = images.push(registry, "client/plain-http", "a")
+    with pytest.raises(RegistryError) as caught:
+        RegistryClient([]).require_manifest(parse_image_ref(image))  # not marked insecure: HTTPS is tried
+    detail = caught.value.detail
+    assert f"registry {registry.host} speaks plain HTTP" in detail
+    assert "container.insecure_registries" in detail and "--insecure" in detail and "SSLError" not in detail
+
+
 # -- redirects to another host ------------------------------------------------------
 
 

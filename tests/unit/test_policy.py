@@ -59,6 +59,18 @@ def test_a_failing_check_denies_under_secure_and_warns_under_permissive(check, t
     assert check not in disabled and disabled == {"profile": Verdict.WARN}
 
 
+def test_the_privileged_warning_says_the_container_runs_unprivileged_anyway():
+    ctx = PolicyContext(
+        job=job(container("    privileged: true\n")),
+        profile=Profile.PERMISSIVE,
+        settings=SETTINGS,
+        runtime="podman",
+        verify_signature=lambda image: SignatureResult("verified", "signed by key k1"),
+    )
+    (decision,) = [d for d in evaluate(ctx) if d.check == "privileged"]
+    assert decision.verdict is Verdict.WARN and "runs unprivileged anyway" in decision.reason
+
+
 def test_passing_checks_allow_and_say_why():
     good = verdicts(container(requires="[network]", extra="    network: default\n"), Profile.SECURE)
     assert set(good.values()) == {Verdict.ALLOW}

@@ -26,6 +26,7 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Callable
 
 MAX_FILES = 10_000
 MAX_BYTES = 256 * 1024 * 1024
@@ -62,11 +63,16 @@ class FolderFingerprint:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.fsencode(root)
         self._lines: dict[bytes, tuple[tuple[int, ...], bytes]] = {}  # settled files: stat key, digest line
+        self.hard_linked = False  # whether the last walk met a file with another name (outside, maybe)
 
-    def digest(self) -> str:
-        """The hex SHA-256 over every covered entry, in path order; FolderTooLarge beyond the caps."""
+    def digest(self, on_folder: Callable[[bytes], None] | None = None) -> str:
+        """The hex SHA-256 over every covered entry, in path order; FolderTooLarge beyond the caps.
+
+        ``on_folder`` is called with each folder's path before it is listed (to watch it).
+        """
         started = time.time_ns()
-        entries = self._walk()
+        entries = self._walk(on_folder)
+        self.hard_linked = any(st is not None and st.st_nlink > 1 and stat.S_ISREG(st.st_mode) for _, st in entries)
         lines = self._lines
         parts = []
         for rel, st in entries:
@@ -94,14 +100,17 @@ class FolderFingerprint:
                 del lines[gone]
         return hashlib.sha256(b"".join(parts)).hexdigest()
 
-    def _walk(self) -> list[tuple[bytes, os.stat_result | None]]:
+    def _walk(self, on_folder: Callable[[bytes], None] | None) -> list[tuple[bytes, os.stat_result | None]]:
         found: list[tuple[bytes, os.stat_result | None]] = []
         files = size = 0
         folders = [b""]
         while folders:
             folder = folders.pop()
+            path = self.root + b"/" + folder if folder else self.root
+            if on_folder is not None:
+                on_folder(path)
             try:
-                with os.scandir(self.root + b"/" + folder if folder else self.root) as listing:
+                with os.scandir(path) as listing:
                     for entry in listing:
                         rel = folder + b"/" + entry.name if folder else entry.name
                         try:

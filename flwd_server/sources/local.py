@@ -2,10 +2,14 @@
 
 Steps read the folder through ``FLWD_SOURCE_DIR``, so the revision covers what
 they can read there (``fingerprint.py``), not only the job files, and every
-plan and run sees the folder as it is at that moment: each snapshot stats
-every file (no file is read unless its stat changed) and re-parses the job
-files only when the digest moved.  A ``"plan": DIGEST`` submitted after any
-edit is refused, however soon after the plan it comes.
+plan and run sees the folder as it is at that moment.  A snapshot first asks
+the folder's inotify watch (``watch.py``): an empty queue means nothing
+changed, and the last snapshot is returned after one ``read``.  Otherwise (or
+at least every ``RECHECK_NS``, for changes inotify cannot report, such as
+writes through a memory map) it walks the folder, stats every file (no file is
+read unless its stat changed) and re-parses the job files only when the digest
+moved.  A ``"plan": DIGEST`` submitted after any edit is refused, however soon
+after the plan it comes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from typing import Any
 from ..errors import Unprocessable, UnsafeSource
 from .base import Source, SourceSnapshot, scan_jobs
 from .fingerprint import FolderFingerprint, FolderTooLarge
+from .watch import FolderWatch
+
+RECHECK_NS = 1_000_000_000
 
 
 class LocalSource(Source):
@@ -35,6 +42,8 @@ class LocalSource(Source):
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._files = FolderFingerprint(self.root)
+        self._watch = FolderWatch()
+        self._walked_from = -RECHECK_NS  # monotonic ns at which the last walk began
         self._last: SourceSnapshot | None = None
         self._state: tuple[str, str] = ("", "")  # (problem or "", the digest or the problem's detail)
         self._scanned_from = -1  # monotonic ns at which the scan that made _last began
@@ -53,12 +62,19 @@ class LocalSource(Source):
             if self._last is not None and self._scanned_from >= asked:
                 return self._last  # a scan that began after this call: as current as a new one
             began = time.monotonic_ns()
+            if self._last is not None and began - self._walked_from < RECHECK_NS and self._watch.quiet():
+                self._scanned_from = began
+                return self._last
+            self._watch.arm()
             try:
-                state = ("", self._files.digest())
+                state = ("", self._files.digest(self._watch.add))
             except FolderTooLarge as exc:
                 state = ("too-large", str(exc))
             except OSError as exc:  # the folder itself is gone or unreadable
                 state = ("unreadable", exc.strerror or str(exc))
+            if state[0] or self._files.hard_linked:
+                self._watch.disarm()
+            self._walked_from = began
             if self._last is None or state != self._state:
                 self._last = self._scan(*state)
                 self._state = state

@@ -11,6 +11,7 @@ import pytest
 from flwd_server.errors import Unprocessable
 from flwd_server.sources.fingerprint import MAX_BYTES, MAX_FILES, RACY_NS, FolderFingerprint, FolderTooLarge, settled
 from flwd_server.sources.local import LocalSource
+from flwd_server.sources.watch import FolderWatch
 from tests.fixtures.git import job_yaml
 
 
@@ -138,3 +139,46 @@ def test_a_local_source_too_large_to_cover_serves_no_job_and_refuses_to_sync(fol
     assert refused.value.status == 422 and refused.value.errors[0]["field"] == "path"
     (folder / "huge.bin").unlink()
     assert set(source.sync().jobs) == {"a"}
+
+
+def test_the_inotify_watch_is_quiet_until_something_in_a_watched_folder_changes(folder):
+    watch = FolderWatch()
+    assert not watch.quiet()  # not armed: the caller must walk
+    watch.arm()
+    watch.add(os.fsencode(folder / "scripts"))
+    assert watch.quiet() and watch.quiet()
+    (folder / "scripts" / "a.sh").write_text("echo two\n")
+    assert not watch.quiet()  # and the queue is drained: the caller walks, then arms again
+    watch.arm()
+    watch.add(os.fsencode(folder / "scripts"))
+    os.utime(folder / "scripts" / "a.sh")
+    assert not watch.quiet()
+    watch.disarm()
+    assert not watch.quiet()
+
+
+def test_a_hard_linked_file_written_through_its_other_name_is_seen_at_once(folder, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside") / "shared.sh"
+    outside.write_text("echo one\n")
+    os.link(outside, folder / "scripts" / "shared.sh")
+    source = local(folder)
+    before = source.snapshot().revision
+    with open(outside, "r+") as out:  # the write reports to the outside folder only
+        out.write("echo two\n")
+    assert source.snapshot().revision != before
+
+
+def test_a_forked_worker_watches_on_its_own_and_drains_nothing_of_its_parent(folder):
+    source = local(folder)
+    before = source.snapshot().revision
+    pid = os.fork()
+    if pid == 0:  # the child: edit, and see the edit (draining any queue it shares)
+        try:
+            (folder / "scripts" / "a.sh").write_text("echo from the child\n")
+            seen = source.snapshot().revision != before and source.snapshot().revision != before
+            os._exit(0 if seen else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert source.snapshot().revision != before  # the parent's queue still held the child's edit

@@ -19,7 +19,7 @@ from typing import Any
 from .auth.scopes import Scope
 from .catalog import Catalog
 from .config import Settings
-from .errors import InvalidArgs
+from .errors import AmbiguousJob, InvalidArgs, NotFound, SourceNotFound, Unprocessable
 from .jobs import arg_env, render_command, resolve_args
 from .models import ArgSpec, Containment, Decision, Job, Plan, Principal, Profile, Step, Verdict
 from .policy import PolicyContext, SignatureResult, downgrade_decision, evaluate, host_env_passthrough
@@ -36,6 +36,7 @@ class PlanRequest:
     source: str | None = None
     profile: Profile | None = None
     plan: str | None = None
+    problems: tuple[dict[str, str], ...] = ()  # the body's invalid fields, named with the arguments' in one 422
 
 
 class Planner:
@@ -61,9 +62,19 @@ class Planner:
         return Profile(self.settings.default_profile)
 
     def plan(self, request: PlanRequest, principal: Principal) -> Plan:
-        job = self.catalog.resolve(request.job, request.source)
-        args = resolve_args(job, request.args)
-        return self.plan_job(job, args, request.profile, principal)
+        if not request.problems:
+            job = self.catalog.resolve(request.job, request.source)
+            return self.plan_job(job, resolve_args(job, request.args), request.profile, principal)
+        problems = list(request.problems)
+        try:
+            job = self.catalog.resolve(request.job, request.source)
+            resolve_args(job, request.args)
+        except Unprocessable as exc:  # the arguments' problems, or a source hint at odds with "source"
+            problems.extend(exc.errors or [{"field": "job", "message": exc.detail}])
+        except (NotFound, AmbiguousJob) as exc:
+            field = "source" if isinstance(exc, SourceNotFound) and request.source else "job"
+            problems.append({"field": field, "message": exc.detail})
+        raise Unprocessable(invalid_request(problems), problems)
 
     def plan_job(self, job: Job, args: dict[str, Any], requested: Profile | None, principal: Principal) -> Plan:
         default = self.default_profile
@@ -121,6 +132,11 @@ class Planner:
         )
         material = _job_canonical(job) + "\n" + tail
         return "sha256:" + hmac.new(self._key, material.encode(), hashlib.sha256).hexdigest()
+
+
+def invalid_request(problems: list[dict[str, str]]) -> str:
+    """The detail of a 422 naming every invalid field of a request."""
+    return "invalid request: " + ", ".join(p["field"] for p in problems)
 
 
 def exec_limit() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from ..errors import InvalidJob
 from ..jobs import parse_job
 from ..models import Job
+from .fingerprint import settled, stat_key
 
 JOB_SUFFIXES = (".yaml", ".yml")
 MAX_JOB_FILES = 20000
@@ -74,16 +76,19 @@ def scan_jobs(
     root: str | os.PathLike[str],
     revision: str | None,
     default_timeout: float,
-    cache: dict[str, tuple[tuple[int, int], Any]] | None = None,
+    cache: dict[str, tuple[tuple[int, ...], Any]] | None = None,
 ) -> SourceSnapshot:
     """Parse every job file under ``root/jobs``; a broken file never hides the others.
 
-    ``cache`` maps a relative path to ``((mtime_ns, size), Job | error)`` so a
-    rescan re-parses only what changed.  Files whose real path leaves the source
+    ``cache`` maps a relative path to ``(stat key, Job | error)`` so a rescan
+    re-parses only what changed: the key has ``ctime``, which a same-size rewrite
+    that restores ``mtime`` still changes, and a file written within a timestamp
+    tick of the scan is not cached at all (``fingerprint.settled``).  Files whose real path leaves the source
     root (``..`` or a symlink) are ignored with an error each; a ``jobs`` folder
     that does is one error, and nothing under it is read.
     """
     root_path = Path(root).resolve()
+    started = time.time_ns()
     jobs_dir = root_path / "jobs"
     errors: list[dict[str, Any]] = []
     jobs: dict[str, Job] = {}
@@ -129,7 +134,7 @@ def scan_jobs(
             except OSError as exc:
                 errors.append({"path": rel, "field": "(file)", "message": f"cannot read: {exc.strerror}"})
                 continue
-            key = (stat.st_mtime_ns, stat.st_size)
+            key = stat_key(stat)
             cached = cache.get(rel) if cache is not None else None
             if cached and cached[0] == key:
                 parsed = cached[1]
@@ -140,8 +145,10 @@ def scan_jobs(
                     parsed = exc
                 except OSError as exc:
                     parsed = InvalidJob(rel, [{"field": "(file)", "message": f"cannot read: {exc.strerror}"}])
-                if cache is not None:
+                if cache is not None and settled(stat, started):
                     cache[rel] = (key, parsed)
+                elif cache is not None:
+                    cache.pop(rel, None)
             if isinstance(parsed, InvalidJob):
                 errors.extend({"path": rel, **item} for item in parsed.errors)
                 continue

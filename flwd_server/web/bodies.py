@@ -11,7 +11,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from ..models import Profile
-from ..planner import PlanRequest
+from ..planner import PlanRequest, invalid_request
 
 MAX_DEPTH = 32
 ASCII_DIGITS = re.compile(r"[0-9]{1,20}")
@@ -92,6 +92,24 @@ def no_body() -> None:
 
 def json_body(allowed: tuple[str, ...]) -> dict[str, Any]:
     """The request's JSON object; 415, 413, 400 or 422 with the reason otherwise."""
+    data = json_object()
+    unknown = unknown_fields(data, allowed)
+    if unknown:
+        names = ", ".join(e["field"] for e in unknown)
+        raise Unprocessable(f"unknown fields: {names} (allowed: {', '.join(allowed)})", unknown)
+    return data
+
+
+def unknown_fields(data: dict[str, Any], allowed: tuple[str, ...]) -> list[dict[str, str]]:
+    return [
+        {"field": key, "message": f"unknown field (allowed: {', '.join(allowed)})"}
+        for key in data
+        if key not in allowed
+    ]
+
+
+def json_object() -> dict[str, Any]:
+    """The request's JSON object, whatever its fields; 415, 413 or 400 with the reason otherwise."""
     if request.mimetype != "application/json":
         got = request.mimetype or "no Content-Type"
         raise UnsupportedMediaType(f"send the body as JSON with 'Content-Type: application/json' (got {got})")
@@ -114,19 +132,16 @@ def json_body(allowed: tuple[str, ...]) -> dict[str, Any]:
             "the JSON body contains a lone UTF-16 surrogate (an escape from \\ud800 to \\udfff): not valid Unicode"
         )
     g.flwd_body = data
-    unknown = [key for key in data if key not in allowed]
-    if unknown:
-        raise Unprocessable(
-            f"unknown fields: {', '.join(unknown)} (allowed: {', '.join(allowed)})",
-            [{"field": key, "message": "unknown field"} for key in unknown],
-        )
     return data
 
 
 def plan_request(with_plan: bool) -> PlanRequest:
+    """A plan or run body.  Unknown fields and bad values are collected, not raised one by one:
+    when the job can still be looked up, the planner adds the arguments' problems and names
+    them all in one 422 (``PlanRequest.problems``)."""
     fields = ("job", "args", "source", "profile") + (("plan",) if with_plan else ())
-    data = json_body(fields)
-    errors = []
+    data = json_object()
+    errors = unknown_fields(data, fields)
     job = data.get("job")
     if not isinstance(job, str) or not job.strip() or len(job) > 256:
         errors.append({"field": "job", "message": "required: the job's name (or source:name)"})
@@ -144,14 +159,16 @@ def plan_request(with_plan: bool) -> PlanRequest:
     plan = data.get("plan")
     if plan is not None and (not isinstance(plan, str) or not plan.startswith("sha256:") or len(plan) != 71):
         errors.append({"field": "plan", "message": "expected a plan digest (sha256:...) from POST /plans"})
-    if errors:
-        raise Unprocessable("invalid request: " + ", ".join(e["field"] for e in errors), errors)
+    if any(e["field"] in ("job", "args", "source") for e in errors):
+        raise Unprocessable(invalid_request(errors), errors)  # no job to look up: nothing more to name
+    invalid = {e["field"] for e in errors}
     return PlanRequest(
         job=job.strip(),
         args=args,
         source=source,
-        profile=Profile(profile) if profile else None,
-        plan=plan,
+        profile=Profile(profile) if profile and "profile" not in invalid else None,
+        plan=plan if "plan" not in invalid else None,
+        problems=tuple(errors),
     )
 
 

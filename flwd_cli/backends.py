@@ -17,7 +17,7 @@ import requests
 from flwd_server.auth.scopes import SCOPES
 from flwd_server.config import Settings
 from flwd_server.errors import FlwdError
-from flwd_server.models import Principal, Profile
+from flwd_server.models import Principal, Profile, RunStatus
 from flwd_server.planner import PlanRequest
 
 SOURCE_TIMEOUT = 900.0  # adding or syncing a git source waits for the server's fetch
@@ -57,10 +57,11 @@ class LocalBackend:
 
     remote = False
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config_path: str | None = None) -> None:
         from flwd_server.engine import Engine
 
         self.engine = Engine(settings, local_affinity=True)
+        self.config_path = config_path
         self.principal = Principal(f"local:{getpass.getuser()}", frozenset(SCOPES))
 
     def close(self) -> None:
@@ -75,8 +76,17 @@ class LocalBackend:
     def plan(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.engine.plan(_request_of(body), self.principal).to_dict()
 
-    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
-        run, _ = self.engine.submit(_request_of(body), self.principal)
+    def submit(self, body: dict[str, Any], detach: bool = False) -> dict[str, Any]:
+        """Queue a run for this process's runner, or (``detach``) for a background runner that outlives it."""
+        if not detach:
+            run, _ = self.engine.submit(_request_of(body), self.principal)
+            return run.to_dict()
+        from .detached import BackgroundRunner
+
+        with BackgroundRunner(self.config_path) as runner:
+            run, _ = self.engine.submit(_request_of(body), self.principal, runner=runner.owner)
+            if run.status is RunStatus.QUEUED:
+                runner.hand_over(run.id)
         return run.to_dict()
 
     def runs(self, **filters: Any) -> dict[str, Any]:
@@ -165,7 +175,7 @@ class RemoteBackend:
     def plan(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/plans", json=body)["plan"]
 
-    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+    def submit(self, body: dict[str, Any], detach: bool = False) -> dict[str, Any]:
         return self._call("POST", "/runs", json=body)["run"]
 
     def runs(self, **filters: Any) -> dict[str, Any]:

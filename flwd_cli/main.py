@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
+import time
 from typing import Any
 
 import click
@@ -23,10 +25,9 @@ from flwd_server.models import Profile, RunStatus
 from . import output
 from .backends import RemoteError
 from .commands import register as register_commands
-from .options import parse_arg_pairs, with_backend
+from .options import connection, connection_params, make_backend, parse_arg_pairs, with_backend
 from .serve_flags import flag_overrides, setting_options
 
-RESERVED = {"server", "token", "config", "profile", "source", "detach", "json", "arg", "help", "quiet"}
 # The values, not the enums: click would show and accept the members' names.
 PROFILE_CHOICE = click.Choice([p.value for p in Profile])
 STATUS_CHOICE = click.Choice([s.value for s in RunStatus])
@@ -51,15 +52,17 @@ class FlwdGroup(click.Group):
         return super().resolve_command(ctx, args)
 
 
-@click.group(cls=FlwdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FlwdGroup, params=connection_params(), context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="flwd")
-def cli() -> None:
+def cli(**given: Any) -> None:
     """Run named, parameterised jobs here or on a flwd server.
 
     \b
     flwd :jobs                      list jobs
     flwd hello-world --name Alice   run a job, streaming its output
     flwd :serve --dev               serve the same over HTTP + SSE
+
+    --server, --token and --config go before the command or after it.
     """
 
 
@@ -79,6 +82,7 @@ def serve_command(config_path: str | None, **flags: Any) -> None:
     """
     from flwd_server.web.serving import serve
 
+    config_path = connection(click.get_current_context(), {"config_path": config_path})["config_path"]
     serve(load_settings(config_path, flag_overrides(flags)))
 
 
@@ -162,10 +166,21 @@ def events_command(backend: Any, run_id: str, after: int, follow: bool, as_json:
 
 @cli.command(":cancel")
 @click.argument("run_id")
+@click.option(
+    "--wait",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the run to end (0: return once the cancel is requested).",
+)
 @with_backend
-def cancel_command(backend: Any, run_id: str) -> None:
-    """Cancel a queued or running run."""
+def cancel_command(backend: Any, run_id: str, wait: float) -> None:
+    """Cancel a queued or running run, and wait until it has ended."""
     run = backend.cancel(run_id)
+    deadline = time.monotonic() + wait
+    while run["status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.1)  # the same polling whichever backend ran it: a local run may be another process's
+        run = backend.run(run_id)
     click.echo(f"{run['id']}: {run['status']}" + (" (cancel requested)" if run["status"] == "running" else ""))
 
 
@@ -178,65 +193,136 @@ def _body(job: str, args: dict[str, Any], source: str | None, profile: str | Non
     return body
 
 
-def _args_command(job: dict[str, Any]) -> click.Command:
-    """A click command whose options are the job's arguments (validated by the engine, not here)."""
-    params: list[click.Parameter] = []
-    for name, spec in job["args"].items():
-        flag = name.replace("_", "-")
-        if name in RESERVED:
-            continue  # reachable as --arg NAME=VALUE
-        help_text = spec.get("description", "")
-        if spec.get("default") is not None:
-            help_text += f" [default: {spec['default']}]"
-        if spec.get("required"):
-            help_text += " [required]"
-        if spec["type"] == "boolean":
-            params.append(click.Option([f"--{flag}/--no-{flag}", name], default=None, help=help_text))
-        else:
-            choices = spec.get("choices")
-            kind = click.Choice([str(c) for c in choices]) if choices else click.STRING
-            params.append(click.Option([f"--{flag}", name], type=kind, metavar=spec["type"].upper(), help=help_text))
-    return click.Command(
-        f"flwd {job['name']}", params=params, callback=lambda **values: values, help=job.get("description")
-    )
+def run_params() -> list[click.Option]:
+    """The options of every job run (new objects each call): where, how, and the connection."""
+    return [
+        click.Option(["--arg", "pairs"], multiple=True, metavar="NAME=VALUE", help="A job argument (repeatable)."),
+        click.Option(["--source"], help="Take the job from this source."),
+        click.Option(["--profile"], type=PROFILE_CHOICE, help="Ask for this profile."),
+        click.Option(["--detach"], is_flag=True, help="Print the run id and return at once."),
+        click.Option(["--quiet"], is_flag=True, help="Only the job's own output."),
+        *connection_params(),
+    ]
+
+
+def _flags(spec: dict[str, Any], name: str) -> list[str]:
+    flag = "--" + name.replace("_", "-")
+    return [flag, "--no-" + flag[2:]] if spec["type"] == "boolean" else [flag]
+
+
+def _arg_help(spec: dict[str, Any]) -> str:
+    help_text = spec.get("description", "")
+    if spec.get("default") is not None:
+        help_text += f" [default: {spec['default']}]"
+    if spec.get("required"):
+        help_text += " [required]"
+    return help_text.strip()
+
+
+class JobArgsCommand(click.Command):
+    """A job's command line: its arguments as options, then the run options; ``--help`` shows both.
+
+    An argument whose flag is a run option's (``token``, ``server``, ``detach``...) gets no
+    flag of its own: the run option keeps its meaning, and the argument is passed as
+    ``--arg NAME=VALUE`` (the help says so).
+    """
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.run_params = run_params()
+        taken = {opt for param in self.run_params for opt in param.opts + param.secondary_opts} | {"-h", "--help"}
+        job_params: list[click.Parameter] = []
+        self.clashes: dict[str, dict[str, Any]] = {}
+        for name, spec in job["args"].items():
+            flags = _flags(spec, name)
+            if taken.intersection(flags):
+                self.clashes[name] = spec
+            elif spec["type"] == "boolean":
+                job_params.append(click.Option([f"{flags[0]}/{flags[1]}", name], default=None, help=_arg_help(spec)))
+            else:
+                choices = spec.get("choices")
+                kind = click.Choice([str(c) for c in choices]) if choices else click.STRING
+                job_params.append(
+                    click.Option([flags[0], name], type=kind, metavar=spec["type"].upper(), help=_arg_help(spec))
+                )
+        self.job_params = job_params
+        super().__init__(
+            f"flwd {job['name']}",
+            params=[*job_params, *self.run_params],
+            callback=lambda **values: values,
+            help=job.get("description"),
+            context_settings={"help_option_names": ["-h", "--help"]},
+        )
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [row for row in (p.get_help_record(ctx) for p in self.job_params) if row]
+        for name, spec in self.clashes.items():
+            flag = _flags(spec, name)[0]
+            rows.append(
+                (f"--arg {name}={spec['type'].upper()}", f"{_arg_help(spec)} (not {flag}: that is a run option)")
+            )
+        if rows:
+            with formatter.section("Job arguments"):
+                formatter.write_dl(rows)
+        helps = [p.get_help_record(ctx) for p in self.run_params]
+        helps.append(self.get_help_option(ctx).get_help_record(ctx))
+        with formatter.section("Run options"):
+            formatter.write_dl([row for row in helps if row])
+
+
+class JobCommand(click.Command):
+    """``flwd JOB ...``: the backend comes from the run options, the job's arguments from the job it serves.
+
+    The command line is read twice: first for the run options alone (to know where the job
+    is), then whole, by :class:`JobArgsCommand`, which knows every option and the help.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            name,
+            params=run_params(),
+            callback=self.run,
+            help=f"Run the job {name!r} (see: flwd {name} --help).",
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+        )
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["flwd.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+    def run(self, **values: Any) -> None:
+        ctx = click.get_current_context()
+        backend = make_backend(**connection(ctx, values))
+        try:
+            ctx.exit(self.run_job(ctx, backend, values))
+        finally:
+            backend.close()
+
+    def run_job(self, ctx: click.Context, backend: Any, first: dict[str, Any]) -> int:
+        job = backend.job(self.name, first["source"])
+        command = JobArgsCommand(job)
+        parsed = command.main(ctx.meta["flwd.argv"], prog_name=f"flwd {self.name}", standalone_mode=False)
+        if isinstance(parsed, int):  # --help was shown
+            return parsed
+        run_options = {p.name for p in command.run_params}
+        args = {k: v for k, v in parsed.items() if k not in run_options and v is not None}
+        args.update(parse_arg_pairs(parsed["pairs"]))
+        for name, spec in command.clashes.items():
+            flag = _flags(spec, name)[0]
+            if name not in args and flag in ctx.meta["flwd.argv"]:
+                click.echo(
+                    f"flwd: {flag} is flwd's own run option; pass the job's argument {name!r} as --arg {name}=VALUE",
+                    err=True,
+                )
+        body = _body(f"{job['source']}:{job['name']}", args, None, parsed["profile"])
+        run = backend.submit(body, detach=parsed["detach"])
+        if parsed["detach"]:
+            click.echo(run["id"])
+            return output.EXIT_CODES["rejected"] if run["status"] == "rejected" else 0
+        return follow_run(backend, run["id"], parsed["quiet"])
 
 
 def job_command(name: str) -> click.Command:
-    @click.command(
-        name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
-    )
-    @click.option("--arg", "pairs", multiple=True, metavar="NAME=VALUE", help="A job argument.")
-    @click.option("--source", help="Take the job from this source.")
-    @click.option("--profile", type=PROFILE_CHOICE)
-    @click.option("--detach", is_flag=True, help="Print the run id and return at once.")
-    @click.option("--quiet", is_flag=True, help="Only the job's own output.")
-    @with_backend
-    @click.pass_context
-    def run_job(
-        ctx: click.Context,
-        backend: Any,
-        pairs: tuple[str, ...],
-        source: str | None,
-        profile: str | None,
-        detach: bool,
-        quiet: bool,
-    ) -> None:
-        job = backend.job(name, source)
-        parsed = _args_command(job).main(list(ctx.args), prog_name=f"flwd {name}", standalone_mode=False)
-        if isinstance(parsed, int):  # --help was shown
-            ctx.exit(parsed)
-        args = {k: v for k, v in parsed.items() if v is not None}
-        args.update(parse_arg_pairs(pairs))
-        run = backend.submit(_body(f"{job['source']}:{job['name']}", args, None, profile))
-        if detach or run["status"] == "rejected" and backend.remote:
-            click.echo(run["id"])
-            if run["status"] == "rejected":
-                ctx.exit(output.EXIT_CODES["rejected"])
-            return
-        ctx.exit(follow_run(backend, run["id"], quiet))
-
-    run_job.help = f"Run the job {name!r} (see: flwd {name} --help)."
-    return run_job
+    return JobCommand(name)
 
 
 def follow_run(backend: Any, run_id: str, quiet: bool = False) -> int:
@@ -271,8 +357,10 @@ def main(argv: list[str] | None = None) -> None:
     # Local commands share the server's core; its warnings read as flwd's own notes here
     # (`:serve` replaces this with JSON logs).
     logging.basicConfig(level=logging.WARNING, format="flwd: %(message)s")
+    # no-color.org: NO_COLOR set and not empty means no ANSI colour, even on a terminal.
+    color = False if os.environ.get("NO_COLOR") else None
     try:
-        code = cli.main(args=argv, prog_name="flwd", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="flwd", standalone_mode=False, color=color)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:

@@ -110,6 +110,7 @@ class Engine:
         self.retention = Retention(self.store, settings.limits.max_run_history)
         self.hub.add_listener(self.retention.on_events)
         self.local_affinity = local_affinity
+        self._started = False  # start() ran: only then is a close a shutdown worth a log line
         self.closing = False
         self._drain_deadline: float | None = None
         self._jobs_cache: tuple[Any, str] | None = None
@@ -163,6 +164,7 @@ class Engine:
 
     def start(self) -> None:
         """Start the event poller and the runner in this process (idempotent)."""
+        self._started = True
         self.hub.start()
         self.runner.start()
         if not self._swept and not self.local_affinity and self.settings.container.runtime != "none":
@@ -187,12 +189,13 @@ class Engine:
         deadline = time.monotonic() + grace
         if self._drain_deadline is None or deadline < self._drain_deadline:
             self._drain_deadline = deadline
-            log.info(
-                "shutting down: no new runs; %d running get %gs to finish",
-                self.runner.active_count(),
-                grace,
-                extra={"event": "server.shutdown", "running": self.runner.active_count(), "grace": grace},
-            )
+            if self._started:  # an engine that never ran anything (start-up's preparation) has no shutdown to tell
+                log.info(
+                    "shutting down: no new runs; %d running get %gs to finish",
+                    self.runner.active_count(),
+                    grace,
+                    extra={"event": "server.shutdown", "running": self.runner.active_count(), "grace": grace},
+                )
         self.closing = True
         self.runner.stop_claiming()
         self.hub.close(wait=False)  # may run in a signal handler: the final close() waits
@@ -262,12 +265,19 @@ class Engine:
     # -- runs --------------------------------------------------------------------
 
     def submit(
-        self, request: PlanRequest, principal: Principal, idempotency: tuple[str, str] | None = None
+        self,
+        request: PlanRequest,
+        principal: Principal,
+        idempotency: tuple[str, str] | None = None,
+        *,
+        runner: str | None = None,
     ) -> tuple[Run, bool]:
         """Queue a run (or record it rejected); returns ``(run, replayed)``.
 
         ``idempotency`` is ``(key, body_hash)``: the same key and body replay
-        the first answer.
+        the first answer.  ``runner`` is the owner id of another process that
+        is to run it (a detached CLI run's background runner); only that
+        process claims it.
         """
         if self.closing or self.runner.draining:
             raise Unavailable("the server is shutting down and takes no new runs", retry_after=30)
@@ -322,7 +332,7 @@ class Engine:
             status=status,
             initial_events=events,
             idempotency=idem,
-            affinity=self.runner.owner if self.local_affinity else None,
+            affinity=runner or (self.runner.owner if self.local_affinity else None),
             max_queued=self.settings.limits.max_queued_runs,
         )
         if not replayed:
@@ -341,8 +351,9 @@ class Engine:
                     "subject": principal.subject,
                 },
             )
-            self.start()
-            self.runner.wake()
+            if runner is None:
+                self.start()
+                self.runner.wake()
         return run, replayed
 
     def _downgrade_data(self, decision: Decision, principal: Principal, plan: Plan) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``flwd :export``: the NDJSON audit export (runs with their events) written to a file."""
+"""``flwd :export``: the NDJSON audit export (runs with their events), to stdout or a file."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ class IncompleteExport(FlwdError):
 @click.option(
     "-o",
     "--output",
-    required=True,
+    default="-",
+    show_default=True,
     type=click.Path(dir_okay=False, allow_dash=True),
-    help="File to write ('-' for stdout).",
+    help="File to write ('-': stdout).",
 )
 @click.option("--since", help="Runs created at or after this ISO 8601 time.")
 @click.option("--until", help="Runs created before this ISO 8601 time.")
@@ -62,7 +63,8 @@ def export_command(
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
-    click.echo(f"flwd: exported {end['runs']} runs and {end['events']} events to {output}", err=True)
+    where = "stdout" if output == "-" else output
+    click.echo(f"flwd: exported {end['runs']} runs and {end['events']} events to {where}", err=True)
 
 
 def _copy(chunks: Any, handle: Any) -> bytes:

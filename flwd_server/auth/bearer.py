@@ -8,8 +8,12 @@ JWKS file (``auth.jwk_file``), see :mod:`flwd_server.auth.tokens`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import json
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import Unauthenticated
 from ..models import Principal
@@ -18,6 +22,7 @@ from .scopes import SCOPES
 DEV_TOKEN = "dev-token"
 DEV_PRINCIPAL = Principal("dev", frozenset(SCOPES))
 MAX_TOKEN_LENGTH = 8192
+MALFORMED = "the bearer token is not a well-formed JWT (header.payload.signature, base64url)"
 
 
 def bearer_token(header: str | None) -> str:
@@ -39,6 +44,20 @@ def bearer_token(header: str | None) -> str:
     return token
 
 
+def unverified_header(token: str) -> dict[str, Any]:
+    """The JOSE header, only to choose the key (or to say what is wrong); the signature check parses it again."""
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise Unauthenticated(MALFORMED)
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segments[0] + "=" * (-len(segments[0]) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        raise Unauthenticated(MALFORMED) from None
+    if not isinstance(header, dict):
+        raise Unauthenticated(MALFORMED)
+    return header
+
+
 class Authenticator:
     """Turns a bearer token into a principal; ``verify_jwt`` is None when no JWKS is configured."""
 
@@ -53,8 +72,10 @@ class Authenticator:
             if self.dev:
                 return DEV_PRINCIPAL
             raise Unauthenticated("dev-token is accepted only by a server started with --dev")
-        if self.verify_jwt is None:
+        if self.verify_jwt is None:  # --dev without auth.jwk_file: say what is wrong with this token
+            unverified_header(token)
             raise Unauthenticated(
-                "this server has no token verification configured (auth.jwk_file); only --dev accepts dev-token"
+                "this server verifies no signed tokens (auth.jwk_file is not set), so it cannot accept this JWT; "
+                "it accepts dev-token"
             )
         return self.verify_jwt(token)

@@ -23,8 +23,6 @@ exception's text).  What it enforces, and why:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -41,6 +39,7 @@ import jwt
 from ..config import AuthSettings, Settings
 from ..errors import ConfigError, Unauthenticated
 from ..models import Principal
+from .bearer import MALFORMED, unverified_header
 from .jwks import SUPPORTED_ALGORITHMS, KeySet, parse_jwks
 
 log = logging.getLogger("flwd.auth")
@@ -48,21 +47,6 @@ log = logging.getLogger("flwd.auth")
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat")
 MAX_SUBJECT_LENGTH = 255
 RACY_SECONDS = 2.0  # a file changed this close to its last read may change again unseen (coarse mtimes)
-MALFORMED = "the bearer token is not a well-formed JWT (header.payload.signature, base64url)"
-
-
-def unverified_header(token: str) -> dict[str, Any]:
-    """The JOSE header, only to choose the key; the signature check parses it again, strictly."""
-    segments = token.split(".")
-    if len(segments) != 3:
-        raise Unauthenticated(MALFORMED)
-    try:
-        header = json.loads(base64.urlsafe_b64decode(segments[0] + "=" * (-len(segments[0]) % 4)))
-    except (ValueError, binascii.Error, RecursionError):
-        raise Unauthenticated(MALFORMED) from None
-    if not isinstance(header, dict):
-        raise Unauthenticated(MALFORMED)
-    return header
 
 
 def _numeric(claims: dict[str, Any], name: str) -> float | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import FlwdError, StorageError, Unavailable
+from ..errors import FlwdError, RunNotFound, StorageError, Unavailable
 from ..events.hub import EventHub
 from ..forksafe import reset_after_fork
 from ..models import Decision, Event, EventType, Job, Profile, Run, RunStatus, Step, Verdict
@@ -249,8 +249,11 @@ class Runner:
             self.reaper.kill_leftovers(self._run_is_over)
 
     def _run_is_over(self, run_id: str) -> bool:
-        run = self.store.get_run(run_id)  # None: another database's run, not ours to touch
-        return run_id not in self._active and run is not None and run.status.is_terminal
+        try:
+            run = self.store.get_run(run_id)
+        except RunNotFound:  # another database's run (another server on this host): not ours to touch
+            return False
+        return run_id not in self._active and run.status.is_terminal
 
     def housekeeping(self) -> None:
         self.store.prune(self.settings.limits.max_run_history)

@@ -88,15 +88,29 @@ def kill_orphan_group(run_id: str, pgid: int | None) -> bool:
     return False
 
 
+NEVER_STARTED = "the process it was queued for stopped before it started"
+
+
 def recover_lost_runs(
     store: Any, me: str | None = None, reason: str = "the process running it stopped", timeout: float = LIVENESS_TIMEOUT
 ) -> list[str]:
-    """End the runs whose owning process is gone (``lost``), killing what they left behind."""
-    lost = store.mark_lost(lambda o, h, p, b: owner_is_dead(o, h, p, b, me=me, timeout=timeout), reason)
+    """End the runs whose owning process is gone (``lost``), killing what they left behind.
+
+    Queued runs meant for one process only (a CLI's local runs) whose process is gone end
+    ``lost`` too: nothing else would ever claim them.
+    """
+
+    def is_dead(o: str, h: str, p: int, b: float | None) -> bool:
+        return owner_is_dead(o, h, p, b, me=me, timeout=timeout)
+
+    lost = store.mark_lost(is_dead, reason)
     for run_id, pgid in lost:
         kill_orphan_group(run_id, pgid)
         log.warning("run %s ended lost: %s", run_id, reason)
-    return [run_id for run_id, _ in lost]
+    stranded = store.mark_stranded(is_dead, NEVER_STARTED)
+    for run_id in stranded:
+        log.warning("run %s ended lost: %s", run_id, NEVER_STARTED)
+    return [run_id for run_id, _ in lost] + stranded
 
 
 class OwnerRecords:
@@ -149,6 +163,40 @@ class OwnerRecords:
 
     def owners(self) -> list[tuple[str, str, int, float]]:
         return self.reader().execute("SELECT owner, host, pid, heartbeat_at FROM owners").fetchall()
+
+    def mark_stranded(self, is_dead: Callable[[str, str, int, float | None], bool], reason: str) -> list[str]:
+        """End every queued run whose *affinity* owner ``is_dead``; returns their ids.
+
+        An owner that has not registered yet is judged by the run's creation time as its
+        heartbeat, so a run just queued for a process that is still starting is left alone.
+        """
+        now = time.time()
+
+        def op(conn: Any) -> list[str]:
+            skew = self._clock_skew(conn)
+            owners = {
+                row[0]: (row[1], row[2], row[3] + skew)
+                for row in conn.execute("SELECT owner, host, pid, heartbeat_at FROM owners")
+            }
+            stranded = []
+            rows = conn.execute(
+                "SELECT id, affinity, created_at FROM runs WHERE status = 'queued' AND affinity IS NOT NULL"
+            ).fetchall()
+            for run_id, owner, created in rows:
+                host, pid, beat = owners.get(owner, ("", 0, created))
+                if not is_dead(owner, host, pid, beat):
+                    continue
+                conn.execute(
+                    "UPDATE runs SET status = 'lost', finished_at = ?, reason = ? WHERE id = ? AND status = 'queued'",
+                    (now, reason, run_id),
+                )
+                insert_run_finished(
+                    conn, run_id, now, {"status": "lost", "exit_code": None, "duration": 0.0, "reason": reason}
+                )
+                stranded.append(run_id)
+            return stranded
+
+        return self.write(op)
 
     def mark_lost(
         self, is_dead: Callable[[str, str, int, float | None], bool], reason: str

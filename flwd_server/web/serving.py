@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import socket
 from typing import Any
 
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
 from ..auth.tokens import require_auth
-from ..config import Settings, is_loopback_bind
+from ..config import Settings, is_loopback_bind, parse_bind
 from ..engine import Engine
 from ..logs import JsonFormatter, configure_logging
 from ..store import open_store
@@ -61,6 +63,21 @@ def _worker_int(worker: Any) -> None:
     engine = engine_of(worker)
     if engine is not None:
         engine.begin_shutdown(grace=0)
+
+
+def _when_ready(server: Any) -> None:
+    """The master listens now: only now is it true that flwd serves (a bind that fails never says so)."""
+    settings = server.app.settings
+    log.info(
+        "flwd serving on %s (profile %s, %d workers x %d threads, database %s%s)",
+        settings.bind,
+        settings.default_profile,
+        settings.workers,
+        settings.threads,
+        settings.database_label,
+        ", --dev: token dev-token" if settings.dev else "",
+        extra={"event": "serve.ready", "bind": settings.bind},
+    )
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
@@ -132,6 +149,7 @@ class FlwdServer(BaseApplication):
             "worker_exit": _worker_exit,
             "worker_int": _worker_int,
             "pre_fork": _pre_fork,
+            "when_ready": _when_ready,
             "logger_class": JsonLogger,
             "limit_request_line": 8190,
             "limit_request_fields": 100,
@@ -184,21 +202,39 @@ def warn_if_exposed(settings: Settings) -> None:
             )
 
 
+def check_bind(settings: Settings) -> None:
+    """Fail at once, saying why, if the address cannot be listened on (gunicorn would retry for 5 s, then exit).
+
+    Bound with ``SO_REUSEADDR`` as gunicorn binds, then closed: an address in use,
+    one this host does not have, or a port below 1024 without the right are caught.
+    Under systemd socket activation (``LISTEN_FDS``) the socket is handed over: nothing to check.
+    """
+    if os.environ.get("LISTEN_FDS"):
+        return
+    host, port = parse_bind(settings.bind)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        log.error(
+            "cannot listen on %s: %s",
+            settings.bind,
+            reason,
+            extra={"event": "serve.bind_failed", "bind": settings.bind, "reason": reason},
+        )
+        raise SystemExit(1) from None
+
+
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
     require_auth(settings)
     warn_if_exposed(settings)
+    check_bind(settings)
     lost = prepare_database(settings)
     if lost:
         log.warning("%d runs were left running by a previous server and are now lost: %s", len(lost), ", ".join(lost))
     prepare_sources(settings)
-    log.info(
-        "flwd serving on %s (profile %s, %d workers x %d threads, database %s%s)",
-        settings.bind,
-        settings.default_profile,
-        settings.workers,
-        settings.threads,
-        settings.database_label,
-        ", --dev: token dev-token" if settings.dev else "",
-    )
     FlwdServer(settings).run()

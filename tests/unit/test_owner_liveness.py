@@ -78,6 +78,29 @@ def test_runs_of_a_node_that_stopped_heartbeating_end_lost_and_free_their_slots(
     assert store.get_run(lost[0]).status is RunStatus.LOST
 
 
+def test_a_run_queued_for_a_process_that_is_gone_ends_lost_and_nothing_else_does(any_store):
+    """A local run is claimed only by the process it was queued for: if that process is gone, nothing ever would."""
+    store = any_store
+    gone = subprocess.Popen(["sleep", "60"])
+    dead_owner = owner_id(gone.pid)
+    gone.kill()
+    gone.wait()
+
+    def queue(affinity):
+        return store.create_run(plan=_plan(), public=_public(), submitted_by="t", affinity=affinity)[0].id
+
+    stranded = queue(dead_owner)
+    mine = queue(owner_id())  # this process: alive
+    starting = queue("node-b.example:4242:777")  # another host, not registered yet: its run is new
+    shared = queue(None)
+    assert recover_lost_runs(store, me="node-a", timeout=5) == [stranded]
+    run = store.get_run(stranded)
+    assert run.status is RunStatus.LOST and "stopped before it started" in run.reason
+    assert [e.type for e in store.events_after(0, stranded)][-1] == "run.finished"
+    assert [store.get_run(i).status for i in (mine, starting, shared)] == [RunStatus.QUEUED] * 3
+    assert recover_lost_runs(store, me="node-a", timeout=5) == []
+
+
 SLOW = "name: slow\nsteps:\n  - run: 'echo started; sleep 60'\n"
 
 

@@ -80,3 +80,29 @@ def test_exit_statuses_stay_with_their_owners_while_the_reaper_reaps():
 def test_what_a_step_left_behind_is_adopted_killed_and_reaped():
     lines = run(ADOPTS).splitlines()
     assert lines == ["adopted 2", "killed True", "left []", "zombies []"]
+
+
+FOREIGN = """
+import os, subprocess, sys, tempfile
+from flwd_server.config import load_settings
+from flwd_server.engine import Engine
+
+# A step of a run of another database (another server on this host) is running.
+foreign = subprocess.Popen(["sleep", "60"], env={**os.environ, "FLWD_RUN_ID": "01foreignrunofanotherdbxx"})
+try:
+    data = tempfile.mkdtemp()
+    engine = Engine(load_settings(None, {"data_dir": data, "policy.cgroups": False}, environ={}))
+    try:
+        engine.start()  # the start-up sweep of leftovers must leave it alone, and not fail
+        print("started", engine.runner.started)
+    finally:
+        engine.close(grace=0)
+    print("foreign alive", foreign.poll() is None)
+finally:
+    foreign.kill()
+    foreign.wait()
+"""
+
+
+def test_a_run_of_another_database_is_left_alone_by_the_start_up_sweep():
+    assert run(FOREIGN).splitlines() == ["started True", "foreign alive True"]

@@ -144,7 +144,11 @@ def test_a_dev_allowed_host_that_is_no_host_is_refused(entry):
     ("text", "key", "line"),
     [
         ("workers: 2\nthreads: 8\nworkers: 3\n", "workers", 3),
-        ("limits:\n  max_concurrent_runs: 2\n  max_run_history: 5\n  max_concurrent_runs: 9\n", "limits.max_concurrent_runs", 4),
+        (
+            "limits:\n  max_concurrent_runs: 2\n  max_run_history: 5\n  max_concurrent_runs: 9\n",
+            "limits.max_concurrent_runs",
+            4,
+        ),
         ("sources:\n  - type: local\n    name: a\n    path: /x\n    name: b\n", "sources[0].name", 5),
     ],
 )
@@ -190,9 +194,9 @@ def test_the_environment_keeps_its_comma_separated_lists():
     settings = load_settings(None, environ=environ)
     assert settings.container.allowed_registries == ("a.example", "b.example:5000")
     assert settings.auth.algorithms == ("ES256",)
-    assert load_settings(None, environ={"FLWD_CONTAINER__ALLOWED_REGISTRIES": "one.example"}).container.allowed_registries == (
-        "one.example",
-    )
+    assert load_settings(
+        None, environ={"FLWD_CONTAINER__ALLOWED_REGISTRIES": "one.example"}
+    ).container.allowed_registries == ("one.example",)
 
 
 def test_every_yaml_file_is_read_through_the_one_strict_loader():

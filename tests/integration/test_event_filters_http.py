@@ -7,12 +7,13 @@ per stream, so both live paths are held to the same answers.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import requests
 
-from tests.fixtures.helpers import read_stream, sse_events
+from tests.fixtures.helpers import cli, read_stream, sse_events
 from tests.fixtures.server import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -149,3 +150,39 @@ def test_the_document_declares_the_filters_of_events(server):
     declared = {p["name"]: p for p in operation["parameters"] if p["in"] == "query"}
     assert {"after", "ticket", "type", "run", "job", "source"} == set(declared)
     assert all(declared[name]["schema"]["pattern"] for name in ("type", "run", "job", "source"))
+
+
+def export_records(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_the_export_holds_the_events_without_a_run_in_id_order_over_http_and_the_cli(server, tmp_path):
+    start = newest_id(server)
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "audit.yaml").write_text("name: audit\nsteps:\n  - run: echo audited\n")
+    name = f"audited-{start}"
+    assert server.post("/sources", {"type": "local", "name": name, "path": str(tmp_path)}).status_code == 201
+    assert server.post(f"/sources/{name}/sync").status_code == 200
+    run = server.submit(f"{name}:audit")["id"]
+    server.wait_finished(run)
+    streamed = stream(server, f"after={start}&source={name}", finished(run))
+    syncs = [int(e["id"]) for e in streamed if e["data"]["run_id"] is None]
+    assert syncs
+
+    whole = export_records(server.get("/export").text)
+    assert whole[0]["format"] == 2 and whole[-1]["record"] == "end"
+    runless = [r["event"] for r in whole if r["record"] == "event" and r["event"]["run_id"] is None]
+    assert [e["id"] for e in runless] == sorted(e["id"] for e in runless)
+    assert [e["id"] for e in runless if e["data"].get("source") == name] == syncs
+    assert whole[-1]["events"] == sum(r["record"] == "event" for r in whole)
+
+    mine = export_records(server.get("/export", params={"source": name}).text)
+    assert [r["run"]["id"] for r in mine if r["record"] == "run"] == [run]
+    assert [r["event"]["id"] for r in mine if r["record"] == "event" and r["event"]["run_id"] is None] == syncs
+    by_job = export_records(server.get("/export", params={"job": "audit"}).text)
+    assert [r["event"]["run_id"] for r in by_job if r["record"] == "event"] == [run] * (len(by_job) - 3)
+
+    done = cli(":export", "--server", server.url, "--source", name, "-o", "-", env={"FLWD_TOKEN": "dev-token"})
+    assert done.returncode == 0, done.stderr
+    by_cli = export_records(done.stdout)
+    assert by_cli[1:] == mine[1:]  # all but the header's generated_at

@@ -81,9 +81,6 @@ class EventFilter:
         """Whether matching needs the job and source of each event's run."""
         return bool(self.jobs or self.sources)
 
-    def describe(self) -> dict[str, list[str]]:
-        return {name: sorted(getattr(self, name + "s")) for name in PARAMETERS if getattr(self, name + "s")}
-
     def matches(self, event: Event, origin: tuple[str, str] | None = None) -> bool:
         """Whether ``event`` passes; ``origin`` is ``(job, source)`` of its run (needed only if ``needs_origin``)."""
         if self.types and event.type not in self.types:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .formats.yaml_loader import DuplicateKeyError, load_yaml
 from .logs import redact_url
 from .models import Profile
 
@@ -305,9 +306,7 @@ def _coerce(key: str, hint: Any, value: Any, meta: dict[str, Any]) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if origin is tuple:
-        if isinstance(value, str) and args[0] is str:
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
+        if not isinstance(value, (list, tuple)):  # a comma-separated string only from FLWD_* (_env_overrides)
             raise ConfigError(key, "expected a list")
         if args[0] is str:
             for i, item in enumerate(value):
@@ -375,6 +374,7 @@ def _env_overrides(environ: typing.Mapping[str, str]) -> dict[str, Any]:
     ``FLWD_SERVER`` (CLI variables) pass untouched.
     """
     known = set(known_keys())
+    lists = {d.key for d in declarations() if typing.get_origin(d.hint) is tuple and typing.get_args(d.hint)[0] is str}
     out: dict[str, Any] = {}
     for name, raw in environ.items():
         if not name.startswith("FLWD_"):
@@ -382,9 +382,12 @@ def _env_overrides(environ: typing.Mapping[str, str]) -> dict[str, Any]:
         dotted = name[5:].lower().replace("__", ".")
         if dotted in known:
             try:
-                out[dotted] = yaml.safe_load(raw) if raw != "" else None
+                value = load_yaml(raw) if raw != "" else None
             except yaml.YAMLError as exc:
                 raise ConfigError(dotted, f"environment variable {name} is not a valid value: {exc}") from None
+            if dotted in lists and isinstance(value, str):  # a=b,c: a list, where a file must write one
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            out[dotted] = value
     return out
 
 
@@ -446,7 +449,11 @@ def load_settings(
         except OSError as exc:
             raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = load_yaml(text)
+        except DuplicateKeyError as exc:
+            raise ConfigError(
+                exc.key, f"{path} line {exc.line}: duplicate key (first on line {exc.first_line}); give each once"
+            ) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""

@@ -364,6 +364,7 @@ class Engine:
             "granted": decision.verdict is not Verdict.DENY,
             "reason": decision.reason,
             "job": plan.job.qualified_name,
+            "source": plan.job.source,  # a refused one has no run: GET /events?source= finds it by this
         }
 
     def _record_downgrade(self, decision: Decision, principal: Principal, plan: Plan) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import InvalidArgs, InvalidJob
+from .formats.yaml_loader import DuplicateKeyError, load_yaml
 from .models import ARG_TYPES, ArgSpec, Job, Step
 
 JOB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
@@ -270,7 +271,10 @@ def parse_job(
     if len(raw_bytes) > MAX_JOB_FILE_BYTES:
         raise InvalidJob(path, [{"field": "(file)", "message": f"larger than {MAX_JOB_FILE_BYTES} bytes"}])
     try:
-        data = yaml.safe_load(raw_bytes)
+        data = load_yaml(raw_bytes)
+    except DuplicateKeyError as exc:
+        message = f"duplicate key (first on line {exc.first_line}); give each once"
+        raise InvalidJob(path, [{"field": exc.key, "message": message, "line": exc.line}]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         item: dict[str, Any] = {"field": "(file)", "message": f"not valid YAML: {getattr(exc, 'problem', None) or exc}"}

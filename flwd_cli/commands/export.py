@@ -33,16 +33,24 @@ class IncompleteExport(FlwdError):
 @click.option("--until", help="Runs created before this ISO 8601 time.")
 @click.option("--status", help="Only runs with this status (comma-separated for several).")
 @click.option("--job", help="Only runs of this job (NAME or SOURCE:NAME).")
+@click.option("--source", help="Only runs from this source, and the events without a run that name it.")
 @with_backend
 def export_command(
-    backend: Any, output: str, since: str | None, until: str | None, status: str | None, job: str | None
+    backend: Any,
+    output: str,
+    since: str | None,
+    until: str | None,
+    status: str | None,
+    job: str | None,
+    source: str | None,
 ) -> None:
-    """Write runs and their events as NDJSON, the same as GET /export.
+    """Write runs and their events, and the events without a run (source syncs...), as NDJSON, the same as GET /export.
 
     The file is written next to its destination and renamed into place only
     when the export is complete, so a failed export never leaves half a file.
     """
-    filters = {k: v for k, v in {"since": since, "until": until, "status": status, "job": job}.items() if v is not None}
+    given = {"since": since, "until": until, "status": status, "job": job, "source": source}
+    filters = {k: v for k, v in given.items() if v is not None}
     chunks = backend.export(filters)
     if output == "-":
         tail = _copy(chunks, sys.stdout.buffer)

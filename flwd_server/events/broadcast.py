@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 
 from ..forksafe import reset_after_fork
 from ..models import EventType
+from ..store.event_filter import EventFilter
 from .hub import EventHub
 from .sse import HEARTBEAT
 
@@ -46,6 +47,7 @@ class Subscription:
     __slots__ = (
         "sock",
         "run_id",
+        "filter",
         "position",
         "chunked",
         "out",
@@ -59,9 +61,18 @@ class Subscription:
         "writing",
     )
 
-    def __init__(self, sock: socket.socket, after: int, run_id: str | None, chunked: bool, max_duration: float) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        after: int,
+        run_id: str | None,
+        chunked: bool,
+        max_duration: float,
+        event_filter: EventFilter | None = None,
+    ) -> None:
         self.sock = sock
-        self.run_id = run_id
+        self.run_id = run_id  # a run's stream: it ends after that run's run.finished
+        self.filter = EventFilter.for_run(run_id) if run_id is not None else event_filter or EventFilter()
         self.position = after
         self.chunked = chunked
         self.out = bytearray()
@@ -112,9 +123,16 @@ class Broadcaster:
     def active(self) -> int:
         return len(self._subs) + len(self._incoming)
 
-    def attach(self, sock: socket.socket, after: int, run_id: str | None, chunked: bool) -> Subscription:
+    def attach(
+        self,
+        sock: socket.socket,
+        after: int,
+        run_id: str | None,
+        chunked: bool,
+        event_filter: EventFilter | None = None,
+    ) -> Subscription:
         """Take over ``sock`` (the response head is already sent); returns when the broadcaster has it."""
-        sub = Subscription(sock, after, run_id, chunked, self.max_duration)
+        sub = Subscription(sock, after, run_id, chunked, self.max_duration, event_filter)
         sock.setblocking(False)
         self.hub.watch()
         with self._lock:
@@ -170,41 +188,45 @@ class Broadcaster:
         return max(0.0, min(1.0, soonest - now))
 
     def _deliver(self) -> bool:
-        """Read each (run, position) once, frame it once, queue it for every follower at that point.
+        """Read each position once, route its events to the filters that want them, frame each once.
 
-        A follower whose last batch is still unsent takes nothing new: it
-        falls behind (and later reads history) instead of piling up memory.
+        Followers at one position with equal filters share a batch.  The events
+        of a position are read once and routed by an index of the filters
+        (:meth:`EventHub.read_many`), so an event no follower wants costs no
+        follower anything.  A follower whose last batch is still unsent takes
+        nothing new: it falls behind (and later reads history) instead of
+        piling up memory.
         """
-        groups: dict[tuple[str | None, int], list[Subscription]] = {}
+        positions: dict[int, dict[EventFilter, list[Subscription]]] = {}
         for sub in self._subs:
             if not sub.finishing and not sub.out:
-                groups.setdefault((sub.run_id, sub.position), []).append(sub)
+                positions.setdefault(sub.position, {}).setdefault(sub.filter, []).append(sub)
         more = False
-        for (run_id, position), subs in groups.items():
-            events, new_position = self.hub.read(position, run_id)
-            if len(events) >= 500:
-                more = True
-            if not events:
+        for position, groups in positions.items():
+            results, waiting = self.hub.read_many(position, list(groups))
+            more = more or waiting
+            for event_filter, subs in groups.items():
+                events, new_position = results[event_filter]
+                if not events:
+                    for sub in subs:
+                        sub.position = new_position
+                    continue
+                frames, size = [], 0
+                for event in events:  # one batch stays under max_batch bytes (a single event may exceed it)
+                    frame = event.sse_frame()
+                    if frames and size + len(frame) > self.max_batch:
+                        new_position, more = events[len(frames) - 1].id, True
+                        break
+                    frames.append(frame)
+                    size += len(frame)
+                data = b"".join(frames)
+                ended = any(e.type == TERMINAL for e in events[: len(frames)])
+                framed = {True: chunk(data), False: data}
                 for sub in subs:
                     sub.position = new_position
-                continue
-            frames, size = [], 0
-            for event in events:  # one batch stays under max_batch bytes (a single event may exceed it)
-                frame = event.sse_frame()
-                if frames and size + len(frame) > self.max_batch:
-                    new_position, more = events[len(frames) - 1].id, True
-                    break
-                frames.append(frame)
-                size += len(frame)
-            data = b"".join(frames)
-            events = events[: len(frames)]
-            ended = run_id is not None and any(e.type == TERMINAL for e in events)
-            framed = {True: chunk(data), False: data}
-            for sub in subs:
-                sub.position = new_position
-                sub.out += framed[sub.chunked]
-                sub.finishing = sub.finishing or ended
-                self._send(sub)
+                    sub.out += framed[sub.chunked]
+                    sub.finishing = sub.finishing or (ended and sub.run_id is not None)
+                    self._send(sub)
         self.sent_batches += 1
         return more
 
@@ -274,7 +296,14 @@ class Broadcaster:
 
 
 def broadcast_stream(
-    broadcaster: Broadcaster, sock: socket.socket, *, after: int, run_id: str | None, chunked: bool, retry_ms: int
+    broadcaster: Broadcaster,
+    sock: socket.socket,
+    *,
+    after: int,
+    run_id: str | None,
+    chunked: bool,
+    retry_ms: int,
+    event_filter: EventFilter | None = None,
 ) -> Iterator[bytes]:
     """The WSGI body of a stream served by the broadcaster.
 
@@ -284,7 +313,7 @@ def broadcast_stream(
     server closes quietly.
     """
     yield f"retry: {retry_ms}\n\n".encode()
-    sub = broadcaster.attach(sock, after, run_id, chunked)
+    sub = broadcaster.attach(sock, after, run_id, chunked, event_filter)
     sub.done.wait()
     if sub.failed:
         log.debug("event stream dropped: %s", sub.reason)

@@ -35,6 +35,8 @@ from ..errors import StorageError
 from ..forksafe import reset_after_fork
 from ..models import Event
 from ..store import Store
+from ..store.event_filter import EventFilter
+from .routing import RunOrigins, route
 from .wakeups import Wakeups
 
 log = logging.getLogger("flwd.events")
@@ -50,6 +52,7 @@ class EventHub:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._listeners: list[Callable[[list[Event]], None]] = []
+        self.origins = RunOrigins(store)
         self.wakeups = Wakeups(store.wakeup_key)
         self._reset()
         store.add_commit_listener(self._after_commit)
@@ -221,31 +224,63 @@ class EventHub:
         for lock in waiters:
             lock.release()
 
-    def read(self, after: int, run_id: str | None = None, limit: int = 500) -> tuple[list[Event], int]:
-        """Events with ``id > after`` (of one run, if given) and the position read up to."""
+    def read(
+        self, after: int, run_id: str | None = None, limit: int = 500, *, event_filter: EventFilter | None = None
+    ) -> tuple[list[Event], int]:
+        """Events with ``id > after`` (of one run, or passing ``event_filter``, if given) and the position read up to."""
+        if run_id is not None:
+            event_filter = EventFilter.for_run(run_id)
+        if event_filter is not None and event_filter.everything:
+            event_filter = None
         floor, last, events, ids = self._view
         if after >= last:
             return [], after
         if after >= floor:
             start = bisect.bisect_right(ids, after)
             end = bisect.bisect_right(ids, last, lo=start)
-            if run_id is None:
+            if event_filter is None:
                 chunk = events[start : min(end, start + limit)]
                 return chunk, chunk[-1].id
+            origins = self.origins if event_filter.needs_origin else None
+            if origins is not None:
+                origins.learn(events[index].run_id for index in range(start, end))
             out = []
             for index in range(start, end):
                 event = events[index]
-                if event.run_id == run_id:
+                if event_filter.matches(event, origins.get(event.run_id) if origins is not None else None):
                     out.append(event)
                     if len(out) >= limit:
                         return out, event.id
             return out, last
-        # Behind the buffer: read history from the database.  Everything up to
-        # ``last`` was committed before this query starts, so it is all visible.
-        history = self.store.events_after(after, run_id, limit)
+        # Behind the buffer: read history from the database, filtered there.  Everything up
+        # to ``last`` was committed before this query starts, so it is all visible.
+        if event_filter is None:
+            history = self.store.events_after(after, None, limit)
+        else:
+            history = self.store.events_matching(after, event_filter, limit)
         if len(history) >= limit:
             return history, history[-1].id
         return history, max(last, history[-1].id if history else after)
+
+    def read_many(
+        self, after: int, filters: list[EventFilter], limit: int = 500
+    ) -> tuple[dict[EventFilter, tuple[list[Event], int]], bool]:
+        """For the broadcaster: per filter, its events after ``after`` and the position read up to; and
+        whether more is waiting.  From the buffer, the events are read once and routed by an index
+        (:func:`~flwd_server.events.routing.route`), so an event costs nothing per stream it does not match."""
+        floor, last, events, ids = self._view
+        if after >= last:
+            return {f: ([], after) for f in filters}, False
+        if after < floor:
+            behind = {f: self.read(after, limit=limit, event_filter=f) for f in filters}
+            return behind, any(len(found) >= limit for found, _ in behind.values())
+        start = bisect.bisect_right(ids, after)
+        end = bisect.bisect_right(ids, last, lo=start)
+        stop = min(end, start + limit)
+        chunk = events[start:stop]
+        routed = route(chunk, filters, self.origins)
+        position = chunk[-1].id
+        return {f: (routed.get(f, []), position) for f in filters}, stop < end
 
     def wait(self, after: int, timeout: float) -> bool:
         """Block until an event newer than ``after`` exists; False on timeout or close."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 from ..errors import BadRequest, Unavailable
 from ..models import EventType
+from ..store.event_filter import EventFilter
 from .hub import EventHub
 
 HEARTBEAT = b": ping\n\n"
@@ -84,6 +85,7 @@ def event_stream(
     *,
     after: int,
     run_id: str | None = None,
+    event_filter: EventFilter | None = None,
     heartbeat: float = 15.0,
     max_duration: float = 3600.0,
     retry_ms: int = 2000,
@@ -93,15 +95,18 @@ def event_stream(
 ) -> Iterator[bytes]:
     """Yield SSE frames: history after ``after``, then live events.
 
-    A run's stream ends after that run's ``run.finished`` event; every stream
-    ends after ``max_duration`` (the client resumes with Last-Event-ID) or when
-    the server shuts down.
+    A run's stream (``run_id``) ends after that run's ``run.finished`` event;
+    ``event_filter`` selects the events of a global stream, which does not end
+    by itself.  Every stream ends after ``max_duration`` (the client resumes
+    with Last-Event-ID) or when the server shuts down.
     """
-    terminal = EventType.RUN_FINISHED.value
+    terminal = EventType.RUN_FINISHED.value if run_id is not None else None
+    if run_id is not None:
+        event_filter = EventFilter.for_run(run_id)
     hub.watch()
     try:
         yield f"retry: {retry_ms}\n\n".encode()
-        yield from _follow(hub, after, run_id, heartbeat, max_duration, is_closing, clock, pause, terminal)
+        yield from _follow(hub, after, event_filter, heartbeat, max_duration, is_closing, clock, pause, terminal)
     finally:
         hub.unwatch()
 
@@ -109,22 +114,22 @@ def event_stream(
 def _follow(
     hub: EventHub,
     after: int,
-    run_id: str | None,
+    event_filter: EventFilter | None,
     heartbeat: float,
     max_duration: float,
     is_closing: Callable[[], bool],
     clock: Callable[[], float],
     pause: Callable[[], float],
-    terminal: str,
+    terminal: str | None,
 ) -> Iterator[bytes]:
     started = last_write = clock()
     position = after
     while True:
-        events, position = hub.read(position, run_id)
+        events, position = hub.read(position, event_filter=event_filter)
         if events:
             yield b"".join(e.sse_frame() for e in events)
             last_write = clock()
-            if run_id is not None and any(e.type == terminal for e in events):
+            if terminal is not None and any(e.type == terminal for e in events):
                 return
             rest = pause()
             if rest > 0.001:

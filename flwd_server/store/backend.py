@@ -22,6 +22,7 @@ from ..errors import StorageError
 from ..forksafe import reset_after_fork
 from ..models import Event
 from . import schema
+from .event_filter import EventFilter
 from .owners import OwnerRecords
 from .queries import SET_META
 from .run_records import RunRecords
@@ -133,6 +134,30 @@ class Store(Writer, RunRecords, OwnerRecords):
                 (run_id, after, limit),
             ).fetchall()
         return [Event(*r) for r in rows]
+
+    def events_matching(
+        self, after: int, event_filter: EventFilter, limit: int = 1000, conn: Any = None
+    ) -> list[Event]:
+        """Events with ``id > after`` that pass ``event_filter``, in id order: filtered here, not in Python."""
+        conn = conn or self.reader()
+        join, where, params = event_filter.where(self.dialect)
+        rows = conn.execute(
+            f"SELECT e.id, e.run_id, e.type, e.ts, e.data FROM events e{join} WHERE e.id > ? AND {where} "
+            "ORDER BY e.id LIMIT ?",
+            (after, *params, limit),
+        ).fetchall()
+        return [Event(*r) for r in rows]
+
+    def run_origins(self, run_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """``run id -> (job, source)`` of the runs that exist among ``run_ids``."""
+        out: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(run_ids), 500):
+            part = run_ids[start : start + 500]
+            rows = self.reader().execute(
+                f"SELECT id, job, source FROM runs WHERE id IN ({','.join('?' * len(part))})", part
+            )
+            out.update((row[0], (row[1], row[2])) for row in rows)
+        return out
 
     def control_events_after(self, after: int, upto: int, conn: Any = None) -> list[Event]:
         """Every event but step output in ``(after, upto]`` (served by the partial index on non-output events)."""

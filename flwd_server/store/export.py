@@ -2,13 +2,18 @@
 
 One JSON object per line, each with a ``record`` field::
 
-    {"record": "export", "format": 1, "generated_at": "...", "filters": {...}}
+    {"record": "export", "format": 2, "generated_at": "...", "filters": {...}}
+    {"record": "event", "event": {"id": 1, "run_id": null, "type": "source.synced", ...}}
     {"record": "run", "run": {...the run, as GET /runs/ID shows it...}}
-    {"record": "event", "event": {"id": 1, "run_id": "...", "type": "run.queued", "time": "...", "data": {...}}}
+    {"record": "event", "event": {"id": 2, "run_id": "...", "type": "run.queued", "time": "...", "data": {...}}}
     ...every event of that run, in order, then the next run...
     {"record": "end", "runs": 2, "events": 17}
 
-Runs come oldest first.  The last line says how many runs and events were
+Runs come oldest first.  Events without a run (``source.synced``,
+``source.failed``, a refused downgrade) are part of the audit trail too: in id
+order, each before the first run queued after it (format 2; format 1 left them
+out).  ``since``/``until`` apply to their time and ``source`` to the source
+their data names; ``status`` and ``job`` leave them out (they have neither).  The last line says how many runs and events were
 written, so a reader can tell a complete export from a cut one (an HTTP
 stream cannot change its status once it has started).
 
@@ -32,10 +37,12 @@ from typing import Any
 from ..errors import BadRequest
 from ..models import Event, RunStatus, iso, parse_iso
 from .backend import Store
+from .event_filter import DATA_SOURCE_SQL, SYNTAX
 from .queries import RUN_COLUMNS, run_from_row
 
-FORMAT = 1
-PARAMETERS = ("since", "until", "status", "job")
+FORMAT = 2
+PARAMETERS = ("since", "until", "status", "job", "source")
+LAST_ID = 2**63 - 1
 RUN_PAGE = 200
 EVENT_PAGE = 500
 CHUNK_BYTES = 64 * 1024
@@ -43,7 +50,7 @@ CHUNK_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class ExportFilter:
-    """Which runs to export: created in ``[since, until)``, with one of ``statuses``, of ``job``."""
+    """Which runs to export: created in ``[since, until)``, with one of ``statuses``, of ``job``, from ``source``."""
 
     since: float | None = None
     until: float | None = None
@@ -71,14 +78,19 @@ class ExportFilter:
                 raise BadRequest(
                     f"'status' must be one or more (comma-separated) of {', '.join(valid)}; got {', '.join(map(repr, bad))}"
                 )
-        job, source = params.get("job") or None, None
+        job, source = params.get("job") or None, params.get("source") or None
+        if source is not None and not SYNTAX["source"].fullmatch(source):
+            raise BadRequest(f"'source' must be a source name; got {source[:64]!r}")
         if job is not None:
             if len(job) > 256 or any(ord(c) < 32 for c in job):
                 raise BadRequest("'job' must be a job name or SOURCE:NAME")
             if ":" in job:
-                source, _, job = job.partition(":")
-                if not source or not job:
+                named, _, job = job.partition(":")
+                if not named or not job:
                     raise BadRequest("'job' must be a job name or SOURCE:NAME")
+                if source is not None and named != source:
+                    raise BadRequest(f"'job' names source {named!r} but 'source' is {source!r}")
+                source = named
         return cls(since, until, statuses, job, source)
 
     def describe(self) -> dict[str, Any]:
@@ -105,6 +117,23 @@ class ExportFilter:
             clauses.append("source = ?")
             params.append(self.source)
         return " AND ".join(clauses), params
+
+    def runless(self, dialect: str) -> tuple[str, list[Any]] | None:
+        """The SQL selecting the events without a run that pass, after ``?`` and before ``?``; None for none."""
+        if self.statuses or self.job is not None:
+            return None
+        clauses, params = ["e.run_id IS NULL", "e.id > ?", "e.id < ?"], []
+        if self.since is not None:
+            clauses.append("e.ts >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append("e.ts < ?")
+            params.append(self.until)
+        if self.source is not None:
+            clauses.append(f"{DATA_SOURCE_SQL[dialect]} = ?")
+            params.append(self.source)
+        where = " AND ".join(clauses)
+        return f"SELECT e.id, e.run_id, e.type, e.ts, e.data FROM events e WHERE {where} ORDER BY e.id LIMIT ?", params
 
 
 def _time(params: Mapping[str, str | None], name: str) -> float | None:
@@ -138,17 +167,39 @@ def export_lines(
         size = 0
         runs = events = 0
         last_seq = 0
+        runless = filters.runless(store.dialect)
+        runless_after = 0
+
+        def runless_before(bound: int) -> Iterator[Event]:
+            """The events without a run, not yet written, with ``id < bound`` (a page fetched whole at a time)."""
+            nonlocal runless_after
+            while runless is not None:
+                sql, params_ = runless
+                rows = conn.execute(sql, (runless_after, bound, *params_, event_page)).fetchall()
+                if rows:
+                    runless_after = rows[-1][0]
+                yield from (Event(*row) for row in rows)
+                if len(rows) < event_page:
+                    return
+
         while True:
             rows = conn.execute(
                 f"SELECT {RUN_COLUMNS}, seq FROM runs WHERE {where} ORDER BY seq LIMIT ?", (last_seq, *params, run_page)
             ).fetchall()
             for row in rows:
                 run = run_from_row(row)
+                page: list[Event] = store.events_after(0, run.id, event_page, conn=conn)
+                for event in runless_before(page[0].id if page else 0):
+                    text = f'{{"record":"event","event":{event.to_json()}}}\n'.encode()
+                    buffer.append(text)
+                    size += len(text)
+                    events += 1
+                    if size >= CHUNK_BYTES:
+                        yield b"".join(buffer)
+                        buffer, size = [], 0
                 buffer.append(_line({"record": "run", "run": run.to_dict()}))
                 runs += 1
-                after = 0
                 while True:
-                    page: list[Event] = store.events_after(after, run.id, event_page, conn=conn)
                     for event in page:
                         text = f'{{"record":"event","event":{event.to_json()}}}\n'.encode()
                         buffer.append(text)
@@ -159,10 +210,18 @@ def export_lines(
                         buffer, size = [], 0
                     if len(page) < event_page:
                         break
-                    after = page[-1].id
+                    page = store.events_after(page[-1].id, run.id, event_page, conn=conn)
             if len(rows) < run_page:
                 break
             last_seq = rows[-1][14]
+        for event in runless_before(LAST_ID):
+            text = f'{{"record":"event","event":{event.to_json()}}}\n'.encode()
+            buffer.append(text)
+            size += len(text)
+            events += 1
+            if size >= CHUNK_BYTES:
+                yield b"".join(buffer)
+                buffer, size = [], 0
         buffer.append(_line({"record": "end", "runs": runs, "events": events}))
         yield b"".join(buffer)
     finally:

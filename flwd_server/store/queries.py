@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ INSERT_EVENT = "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)"
 # An upsert both SQLite (3.24+) and PostgreSQL understand; INSERT OR REPLACE is SQLite's alone.
 SET_META = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+RUN_ID_RE = re.compile(f"[{_CROCKFORD}]{{26}}")  # what new_run_id makes
 
 
 def new_run_id() -> str:

@@ -10,6 +10,7 @@ from .. import __version__
 from ..auth.scopes import Scope
 from ..errors import StorageError
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..store.event_filter import SYNTAX as EVENT_FILTER_SYNTAX
 from ..store.export import ExportFilter
 from .openapi import openapi_document
 from .operations import PUBLIC, operation
@@ -78,6 +79,11 @@ def metrics() -> Response:
         query_parameter("until", {"type": "string"}, "runs created before (ISO 8601; no offset means UTC)"),
         query_parameter("status", {"type": "string"}, "one status or several, comma-separated"),
         query_parameter("job", {"type": "string"}, "NAME or SOURCE:NAME"),
+        query_parameter(
+            "source",
+            {"type": "string", "pattern": f"^{EVENT_FILTER_SYNTAX['source'].pattern}$"},
+            "runs from this source, and the events without a run that name it (source.synced, source.failed)",
+        ),
     ],
     operation_id="exportRuns",
 )

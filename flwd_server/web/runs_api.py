@@ -11,6 +11,8 @@ from ..errors import BadRequest, Unprocessable
 from ..events.broadcast import broadcast_stream, can_take_over
 from ..events.sse import ClosingStream, crowd_pause, event_stream, parse_last_event_id
 from ..models import RunStatus
+from ..store.event_filter import PARAMETERS as FILTER_PARAMETERS
+from ..store.event_filter import EventFilter, list_pattern
 from ..store.run_records import body_hash
 from .access import principal
 from .bodies import has_body, json_body, no_body, plan_request, query_choice, query_int, query_text
@@ -39,6 +41,27 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 RUN_REPLY = object_schema({"run": ref("Run")}, ["run"])
+EVENT_FILTERS = [
+    query_parameter(
+        "type",
+        {"type": "string", "pattern": list_pattern("type")},
+        "only these event types, comma-separated: exact (run.finished) or a prefix (run.*)",
+    ),
+    query_parameter(
+        "run", {"type": "string", "pattern": list_pattern("run")}, "only the events of these runs, comma-separated"
+    ),
+    query_parameter(
+        "job",
+        {"type": "string", "pattern": list_pattern("job")},
+        "only the events of runs of these jobs, comma-separated (events without a run never match)",
+    ),
+    query_parameter(
+        "source",
+        {"type": "string", "pattern": list_pattern("source")},
+        "only the events of runs from these sources, and the events without a run that name one of them "
+        "(source.synced, source.failed), comma-separated",
+    ),
+]
 
 
 def _engine():
@@ -129,9 +152,15 @@ def cancel_run(run_id: str) -> Response:
     return json_response({"run": run.to_dict(base_url())}, status=202)
 
 
+def event_filter_query() -> EventFilter:
+    """The ``type``/``run``/``job``/``source`` filter of the query; a repeated parameter adds values (OR)."""
+    return EventFilter.parse({name: ",".join(v for v in request.args.getlist(name) if v) for name in FILTER_PARAMETERS})
+
+
 def sse_response(run_id: str | None) -> Response:
     engine = _engine()
     after = parse_last_event_id(request.headers.get("Last-Event-ID"), request.args.get("after"))
+    event_filter = event_filter_query() if run_id is None else None  # a 400 before any stream starts
     if run_id is not None:
         engine.run(run_id)  # 404 for an unknown run, before any stream starts
         terminal = engine.terminal_event_id(run_id)
@@ -145,7 +174,13 @@ def sse_response(run_id: str | None) -> Response:
     if sock is not None:
         chunked = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
         body = broadcast_stream(
-            engine.broadcaster, sock, after=after, run_id=run_id, chunked=chunked, retry_ms=settings.sse.retry_ms
+            engine.broadcaster,
+            sock,
+            after=after,
+            run_id=run_id,
+            chunked=chunked,
+            retry_ms=settings.sse.retry_ms,
+            event_filter=event_filter,
         )
         return Response(
             ClosingStream(body, slots.release),
@@ -157,6 +192,7 @@ def sse_response(run_id: str | None) -> Response:
         engine.hub,
         after=after,
         run_id=run_id,
+        event_filter=event_filter,
         heartbeat=settings.sse.heartbeat,
         max_duration=settings.sse.max_duration,
         retry_ms=settings.sse.retry_ms,
@@ -211,9 +247,9 @@ def run_events(run_id: str) -> Response:
 @bp.get("/events")
 @operation(
     Scope.RUNS_READ,
-    "Stream every event",
+    "Stream every event, or those the filters select (all given filters apply; the values of one are alternatives)",
     {"200": SSE, **problems(400, 503)},
-    parameters=LAST_EVENT_ID,
+    parameters=[*LAST_EVENT_ID, *EVENT_FILTERS],
     operation_id="streamEvents",
 )
 def all_events() -> Response:

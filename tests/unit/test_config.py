@@ -138,3 +138,79 @@ def test_a_dev_allowed_host_that_is_no_host_is_refused(entry):
     with pytest.raises(ConfigError) as caught:
         load_settings(None, {"dev_allowed_hosts": [entry]}, environ={})
     assert caught.value.key == "dev_allowed_hosts[0]"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("workers: 2\nthreads: 8\nworkers: 3\n", "workers", 3),
+        (
+            "limits:\n  max_concurrent_runs: 2\n  max_run_history: 5\n  max_concurrent_runs: 9\n",
+            "limits.max_concurrent_runs",
+            4,
+        ),
+        ("sources:\n  - type: local\n    name: a\n    path: /x\n    name: b\n", "sources[0].name", 5),
+    ],
+)
+def test_a_key_repeated_in_the_file_is_refused_naming_it_and_its_line(tmp_path, text, key, line):
+    """PyYAML keeps the last of two equal keys without a word: the first value would be silently lost."""
+    path = tmp_path / "server.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.key == key
+    assert caught.value.detail.startswith(key) and f"line {line}" in caught.value.detail
+    assert "duplicate" in caught.value.detail
+
+
+def test_merge_keys_may_still_override_what_they_merge(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text("sse: &s {heartbeat: 5, max_duration: 60}\nlimits: {max_run_history: 7}\n")
+    assert load_settings(path, environ={}).sse.heartbeat == 5
+    path.write_text("x: &base {type: local, name: a, path: /x}\n")  # an anchor in an unknown key is still refused
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_settings(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("container:\n  allowed_registries: registry.example.org\n", "container.allowed_registries"),
+        ("container:\n  allowed_registries: a.example,b.example\n", "container.allowed_registries"),
+        ("dev_allowed_hosts: devbox.internal\n", "dev_allowed_hosts"),
+        ("auth:\n  algorithms: RS256\n", "auth.algorithms"),
+    ],
+)
+def test_a_single_string_where_the_file_needs_a_list_is_refused(tmp_path, text, key):
+    path = tmp_path / "server.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.key == key and "expected a list" in caught.value.detail
+
+
+def test_the_environment_keeps_its_comma_separated_lists():
+    environ = {"FLWD_CONTAINER__ALLOWED_REGISTRIES": "a.example, b.example:5000", "FLWD_AUTH__ALGORITHMS": "[ES256]"}
+    settings = load_settings(None, environ=environ)
+    assert settings.container.allowed_registries == ("a.example", "b.example:5000")
+    assert settings.auth.algorithms == ("ES256",)
+    assert load_settings(
+        None, environ={"FLWD_CONTAINER__ALLOWED_REGISTRIES": "one.example"}
+    ).container.allowed_registries == ("one.example",)
+
+
+def test_every_yaml_file_is_read_through_the_one_strict_loader():
+    """yaml.safe_load keeps the last of two equal keys: no module but the loader may call PyYAML's loaders."""
+    import ast
+
+    from tests.unit.test_layout import ALL
+
+    loaders = {"load", "safe_load", "full_load", "unsafe_load", "load_all", "safe_load_all"}
+    calls = [
+        f"{name}:{node.lineno}"
+        for name, path in ALL.items()
+        if name != "flwd_server.formats.yaml_loader"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in loaders and getattr(node.value, "id", None) == "yaml"
+    ]
+    assert calls == []

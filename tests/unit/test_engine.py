@@ -12,6 +12,7 @@ from flwd_server.engine import Engine
 from flwd_server.errors import PolicyDenied
 from flwd_server.models import Principal, Profile
 from flwd_server.planner import PlanRequest, plan_record
+from flwd_server.store.event_filter import EventFilter
 from tests.fixtures.helpers import wait_until
 
 ADMIN = Principal("alice", frozenset(SCOPES))
@@ -106,6 +107,7 @@ def test_a_refused_downgrade_is_an_event_and_nothing_runs(eng):
     assert len(eng.runs()[0]) == before
     refusal = [e for e in eng.store.events_after(0) if e.type == "policy.profile_downgrade"][-1]
     assert refusal.run_id is None and refusal.data["granted"] is False and refusal.data["subject"] == "bob"
+    assert EventFilter.parse({"source": "t"}).matches(refusal)  # GET /events?source=t shows it
 
 
 def test_decisions_are_structured_log_lines(eng, caplog):

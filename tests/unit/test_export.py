@@ -153,3 +153,70 @@ def test_closing_an_export_early_closes_its_connection(sqlite_store):
     chunks.close()
     with pytest.raises(sqlite3.ProgrammingError):
         conn.execute("SELECT 1")
+
+
+def add_runless(store: Store, hours: list[float], sources: list[str]) -> None:
+    """source.synced events (no run) at DAY + hours[i], naming sources[i]."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        for hour, source in zip(hours, sources, strict=True):
+            conn.execute(
+                "INSERT INTO events(run_id, type, ts, data) VALUES (NULL, 'source.synced', ?, ?)",
+                (DAY + hour * 3600, json.dumps({"source": source})),
+            )
+
+    store.write(op)
+
+
+def test_events_without_a_run_are_in_the_export_in_id_order(any_store):
+    """source.synced and the like belong to the audit trail: each comes before the first run queued after it."""
+    add_runless(any_store, [0], ["ops"])
+    fill(any_store, 3, events_per_run=2)
+    add_runless(any_store, [3.5, 3.6], ["tools", "ops"])
+    fill(any_store, 2, events_per_run=2, start=3)
+    add_runless(any_store, [9], ["ops"])
+    out = records(any_store)
+    assert out[0]["format"] == 2
+    shape = [r["run"]["id"][4:] if r["record"] == "run" else r["event"]["run_id"] for r in out[1:-1]]
+    runs = [f"run-{i:06d}" for i in range(5)]
+    assert shape == [
+        None,
+        *[x for i in range(3) for x in (f"{i:06d}", runs[i], runs[i])],
+        None,
+        None,
+        *[x for i in range(3, 5) for x in (f"{i:06d}", runs[i], runs[i])],
+        None,
+    ]
+    runless = [r["event"]["id"] for r in out if r["record"] == "event" and r["event"]["run_id"] is None]
+    assert runless == sorted(runless) and len(runless) == 4
+    assert out[-1] == {"record": "end", "runs": 5, "events": 5 * 2 + 4}
+
+
+@pytest.mark.parametrize(
+    ("params", "sources"),
+    [
+        ({}, ["ops", "tools", "ops"]),
+        ({"source": "ops"}, ["ops", "ops"]),
+        ({"source": "tools"}, ["tools"]),
+        ({"since": "2026-01-10T03:00:00Z", "until": "2026-01-10T10:00:00Z"}, ["tools"]),
+        ({"status": "failed"}, []),  # events without a run have no status
+        ({"job": "build"}, []),  # nor a job
+    ],
+)
+def test_filters_apply_to_events_without_a_run_where_they_mean_something(any_store, params, sources):
+    add_runless(any_store, [1, 4, 12], ["ops", "tools", "ops"])
+    fill(any_store, 6, events_per_run=1)
+    out = records(any_store, **params)
+    got = [r["event"]["data"]["source"] for r in out if r["record"] == "event" and r["event"]["run_id"] is None]
+    assert got == sources
+
+
+def test_the_source_filter_chooses_runs_too_and_must_agree_with_the_job_filter(any_store):
+    fill(any_store, 3, events_per_run=1)
+    assert len([r for r in records(any_store, source="ops") if r["record"] == "run"]) == 3
+    assert [r for r in records(any_store, source="tools") if r["record"] == "run"] == []
+    assert len([r for r in records(any_store, source="ops", job="ops:build") if r["record"] == "run"]) == 2
+    with pytest.raises(BadRequest, match="source"):
+        ExportFilter.parse({"source": "tools", "job": "ops:build"})
+    with pytest.raises(BadRequest, match="source"):
+        ExportFilter.parse({"source": "Not A Name"})

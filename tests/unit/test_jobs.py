@@ -92,3 +92,30 @@ def test_placeholders_fill_whole_argv_elements(full):
         "--times",
         "2",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "line"),
+    [
+        ("name: a\nname: b\nsteps:\n  - run: 'true'\n", "name", 2),
+        ("name: a\nsteps:\n  - name: s\n    run: 'true'\n    run: 'rm -rf ~'\n", "steps[0].run", 5),
+        ("name: a\nargs:\n  who: {type: string}\n  who: {type: integer}\nsteps:\n  - run: 'true'\n", "args.who", 4),
+    ],
+)
+def test_a_key_repeated_in_a_job_file_is_refused_naming_it_and_its_line(text, field, line):
+    """PyYAML keeps the last of two equal keys: a reviewer reading the first would not see what runs."""
+    with pytest.raises(InvalidJob) as caught:
+        parse_job(text, "s", "jobs/a.yaml")
+    (error,) = caught.value.errors
+    assert error["field"] == field and error["line"] == line and "duplicate" in error["message"]
+
+
+def test_a_local_source_lists_a_job_file_with_a_repeated_key_as_an_error(tmp_path):
+    from flwd_server.sources.base import scan_jobs
+
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "ok.yaml").write_text("name: ok\nsteps:\n  - run: 'true'\n")
+    (tmp_path / "jobs" / "twice.yaml").write_text("name: twice\nsteps:\n  - run: 'true'\ntimeout: 5\ntimeout: 9\n")
+    snapshot = scan_jobs("local", tmp_path, None, 60)
+    assert sorted(snapshot.jobs) == ["ok"]
+    assert [(e["path"], e["field"], e["line"]) for e in snapshot.errors] == [("jobs/twice.yaml", "timeout", 5)]

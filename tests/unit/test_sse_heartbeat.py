@@ -18,7 +18,7 @@ class IdleHub:
     def clock(self) -> float:
         return self.now
 
-    def read(self, after: int, run_id: str | None = None, limit: int = 500):
+    def read(self, after: int, run_id: str | None = None, limit: int = 500, *, event_filter=None):
         return [], after
 
     def wait(self, after: int, timeout: float) -> bool:

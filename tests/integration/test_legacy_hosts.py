@@ -5,14 +5,16 @@ running when it was killed ends ``lost``."""
 
 from __future__ import annotations
 
+import pwd
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
 from tests.fixtures.helpers import read_stream, wait_until
-from tests.fixtures.wsgi_hosts import HEADERS, HostProcess, uwsgi
+from tests.fixtures.wsgi_hosts import HEADERS, HostProcess, modwsgi, shared_dir, uwsgi
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +146,32 @@ def test_uwsgi_without_threads_refuses_to_start(tmp_path):
         )
         assert result.returncode != 0, result.stdout[-2000:]
         assert "Start uWSGI with --threads 8" in result.stdout + result.stderr
+
+
+# -- mod_wsgi ------------------------------------------------------------------------------------------------------
+
+MODWSGI_THREADS = 5  # mod_wsgi-express's default: one daemon process of 5 threads
+
+
+@pytest.fixture(scope="module")
+def modwsgi_server() -> Iterator[HostProcess]:
+    with shared_dir("modwsgi") as root:
+        server = modwsgi(root, root / "data")
+        server.start()
+        yield server
+        server.stop()
+
+
+def test_modwsgi_serves_the_reference_page_as_nobody(modwsgi_server):
+    events = reference_calls(modwsgi_server)
+    owner = int(events[[e["event"] for e in events].index("run.started")]["data"]["data"]["owner"].split(":")[1])
+    assert Path(f"/proc/{owner}").stat().st_uid == pwd.getpwnam("nobody").pw_uid  # Apache's daemon process ran it
+
+
+def test_modwsgi_caps_streams_below_its_threads(modwsgi_server):
+    check_stream_cap(modwsgi_server, MODWSGI_THREADS, processes=1)
+
+
+def test_modwsgi_recovers_a_killed_run_as_lost():
+    with shared_dir("modwsgi-lost") as root:
+        recovers_a_killed_run(lambda name: modwsgi(root, root / "data", name=f"mod_wsgi-{name}"))

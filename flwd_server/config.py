@@ -178,7 +178,11 @@ class Settings:
     )
     workers: int = _opt(2, "gunicorn worker processes.", minimum=1, maximum=64, flag="--workers")
     threads: int = _opt(
-        32, "Request threads per worker (each open SSE stream holds one).", minimum=2, maximum=10000, flag="--threads"
+        32,
+        "Request threads per worker (each open SSE stream holds one); under uWSGI or mod_wsgi the host's own count is used instead.",
+        minimum=2,
+        maximum=10000,
+        flag="--threads",
     )
     shutdown_grace: float = _opt(
         20.0, "Seconds running jobs get to finish on SIGTERM before they are cancelled.", minimum=0

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from . import forksafe
 from .auth.bearer import Authenticator
 from .auth.scopes import Scope
 from .catalog import Catalog
@@ -163,7 +164,13 @@ class Engine:
         return self.containers.status()
 
     def start(self) -> None:
-        """Start the event poller and the runner in this process (idempotent)."""
+        """Start the event poller and the runner in this process (idempotent).
+
+        Every entry into the engine passes here first (the web app calls it
+        before each request), so this is where a process forked without
+        at-fork hooks (uWSGI) forgets its parent's threads and connections.
+        """
+        forksafe.check()
         self._started = True
         self.hub.start()
         self.runner.start()
@@ -175,6 +182,16 @@ class Engine:
                 name="flwd-container-sweep",
                 daemon=True,
             ).start()
+
+    def park(self) -> None:
+        """Leave no thread running in this process until the engine is next used.
+
+        A host that builds the app and then forks in C (uWSGI's preforking) runs
+        no at-fork hooks, and a thread alive at that fork can leave the child's
+        interpreter locked: the store's writer, started by the sources written
+        at construction, stops here and starts again on the next write.
+        """
+        self.store.park_writer()
 
     def _forget_sweep(self) -> None:
         self._swept = False

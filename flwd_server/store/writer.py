@@ -93,6 +93,21 @@ class Writer(abc.ABC):
                 self._writer = threading.Thread(target=self._write_loop, name="flwd-store-writer", daemon=True)
                 self._writer.start()
 
+    def park_writer(self) -> None:
+        """Commit what is queued and stop the writer thread; the next write starts another.
+
+        For a host that loads the app and then forks in C (uWSGI): a thread alive
+        at such a fork can leave the child's interpreter locked, so none may be.
+        """
+        with self._writer_lock:
+            writer = self._writer
+            if writer is not None and writer.is_alive() and writer is not threading.current_thread():
+                self._pending.append(_STOP)
+                self._wakeup.set()
+                writer.join(timeout=10)
+            if writer is None or not writer.is_alive():
+                self._writer = None
+
     def _put(self, item: Any) -> bool:
         """Queue one item for the writer; wake it only if it is waiting.
 

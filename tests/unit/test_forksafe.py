@@ -103,12 +103,17 @@ def test_an_engine_whose_writer_ran_before_the_fork_runs_jobs_in_the_child(make_
 def test_park_leaves_no_thread_running_and_the_next_write_starts_one(make_settings, tmp_path):
     (tmp_path / "src" / "jobs").mkdir(parents=True)
     sources = [{"name": "mine", "type": "local", "path": str(tmp_path / "src")}]
+    others = set(threading.enumerate())  # other tests' engines may still have threads: only this one's count
+
+    def this_engines_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t not in others and t.name.startswith("flwd-")]
+
     engine = Engine(make_settings(sources=sources))
     try:
         engine.store.flush()
-        assert any(t.name == "flwd-store-writer" for t in threading.enumerate())
+        assert "flwd-store-writer" in this_engines_threads()
         engine.park()
-        assert not [t.name for t in threading.enumerate() if t.name.startswith("flwd-")]
+        assert not this_engines_threads()
         engine.store.flush()  # would wait forever without a writer
         assert engine.store._writer.is_alive()
     finally:

@@ -36,6 +36,11 @@ ASSET_TYPES = {
     ".json": "application/json",
     ".woff2": "font/woff2",
 }
+OTHER_ASSET_TYPE = "application/octet-stream"
+# Listed one by one (client generators refuse */*), the text types first: they read the first they know.
+ASSET_CONTENT = {
+    media.split(";")[0]: {"schema": {"type": "string"}} for media in (*ASSET_TYPES.values(), OTHER_ASSET_TYPE)
+}
 HTML_PAGE = {"description": "The dashboard's page", "content": {"text/html": {"schema": {"type": "string"}}}}
 INDEX_LINKS = {"ui": "/ui/", "openapi": "/openapi.json", "jobs": "/jobs", "runs": "/runs", "events": "/events"}
 TO_UI = {"description": "To the dashboard: Location is the relative URL ui/"}
@@ -112,7 +117,7 @@ def ui_view(where: str) -> Response:
 @operation(
     PUBLIC,
     "A file of the dashboard (script, style sheet, icon)",
-    {"200": {"description": "The file", "content": {"*/*": {"schema": {"type": "string"}}}}, **problems(404)},
+    {"200": {"description": "The file", "content": ASSET_CONTENT}, **problems(404)},
     operation_id="getDashboardAsset",
 )
 def ui_asset(name: str) -> Response:
@@ -120,7 +125,7 @@ def ui_asset(name: str) -> Response:
     if not path.is_relative_to(ASSETS_DIR) or not path.is_file():
         raise NotFound(f"no such asset of the dashboard: assets/{name}", asset=f"assets/{name}")
     data = path.read_bytes()  # small files: read whole, so the ETag is their content's
-    content_type = ASSET_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    content_type = ASSET_TYPES.get(path.suffix.lower(), OTHER_ASSET_TYPE)
     response = Response(data, content_type=content_type, headers={"Cache-Control": "no-cache"})
     response.set_etag(hashlib.sha256(data).hexdigest()[:32])
     return response.make_conditional(request)

@@ -105,3 +105,38 @@ def test_any_other_client_at_the_root_gets_the_json_index(app, accept):
         "runs": "/runs",
         "events": "/events",
     }
+
+
+CSP = (
+    "default-src 'self'; img-src 'self' data:; base-uri 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "object-src 'none'"
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("GET", "/healthz", {}),
+        ("GET", "/jobs", {}),  # a 401
+        ("GET", "/jobs", {"Authorization": "Bearer dev-token"}),
+        ("GET", "/no-such-endpoint", {}),
+        ("DELETE", "/healthz", {}),  # a 405
+        ("OPTIONS", "/jobs", {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "GET"}),
+        ("GET", "/", {}),
+        ("GET", "/jobs", {"Host": "evil.example"}),  # the --dev Host check's 421
+    ],
+)
+def test_every_response_forbids_sniffing_and_referrers(app, method, path, headers):
+    response = app.test_client().open(path, method=method, headers=headers)
+    assert response.headers["X-Content-Type-Options"] == "nosniff", response.status
+    assert response.headers["Referrer-Policy"] == "no-referrer", response.status
+    assert "Content-Security-Policy" not in response.headers  # the API's JSON is not a page
+
+
+@pytest.mark.parametrize("path", ["/ui", "/ui/", "/ui/runs/x", "/ui/assets/app.js", "/ui/assets/nope.css"])
+def test_the_dashboards_responses_hold_it_to_its_own_files_and_refuse_frames(app, path):
+    response = app.test_client().get(path)
+    assert response.headers["Content-Security-Policy"] == CSP
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"

@@ -102,7 +102,10 @@ class SSESettings:
         minimum=0,
     )
     ticket_ttl: float = _opt(
-        60.0, "Seconds a single-use stream ticket (for browser EventSource) stays valid.", minimum=1
+        300.0,
+        "Seconds a stream ticket (for browser EventSource) opens its stream, as often as asked (reconnects).",
+        minimum=1,
+        maximum=86400,
     )
 
 

@@ -144,6 +144,12 @@ class HTTPSettings:
         "Seconds a client has to send a request's head; a slow one waits without a thread, then is dropped.",
         minimum=1,
     )
+    trusted_proxies: int = _opt(
+        0,
+        "Proxies in front of flwd whose X-Forwarded-For, -Proto, -Host and -Prefix are believed (0: ignored).",
+        minimum=0,
+        maximum=5,
+    )
 
 
 @dataclass(frozen=True)

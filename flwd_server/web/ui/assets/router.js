@@ -1,0 +1,60 @@
+// Client-side routes under the page's base: "" runs, "runs/ID", "jobs", "jobs/SOURCE:NAME", "sources".
+
+const listeners = [];
+
+/** The page's root URL (``/ui/`` or ``/PREFIX/ui/``), from <base href>. */
+export const BASE = new URL(document.baseURI);
+
+/** The route's path segments below the base, decoded one by one. */
+export function currentRoute() {
+  const path = location.pathname.startsWith(BASE.pathname) ? location.pathname.slice(BASE.pathname.length) : "";
+  const segments = path.split("/").filter(Boolean);
+  try {
+    return segments.map(decodeURIComponent);
+  } catch {
+    return segments;
+  }
+}
+
+/** The query of the page's own URL (filters, a page cursor): never a token. */
+export function currentQuery() {
+  return new URLSearchParams(location.search);
+}
+
+/** A URL under the base: ``pageUrl("runs/" + id)``. */
+export function pageUrl(path, params) {
+  const url = new URL(path, BASE);
+  for (const [key, value] of Object.entries(params || {})) {
+    if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, String(value));
+  }
+  return url;
+}
+
+export function onRouteChange(listener) {
+  listeners.push(listener);
+}
+
+/** Go to a page URL without reloading; ``replace`` keeps the history entry (a filter change). */
+export function navigate(url, { replace = false } = {}) {
+  const target = new URL(url, BASE);
+  if (replace) history.replaceState(null, "", target);
+  else history.pushState(null, "", target);
+  for (const listener of listeners) listener({ focus: !replace });
+}
+
+/** Links under the base are routed here; others (and modified clicks) are left to the browser. */
+export function routeLinks(root) {
+  root.addEventListener("click", (event) => {
+    if (event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey)
+      return;
+    const link = event.target.closest("a[href]");
+    if (!link || link.target || link.hasAttribute("download")) return;
+    const url = new URL(link.href);
+    if (url.origin !== BASE.origin || !(url.pathname + "/").startsWith(BASE.pathname)) return;
+    event.preventDefault();
+    if (url.href !== location.href) navigate(url);
+  });
+  window.addEventListener("popstate", () => {
+    for (const listener of listeners) listener({ focus: true });
+  });
+}

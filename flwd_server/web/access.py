@@ -22,7 +22,7 @@ from flask import Flask, Response, current_app, g, request
 from ..config import HOST_RE
 from ..errors import MisdirectedRequest, ScopeMissing, Unauthenticated
 from ..models import Principal
-from .operations import PUBLIC, declared_operation
+from .operations import AUTHENTICATED, PUBLIC, declared_operation
 
 DEV_ORIGIN_RE = re.compile(r"http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Idempotency-Key, X-Request-ID"
@@ -31,7 +31,7 @@ CORS_EXPOSE_HEADERS = "WWW-Authenticate, Location, Retry-After, X-Request-ID, Id
 
 
 def required_scope(app: Flask, endpoint: str | None) -> str | None:
-    """The scope the hook enforces for an endpoint: a scope, ``PUBLIC``, or None (undeclared: refused)."""
+    """The scope the hook enforces for an endpoint: a scope, ``PUBLIC``, ``AUTHENTICATED`` or None (undeclared: refused)."""
     declared = declared_operation(app, endpoint)
     return declared.scope if declared else None
 
@@ -110,6 +110,8 @@ def register(app: Flask) -> None:
             g.principal = engine.redeem_stream_ticket(ticket, (request.view_args or {}).get("run_id"))
         else:
             g.principal = engine.authenticator.authenticate(request.headers.get("Authorization"))
+        if scope == AUTHENTICATED:
+            return None  # any valid token: authenticate() raised for none or a bad one
         if scope is None or not g.principal.has_scope(scope):
             raise ScopeMissing(scope or "(undeclared)")
         return None

@@ -14,11 +14,19 @@ from ..config import Settings, load_settings
 from ..engine import Engine
 from ..events.sse import StreamSlots
 from ..metrics import SSE_CLIENTS
-from . import access, jobs_api, ops_api, plans_api, problems, query_params, runs_api, sources_api
+from . import access, jobs_api, ops_api, plans_api, problems, query_params, runs_api, sources_api, ui_api
 
 access_log = logging.getLogger("flwd.access")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-BLUEPRINTS = (jobs_api.bp, plans_api.bp, runs_api.bp, ops_api.bp, sources_api.bp)
+# Every response: no MIME sniffing, and no Referer leaking a URL (a run id, a filter) to another site.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+# The dashboard's too: its own files only (no inline script or style, nothing from elsewhere), never framed.
+UI_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; object-src 'none'",
+    "X-Frame-Options": "DENY",
+}
+BLUEPRINTS = (jobs_api.bp, plans_api.bp, runs_api.bp, ops_api.bp, sources_api.bp, ui_api.bp)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
@@ -41,6 +49,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     problems.register(app)
     _register_request_ids(app)
     access.register(app)
+    _register_security_headers(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     # After authentication (no token is a 401 whatever the query says), and after the
@@ -55,6 +64,15 @@ def routes_only_app() -> Flask:
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     return app
+
+
+def _register_security_headers(app: Flask) -> None:
+    @app.after_request
+    def add_security_headers(response: Response) -> Response:
+        response.headers.update(SECURITY_HEADERS)
+        if request.path == "/ui" or request.path.startswith("/ui/"):
+            response.headers.update(UI_SECURITY_HEADERS)
+        return response
 
 
 def _register_request_ids(app: Flask) -> None:

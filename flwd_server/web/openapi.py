@@ -51,6 +51,9 @@ def operation_object(declared: Operation, rule: str) -> dict[str, Any]:
     if declared.public:
         op["responses"] = responses
         op["security"] = []
+    elif declared.any_token:
+        op["responses"] = {**problems(401), **responses}
+        op["security"] = [{"bearer": []}]  # a valid token, no scope
     else:
         op["responses"] = {**problems(401, 403), **responses}
         op["security"] = [{"bearer": [declared.scope]}]

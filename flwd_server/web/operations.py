@@ -21,6 +21,7 @@ from ..auth.scopes import Scope
 
 F = TypeVar("F", bound=Callable[..., Any])
 PUBLIC = "(public)"  # the "scope" of a route that needs no token
+AUTHENTICATED = "(authenticated)"  # the "scope" of a route that needs a valid token, whatever its scopes
 OPERATION_ATTR = "flwd_operation"
 # operationIds are lowerCamelCase, a verb then what it acts on (listJobs, submitRun): generated
 # clients name their functions and modules after them, so they are part of the API and never change.
@@ -29,7 +30,7 @@ OPERATION_ID_RE = re.compile(r"[a-z]+(?:[A-Z][a-z0-9]*)+")
 
 @dataclass(frozen=True)
 class Operation:
-    """One route's declaration; ``scope`` is a :class:`Scope` value or :data:`PUBLIC`."""
+    """One route's declaration; ``scope`` is a :class:`Scope` value, :data:`PUBLIC` or :data:`AUTHENTICATED`."""
 
     operation_id: str
     scope: str
@@ -41,6 +42,11 @@ class Operation:
     @property
     def public(self) -> bool:
         return self.scope == PUBLIC
+
+    @property
+    def any_token(self) -> bool:
+        """Whether any valid token will do, with no scope required (``/auth/me``)."""
+        return self.scope == AUTHENTICATED
 
     @property
     def accepts_ticket(self) -> bool:
@@ -58,7 +64,7 @@ def operation(
     *,
     operation_id: str,
 ) -> Callable[[F], F]:
-    """Declare a view's scope (or :data:`PUBLIC`) and its OpenAPI description.
+    """Declare a view's scope (or :data:`PUBLIC`, or :data:`AUTHENTICATED`) and its OpenAPI description.
 
     ``operation_id`` is the operation's stable name (``listJobs``; see :data:`OPERATION_ID_RE`);
     the document refuses two routes with the same one. Path parameters are not declared: the
@@ -68,7 +74,8 @@ def operation(
     if not OPERATION_ID_RE.fullmatch(operation_id):
         raise ValueError(f"operationId {operation_id!r}: expected lowerCamelCase, a verb then a noun (listJobs)")
     # Plain strings: a StrEnum member's repr would leak into the 403's message.
-    checked = PUBLIC if scope == PUBLIC else Scope(scope).value  # ValueError at import for an unknown scope
+    # ValueError at import for an unknown scope
+    checked = scope if scope in (PUBLIC, AUTHENTICATED) else Scope(scope).value
     declared = Operation(operation_id, checked, summary, responses, tuple(parameters), request_body)
 
     def declare(view: F) -> F:

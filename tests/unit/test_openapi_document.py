@@ -12,7 +12,7 @@ from flwd_server.auth.scopes import Scope
 from flwd_server.web.access import required_scope
 from flwd_server.web.app import routes_only_app
 from flwd_server.web.openapi import openapi_document, openapi_path
-from flwd_server.web.operations import OPERATION_ID_RE, PUBLIC, operation
+from flwd_server.web.operations import AUTHENTICATED, OPERATION_ID_RE, PUBLIC, operation
 from flwd_server.web.query_params import declared_query_parameters
 
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -43,6 +43,9 @@ def test_the_document_declares_each_routes_scope(app):
         scope = routes[key]
         if scope == PUBLIC:
             assert op["security"] == [], key
+        elif scope == AUTHENTICATED:  # a bearer token, no scope
+            assert op["security"] == [{"bearer": []}] and "x-required-scope" not in op, key
+            assert "401" in op["responses"], key
         else:
             assert op["x-required-scope"] == scope and op["security"] == [{"bearer": [scope]}], key
             assert {"401", "403"} <= set(op["responses"]), key
@@ -109,6 +112,12 @@ OPERATION_IDS = {
     ("get", "/openapi.json"): "getOpenApiDocument",
     ("get", "/metrics"): "getMetrics",
     ("get", "/export"): "exportRuns",
+    ("get", "/"): "getIndex",
+    ("get", "/auth/me"): "getCurrentPrincipal",
+    ("get", "/ui"): "redirectToDashboard",
+    ("get", "/ui/"): "getDashboard",
+    ("get", "/ui/{where}"): "getDashboardView",
+    ("get", "/ui/assets/{name}"): "getDashboardAsset",
 }
 
 

@@ -11,7 +11,7 @@ from flwd_server.auth.scopes import SCOPES, Scope
 from flwd_server.models import Principal
 from flwd_server.web.access import required_scope
 from flwd_server.web.openapi import openapi_document, openapi_path
-from flwd_server.web.operations import PUBLIC, declared_operation, operation
+from flwd_server.web.operations import AUTHENTICATED, PUBLIC, declared_operation, operation
 from tests.fixtures.tokens import app_routes
 
 # The scopes the API promises (docs/auth.rst): (method, rule with parameters as {}) -> scope.  Routes added by other
@@ -36,18 +36,24 @@ PROMISED_SCOPES = {
     ("GET", "/export"): "export:read",
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/"): PUBLIC,  # the index, or a browser's way to the dashboard
+    ("GET", "/ui"): PUBLIC,  # the dashboard's page and files: no data until the user signs in
+    ("GET", "/ui/"): PUBLIC,
+    ("GET", "/ui/{}"): PUBLIC,
+    ("GET", "/ui/assets/{}"): PUBLIC,
+    ("GET", "/auth/me"): AUTHENTICATED,  # who the token is: any valid token, no scope
 }
-PUBLIC_PATHS = {"/healthz", "/openapi.json"}
+PUBLIC_PATHS = {"/healthz", "/openapi.json", "/", "/ui", "/ui/", "/ui/<path:where>", "/ui/assets/<path:name>"}
 
 
 def test_every_route_declares_a_known_scope_or_is_public(app):
     routes = app_routes(app)
     assert len(routes) >= 10
-    undeclared = [f"{r.method} {r.rule}" for r in routes if r.scope not in (*SCOPES, PUBLIC)]
+    undeclared = [f"{r.method} {r.rule}" for r in routes if r.scope not in (*SCOPES, PUBLIC, AUTHENTICATED)]
     assert not undeclared, f"routes without @operation(scope or PUBLIC, ...): {undeclared}"
 
 
-def test_only_healthz_and_openapi_are_public(app):
+def test_only_healthz_openapi_the_index_and_the_dashboard_are_public(app):
     public = {r.rule for r in app_routes(app) if r.scope == PUBLIC}
     assert public == PUBLIC_PATHS
 
@@ -97,6 +103,14 @@ def test_the_check_and_the_document_read_one_declaration(app, monkeypatch):
         assert route.scope == required_scope(app, endpoint) == declared.scope, route
         if declared.public:
             assert op["security"] == [] and "x-required-scope" not in op, route
+            continue
+        if declared.any_token:  # any valid token, even one holding no scope at all
+            assert op["security"] == [{"bearer": []}] and "x-required-scope" not in op, route
+            assert "401" in op["responses"] and "403" not in op["responses"], route
+            response = client.open(route.path, method=route.method, headers={"Authorization": "Bearer "})
+            assert response.status_code == 401, route
+            no_scope = client.open(route.path, method=route.method, headers={"Authorization": "Bearer x"})
+            assert no_scope.status_code == 200, route
             continue
         assert op["x-required-scope"] == declared.scope and op["security"] == [{"bearer": [declared.scope]}], route
         # What the hook enforces: every scope but the documented one is a 403 naming it.

@@ -54,7 +54,7 @@ export class LiveStream {
     this.backoff = 250;
     this.stopped = false;
     this.handle = this.handle.bind(this);
-    this.debug = { name, path, handled: [], handledCount: 0, dropped: 0, opens: 0, lastId: after, state: "connecting" };
+    this.debug = { name, path, handled: [], handledCount: 0, dropped: 0, opens: 0, connects: 0, lastId: after, state: "connecting" };
     registry[name] = this.debug;
   }
 
@@ -119,6 +119,7 @@ export class LiveStream {
     source.onopen = () => {
       if (source !== this.source) return;
       this.backoff = 250;
+      this.debug.connects += 1; // every connection, EventSource's own reconnects included
       this.setState("live");
     };
     source.onerror = () => {

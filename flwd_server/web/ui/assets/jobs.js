@@ -202,6 +202,7 @@ function jobForm(job, can, navigate) {
       const field = fields.find((f) => key === `args.${f.name}`);
       if (field) {
         field.error.textContent = text;
+        field.error.classList.remove("local");
         field.control.setAttribute("aria-invalid", "true");
       } else {
         leftover.push(`${key}: ${text}`);

@@ -16,17 +16,22 @@ export function currentRoute() {
   }
 }
 
-/** The query of the page's own URL (filters, a page cursor): never a token. */
+/**
+ * The view's state (filters, a page cursor) lives in the URL's fragment (``#status=failed``): it is
+ * the page's own, never sent to the server (whose routes refuse query parameters they do not declare).
+ */
 export function currentQuery() {
-  return new URLSearchParams(location.search);
+  return new URLSearchParams(location.hash.slice(1));
 }
 
-/** A URL under the base: ``pageUrl("runs/" + id)``. */
+/** A URL under the base, with view state in its fragment: ``pageUrl("", {status: "failed"})``. */
 export function pageUrl(path, params) {
   const url = new URL(path, BASE);
+  const state = new URLSearchParams();
   for (const [key, value] of Object.entries(params || {})) {
-    if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, String(value));
+    if (value !== undefined && value !== null && value !== "") state.set(key, String(value));
   }
+  url.hash = state.toString();
   return url;
 }
 
@@ -49,6 +54,12 @@ export function routeLinks(root) {
       return;
     const link = event.target.closest("a[href]");
     if (!link || link.target || link.hasAttribute("download")) return;
+    const skip = link.dataset.skipTo && document.getElementById(link.dataset.skipTo);
+    if (skip) {
+      event.preventDefault(); // "#main" would resolve against <base>, i.e. to another page
+      skip.focus();
+      return;
+    }
     const url = new URL(link.href);
     if (url.origin !== BASE.origin || !(url.pathname + "/").startsWith(BASE.pathname)) return;
     event.preventDefault();

@@ -214,7 +214,10 @@ def test_a_job_form_has_a_control_for_every_kind_of_argument_and_masks_secrets(s
     assert "hunter2" not in plan.text and '"***"' in plan.text
     browser.find("#run-button").click()
     browser.wait(lambda: browser.find_all('article[data-status="succeeded"]'), 15, "the run to succeed")
-    args = {r.find_element("css selector", "th").text: r.find_element("css selector", "td").text for r in browser.find_all(".args tbody tr")}
+    args = {
+        r.find_element("css selector", "th").text: r.find_element("css selector", "td").text
+        for r in browser.find_all(".args tbody tr")
+    }
     assert args == {"target": "production", "dry_run": "false", "password": "***", "ratio": "0.25"}
     browser.wait(lambda: "target=production dry=false" in browser.find(".log").text, message="the output")
 

@@ -102,7 +102,10 @@ class SSESettings:
         minimum=0,
     )
     ticket_ttl: float = _opt(
-        60.0, "Seconds a single-use stream ticket (for browser EventSource) stays valid.", minimum=1
+        300.0,
+        "Seconds a stream ticket (for browser EventSource) opens its stream, as often as asked (reconnects).",
+        minimum=1,
+        maximum=86400,
     )
 
 
@@ -140,6 +143,12 @@ class HTTPSettings:
         10.0,
         "Seconds a client has to send a request's head; a slow one waits without a thread, then is dropped.",
         minimum=1,
+    )
+    trusted_proxies: int = _opt(
+        0,
+        "Proxies in front of flwd whose X-Forwarded-For, -Proto, -Host and -Prefix are believed (0: ignored).",
+        minimum=0,
+        maximum=5,
     )
 
 

@@ -394,7 +394,12 @@ class Engine:
     # -- stream tickets (browsers' EventSource cannot send Authorization) ---------
 
     def issue_stream_ticket(self, principal: Principal, run_id: str | None = None) -> dict[str, Any]:
-        """A single-use, short-lived ticket that opens one event stream without a header."""
+        """A short-lived ticket that opens one event stream without a header, as often as needed until it expires.
+
+        Reusable because EventSource reconnects by itself with the same URL; read-only (``runs:read``) and bound
+        to its run, so a leaked one reads that run's events (or, without a run, every event) for ``ticket_ttl``
+        seconds at most, and writes nothing.
+        """
         if run_id is not None:
             self.run(run_id)  # 404 for an unknown run
         ticket = secrets.token_urlsafe(32)
@@ -403,11 +408,9 @@ class Engine:
         return {"ticket": ticket, "expires_in": ttl, "run_id": run_id}
 
     def redeem_stream_ticket(self, ticket: str, run_id: str | None) -> Principal:
-        row = self.store.redeem_ticket(_ticket_digest(ticket)) if 16 <= len(ticket) <= 128 else None
+        row = self.store.find_ticket(_ticket_digest(ticket)) if 16 <= len(ticket) <= 128 else None
         if row is None or row[2] < time.time():
-            raise Unauthenticated(
-                "the stream ticket is unknown, already used or expired; ask POST /stream-tickets for a new one"
-            )
+            raise Unauthenticated("the stream ticket is unknown or expired; ask POST /stream-tickets for a new one")
         subject, bound_run, _ = row
         if bound_run is not None and bound_run != run_id:
             raise Unauthenticated("this stream ticket was issued for another run")

@@ -199,24 +199,29 @@ class Store(Writer, RunRecords, OwnerRecords):
     # -- stream tickets --------------------------------------------------------
 
     def create_ticket(self, digest: str, subject: str, run_id: str | None, expires_at: float) -> None:
-        self.write(
-            lambda conn: conn.execute(
+        """Store a ticket; the expired ones go in the same transaction, so the table holds only live ones."""
+
+        def op(conn: Any) -> None:
+            conn.execute("DELETE FROM stream_tickets WHERE expires_at < ?", (time.time(),))
+            conn.execute(
                 "INSERT INTO stream_tickets(digest, subject, run_id, expires_at) VALUES (?, ?, ?, ?)",
                 (digest, subject, run_id, expires_at),
             )
+
+        self.write(op)
+
+    def find_ticket(self, digest: str) -> tuple[str, str | None, float] | None:
+        """A live ticket's ``(subject, run_id, expires_at)``, or None; a read, since a ticket is used until it
+        expires (an EventSource reconnects with the same URL)."""
+        row = (
+            self.reader()
+            .execute(
+                "SELECT subject, run_id, expires_at FROM stream_tickets WHERE digest = ? AND expires_at >= ?",
+                (digest, time.time()),
+            )
+            .fetchone()
         )
-
-    def redeem_ticket(self, digest: str) -> tuple[str, str | None, float] | None:
-        """Take a ticket out (single use): ``(subject, run_id, expires_at)`` or None."""
-
-        def op(conn: Any) -> tuple[str, str | None, float] | None:
-            row = conn.execute(
-                "SELECT subject, run_id, expires_at FROM stream_tickets WHERE digest = ?", (digest,)
-            ).fetchone()
-            conn.execute("DELETE FROM stream_tickets WHERE digest = ? OR expires_at < ?", (digest, time.time()))
-            return tuple(row) if row else None  # type: ignore[return-value]
-
-        return self.write(op)
+        return tuple(row) if row else None  # type: ignore[return-value]
 
     # -- housekeeping ----------------------------------------------------------
 

@@ -9,6 +9,7 @@ import secrets
 import time
 
 from flask import Flask, Response, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..config import Settings, load_settings
 from ..engine import Engine
@@ -55,7 +56,18 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # After authentication (no token is a 401 whatever the query says), and after the
     # blueprints: the allowed parameters come from the document of the routes registered.
     query_params.register(app)
+    _trust_proxies(app, settings.http.trusted_proxies)
     return app
+
+
+def _trust_proxies(app: Flask, count: int) -> None:
+    """Believe the X-Forwarded-* headers of ``count`` proxies: the client's address, scheme, host and the
+    path prefix the proxy serves flwd under (``request.script_root``, so the dashboard's base and the
+    index's links keep it). Here, not in the server: it holds under gunicorn and any other WSGI host."""
+    if count:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=count, x_proto=count, x_host=count, x_port=0, x_prefix=count
+        )
 
 
 def routes_only_app() -> Flask:

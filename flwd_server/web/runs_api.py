@@ -207,7 +207,7 @@ def sse_response(run_id: str | None) -> Response:
 @bp.post("/stream-tickets")
 @operation(
     Scope.RUNS_READ,
-    "A single-use ticket to open one event stream without an Authorization header",
+    "A ticket to open an event stream without an Authorization header, as often as needed until it expires",
     {
         "201": json_reply(
             object_schema(
@@ -222,7 +222,7 @@ def sse_response(run_id: str | None) -> Response:
     operation_id="createStreamTicket",
 )
 def create_stream_ticket() -> Response:
-    """For browsers: EventSource cannot send Authorization, so it opens ``...events?ticket=T`` once."""
+    """For browsers: EventSource cannot send Authorization, so it opens ``...events?ticket=T``, and reopens it."""
     run_id = None
     if has_body():  # not request.content_length: a chunked body has none, and was ignored
         body = json_body(("run",))

@@ -131,7 +131,8 @@ LAST_EVENT_ID = [
     query_parameter(
         "ticket",
         {"type": "string"},
-        "A single-use ticket from POST /stream-tickets, for clients that cannot send Authorization (EventSource)",
+        "A ticket from POST /stream-tickets, for clients that cannot send Authorization (EventSource); "
+        "it opens its stream as often as asked until it expires",
     ),
 ]
 RUN_REQUEST = object_schema(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import requests
 
-from tests.fixtures.helpers import processes_of_run, read_stream, wait_until
+from tests.fixtures.helpers import processes_of_run, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -237,28 +235,3 @@ def test_a_job_timeout_ends_the_run_timed_out(start_server, tmp_path):
     done = server.wait_finished(run["id"], timeout=15)
     assert done["status"] == "timed_out" and "timeout of 1s" in done["reason"]
     assert processes_of_run(run["id"]) == []
-
-
-def test_a_stream_ticket_opens_one_stream_once_without_a_header(start_server):
-    server = start_server({"sse": {"ticket_ttl": 1.5}})
-    run = server.submit("hello-world", {"name": "Ticket"})
-    server.wait_finished(run["id"])
-    ticket = server.post("/stream-tickets", {"run": run["id"]}).json()["ticket"]
-    url = f"{server.url}/runs/{run['id']}/events?ticket={ticket}"
-    events = read_stream(url, {})
-    assert events[-1]["event"] == "run.finished"
-    problem(requests.get(url, timeout=10), 401)  # single use
-    other = server.submit("hello-world", {"name": "Other"})
-    bound = server.post("/stream-tickets", {"run": run["id"]}).json()["ticket"]
-    problem(requests.get(f"{server.url}/runs/{other['id']}/events?ticket={bound}", timeout=10), 401)  # bound to its run
-    expiring = server.post("/stream-tickets", None).json()["ticket"]
-    expires = time.monotonic() + 1.6
-    wait_until(
-        lambda: time.monotonic() > expires, 5, message="the ticket's lifetime to pass"
-    )  # waiting for the clock itself
-    problem(requests.get(f"{server.url}/events?ticket={expiring}", timeout=10), 401)
-    problem(
-        requests.get(f"{server.url}/runs?ticket={server.post('/stream-tickets', None).json()['ticket']}", timeout=10),
-        401,
-    )  # streams only
-    assert ticket not in server.logs()  # never logged: the access log has no query strings

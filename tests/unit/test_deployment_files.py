@@ -91,3 +91,30 @@ def test_the_nginx_site_streams_events_unbuffered_and_logs_no_query_string():
         and "$request_uri" not in log_format
     )
     assert "$http_authorization" not in site
+
+
+def test_the_root_nginx_site_passes_the_forwarded_headers_and_drops_a_clients_prefix():
+    server = (ETC / "nginx" / "flwd.conf").read_text().split("listen 443", 1)[1]
+    for header in ("X-Forwarded-For $proxy_add_x_forwarded_for", "X-Forwarded-Proto $scheme", "X-Forwarded-Host $host"):
+        assert f"proxy_set_header {header};" in server
+    assert 'proxy_set_header X-Forwarded-Prefix "";' in server  # at the root: no prefix, whatever a client sends
+
+
+def test_the_subpath_nginx_site_tells_flwd_its_prefix_and_streams_unbuffered_under_it():
+    site = (ETC / "nginx" / "flwd-subpath.conf").read_text()
+    server = site.split("listen 443", 1)[1]
+    assert "proxy_http_version 1.1;" in server and 'proxy_set_header Connection "";' in server
+    assert "proxy_set_header X-Forwarded-Prefix /flwd;" in server
+    assert "proxy_set_header X-Forwarded-Host $host;" in server
+    sse = re.search(r"location ~ \^/flwd\(/events\|/runs/\[\^/\]\+/events\)\$ \{(.*?)\}", site, re.S)
+    assert sse, "no location for the event streams under /flwd"
+    for directive in ("proxy_buffering off;", "gzip off;", "proxy_read_timeout 1h;", "rewrite ^/flwd(/.*)$ $1 break;"):
+        assert directive in sse.group(1)
+    assert re.search(r"location /flwd/ \{\s*proxy_pass http://flwd/;", site)
+    assert "client_max_body_size 1m;" in server
+    log_format = site.split("log_format", 1)[1].split(";", 1)[0]
+    assert "$uri" in log_format and "$request " not in log_format and "$args" not in log_format
+    assert "$http_authorization" not in site
+    # flwd believes X-Forwarded-Prefix only from a trusted proxy: the reference server.yaml trusts nginx.
+    reference = yaml.safe_load((ETC / "server.yaml").read_text())
+    assert reference["http"]["trusted_proxies"] == 1

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -335,3 +336,15 @@ def test_a_chunk_of_output_keeps_its_order_in_the_ids(store):
     events = store.events_after(0, "r", limit=5000)
     assert [e.data["line"] for e in events] == [f"line {i}" for i in range(3000)]
     assert [e.id for e in events] == sorted(e.id for e in events)
+
+
+def test_a_stream_ticket_is_found_until_it_expires_and_expired_ones_are_removed(store):
+    now = time.time()
+    store.create_ticket("old", "alice", None, now - 1)
+    store.create_ticket("live", "alice", "RUN", now + 60)
+    assert store.find_ticket("live") == ("alice", "RUN", now + 60)
+    assert store.find_ticket("live") == ("alice", "RUN", now + 60)  # reusable: finding it takes nothing out
+    assert store.find_ticket("old") is None  # expired
+    assert store.find_ticket("unknown") is None
+    rows = store.reader().execute("SELECT digest FROM stream_tickets ORDER BY digest").fetchall()
+    assert [row[0] for row in rows] == ["live"]  # the expired one went when the next was issued

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from flask import request
 
 from flwd_server.auth.scopes import SCOPES
+from flwd_server.web.operations import PUBLIC, operation
 from flwd_server.web.ui_api import UI_DIR
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
@@ -140,3 +142,52 @@ def test_the_dashboards_responses_hold_it_to_its_own_files_and_refuse_frames(app
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+@pytest.fixture
+def proxied_app(make_settings):
+    """An app behind one trusted proxy (``http.trusted_proxies: 1``)."""
+    from flwd_server.engine import Engine
+    from flwd_server.web.app import create_app
+
+    eng = Engine(make_settings(dev=True, **{"http.trusted_proxies": 1}))
+    yield create_app(engine=eng)
+    eng.close(grace=0)
+
+
+FORWARDED = {
+    "X-Forwarded-Prefix": "/flwd",
+    "X-Forwarded-For": "203.0.113.7",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "localhost",
+}
+
+
+def test_behind_a_trusted_proxy_the_prefix_is_the_pages_base_and_the_indexs_links(proxied_app):
+    client = proxied_app.test_client()
+    page = client.get("/ui/runs/x", headers=FORWARDED)
+    assert base_and_dev(page.get_data(as_text=True))[0] == "/flwd/ui/"
+    index = client.get("/", headers=FORWARDED).get_json()
+    assert index["links"]["ui"] == "/flwd/ui/" and index["links"]["events"] == "/flwd/events"
+    # The redirects stay relative, so the browser keeps the prefix it asked under.
+    assert client.get("/", headers={**FORWARDED, "Accept": BROWSER_ACCEPT}).headers["Location"] == "ui/"
+    assert client.get("/ui", headers=FORWARDED).headers["Location"] == "ui/"
+    # Without the headers the same app is at the root.
+    assert base_and_dev(client.get("/ui/").get_data(as_text=True))[0] == "/ui/"
+
+
+def test_behind_a_trusted_proxy_the_clients_address_and_scheme_are_the_forwarded_ones(proxied_app):
+    @proxied_app.get("/whoami-test")
+    @operation(PUBLIC, "What the app sees of the client", {"200": {"description": "OK"}}, operation_id="getWhoami")
+    def whoami() -> str:
+        return f"{request.remote_addr} {request.scheme} {request.host} {request.script_root}"
+
+    answer = proxied_app.test_client().get("/whoami-test", headers=FORWARDED).get_data(as_text=True)
+    assert answer == "203.0.113.7 https localhost /flwd"
+
+
+def test_without_trusted_proxies_forwarded_headers_are_ignored(app):
+    client = app.test_client()
+    page = client.get("/ui/", headers=FORWARDED)
+    assert base_and_dev(page.get_data(as_text=True))[0] == "/ui/"
+    assert client.get("/", headers=FORWARDED).get_json()["links"]["ui"] == "/ui/"

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.fixtures.browser import Browser, Cable
-from tests.fixtures.nginx import NginxProxy, start_nginx
+from tests.fixtures.nginx import SUBPATH_SITE, NginxProxy, start_nginx
 from tests.fixtures.server import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -45,8 +45,9 @@ def flwd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def quiet_flwd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Long streams and slow heartbeats: only a proxy's read timeout closes them."""
-    server = start(tmp_path_factory.mktemp("ui-quiet"), {"sse": {"heartbeat": 30, "retry_ms": 200}})
+    """Long streams and slow heartbeats: only a proxy's read timeout closes them. Behind one proxy."""
+    config = {"sse": {"heartbeat": 30, "retry_ms": 200}, "http": {"trusted_proxies": 1}}
+    server = start(tmp_path_factory.mktemp("ui-quiet"), config)
     yield server
     server.stop()
 
@@ -61,6 +62,15 @@ def cable(flwd: ServerProcess) -> Iterator[Cable]:
 @pytest.fixture(scope="module")
 def proxy(quiet_flwd: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxProxy]:
     nginx = start_nginx(tmp_path_factory.mktemp("ui-nginx"), quiet_flwd.port, read_timeout=PROXY_READ_TIMEOUT)
+    yield nginx
+    nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def subpath_proxy(quiet_flwd: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxProxy]:
+    """etc/nginx/flwd-subpath.conf: flwd under /flwd/."""
+    root = tmp_path_factory.mktemp("ui-nginx-subpath")
+    nginx = start_nginx(root, quiet_flwd.port, site_file=SUBPATH_SITE, prefix="/flwd")
     yield nginx
     nginx.stop()
 
@@ -175,3 +185,16 @@ def test_a_server_restart_resumes_without_gap_or_duplicate(browser, flwd):
         return [flwd.submit("ops:ticker", {"lines": 1})["id"] for _ in range(2)]
 
     assert_next_runs_arrive_whole(browser, flwd, mark, after_restart)
+
+
+@pytest.mark.nginx
+def test_the_dashboard_works_under_a_proxys_sub_path(browser, quiet_flwd, subpath_proxy):
+    live_runs_page(browser, subpath_proxy.url + "/flwd")
+    run = quiet_flwd.submit("ops:ticker", {"lines": 2})
+    link = browser.wait(
+        lambda: next(iter(browser.find_all(f'#runs-table tr[data-run-id="{run["id"]}"] a')), None), 10, "the new run"
+    )
+    link.click()
+    assert browser.driver.current_url == f"{subpath_proxy.url}/flwd/ui/runs/{run['id']}"
+    browser.wait(lambda: browser.find_all('article[data-status="succeeded"]'), 15, "the run to succeed")
+    browser.wait(lambda: "tick 2" in browser.find(".log").text, message="its output, streamed through the prefix")

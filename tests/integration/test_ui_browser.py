@@ -177,6 +177,7 @@ def test_a_job_form_shows_the_servers_errors_by_the_fields_then_plans_and_runs_t
     assert {r.get_attribute("data-check") for r in browser.find_all("#plan-decisions tbody tr")} == {
         d["check"] for d in expected["plan"]["decisions"]
     }
+    browser.js("arguments[0].scrollIntoView({block: 'center'})", browser.find("#plan-button"))
     browser.screenshot("job-plan")
     browser.find("#run-button").click()
     browser.wait(lambda: "/ui/runs/" in browser.driver.current_url, message="the run's page")
@@ -214,11 +215,12 @@ def test_a_job_form_has_a_control_for_every_kind_of_argument_and_masks_secrets(s
     assert "hunter2" not in plan.text and '"***"' in plan.text
     browser.find("#run-button").click()
     browser.wait(lambda: browser.find_all('article[data-status="succeeded"]'), 15, "the run to succeed")
-    args = {
-        r.find_element("css selector", "th").text: r.find_element("css selector", "td").text
-        for r in browser.find_all(".args tbody tr")
-    }
-    assert args == {"target": "production", "dry_run": "false", "password": "***", "ratio": "0.25"}
+    expected = {"target": "production", "dry_run": "false", "password": "***", "ratio": "0.25"}
+    read_args = (  # in one go: the table is redrawn when the run's status changes
+        "return Object.fromEntries([...document.querySelectorAll('.args tbody tr')]"
+        ".map(r => [r.querySelector('th').textContent, r.querySelector('td').textContent]))"
+    )
+    browser.wait(lambda: browser.js(read_args) == expected, message=f"the arguments {expected}")
     browser.wait(lambda: "target=production dry=false" in browser.find(".log").text, message="the output")
 
 
@@ -244,6 +246,7 @@ def test_a_denied_plan_shows_every_decision_and_offers_no_run(signed_in, ui):
     assert denied.get_attribute("data-outcome") == "deny" and "deny" in denied.text
     assert not browser.find("#run-button").is_enabled()
     assert "denies" in plan.text
+    browser.js("arguments[0].scrollIntoView()", plan)
     browser.screenshot("plan-denied")
 
 
@@ -279,6 +282,8 @@ def test_the_runs_list_filters_by_status_and_pages(signed_in, ui):
     assert {r.get_attribute("data-status") for r in browser.find_all("#runs-table tbody tr")} == {"failed"}
     assert browser.find("#filter-status").get_attribute("value") == "failed"
     browser.open(f"{ui.url}/ui/")
+    browser.wait(lambda: browser.find_all("#runs-table tbody tr"), message="the runs")
+    browser.screenshot("runs")
     older = browser.wait(lambda: next(iter(browser.find_all(".pager a")), None), message="the Older runs link")
     assert older.text == "Older runs"
     older.click()

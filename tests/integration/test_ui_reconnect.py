@@ -125,7 +125,6 @@ def test_a_stream_closed_by_the_server_resumes_without_gap_or_duplicate(browser,
     # The server ends every stream after MAX_DURATION: wait until the page has been cut and back twice.
     browser.wait(lambda: browser.stream("runs")["connects"] >= stream["connects"] + 2, 4 * MAX_DURATION + 5)
     assert_next_runs_arrive_whole(browser, flwd, browser.stream("runs")["lastId"], again=True)
-    browser.screenshot("runs-live")
 
 
 def test_a_network_drop_resumes_without_gap_or_duplicate(browser, flwd, cable):

@@ -237,6 +237,7 @@ function jobForm(job, can, navigate) {
       const { plan } = await api("POST", "plans", { body: request });
       planned = { body: request, plan };
       replace(planArea, planSection(plan, can, run));
+      planArea.querySelector("h2").focus(); // keyboard and screen-reader users land on the plan
       announce(plan.runnable ? "Planned: runnable" : "Planned: denied by policy");
     } catch (error) {
       planned = null;
@@ -279,7 +280,7 @@ function planSection(plan, can, run) {
   return h(
     "div",
     { class: "card plan", id: "plan", dataset: { runnable: String(plan.runnable), digest: plan.digest } },
-    h("h2", {}, "Plan"),
+    h("h2", { tabindex: "-1" }, "Plan"),
     h(
       "p",
       { class: plan.runnable ? "verdict-line ok" : "verdict-line denied" },

@@ -49,6 +49,7 @@ export function runView({ route, can }) {
     actions,
     notice,
     h("section", { class: "card", "aria-labelledby": "summary-title" }, h("h2", { id: "summary-title" }, "Summary"), summary),
+    h("section", { class: "card", "aria-labelledby": "log-title" }, h("h2", { id: "log-title" }, "Output"), log.element),
     h(
       "div",
       { class: "columns" },
@@ -89,7 +90,6 @@ export function runView({ route, can }) {
         ),
       ),
     ),
-    h("section", { class: "card", "aria-labelledby": "log-title" }, h("h2", { id: "log-title" }, "Output"), log.element),
     // Later: the run's outputs, artifacts and approvals render in this section.
     h("section", { id: "run-extras", class: "card", hidden: true, "aria-label": "Outputs, artifacts and approvals" }),
   );

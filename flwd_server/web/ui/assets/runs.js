@@ -16,7 +16,7 @@ function rank(status) {
 }
 
 export function liveIndicator() {
-  const TEXT = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", ended: "Not live" };
+  const TEXT = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", ended: "Complete" };
   const el = h("p", { class: "live", dataset: { state: "connecting" } }, TEXT.connecting);
   return {
     element: el,

@@ -317,6 +317,32 @@ def test_a_narrow_screen_has_no_sideways_scroll_and_every_control_has_a_label(si
         browser.driver.set_window_size(size["width"], size["height"])
 
 
+def test_the_keyboard_alone_reaches_a_job_plans_it_and_sees_where_it_is(signed_in, ui):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    browser = signed_in
+    browser.open(f"{ui.url}/ui/jobs")
+    browser.wait_for('#jobs-table tr[data-job="ui:editable"] a')
+
+    def tab_to(css: str) -> None:
+        for _ in range(60):
+            ActionChains(browser.driver).send_keys(Keys.TAB).perform()
+            if browser.js("return document.activeElement.matches(arguments[0])", css):
+                outline = browser.js("return getComputedStyle(document.activeElement).outlineStyle")
+                assert outline not in ("", "none"), f"no visible focus on {css}"
+                return
+        raise AssertionError(f"Tab never reached {css}")
+
+    tab_to('a[href="jobs/ui%3Aeditable"]')
+    ActionChains(browser.driver).send_keys(Keys.ENTER).perform()
+    browser.wait(lambda: browser.find_all("#plan-button"), message="the job's page")
+    tab_to("#plan-button")
+    ActionChains(browser.driver).send_keys(Keys.ENTER).perform()
+    browser.wait(lambda: browser.js("return document.activeElement.closest('#plan') !== null"), message="the plan")
+    tab_to("#run-button")
+
+
 def test_a_long_output_is_virtualised(signed_in, ui):
     browser = signed_in
     run = ui.submit("print-lots", {"lines": 20000})

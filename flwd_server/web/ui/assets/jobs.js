@@ -208,7 +208,11 @@ function jobForm(job, can, navigate) {
         leftover.push(`${key}: ${text}`);
       }
     }
-    replace(formError, h("p", { class: "error", role: "alert" }, problemMessage(error)), leftover.length ? h("ul", {}, leftover.map((t) => h("li", {}, t))) : null);
+    replace(
+      formError,
+      h("p", { class: "error", role: "alert" }, problemMessage(error)),
+      leftover.length ? h("ul", {}, leftover.map((t) => h("li", {}, t))) : null,
+    );
   }
 
   function clearErrors() {
@@ -320,7 +324,13 @@ function planSection(plan, can, run) {
           "tbody",
           {},
           plan.decisions.map((d) =>
-            h("tr", { dataset: { check: d.check, outcome: d.outcome } }, h("th", { scope: "row" }, d.check), h("td", {}, verdictBadge(d.outcome)), h("td", {}, d.reason)),
+            h(
+              "tr",
+              { dataset: { check: d.check, outcome: d.outcome } },
+              h("th", { scope: "row" }, d.check),
+              h("td", {}, verdictBadge(d.outcome)),
+              h("td", {}, d.reason),
+            ),
           ),
         ),
       ),

@@ -19,6 +19,10 @@ import { LiveStream } from "./stream.js";
 
 const ACTIVE = new Set(["queued", "running"]);
 
+function headers(names) {
+  return names.map((name) => h("th", { scope: "col" }, name));
+}
+
 function rank(status) {
   return status === "queued" ? 0 : status === "running" ? 1 : 2;
 }
@@ -57,7 +61,11 @@ export function runView({ route, can }) {
         "section",
         { class: "card", "aria-labelledby": "args-title" },
         h("h2", { id: "args-title" }, "Arguments"),
-        h("div", { class: "table-wrap" }, h("table", { class: "args" }, h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Name"), h("th", { scope: "col" }, "Value"))), argsBody)),
+        h(
+          "div",
+          { class: "table-wrap" },
+          h("table", { class: "args" }, h("thead", {}, h("tr", {}, headers(["Name", "Value"]))), argsBody),
+        ),
       ),
       h(
         "section",
@@ -69,7 +77,7 @@ export function runView({ route, can }) {
           h(
             "table",
             { class: "decisions", id: "run-decisions" },
-            h("thead", {}, h("tr", {}, ["Check", "Verdict", "Reason"].map((t) => h("th", { scope: "col" }, t)))),
+            h("thead", {}, h("tr", {}, headers(["Check", "Verdict", "Reason"]))),
             decisionsBody,
           ),
         ),
@@ -85,7 +93,7 @@ export function runView({ route, can }) {
         h(
           "table",
           { class: "steps" },
-          h("thead", {}, h("tr", {}, ["Step", "Kind", "Status", "Exit code", "Duration"].map((t) => h("th", { scope: "col" }, t)))),
+          h("thead", {}, h("tr", {}, headers(["Step", "Kind", "Status", "Exit code", "Duration"]))),
           stepsBody,
         ),
       ),
@@ -171,7 +179,9 @@ export function runView({ route, can }) {
   }
 
   function addDecision(check, outcome, reason) {
-    decisionsBody.append(h("tr", { dataset: { check } }, h("th", { scope: "row" }, check), h("td", {}, verdictBadge(outcome)), h("td", {}, reason)));
+    decisionsBody.append(
+      h("tr", { dataset: { check } }, h("th", { scope: "row" }, check), h("td", {}, verdictBadge(outcome)), h("td", {}, reason)),
+    );
   }
 
   function onEvent(event) {
@@ -193,7 +203,8 @@ export function runView({ route, can }) {
         return;
       case "step.finished":
         steps.set(data.step, { ...(steps.get(data.step) || {}), ...data });
-        log.push(`step ${data.step} ${data.status}${data.exit_code === undefined || data.exit_code === null ? "" : ` (exit ${data.exit_code})`}`, NOTE);
+        const exit = data.exit_code === undefined || data.exit_code === null ? "" : ` (exit ${data.exit_code})`;
+        log.push(`step ${data.step} ${data.status}${exit}`, NOTE);
         renderSteps();
         return;
       case "run.started":

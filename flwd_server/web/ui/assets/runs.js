@@ -186,6 +186,7 @@ export function runsView({ query, navigate }) {
         tbody.append(tr);
       }
       listed = true;
+      performance.mark("flwd:runs-listed"); // scripts/bench reads it: the first page of runs is in the DOM
       for (const event of pending.splice(0)) apply(event);
       if (rows.size) {
         message.hidden = true;
@@ -198,6 +199,7 @@ export function runsView({ query, navigate }) {
       replace(pager, links);
     } catch (error) {
       if (destroyed) return;
+      if (stream) stream.stop(); // a filter the server refuses would refuse the stream too
       replace(message, errorBox(error, "Could not load the runs"));
     }
   }

@@ -20,7 +20,8 @@ export function sourcesView({ can }) {
   }
 
   function fill(tr, source, outcome) {
-    const errors = [source.last_error, ...(source.errors || []).map((e) => (typeof e === "string" ? e : `${e.path || e.file || ""}: ${e.message || JSON.stringify(e)}`))].filter(Boolean);
+    const described = (e) => (typeof e === "string" ? e : `${e.path || e.file || ""}: ${e.message || JSON.stringify(e)}`);
+    const errors = [source.last_error, ...(source.errors || []).map(described)].filter(Boolean);
     let button = null;
     if (can("sources:write")) {
       button = h("button", { type: "button", class: "sync", "aria-label": `Sync ${source.name}` }, "Sync");

@@ -234,7 +234,8 @@ def test_a_refused_token_is_logged_with_its_reason_but_never_the_token(auth_serv
 def protected_routes(tmp_path: Path) -> list[Any]:
     engine = Engine(load_settings(None, {"data_dir": str(tmp_path), "dev": True}, environ={}))
     try:
-        return [r for r in app_routes(create_app(engine=engine)) if r.scope != "(public)"]
+        # Routes that name a scope: not the public ones, nor /auth/me (any valid token).
+        return [r for r in app_routes(create_app(engine=engine)) if r.scope not in ("(public)", "(authenticated)")]
     finally:
         engine.close(grace=0)
 
@@ -258,6 +259,21 @@ def test_a_token_lacking_the_routes_scope_gets_403_on_every_protected_route(auth
         assert challenge.startswith('Bearer realm="flwd", error="insufficient_scope", error_description="'), challenge
         assert challenge.endswith(f', scope="{route.scope}"'), challenge
     assert run_count(auth_server, auth) == before
+
+
+def test_auth_me_answers_any_valid_token_even_one_without_scopes_and_refuses_a_bad_one(auth_server, auth):
+    url = auth_server.url + "/auth/me"
+    bare = requests.get(url, headers=auth.headers("", sub="nobody"), timeout=10)
+    assert bare.status_code == 200, bare.text
+    assert bare.json() == {"subject": "nobody", "scopes": [], "dev": False}
+    some = requests.get(url, headers=auth.headers("runs:read jobs:read", sub="reader"), timeout=10).json()
+    assert some == {"subject": "reader", "scopes": ["jobs:read", "runs:read"], "dev": False}
+    assert_problem(requests.get(url, timeout=10), 401)
+    assert_problem(requests.get(url, headers={"Authorization": "Bearer dev-token"}, timeout=10), 401)  # not --dev
+    expired = auth.headers(
+        "runs:read", exp=int(time.time()) - 3600, iat=int(time.time()) - 7200, nbf=int(time.time()) - 7200
+    )
+    assert_problem(requests.get(url, headers=expired, timeout=10), 401)
 
 
 def test_a_token_with_the_routes_scope_passes_the_check(auth_server, auth, tmp_path):

@@ -14,6 +14,7 @@ from flwd_server.config import Settings, load_settings
 from tests.fixtures.server import ServerProcess
 
 pytest_plugins = [
+    "tests.fixtures.browser",
     "tests.fixtures.containers",
     "tests.fixtures.git",
     "tests.fixtures.nginx",

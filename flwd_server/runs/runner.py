@@ -14,44 +14,28 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from json.encoder import encode_basestring as encode_json_string  # the C encoder, as json.dumps(ensure_ascii=False)
-from pathlib import Path
-from typing import Any
 
 from ..config import Settings
-from ..errors import FlwdError, RunNotFound, StorageError, Unavailable
+from ..errors import RunNotFound, StorageError, Unavailable
 from ..events.hub import EventHub
 from ..forksafe import reset_after_fork
-from ..models import Decision, Event, EventType, Job, Profile, Run, RunStatus, Step, Verdict
-from ..planner import Planner, job_from_record
-from ..policy import evaluate, log_decision
+from ..models import Event, EventType, RunStatus
+from ..planner import Planner
 from ..store import Store
 from ..store.owners import HOSTNAME, owner_id, recover_lost_runs
 from ..store.queries import ClaimedRun
-from .capture import OutputBudget, SecretMask, StepOutput, secret_mask
-from .cgroups import Caps, CgroupLayout, GroupPool, RunGroup, base_name, cap_reason, sweep_leftovers
-from .environment import host_environment, host_limits, make_workdir, remove_workdir
-from .host_executor import HostStep, StepOutcome, run_host_step
-from .reaper import RunReaper, Subreaper
+from .cgroups import CgroupLayout, GroupPool, base_name, sweep_leftovers
+from .execution import ActiveRun, RunExecutor
+from .host_executor import StepOutcome
+from .reaper import Subreaper
 
 log = logging.getLogger("flwd.runner")
 
-OUTPUT = EventType.STEP_OUTPUT.value
 HEARTBEAT_EVERY = 2.0
 SWEEP_EVERY = 3.0
 HOUSEKEEP_EVERY = 10.0
-
-
-@dataclass
-class _Active:
-    run: Run
-    cancel: threading.Event = field(default_factory=threading.Event)
-    reason: str | None = None
-    status: str = "cancelled"
-    source_dir: str | None = None
 
 
 class Runner:
@@ -71,10 +55,9 @@ class Runner:
         self.store = store
         self.hub = hub
         self.planner = planner
+        self.executor = RunExecutor(store, planner, settings, container_executor)
         self.settings = settings
         self.affinity_only = affinity_only
-        self.container_executor = container_executor
-        self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._reset()
         hub.add_listener(self._on_events)
@@ -85,7 +68,7 @@ class Runner:
         self._pool: ThreadPoolExecutor | None = None
         self._dispatcher: threading.Thread | None = None
         self._wakeup = threading.Event()
-        self._active: dict[str, _Active] = {}
+        self._active: dict[str, ActiveRun] = {}
         self._futures: set[Future] = set()
         self._lock = threading.Lock()
         self._claim_lock = threading.Lock()
@@ -275,7 +258,7 @@ class Runner:
                 return
             claimed = self.store.claim(self.owner, free, self.settings.limits.max_concurrent_runs, self.affinity_only)
             for index, item in enumerate(claimed):
-                active = _Active(item.run)
+                active = ActiveRun(item.run)
                 self._active[item.run.id] = active
                 assert self._pool is not None
                 try:
@@ -291,191 +274,9 @@ class Runner:
 
     # -- execution -------------------------------------------------------------
 
-    def _decide(self, run_id: str, decisions: tuple[Decision, ...] | list[Decision]) -> None:
-        for decision in decisions:
-            self.store.emit(run_id, EventType.POLICY_DECISION.value, decision.to_dict())
-            log_decision(run_id, decision)
-
-    def _execute(self, claimed: ClaimedRun, active: _Active) -> None:
-        run = claimed.run
-        status, exit_code, reason = RunStatus.FAILED, None, None
-        workdir: Path | None = None
-        containment: RunGroup | RunReaper | None = None
-        scrub = True
+    def _execute(self, claimed: ClaimedRun, active: ActiveRun) -> None:
         try:
-            record = claimed.plan
-            scrub = bool(record.get("secret_args"))
-            job = self._job_of(claimed.plan_json, record)
-            active.source_dir = self._source_dir(job)
-            args = record["args"]
-            profile = Profile(record["profile"])
-            decisions = evaluate(self.planner.context(job, profile))
-            self._decide(run.id, decisions)
-            denied = [d for d in decisions if d.verdict is Verdict.DENY]
-            if denied:
-                status = RunStatus.REJECTED
-                reason = "denied by policy: " + "; ".join(f"{d.check}: {d.reason}" for d in denied)
-                return
-            self.store.emit(
-                run.id,
-                EventType.RUN_STARTED.value,
-                {"owner": self.owner, "profile": profile.value, "submitted_by": run.submitted_by},
-            )
-            workdir = make_workdir(self.settings.resolved_data_dir / "work", run.id)
-            deadline = time.time() + job.timeout
-            budget = OutputBudget(self.settings.limits.max_output_bytes)
-            secrets = self._secret_mask(run.id, record.get("secret_args") or (), args)
-            containment = self._contain(run.id, profile)
-            status = RunStatus.SUCCEEDED
-            for index, step in enumerate(job.steps):
-                outcome = self._run_step(
-                    run, job, step, index, args, profile, workdir, deadline, active, budget, secrets, containment
-                )
-                exit_code = outcome.exit_code
-                if outcome.status != "succeeded":
-                    status = RunStatus(outcome.status)
-                    if status is RunStatus.CANCELLED:
-                        status, reason = RunStatus(active.status), active.reason or "cancelled"
-                    elif status is RunStatus.TIMED_OUT:
-                        reason = f"the job's timeout of {job.timeout:g}s was reached"
-                    else:
-                        reason = outcome.reason or f"step {step.name!r} exited with {outcome.exit_code}"
-                    cap = containment.cap_reached() if containment is not None else None
-                    if cap:
-                        reason += f": {cap_reason(cap, self.settings.policy)}"
-                    break
-        except FlwdError as exc:  # an expected fault (e.g. the data dir is read-only): one line, its reason
-            log.error("run %s failed: %s", run.id, exc.detail, extra={"run_id": run.id})
-            status, reason = RunStatus.FAILED, exc.detail
-        except Exception as exc:
-            log.exception("run %s failed inside flwd", run.id)
-            status, reason = RunStatus.FAILED, f"flwd could not execute the run: {type(exc).__name__}"
+            self.executor.execute(claimed, active, owner=self.owner, groups=self.groups, reaper=self.reaper)
         finally:
-            if isinstance(containment, RunGroup) and self.groups is not None:
-                self.groups.release(containment)  # kills whatever a step left running, wherever it went
-            elif containment is not None:
-                containment.remove()
-            if workdir is not None:
-                remove_workdir(workdir)
-            try:
-                # Queued behind the run's own events; the next claim is queued behind it.
-                self.store.finish_run(run.id, status, exit_code=exit_code, reason=reason, scrub=scrub, wait=False)
-            except Exception:
-                log.exception("could not record the end of run %s", run.id)
-            self._active.pop(run.id, None)
+            self._active.pop(claimed.run.id, None)
             self._wakeup.set()
-
-    def _contain(self, run_id: str, profile: Profile) -> RunGroup | RunReaper | None:
-        """The run's cgroups, or, where there are none, its share of this process's subreaper."""
-        if self.groups is not None:
-            group = self.groups.acquire(run_id, Caps.of(profile, self.settings.policy))
-            if group is not None:
-                return group
-        if self.reaper is not None and self.reaper.enabled:
-            return RunReaper(self.reaper, run_id)
-        return None
-
-    def _secret_mask(self, run_id: str, names: Iterable[str], args: dict[str, Any]) -> SecretMask:
-        """What to hide in the run's output; a value too short to hide is a warning, not a surprise."""
-        mask, warning = secret_mask({name: args.get(name) for name in names})
-        if warning is not None:
-            self._decide(run_id, [warning])
-        return mask
-
-    def _job_of(self, plan_json: str, record: dict[str, Any]) -> Job:
-        """The job of a stored plan; runs of the same plan share one parsed Job."""
-        job = self._jobs.get(plan_json)
-        if job is None:
-            if len(self._jobs) >= 256:
-                self._jobs.clear()
-            job = self._jobs[plan_json] = job_from_record(record)
-        return job
-
-    def _source_dir(self, job: Job) -> str | None:
-        """The source's files at the revision the run was planned with (FLWD_SOURCE_DIR)."""
-        try:
-            return self.planner.catalog.get(job.source).checkout_for(job.revision)
-        except StorageError:  # the files could not be written here: the run fails saying where
-            raise
-        except Exception:  # a source removed since planning: the run goes on without it
-            log.warning("run of %s: no files of source %s at %s", job.name, job.source, job.revision)
-            return None
-
-    def _run_step(
-        self,
-        run: Run,
-        job: Job,
-        step: Step,
-        index: int,
-        args: dict[str, Any],
-        profile: Profile,
-        workdir: Path,
-        deadline: float,
-        active: _Active,
-        budget: OutputBudget,
-        secrets: SecretMask,
-        containment: RunGroup | RunReaper | None,
-    ) -> StepOutcome:
-        self.store.emit(run.id, EventType.STEP_STARTED.value, {"step": step.name, "index": index, "kind": step.kind})
-        step_deadline = min(deadline, time.time() + step.timeout) if step.timeout else deadline
-        step_json = encode_json_string(step.name)
-
-        def emit_many(stream: str, lines: list[tuple[str, bool]]) -> None:
-            """A chunk's lines as events in one go; their JSON is assembled, not dumped per line."""
-            head = f'{{"step":{step_json},"stream":"{stream}","line":'
-            now = time.time()
-            rows = [
-                (run.id, OUTPUT, now, head + encode_json_string(line) + (',"truncated":true}' if truncated else "}"))
-                for line, truncated in lines
-            ]
-            self.store.emit_rows(rows)
-
-        output = StepOutput(emit_many, budget, self.settings.limits.max_line_bytes, secrets)
-
-        def should_stop() -> str | None:
-            return "cancelled" if active.cancel.is_set() else None
-
-        if step.image:
-            if self.container_executor is None:
-                outcome = StepOutcome(None, "failed", 0.0)
-                output.note("no container runtime is available for this step")
-            else:
-                outcome = self.container_executor(
-                    run_id=run.id,
-                    step=step,
-                    args=args,
-                    env=dict(job.env),
-                    deadline=step_deadline,
-                    should_stop=should_stop,
-                    output=output,
-                    job=job,
-                    settings=self.settings,
-                )
-        else:
-            task = HostStep(
-                run_id=run.id,
-                step=step,
-                env=host_environment(
-                    run.id, job, step, args, profile, workdir, self.settings, source_dir=active.source_dir
-                ),
-                cwd=str(workdir),
-                deadline=step_deadline,
-                should_stop=should_stop,
-                output=output,
-                limits=host_limits(profile, self.settings),
-                on_spawn=lambda pgid: self.store.set_pgid(run.id, pgid),
-                containment=containment,
-            )
-            outcome = run_host_step(task)
-        self.store.emit(
-            run.id,
-            EventType.STEP_FINISHED.value,
-            {
-                "step": step.name,
-                "index": index,
-                "status": outcome.status,
-                "exit_code": outcome.exit_code,
-                "duration": round(outcome.duration, 6),
-            },
-        )
-        return outcome

@@ -84,7 +84,26 @@ def list_keys(jwks_path: str) -> None:
         raise click.ClickException(f"{jwks_path} holds no usable key; a server would refuse to start")
 
 
-@keys_group.command("remove")
+class KidCommand(click.Command):
+    """A kid is a base64url thumbprint, so one in 64 starts with "-" (``-9afQh...``): a word that is not
+    one of the command's own options is the kid, never an unknown option or a cluster holding ``-h``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        own = {name for param in self.get_params(ctx) for name in (*param.opts, *param.secondary_opts)}
+        words, dashed, takes_value = [], [], False
+        for index, word in enumerate(args):
+            if word == "--" and not takes_value:
+                dashed += args[index + 1 :]
+                break
+            if takes_value or not word.startswith("-") or word == "-" or word.split("=", 1)[0] in own:
+                words.append(word)
+                takes_value = word in own and word not in ("-h", "--help")
+            else:
+                dashed.append(word)
+        return super().parse_args(ctx, [*words, "--", *dashed] if dashed else words)
+
+
+@keys_group.command("remove", cls=KidCommand)
 @click.argument("kid")
 @click.option("--jwks", "jwks_path", required=True, type=click.Path(exists=True, dir_okay=False), help="The JWKS file.")
 def remove(kid: str, jwks_path: str) -> None:

@@ -75,6 +75,21 @@ def test_keys_accumulate_in_the_jwks_and_can_be_removed(capsys, tmp_path):
     assert list(parse_jwks(jwks.read_text()).keys) == ["two"]
 
 
+@pytest.mark.parametrize("kid", ["-9afQh1pgDRls1Mats2C", "--jwks-like", "-h"])
+def test_a_kid_that_starts_with_a_dash_can_be_removed(capsys, tmp_path, kid):
+    # A thumbprint kid starts with "-" one time in 64; "-9afQh..." once read as options holding -h (help).
+    flwd(capsys, ":keys", "new", "--dir", str(tmp_path), "--kid", "kept")
+    flwd(capsys, ":keys", "new", "--dir", str(tmp_path), f"--kid={kid}")
+    jwks = tmp_path / "jwks.json"
+    exact_option = kid == "-h"  # the one kid that is also an option: after "--", as POSIX has it
+    code, out, err = flwd(capsys, ":keys", "remove", "--jwks", str(jwks), *(["--"] if exact_option else []), kid)
+    assert code == 0, err
+    assert f"removed {kid}; " in out
+    assert list(parse_jwks(jwks.read_text()).keys) == ["kept"]
+    code, out, _ = flwd(capsys, ":keys", "remove", "-h")  # alone, -h is still help
+    assert code == 0 and "Drop KID from the JWKS" in out
+
+
 def test_a_custom_kid_is_printed_in_the_mint_hint(capsys, tmp_path):
     _, out, _ = flwd(capsys, ":keys", "new", "--dir", str(tmp_path), "--kid", "prod-2026")
     assert "--kid prod-2026" in out

@@ -52,8 +52,8 @@ def test_every_connection_has_the_pragmas(sqlite_store):
 
 def test_migration_is_versioned_and_idempotent(store):
     key = store.digest_key()
-    assert store.migrate() == 2
-    assert store.meta("schema_version") == "2"
+    assert store.migrate() == 3
+    assert store.meta("schema_version") == "3"
     assert store.digest_key() == key and len(key) == 32  # a second migrate keeps the key
 
 

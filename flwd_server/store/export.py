@@ -4,7 +4,7 @@ One JSON object per line, each with a ``record`` field::
 
     {"record": "export", "format": 2, "generated_at": "...", "filters": {...}}
     {"record": "event", "event": {"id": 1, "run_id": null, "type": "source.synced", ...}}
-    {"record": "run", "run": {...the run, as GET /runs/ID shows it...}}
+    {"record": "run", "run": {...the run, as GET /runs/ID shows it, its "outputs" included...}}
     {"record": "event", "event": {"id": 2, "run_id": "...", "type": "run.queued", "time": "...", "data": {...}}}
     ...every event of that run, in order, then the next run...
     {"record": "end", "runs": 2, "events": 17}

@@ -68,6 +68,9 @@ def render_event(event: dict[str, Any], quiet: bool = False) -> None:
         note = f"run {event['run_id']} {data['status']} in {data.get('duration', 0):.2f}s"
         if data.get("reason"):
             note += f": {data['reason']}"
+        for key, value in (data.get("outputs") or {}).items():  # after the run's line, one line each
+            shown = value if isinstance(value, str) and "\n" not in value else json.dumps(value, ensure_ascii=False)
+            note += f"\nflwd: output {key}={shown}"
     if note:
         click.echo(click.style(f"flwd: {note}", dim=True), err=True)
 

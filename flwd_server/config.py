@@ -80,6 +80,7 @@ class LimitsSettings:
     max_body_bytes: int = _opt(1048576, "Largest request body accepted.", minimum=1024)
     max_line_bytes: int = _opt(65536, "Longest output line stored; longer lines are cut with a marker.", minimum=256)
     max_output_bytes: int = _opt(67108864, "Output stored per run; the rest is counted, not stored.", minimum=1024)
+    max_run_outputs_bytes: int = _opt(1048576, "A run's outputs ($FLWD_OUTPUT keys and values) at most.", minimum=1024)
     default_timeout: float = _opt(3600.0, "Timeout of a job that sets none, in seconds.", minimum=1)
     max_queued_runs: int = _opt(100000, "Queued runs accepted before POST /runs answers 503.", minimum=1)
 
@@ -302,10 +303,6 @@ def validate_source_spec(spec: Any, key: str = "source") -> dict[str, Any]:
             "expected lowercase letters, digits, '.', '_' or '-' (at most 63), starting with a letter or digit",
         )
     return dict(spec)
-
-
-def _type_name(hint: Any) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(hint, str(hint))
 
 
 def _coerce(key: str, hint: Any, value: Any, meta: dict[str, Any]) -> Any:

@@ -17,14 +17,16 @@ import yaml
 
 from .errors import InvalidArgs, InvalidJob
 from .formats.yaml_loader import DuplicateKeyError, load_yaml
-from .models import ARG_TYPES, ArgSpec, Job, Step
+from .models import ARG_TYPES, ArgSpec, Job, OutputSpec, Step
 
 JOB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 ARG_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+OUTPUT_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an output's key, declared or written ($FLWD_OUTPUT)
 PLACEHOLDER_RE = re.compile(r"\{\{\s*args\.([a-z][a-z0-9_]*)\s*\}\}")
 CAPABILITIES = ("network", "privileged", "host-env", "host-network")
-JOB_KEYS = {"name", "description", "args", "requires", "timeout", "env", "steps"}
+JOB_KEYS = {"name", "description", "args", "outputs", "requires", "timeout", "env", "steps"}
+OUTPUT_KEYS = {"type", "description"}
 ARG_KEYS = {"type", "required", "default", "choices", "pattern", "minimum", "maximum", "description", "secret"}
 STEP_KEYS = {"name", "run", "image", "command", "env", "workdir", "timeout", "privileged", "network"}
 MAX_JOB_FILE_BYTES = 256 * 1024
@@ -173,6 +175,35 @@ def _parse_arg(name: str, raw: Any, errors: _Errors) -> ArgSpec | None:
     return spec
 
 
+def _parse_outputs(raw: Any, errors: _Errors) -> tuple[OutputSpec, ...]:
+    """``outputs:``: each key a step must set, with its type (the types of arguments)."""
+    if not isinstance(raw, dict | None):
+        errors.add("outputs", "expected a mapping of output name to {type, description}")
+    out, folded = [], {}
+    for name, spec in (raw if isinstance(raw, dict) else {}).items():
+        where, spec = f"outputs.{name}", {} if spec is None else spec
+        if not isinstance(name, str) or not OUTPUT_KEY_RE.fullmatch(name):
+            errors.add(where, "output names are letters, digits and '_', not starting with a digit")
+        elif name.upper() in folded:
+            errors.add(
+                where, f"differs from {folded[name.upper()]!r} only in case: both are FLWD_OUTPUT_{name.upper()}"
+            )
+        elif not isinstance(spec, dict):
+            errors.add(where, "expected a mapping (type, description)")
+        else:
+            folded[name.upper()] = name
+            for key in set(spec) - OUTPUT_KEYS:
+                errors.add(f"{where}.{key}", f"unknown key (allowed: {', '.join(sorted(OUTPUT_KEYS))})")
+            kind, description = spec.get("type", "string"), spec.get("description", "")
+            if not isinstance(kind, str) or kind not in ARG_TYPES:
+                errors.add(f"{where}.type", f"expected one of {', '.join(ARG_TYPES)}")
+            elif not isinstance(description, str):
+                errors.add(f"{where}.description", "expected a string")
+            else:
+                out.append(OutputSpec(name=name, type=kind, description=description.strip()))
+    return tuple(out)
+
+
 def _parse_env(where: str, raw: Any, errors: _Errors) -> tuple[tuple[str, str], ...]:
     if raw is None:
         return ()
@@ -316,6 +347,7 @@ def parse_job(
         errors.add("timeout", "expected a positive number of seconds")
         timeout = default_timeout
     env = _parse_env("env", data.get("env"), errors)
+    outputs = _parse_outputs(data.get("outputs"), errors)
     steps_raw = data.get("steps")
     steps: list[Step] = []
     if not isinstance(steps_raw, list) or not steps_raw:
@@ -340,6 +372,7 @@ def parse_job(
         path=path,
         revision=revision,
         file_digest="sha256:" + hashlib.sha256(raw_bytes).hexdigest(),
+        outputs=outputs,
     )
 
 
@@ -376,6 +409,11 @@ def _coerce(spec: ArgSpec, value: Any) -> tuple[Any, str | None]:
     elif not _is_number(value):
         return value, "expected a number"
     return value, None
+
+
+def coerce_value(kind: str, value: Any) -> tuple[Any, str | None]:
+    """``value`` (native, or text) as one of ARG_TYPES, or the problem: arguments' and outputs' one rule."""
+    return _coerce(ArgSpec(name="", type=kind), value)
 
 
 def _check_value(spec: ArgSpec, value: Any, coerce: bool = True, check_choices: bool = True) -> str | None:

@@ -125,6 +125,21 @@ class ArgSpec:
 
 
 @dataclass(frozen=True)
+class OutputSpec:
+    """A declared output (``outputs:`` in a job file): the run fails if a step does not set it, or not as ``type``."""
+
+    name: str
+    type: str = "string"
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass(frozen=True)
 class Step:
     """One step: ``run`` (a host shell step) or ``image`` (a container step)."""
 
@@ -189,6 +204,7 @@ class Job:
     path: str = ""
     revision: str | None = None
     file_digest: str = ""
+    outputs: tuple[OutputSpec, ...] = ()
 
     @property
     def qualified_name(self) -> str:
@@ -203,6 +219,7 @@ class Job:
             "source": self.source,
             "description": self.description,
             "args": {a.name: a.to_dict() for a in self.args},
+            "outputs": {o.name: o.to_dict() for o in self.outputs},
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -356,6 +373,7 @@ class Run:
     exit_code: int | None = None
     reason: str | None = None
     plan_digest: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)  # set when the run ends (runs/outputs.py)
 
     def to_dict(self, base_url: str = "") -> dict[str, Any]:
         return {
@@ -373,6 +391,7 @@ class Run:
             "exit_code": self.exit_code,
             "reason": self.reason,
             "plan_digest": self.plan_digest,
+            "outputs": self.outputs,
             "links": {
                 "self": f"{base_url}/runs/{self.id}",
                 "events": f"{base_url}/runs/{self.id}/events",

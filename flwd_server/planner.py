@@ -21,7 +21,7 @@ from .catalog import Catalog
 from .config import Settings
 from .errors import AmbiguousJob, InvalidArgs, NotFound, SourceNotFound, Unprocessable
 from .jobs import arg_env, render_command, resolve_args
-from .models import ArgSpec, Containment, Decision, Job, Plan, Principal, Profile, Step, Verdict
+from .models import ArgSpec, Containment, Decision, Job, OutputSpec, Plan, Principal, Profile, Step, Verdict
 from .policy import PolicyContext, SignatureResult, downgrade_decision, evaluate, host_env_passthrough
 
 MAX_ARG_STRLEN = 32 * 4096  # Linux refuses one argv or environment string longer than this, its NUL included
@@ -253,4 +253,5 @@ def job_from_record(record: dict[str, Any]) -> Job:
         path=data.get("path", ""),
         revision=data.get("revision"),
         file_digest=record.get("file_digest", ""),
+        outputs=tuple(OutputSpec(name=k, **v) for k, v in (data.get("outputs") or {}).items()),
     )

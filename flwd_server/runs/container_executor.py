@@ -15,7 +15,8 @@ The order and the guards answer known traps of the docker SDK on podman:
 * Containers carry labels (run, step, owner, installation), so a sweep at
   start-up removes what a crashed worker left behind.
 * Network ``none`` unless the job requires ``network``; never privileged;
-  ``no-new-privileges``; no host paths mounted.
+  ``no-new-privileges``; no host path mounted but the step's own ``$FLWD_OUTPUT``
+  file (:mod:`.outputs`), at ``/flwd/output``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ..store import Store
 from ..store.owners import owner_is_dead
 from .capture import StepOutput
 from .host_executor import StepOutcome
+from .outputs import CONTAINER_PATH
 
 log = logging.getLogger("flwd.containers")
 
@@ -129,6 +131,7 @@ class ContainerExecutor:
         output: StepOutput,
         job: Job,
         settings: Settings,
+        output_file: str | None = None,
     ) -> StepOutcome:
         started = time.monotonic()
         out = output
@@ -150,7 +153,9 @@ class ContainerExecutor:
         except ENGINE_ERRORS as exc:
             self.runtime.invalidate()
             return cannot_pull(_engine_message(exc))
-        return self._run(client, image_id, run_id, step, args, env, deadline, should_stop, out, job, outcome)
+        return self._run(
+            client, image_id, run_id, step, args, env, deadline, should_stop, out, job, outcome, output_file
+        )
 
     # -- image -----------------------------------------------------------------
 
@@ -207,6 +212,7 @@ class ContainerExecutor:
         out: StepOutput,
         job: Job,
         outcome: Callable[..., StepOutcome],
+        output_file: str | None = None,
     ) -> StepOutcome:
         api = client.api
         environment = {
@@ -222,6 +228,8 @@ class ContainerExecutor:
         mode = network_mode(job, step)
         if mode:
             host_config["network_mode"] = mode
+        if output_file:  # the step's $FLWD_OUTPUT: one file, nothing else of the host
+            host_config["binds"] = {output_file: {"bind": CONTAINER_PATH, "mode": "rw"}}
         labels = {
             LABEL_RUN: run_id,
             LABEL_STEP: step.name[:63],

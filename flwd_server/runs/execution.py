@@ -22,6 +22,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import FlwdError, StorageError
+from ..jobs import arg_env, render_command
 from ..models import Decision, EventType, Job, Profile, Run, RunStatus, Step, Verdict
 from ..planner import Planner, job_from_record
 from ..policy import evaluate, log_decision
@@ -31,6 +32,7 @@ from .capture import OutputBudget, SecretMask, StepOutput, secret_mask
 from .cgroups import Caps, GroupPool, RunGroup, cap_reason
 from .environment import host_environment, host_limits, make_workdir, remove_workdir
 from .host_executor import HostStep, StepOutcome, run_host_step
+from .outputs import CONTAINER_PATH, OutputError, RunOutputs, exec_problem
 from .reaper import RunReaper, Subreaper
 
 log = logging.getLogger("flwd.runner")
@@ -83,6 +85,7 @@ class RunExecutor:
         status, exit_code, reason = RunStatus.FAILED, None, None
         workdir: Path | None = None
         containment: RunGroup | RunReaper | None = None
+        outputs: RunOutputs | None = None
         scrub = True
         try:
             record = claimed.plan
@@ -107,11 +110,25 @@ class RunExecutor:
             deadline = time.time() + job.timeout
             budget = OutputBudget(self.settings.limits.max_output_bytes)
             secrets = self._secret_mask(run.id, record.get("secret_args") or (), args)
+            cap = self.settings.limits.max_run_outputs_bytes
+            outputs = RunOutputs(self.settings.resolved_data_dir / "work", run.id, job, cap, secrets)
             containment = self._contain(run.id, profile, groups, reaper)
             status = RunStatus.SUCCEEDED
             for index, step in enumerate(job.steps):
                 outcome = self._run_step(
-                    run, job, step, index, args, profile, workdir, deadline, active, budget, secrets, containment
+                    run,
+                    job,
+                    step,
+                    index,
+                    args,
+                    profile,
+                    workdir,
+                    deadline,
+                    active,
+                    budget,
+                    secrets,
+                    containment,
+                    outputs,
                 )
                 exit_code = outcome.exit_code
                 if outcome.status != "succeeded":
@@ -126,6 +143,8 @@ class RunExecutor:
                     if cap:
                         reason += f": {cap_reason(cap, self.settings.policy)}"
                     break
+            if status is RunStatus.SUCCEEDED and outputs.missing():
+                status, reason = RunStatus.FAILED, outputs.missing()
         except FlwdError as exc:  # an expected fault (e.g. the data dir is read-only): one line, its reason
             log.error("run %s failed: %s", run.id, exc.detail, extra={"run_id": run.id})
             status, reason = RunStatus.FAILED, exc.detail
@@ -139,9 +158,14 @@ class RunExecutor:
                 containment.remove()
             if workdir is not None:
                 remove_workdir(workdir)
+            if outputs is not None:
+                outputs.remove()
             try:
                 # Queued behind the run's own events; the next claim is queued behind it.
-                self.store.finish_run(run.id, status, exit_code=exit_code, reason=reason, scrub=scrub, wait=False)
+                shown = outputs.public() if outputs is not None else None
+                self.store.finish_run(
+                    run.id, status, exit_code=exit_code, reason=reason, outputs=shown, scrub=scrub, wait=False
+                )
             except Exception:
                 log.exception("could not record the end of run %s", run.id)
 
@@ -197,6 +221,7 @@ class RunExecutor:
         budget: OutputBudget,
         secrets: SecretMask,
         containment: RunGroup | RunReaper | None,
+        outputs: RunOutputs,
     ) -> StepOutcome:
         self.store.emit(run.id, EventType.STEP_STARTED.value, {"step": step.name, "index": index, "kind": step.kind})
         step_deadline = min(deadline, time.time() + step.timeout) if step.timeout else deadline
@@ -217,7 +242,22 @@ class RunExecutor:
         def should_stop() -> str | None:
             return "cancelled" if active.cancel.is_set() else None
 
+        path = outputs.file_for(index, container=bool(step.image))
         if step.image:
+            env = {**dict(job.env), **outputs.step_env(CONTAINER_PATH)}
+            too_large = exec_problem(
+                {**env, **dict(step.env), **arg_env(args)}, render_command(step.command, args), outputs.values
+            )
+        else:
+            env = host_environment(
+                run.id, job, step, args, profile, workdir, self.settings, source_dir=active.source_dir
+            )
+            env.update(outputs.step_env(str(path)))
+            too_large = exec_problem(env, [step.run or ""], outputs.values)
+        if too_large:
+            outcome = StepOutcome(None, "failed", 0.0, f"step {step.name!r} could not start: {too_large}")
+            output.note(outcome.reason or "")
+        elif step.image:
             if self.container_executor is None:
                 outcome = StepOutcome(None, "failed", 0.0)
                 output.note("no container runtime is available for this step")
@@ -226,20 +266,19 @@ class RunExecutor:
                     run_id=run.id,
                     step=step,
                     args=args,
-                    env=dict(job.env),
+                    env=env,
                     deadline=step_deadline,
                     should_stop=should_stop,
                     output=output,
                     job=job,
                     settings=self.settings,
+                    output_file=str(path),
                 )
         else:
             task = HostStep(
                 run_id=run.id,
                 step=step,
-                env=host_environment(
-                    run.id, job, step, args, profile, workdir, self.settings, source_dir=active.source_dir
-                ),
+                env=env,
                 cwd=str(workdir),
                 deadline=step_deadline,
                 should_stop=should_stop,
@@ -249,6 +288,13 @@ class RunExecutor:
                 containment=containment,
             )
             outcome = run_host_step(task)
+        try:
+            outputs.collect(path, step.name)
+        except OutputError as exc:  # the step's outputs are refused: it failed, saying why
+            problem = outputs.mask(str(exc))
+            output.note(problem)
+            if outcome.status == "succeeded":
+                outcome = StepOutcome(outcome.exit_code, "failed", outcome.duration, problem)
         self.store.emit(
             run.id,
             EventType.STEP_FINISHED.value,

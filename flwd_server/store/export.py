@@ -4,7 +4,7 @@ One JSON object per line, each with a ``record`` field::
 
     {"record": "export", "format": 2, "generated_at": "...", "filters": {...}}
     {"record": "event", "event": {"id": 1, "run_id": null, "type": "source.synced", ...}}
-    {"record": "run", "run": {...the run, as GET /runs/ID shows it...}}
+    {"record": "run", "run": {...the run, as GET /runs/ID shows it, its "outputs" included...}}
     {"record": "event", "event": {"id": 2, "run_id": "...", "type": "run.queued", "time": "...", "data": {...}}}
     ...every event of that run, in order, then the next run...
     {"record": "end", "runs": 2, "events": 17}
@@ -38,7 +38,7 @@ from ..errors import BadRequest
 from ..models import Event, RunStatus, iso, parse_iso
 from .backend import Store
 from .event_filter import DATA_SOURCE_SQL, SYNTAX
-from .queries import RUN_COLUMNS, run_from_row
+from .queries import RUN_COLUMNS, RUN_WIDTH, run_from_row
 
 FORMAT = 2
 PARAMETERS = ("since", "until", "status", "job", "source")
@@ -213,7 +213,7 @@ def export_lines(
                     page = store.events_after(page[-1].id, run.id, event_page, conn=conn)
             if len(rows) < run_page:
                 break
-            last_seq = rows[-1][14]
+            last_seq = rows[-1][RUN_WIDTH]
         for event in runless_before(LAST_ID):
             text = f'{{"record":"event","event":{event.to_json()}}}\n'.encode()
             buffer.append(text)

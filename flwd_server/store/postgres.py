@@ -54,7 +54,7 @@ from ..errors import ConfigError, StorageError
 from ..logs import redact_url
 from ..models import Run, RunStatus
 from .backend import Store
-from .queries import RUN_COLUMNS, ClaimedRun, run_from_row
+from .queries import RUN_COLUMNS, RUN_WIDTH, ClaimedRun, run_from_row
 
 log = logging.getLogger("flwd.store")
 
@@ -213,11 +213,13 @@ class PostgresStore(Store):
                 conn.run("COMMIT")
         except psycopg.Error as exc:
             raise StorageError(f"the database cannot be written: {exc}") from None
-        rows.sort(key=lambda r: r[15])  # RETURNING has no order: queue order is seq order
+        rows.sort(key=lambda r: r[RUN_WIDTH + 1])  # RETURNING has no order: queue order is seq order
         claimed = []
         for row in rows:
             run = run_from_row(row)
-            claimed.append(ClaimedRun(Run(**{**run.__dict__, "status": RunStatus.RUNNING, "started_at": now}), row[14]))
+            claimed.append(
+                ClaimedRun(Run(**{**run.__dict__, "status": RunStatus.RUNNING, "started_at": now}), row[RUN_WIDTH])
+            )
         return claimed
 
     # -- events ----------------------------------------------------------------------

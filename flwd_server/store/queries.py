@@ -13,8 +13,9 @@ from ..models import EventType, Run, RunStatus
 
 RUN_COLUMNS = (
     "id, job, source, revision, args, status, profile, submitted_by, created_at, "
-    "started_at, finished_at, exit_code, reason, plan_digest"
+    "started_at, finished_at, exit_code, reason, plan_digest, outputs"
 )
+RUN_WIDTH = RUN_COLUMNS.count(",") + 1  # a row's columns after RUN_COLUMNS start at this index
 INSERT_EVENT = "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)"
 # An upsert both SQLite (3.24+) and PostgreSQL understand; INSERT OR REPLACE is SQLite's alone.
 SET_META = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
@@ -49,6 +50,7 @@ def run_from_row(row: Any) -> Run:
         exit_code=row[11],
         reason=row[12],
         plan_digest=row[13],
+        outputs=json.loads(row[14]) if row[14] else {},
     )
 
 
@@ -58,7 +60,11 @@ def dumps(data: Any) -> str:
 
 
 def insert_run_finished(conn: Any, run_id: str, now: float, payload: dict[str, Any]) -> None:
-    """``run.finished``, in the transaction that ends the run: a stream that sees it finds the final row."""
+    """``run.finished``, in the transaction that ends the run: a stream that sees it finds the final row.
+
+    Its data always carries the run's ``outputs`` (empty for a run that set none).
+    """
+    payload.setdefault("outputs", {})
     conn.execute(INSERT_EVENT, (run_id, EventType.RUN_FINISHED.value, now, dumps(payload)))
 
 

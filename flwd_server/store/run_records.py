@@ -20,6 +20,7 @@ from ..models import EventType, Run, RunStatus
 from .queries import (
     INSERT_EVENT,
     RUN_COLUMNS,
+    RUN_WIDTH,
     ClaimedRun,
     dumps,
     insert_run_finished,
@@ -181,7 +182,7 @@ class RunRecords:
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        return [run_from_row(r) for r in rows], (rows[-1][14] if more else None)
+        return [run_from_row(r) for r in rows], (rows[-1][RUN_WIDTH] if more else None)
 
     def count_runs(self) -> dict[str, int]:
         return dict(self.reader().execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
@@ -213,7 +214,7 @@ class RunRecords:
                 )
                 run = run_from_row(row)
                 run = Run(**{**run.__dict__, "status": RunStatus.RUNNING, "started_at": now})
-                claimed.append(ClaimedRun(run, row[14]))
+                claimed.append(ClaimedRun(run, row[RUN_WIDTH]))
             return claimed
 
         return self.write(op)
@@ -241,6 +242,7 @@ class RunRecords:
         exit_code: int | None = None,
         reason: str | None = None,
         data: dict[str, Any] | None = None,
+        outputs: dict[str, Any] | None = None,
         expect: tuple[str, ...] = ("running",),
         scrub: bool = True,
         wait: bool = True,
@@ -252,6 +254,7 @@ class RunRecords:
         rewrites the stored plan without secret argument values (callers that
         know the plan has none skip that work); with ``wait=False`` the end is
         queued behind the run's own events and the call returns at once.
+        ``outputs`` (as shown: typed, secrets masked) are stored with the run and in its ``run.finished``.
         """
         now = time.time()
 
@@ -261,8 +264,9 @@ class RunRecords:
                 return False
             started = row[1] or row[2]
             conn.execute(
-                "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, reason = ?, pgid = NULL WHERE id = ?",
-                (status.value, now, exit_code, reason, run_id),
+                "UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, reason = ?, pgid = NULL, outputs = ? "
+                "WHERE id = ?",
+                (status.value, now, exit_code, reason, dumps(outputs) if outputs else None, run_id),
             )
             if scrub:
                 stored = conn.execute("SELECT plan FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
@@ -273,6 +277,7 @@ class RunRecords:
             if reason:
                 payload["reason"] = reason
             payload.update(data or {})
+            payload["outputs"] = outputs or {}
             insert_run_finished(conn, run_id, now, payload)
             return True
 

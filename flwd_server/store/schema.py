@@ -8,7 +8,7 @@ SQLite's spelling; PostgreSQL gets it translated (:mod:`.postgres_sql`).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Finished runs, exactly as the partial index ``runs_finished_seq`` spells it: a query
 # uses that index only if its WHERE says the same (a test checks it against RunStatus).
@@ -96,6 +96,10 @@ MIGRATIONS: dict[int, str] = {
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS events_counted ON events(id) WHERE type <> 'step.output';
     CREATE INDEX IF NOT EXISTS runs_finished_seq ON runs(seq) WHERE {FINISHED_RUNS}
+    """,
+    # 3: a run's outputs (runs/outputs.py), JSON, set when it ends; NULL for none.
+    3: """
+    ALTER TABLE runs ADD COLUMN outputs TEXT
     """,
 }
 

@@ -172,12 +172,21 @@ SCHEMAS: dict[str, Any] = {
         },
         ["type", "required"],
     ),
+    "OutputSpec": object_schema(
+        {"type": {"type": "string", "enum": ARG_TYPE_NAMES}, "description": {"type": "string"}},
+        ["type"],
+    ),
     "JobSummary": object_schema(
         {
             "name": {"type": "string"},
             "source": {"type": "string"},
             "description": {"type": "string"},
             "args": {"type": "object", "additionalProperties": ref("ArgSpec")},
+            "outputs": {
+                "type": "object",
+                "additionalProperties": ref("OutputSpec"),
+                "description": "outputs the job declares: a run fails if a step does not set each, as its type",
+            },
         },
         ["name", "source", "description", "args"],
         additional=True,
@@ -229,6 +238,12 @@ SCHEMAS: dict[str, Any] = {
             "exit_code": {"type": ["integer", "null"]},
             "reason": NULLABLE_STR,
             "plan_digest": NULLABLE_STR,
+            "outputs": {
+                "type": "object",
+                "additionalProperties": ARG_VALUE,
+                "description": "what its steps wrote to $FLWD_OUTPUT, set when the run ends: declared outputs "
+                "typed, others strings, secret argument values masked",
+            },
             "links": object_schema({"self": {"type": "string"}, "events": {"type": "string"}}, ["self", "events"]),
         },
         [
@@ -244,6 +259,7 @@ SCHEMAS: dict[str, Any] = {
             "started_at",
             "finished_at",
             "exit_code",
+            "outputs",
             "links",
         ],
         additional=True,

@@ -87,6 +87,23 @@ def box(tmp_path_factory, registry, other_registry, podman, images, signing_keys
             env={"GREETING": "hi"},
             workdir="/work",
         ),
+        "outputs": {
+            "name": "outputs",  # a host step's output reaches the container; the container's reaches the run
+            "outputs": {"answer": {"type": "integer"}},
+            "steps": [
+                {"name": "host", "run": 'echo from_host=hello >> "$FLWD_OUTPUT"'},
+                {
+                    "name": "box",
+                    "image": signed,
+                    "command": [
+                        "sh",
+                        "-c",
+                        'echo "at $FLWD_OUTPUT got $FLWD_OUTPUT_FROM_HOST"; ls /flwd; '
+                        'echo answer=42 >> "$FLWD_OUTPUT"; printf "lines<<E\\na\\nb\\nE\\n" >> "$FLWD_OUTPUT"',
+                    ],
+                },
+            ],
+        },
         "other-key": job("other-key", other_key, ["echo", "must not run"]),
         "unsigned": job("unsigned", unsigned, ["echo", "must not run"]),
         "foreign": job("foreign", foreign, ["echo", "must not run"]),
@@ -207,6 +224,17 @@ def test_env_workdir_and_no_network_unless_required(box):
     run = server.submit("inside")
     assert server.wait_finished(run["id"], timeout=60)["status"] == "succeeded"
     assert outputs(server.events(run["id"])) == [("stdout", "hi /work"), ("stdout", "lo")]
+
+
+def test_a_container_step_gets_earlier_outputs_and_sets_its_own_through_the_mounted_file(box):
+    server = box["server"]
+    run = server.submit("outputs")
+    done = server.wait_finished(run["id"], timeout=60)
+    lines = [line for _, line in outputs(server.events(run["id"]))]
+    assert done["status"] == "succeeded", (done, lines)
+    assert "at /flwd/output got hello" in lines
+    assert lines[lines.index("at /flwd/output got hello") + 1 :] == ["output"]  # only that file of the host
+    assert done["outputs"] == {"from_host": "hello", "answer": 42, "lines": "a\nb"}
 
 
 def test_cancel_mid_step_removes_the_container_within_seconds(box, podman):

@@ -42,6 +42,20 @@ steps:
   - run: 'echo "target=$FLWD_ARG_TARGET dry=$FLWD_ARG_DRY_RUN"'
 """,
     "editable.yaml": "name: editable\nsteps:\n  - run: 'true'\n",
+    "report.yaml": f"""name: report
+description: Sets outputs
+args:
+  password: {{type: string, secret: true, required: true}}
+outputs:
+  count: {{type: integer}}
+steps:
+  - run: |
+      sleep 1
+      echo 'markup={XSS}' >> "$FLWD_OUTPUT"
+      printf 'notes<<EOF\\nfirst\\nsecond\\nEOF\\n' >> "$FLWD_OUTPUT"
+      echo count=7 >> "$FLWD_OUTPUT"
+      echo "url=https://u:$FLWD_ARG_PASSWORD@h/" >> "$FLWD_OUTPUT"
+""",
 }
 
 
@@ -148,6 +162,21 @@ def test_a_run_page_shows_the_output_live_and_markup_as_text(signed_in, ui):
     browser.open(f"{ui.url}/ui/jobs")
     cell = browser.wait_for('#jobs-table tr[data-job="ui:shout"] td[data-label="Description"]')
     assert cell.text == "Print markup as output <b>not bold</b>" and cell.find_elements("css selector", "b") == []
+
+
+def test_a_run_page_shows_its_outputs_when_it_ends_as_text_and_masked(signed_in, ui):
+    browser = signed_in
+    run = ui.submit("ui:report", {"password": "hunter2-s3cret"})
+    browser.open(f"{ui.url}/ui/runs/{run['id']}")  # open while it runs: the outputs come with its end
+    browser.wait_for('#run-outputs tbody tr[data-key="url"]', timeout=20)
+    cells = {
+        r.get_attribute("data-key"): r.find_element("css selector", "td").text
+        for r in browser.find_all("#run-outputs tbody tr")
+    }
+    assert cells == {"markup": XSS, "notes": "first\nsecond", "count": "7", "url": "https://u:***@h/"}
+    assert browser.find_all("main img") == [] and no_alert(browser)
+    assert browser.find("#run-extras").get_attribute("hidden") is None
+    assert "s3cret" not in browser.find("main").text
 
 
 def test_a_job_form_shows_the_servers_errors_by_the_fields_then_plans_and_runs_that_plan(signed_in, ui):

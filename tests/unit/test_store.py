@@ -52,8 +52,8 @@ def test_every_connection_has_the_pragmas(sqlite_store):
 
 def test_migration_is_versioned_and_idempotent(store):
     key = store.digest_key()
-    assert store.migrate() == 2
-    assert store.meta("schema_version") == "2"
+    assert store.migrate() == 3
+    assert store.meta("schema_version") == "3"
     assert store.digest_key() == key and len(key) == 32  # a second migrate keeps the key
 
 
@@ -233,6 +233,21 @@ def test_finish_is_atomic_with_its_event_and_scrubs_secrets(store):
     assert [e.type for e in events] == ["run.finished"]
     assert events[0].data["status"] == "failed" and events[0].data["exit_code"] == 3
     assert "hunter2" not in json.dumps(store.run_plan(run.id))
+
+
+def test_a_run_s_outputs_are_stored_with_its_end_and_shown_everywhere_it_is(store):
+    outputs = {"version": "1.2.3", "count": 42, "ok": True, "notes": "a\nb", "label": "€"}
+    run, _ = store.create_run(plan=_plan(), public=_public(), submitted_by="t")
+    other, _ = store.create_run(plan=_plan(), public=_public(), submitted_by="t")
+    assert store.get_run(run.id).outputs == {}  # none until it ends
+    store.claim("me", 2, 2)
+    store.finish_run(run.id, RunStatus.SUCCEEDED, exit_code=0, outputs=outputs)
+    store.finish_run(other.id, RunStatus.SUCCEEDED, exit_code=0)
+    assert store.get_run(run.id).outputs == outputs
+    assert store.get_run(run.id).to_dict()["outputs"] == outputs
+    assert {r.id: r.outputs for r in store.list_runs()[0]} == {run.id: outputs, other.id: {}}
+    assert store.events_after(0, run.id)[-1].data["outputs"] == outputs
+    assert store.events_after(0, other.id)[-1].data["outputs"] == {}
 
 
 def test_prune_keeps_the_newest_finished_runs_and_never_active_ones(store):

@@ -1,5 +1,6 @@
 // One run: status, args (secrets come masked from the server), revision, policy decisions, timings,
-// every step's output live (resumed without gap or duplicate after a drop) and a Cancel button.
+// every step's output live (resumed without gap or duplicate after a drop), the run's outputs once it
+// has ended (masked by the server like its args) and a Cancel button.
 
 import { api } from "./api.js";
 import {
@@ -45,6 +46,19 @@ export function runView({ route, can }) {
   const decisionsBody = h("tbody");
   const stepsBody = h("tbody");
   const log = new LogView(`Output of run ${runId}`);
+  const outputsBody = h("tbody");
+  const outputsPart = h(
+    "div",
+    { id: "run-outputs", hidden: true },
+    h("h2", { id: "outputs-title" }, "Outputs"),
+    h(
+      "div",
+      { class: "table-wrap" },
+      h("table", { class: "outputs", "aria-labelledby": "outputs-title" }, h("thead", {}, h("tr", {}, headers(["Key", "Value"]))), outputsBody),
+    ),
+  );
+  // The run's outputs, artifacts and approvals render in this section; hidden while it has none.
+  const extras = h("section", { id: "run-extras", class: "card", hidden: true, "aria-label": "Outputs, artifacts and approvals" }, outputsPart);
   const element = h(
     "article",
     { class: "view run-view", "aria-labelledby": "run-title" },
@@ -98,8 +112,7 @@ export function runView({ route, can }) {
         ),
       ),
     ),
-    // Later: the run's outputs, artifacts and approvals render in this section.
-    h("section", { id: "run-extras", class: "card", hidden: true, "aria-label": "Outputs, artifacts and approvals" }),
+    extras,
   );
   document.title = `Run ${runId} · flwd`;
 
@@ -138,7 +151,26 @@ export function runView({ route, can }) {
       ),
     );
     if (!Object.keys(run.args || {}).length) replace(argsBody, h("tr", {}, h("td", { colspan: "2" }, "No arguments.")));
+    renderOutputs();
     renderActions();
+  }
+
+  function renderOutputs() {
+    // Text nodes only (h() never parses markup); typed outputs (numbers, booleans) as JSON.
+    const outputs = Object.entries(run.outputs || {});
+    replace(
+      outputsBody,
+      outputs.map(([key, value]) =>
+        h(
+          "tr",
+          { dataset: { key } },
+          h("th", { scope: "row", class: "mono" }, key),
+          h("td", { class: "mono output-value" }, typeof value === "string" ? value : JSON.stringify(value)),
+        ),
+      ),
+    );
+    outputsPart.hidden = outputs.length === 0;
+    extras.hidden = outputsPart.hidden;
   }
 
   function renderActions() {

@@ -27,6 +27,7 @@ from ..planner import Planner, job_from_record
 from ..policy import evaluate, log_decision
 from ..store import Store
 from ..store.queries import ClaimedRun
+from .artifact_collector import collect_artifacts
 from .capture import OutputBudget, SecretMask, StepOutput, secret_mask
 from .cgroups import Caps, GroupPool, RunGroup, cap_reason
 from .environment import host_environment, host_limits, make_workdir, remove_workdir
@@ -138,6 +139,7 @@ class RunExecutor:
             elif containment is not None:
                 containment.remove()
             if workdir is not None:
+                collect_artifacts(self.store, self.settings, run.id, workdir)  # every process of the run is gone
                 remove_workdir(workdir)
             try:
                 # Queued behind the run's own events; the next claim is queued behind it.

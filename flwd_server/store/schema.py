@@ -8,7 +8,7 @@ SQLite's spelling; PostgreSQL gets it translated (:mod:`.postgres_sql`).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Finished runs, exactly as the partial index ``runs_finished_seq`` spells it: a query
 # uses that index only if its WHERE says the same (a test checks it against RunStatus).
@@ -96,6 +96,23 @@ MIGRATIONS: dict[int, str] = {
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS events_counted ON events(id) WHERE type <> 'step.output';
     CREATE INDEX IF NOT EXISTS runs_finished_seq ON runs(seq) WHERE {FINISHED_RUNS}
+    """,
+    # 3: run artifacts (store/artifacts.py): each run's files by path, and the content-addressed
+    # files they name, counted, so pruning a run frees only the files no other run holds.
+    3: """
+    CREATE TABLE artifact_blobs (
+        sha256 TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        refs INTEGER NOT NULL
+    );
+    CREATE INDEX artifact_blobs_free ON artifact_blobs(sha256) WHERE refs <= 0;
+    CREATE TABLE artifacts (
+        run_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (run_id, path)
+    );
     """,
 }
 

@@ -2,6 +2,7 @@
 // every step's output live (resumed without gap or duplicate after a drop) and a Cancel button.
 
 import { api } from "./api.js";
+import { artifactsPanel } from "./artifacts.js";
 import {
   announce,
   errorBox,
@@ -45,6 +46,12 @@ export function runView({ route, can }) {
   const decisionsBody = h("tbody");
   const stepsBody = h("tbody");
   const log = new LogView(`Output of run ${runId}`);
+  const artifacts = artifactsPanel(runId);
+  const extras = h(
+    "section",
+    { id: "run-extras", class: "card", hidden: true, "aria-label": "Outputs, artifacts and approvals" },
+    artifacts.element,
+  );
   const element = h(
     "article",
     { class: "view run-view", "aria-labelledby": "run-title" },
@@ -98,8 +105,8 @@ export function runView({ route, can }) {
         ),
       ),
     ),
-    // Later: the run's outputs, artifacts and approvals render in this section.
-    h("section", { id: "run-extras", class: "card", hidden: true, "aria-label": "Outputs, artifacts and approvals" }),
+    // The run's outputs, artifacts and approvals render in this section, shown when one has something.
+    extras,
   );
   document.title = `Run ${runId} · flwd`;
 
@@ -239,6 +246,7 @@ export function runView({ route, can }) {
       if (destroyed) return;
       if (!run || rank(answer.run.status) >= rank(run.status)) run = answer.run;
       renderRun();
+      if (rank(run.status) === 2 && (await artifacts.load()) && !destroyed) extras.hidden = false; // collected at the end
     } catch (error) {
       if (!destroyed && !run) replace(element, errorBox(error, "Could not load the run"));
     }

@@ -15,7 +15,8 @@ The order and the guards answer known traps of the docker SDK on podman:
 * Containers carry labels (run, step, owner, installation), so a sweep at
   start-up removes what a crashed worker left behind.
 * Network ``none`` unless the job requires ``network``; never privileged;
-  ``no-new-privileges``; no host paths mounted.
+  ``no-new-privileges``; no host path mounted but the run's artifacts folder, at
+  ``/flwd/artifacts`` (``$FLWD_ARTIFACTS``), which flwd collects when the run ends.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..store.owners import owner_is_dead
 from .capture import StepOutput
 from .host_executor import StepOutcome
 
+CONTAINER_ARTIFACTS = "/flwd/artifacts"
 log = logging.getLogger("flwd.containers")
 
 LABEL_RUN = "flwd.run"
@@ -129,6 +131,7 @@ class ContainerExecutor:
         output: StepOutput,
         job: Job,
         settings: Settings,
+        artifacts: str | None = None,
     ) -> StepOutcome:
         started = time.monotonic()
         out = output
@@ -150,7 +153,7 @@ class ContainerExecutor:
         except ENGINE_ERRORS as exc:
             self.runtime.invalidate()
             return cannot_pull(_engine_message(exc))
-        return self._run(client, image_id, run_id, step, args, env, deadline, should_stop, out, job, outcome)
+        return self._run(client, image_id, run_id, step, args, env, deadline, should_stop, out, job, outcome, artifacts)
 
     # -- image -----------------------------------------------------------------
 
@@ -207,6 +210,7 @@ class ContainerExecutor:
         out: StepOutput,
         job: Job,
         outcome: Callable[..., StepOutcome],
+        artifacts: str | None = None,
     ) -> StepOutcome:
         api = client.api
         environment = {
@@ -219,6 +223,9 @@ class ContainerExecutor:
             "FLWD_STEP": step.name,
         }
         host_config: dict[str, Any] = {"privileged": False, "security_opt": ["no-new-privileges"]}
+        if artifacts:  # the one host path a container sees: its run's artifacts folder
+            environment["FLWD_ARTIFACTS"] = CONTAINER_ARTIFACTS
+            host_config["binds"] = {artifacts: {"bind": CONTAINER_ARTIFACTS, "mode": "rw"}}
         mode = network_mode(job, step)
         if mode:
             host_config["network_mode"] = mode

@@ -30,7 +30,7 @@ from ..store.queries import ClaimedRun
 from .artifact_collector import collect_artifacts
 from .capture import OutputBudget, SecretMask, StepOutput, secret_mask
 from .cgroups import Caps, GroupPool, RunGroup, cap_reason
-from .environment import host_environment, host_limits, make_workdir, remove_workdir
+from .environment import artifacts_folder, host_environment, host_limits, make_workdir, remove_workdir
 from .host_executor import HostStep, StepOutcome, run_host_step
 from .reaper import RunReaper, Subreaper
 
@@ -234,6 +234,7 @@ class RunExecutor:
                     output=output,
                     job=job,
                     settings=self.settings,
+                    artifacts=str(artifacts_folder(workdir)),
                 )
         else:
             task = HostStep(

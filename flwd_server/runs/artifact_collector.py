@@ -9,7 +9,8 @@ character is refused.  ``limits.max_artifact_files`` and
 order, and each one past the quota is refused.  Every refusal is an
 ``artifact.refused`` event naming the file and why (the first
 ``MAX_REFUSAL_EVENTS``; the rest are counted), and one ``artifacts.collected``
-event sums up: refusals never change how the run ended.
+event sums up (none when the folder was empty): refusals never change how the run ended.  A name that holds
+the value of a ``secret: true`` argument is refused, and shown masked.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..errors import FlwdError
 from ..models import EventType
 from ..store import Store
 from ..store.artifacts import MAX_PATH, BlobDir, Staged, record
+from .capture import SecretMask
 from .environment import artifacts_folder
 
 log = logging.getLogger("flwd.artifacts")
@@ -85,8 +87,9 @@ def _entries(fd: int, parts: list[str]) -> Iterator[tuple[list[str], int, os.Dir
 class Collector:
     """One run's collection: the quota spent so far, what was staged and what was refused."""
 
-    def __init__(self, store: Store, settings: Settings, run_id: str) -> None:
+    def __init__(self, store: Store, settings: Settings, run_id: str, secrets: SecretMask | None = None) -> None:
         self.store = store
+        self.secrets = secrets if secrets else None
         self.run_id = run_id
         self.blobs = BlobDir(settings.resolved_artifacts_dir)
         self.max_files = settings.limits.max_artifact_files
@@ -99,7 +102,10 @@ class Collector:
     def refuse(self, parts: list[str], reason: str) -> None:
         self.refused += 1
         if self.refused <= MAX_REFUSAL_EVENTS:
-            self.store.emit(self.run_id, EventType.ARTIFACT_REFUSED.value, {"path": shown(parts), "reason": reason})
+            path = shown(parts)
+            if self.secrets is not None:
+                path = self.secrets.line(path.encode(), False).decode("utf-8", "replace")
+            self.store.emit(self.run_id, EventType.ARTIFACT_REFUSED.value, {"path": path, "reason": reason})
 
     def collect(self, folder: Path) -> None:
         try:
@@ -127,17 +133,20 @@ class Collector:
             os.close(root)
             for item in self.staged:  # renamed by record(); left only if that failed
                 item.temp.unlink(missing_ok=True)
-        self.store.emit(
-            self.run_id,
-            EventType.ARTIFACTS_COLLECTED.value,
-            {"files": len(self.staged), "bytes": self.bytes, "refused": self.refused},
-        )
+        if self.staged or self.refused:  # a run that left nothing says nothing
+            self.store.emit(
+                self.run_id,
+                EventType.ARTIFACTS_COLLECTED.value,
+                {"files": len(self.staged), "bytes": self.bytes, "refused": self.refused},
+            )
 
     def stage(self, parts: list[str], dir_fd: int, entry: os.DirEntry) -> None:
         """Copy one file into the artifact directory under a temporary name, hashing it on the way."""
         path = "/".join(_component(part) for part in parts)
         if len(path.encode()) > MAX_PATH:
             raise Refusal(f"the path is longer than {MAX_PATH} bytes")
+        if self.secrets is not None and self.secrets.found_in(path.encode()):
+            raise Refusal("the name holds the value of a secret argument")
         if path in self.paths:
             raise Refusal("another file has the same name in NFC")
         if len(self.staged) >= self.max_files:
@@ -174,9 +183,11 @@ class Collector:
         self.staged.append(Staged(path, size, digest.hexdigest(), temp))
 
 
-def collect_artifacts(store: Store, settings: Settings, run_id: str, workdir: Path) -> None:
+def collect_artifacts(
+    store: Store, settings: Settings, run_id: str, workdir: Path, secrets: SecretMask | None = None
+) -> None:
     """Collect what the run left in ``$FLWD_ARTIFACTS``; never raises (a fault is logged and an event)."""
-    collector = Collector(store, settings, run_id)
+    collector = Collector(store, settings, run_id, secrets)
     try:
         collector.collect(artifacts_folder(workdir))
     except Exception as exc:

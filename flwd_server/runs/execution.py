@@ -85,6 +85,7 @@ class RunExecutor:
         workdir: Path | None = None
         containment: RunGroup | RunReaper | None = None
         scrub = True
+        secrets: SecretMask | None = None
         try:
             record = claimed.plan
             scrub = bool(record.get("secret_args"))
@@ -139,7 +140,7 @@ class RunExecutor:
             elif containment is not None:
                 containment.remove()
             if workdir is not None:
-                collect_artifacts(self.store, self.settings, run.id, workdir)  # every process of the run is gone
+                collect_artifacts(self.store, self.settings, run.id, workdir, secrets)  # the run's processes are gone
                 remove_workdir(workdir)
             try:
                 # Queued behind the run's own events; the next claim is queued behind it.

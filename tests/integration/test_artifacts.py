@@ -44,6 +44,10 @@ JOBS = {
         '      head -c 300000 /dev/zero > "$FLWD_ARTIFACTS/0big"\n'
         '      for i in 0 1 2 3 4 5 6 7; do head -c 30000 /dev/zero | tr "\\0" "$i" > "$FLWD_ARTIFACTS/a$i"; done\n'
     ),
+    "hides": (
+        "name: hides\nargs:\n  token: {type: string, secret: true}\nsteps:\n"
+        '  - run: \'echo x > "$FLWD_ARTIFACTS/key-$FLWD_ARG_TOKEN.txt"; echo y > "$FLWD_ARTIFACTS/fine.txt"\'\n'
+    ),
     "fails": "name: fails\nsteps:\n  - run: 'echo partial > \"$FLWD_ARTIFACTS/log.txt\"; exit 3'\n",
 }
 LIMITS = {"max_artifact_bytes": 200_000, "max_artifact_files": 5}
@@ -198,6 +202,7 @@ def test_another_runs_path_or_an_unknown_run_is_a_404(cluster, made):
     assert cluster.b.get("/runs/nope/artifacts").json()["type"] == "urn:flwd:error:run-not-found"
     assert cluster.b.get("/runs/nope/artifacts/report.txt").status_code == 404
     assert cluster.b.get("/runs/nope%00/artifacts").status_code == 404  # NUL: PostgreSQL would refuse the query
+    assert events_of(cluster.a, other["id"], "artifacts.collected") == [{"files": 1, "bytes": 8, "refused": 0}]
     # A failed run keeps what it wrote.
     assert [a["path"] for a in cluster.b.get(f"/runs/{other['id']}/artifacts").json()["artifacts"]] == ["log.txt"]
 
@@ -210,6 +215,15 @@ def test_a_symlink_a_fifo_and_a_control_character_are_refused_with_events(cluste
     assert "control character" in refused["bad\x01name"]
     (summary,) = events_of(cluster.a, made["id"], "artifacts.collected")
     assert summary == {"files": 3, "bytes": len(BLOB) + len("hello artifact\n") + 3, "refused": 3}
+
+
+def test_a_name_holding_a_secret_arguments_value_is_refused_and_shown_masked(cluster):
+    run = cluster.finished("hides", {"token": "s3cr3t-value-42"})
+    assert [a["path"] for a in cluster.b.get(f"/runs/{run['id']}/artifacts").json()["artifacts"]] == ["fine.txt"]
+    events = cluster.a.get(f"/runs/{run['id']}/events").text
+    assert "s3cr3t-value-42" not in events
+    (refused,) = events_of(cluster.a, run["id"], "artifact.refused")
+    assert refused == {"path": "key-***.txt", "reason": "the name holds the value of a secret argument"}
 
 
 def test_over_quota_what_fits_stays_and_the_rest_is_refused_without_failing_the_run(cluster):

@@ -119,6 +119,23 @@ class LocalBackend:
 
         return self.engine.export(ExportFilter.parse(filters))
 
+    def artifacts(self, run_id: str) -> list[dict[str, Any]]:
+        from urllib.parse import quote
+
+        root = f"/runs/{quote(run_id, safe='')}/artifacts/"
+        return [{**a.to_dict(), "links": {"self": root + quote(a.path)}} for a in self.engine.artifacts(run_id)]
+
+    def artifact(self, run_id: str, path: str) -> Iterator[bytes]:
+        """The file's bytes; opened (a missing one raises) before anything is yielded."""
+        _, handle = self.engine.artifact(run_id, path)
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                while chunk := handle.read(1 << 20):
+                    yield chunk
+
+        return chunks()
+
     def events(self, run_id: str, after: int = 0, follow: bool = True) -> Iterator[dict[str, Any]]:
         self.engine.run(run_id)
         hub = self.engine.hub
@@ -222,6 +239,27 @@ class RemoteBackend:
                     yield from response.iter_content(64 * 1024)
                 except requests.RequestException:
                     return  # the caller sees the missing end record
+
+        return chunks()
+
+    def artifacts(self, run_id: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/runs/{requests.utils.quote(run_id, safe='')}/artifacts")["artifacts"]
+
+    def artifact(self, run_id: str, path: str) -> Iterator[bytes]:
+        """Stream one artifact; a problem answer raises before anything is written."""
+        url = f"{self.url}/runs/{requests.utils.quote(run_id, safe='')}/artifacts/{requests.utils.quote(path)}"
+        try:
+            response = self.session.get(url, stream=True, timeout=(10, 300))
+        except requests.RequestException as exc:
+            raise RemoteError(0, {"detail": f"cannot reach {self.url}: {exc.__class__.__name__}"}) from None
+        if response.status_code >= 400:
+            error = _remote_error(response)
+            response.close()
+            raise error
+
+        def chunks() -> Iterator[bytes]:
+            with response:
+                yield from response.iter_content(1 << 20)
 
         return chunks()
 

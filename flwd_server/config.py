@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .formats.source_spec import validate_source_spec
 from .formats.yaml_loader import DuplicateKeyError, load_yaml
 from .logs import redact_url
 from .models import Profile
@@ -83,6 +84,10 @@ class LimitsSettings:
     max_run_outputs_bytes: int = _opt(1048576, "A run's outputs ($FLWD_OUTPUT keys and values) at most.", minimum=1024)
     default_timeout: float = _opt(3600.0, "Timeout of a job that sets none, in seconds.", minimum=1)
     max_queued_runs: int = _opt(100000, "Queued runs accepted before POST /runs answers 503.", minimum=1)
+    max_artifact_bytes: int = _opt(
+        104857600, "Bytes of artifacts kept per run; files past it are refused (an event each).", minimum=0
+    )
+    max_artifact_files: int = _opt(1000, "Artifact files kept per run; files past it are refused.", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,15 @@ class HTTPSettings:
 
 
 @dataclass(frozen=True)
+class ArtifactSettings:
+    dir: str | None = _opt(
+        None,
+        "Where artifact files are stored, by digest (default: DATA_DIR/artifacts); several nodes share one mount.",
+        path="directory",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     bind: str = _opt("127.0.0.1:8080", "Listen address HOST:PORT ([::1]:PORT for IPv6).", flag="--bind")
     default_profile: str = _opt("secure", "Security profile of runs that ask for none.", PROFILES, flag="--profile")
@@ -213,6 +227,7 @@ class Settings:
     policy: PolicySettings = field(default_factory=PolicySettings, metadata={"help": "Security profile details."})
     git: GitSettings = field(default_factory=GitSettings, metadata={"help": "Git sources."})
     http: HTTPSettings = field(default_factory=HTTPSettings, metadata={"help": "HTTP connections."})
+    artifacts: ArtifactSettings = field(default_factory=ArtifactSettings, metadata={"help": "Run artifacts."})
     sources: tuple[dict[str, Any], ...] = field(
         default=(), metadata={"help": "Sources registered at start (same objects as POST /sources)."}
     )
@@ -228,6 +243,10 @@ class Settings:
         if self.db_path:
             return Path(self.db_path).expanduser()
         return self.resolved_data_dir / "flwd.db"
+
+    @property
+    def resolved_artifacts_dir(self) -> Path:
+        return Path(self.artifacts.dir).expanduser() if self.artifacts.dir else self.resolved_data_dir / "artifacts"
 
     @property
     def database_label(self) -> str:
@@ -253,12 +272,6 @@ def default_data_dir() -> Path:
     return base / "flwd"
 
 
-SOURCE_KEYS = {
-    "local": {"required": ("name", "path"), "optional": ()},
-    "git": {"required": ("name", "url"), "optional": ("ref",)},
-    "oci": {"required": ("name", "ref"), "optional": ()},
-}
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 # A Host header (RFC 9110 section 7.2): a name or IPv4 address, or an IPv6 address in brackets, and an optional port.
 HOST_RE = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?")
 _BIND_RE = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]*)):(?P<port>\d{1,5})")
@@ -276,33 +289,6 @@ def parse_bind(bind: str) -> tuple[str, int]:
 def is_loopback_bind(bind: str) -> bool:
     host, _ = parse_bind(bind)
     return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def validate_source_spec(spec: Any, key: str = "source") -> dict[str, Any]:
-    """Check the shape of one source object; the source kinds check the values."""
-    if not isinstance(spec, dict):
-        raise ConfigError(key, "expected a mapping with type and name")
-    kind = spec.get("type")
-    if not isinstance(kind, str) or kind not in SOURCE_KEYS:
-        raise ConfigError(f"{key}.type", f"expected one of {', '.join(SOURCE_KEYS)}, got {kind!r}")
-    allowed = {"type", *SOURCE_KEYS[kind]["required"], *SOURCE_KEYS[kind]["optional"]}
-    for name in spec:
-        if name not in allowed:
-            raise ConfigError(
-                f"{key}.{name}", f"unknown key for a {kind} source (allowed: {', '.join(sorted(allowed))})"
-            )
-    for name in SOURCE_KEYS[kind]["required"]:
-        if name not in spec:
-            raise ConfigError(f"{key}.{name}", "is required")
-    for name, value in spec.items():
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}.{name}", "expected a non-empty string")
-    if not _NAME_RE.fullmatch(spec["name"]):
-        raise ConfigError(
-            f"{key}.name",
-            "expected lowercase letters, digits, '.', '_' or '-' (at most 63), starting with a letter or digit",
-        )
-    return dict(spec)
 
 
 def _coerce(key: str, hint: Any, value: Any, meta: dict[str, Any]) -> Any:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import forksafe
 from .auth.bearer import Authenticator
@@ -38,6 +38,7 @@ from .runs.runner import Runner
 from .sources import LocalSource, Source
 from .sources.registry import SourceRegistry
 from .store import Store, open_store
+from .store.artifacts import Artifact, BlobDir, open_artifact, run_artifacts
 from .store.export import ExportFilter, export_lines
 from .store.retention import Retention
 
@@ -108,7 +109,8 @@ class Engine:
         self.authenticator = Authenticator(settings.dev, verify_jwt=_token_verifier(settings))
         install_metrics(self.store)
         self.metrics = Metrics(self.store, settings.limits.max_run_history)
-        self.retention = Retention(self.store, settings.limits.max_run_history)
+        self.blobs = BlobDir(settings.resolved_artifacts_dir)
+        self.retention = Retention(self.store, settings.limits.max_run_history, self.blobs)
         self.hub.add_listener(self.retention.on_events)
         self.local_affinity = local_affinity
         self._started = False  # start() ran: only then is a close a shutdown worth a log line
@@ -407,6 +409,15 @@ class Engine:
         run = self.store.request_cancel(run_id, principal.subject)
         self.runner.wake()
         return run
+
+    def artifacts(self, run_id: str) -> list[Artifact]:
+        self.run(run_id)  # 404 for an unknown run
+        return run_artifacts(self.store, run_id)
+
+    def artifact(self, run_id: str, path: str) -> tuple[Artifact, IO[bytes]]:
+        """One artifact and its file, open (the caller closes it); the path is looked up, never joined."""
+        self.run(run_id)
+        return open_artifact(self.store, self.blobs, run_id, path)
 
     # -- stream tickets (browsers' EventSource cannot send Authorization) ---------
 

@@ -143,6 +143,13 @@ class SourceNotFound(NotFound):
     title = "Source not found"
 
 
+class ArtifactNotFound(NotFound):
+    """Raised when a run has no artifact at the path asked for."""
+
+    slug = "artifact-not-found"
+    title = "Artifact not found"
+
+
 class Conflict(FlwdError):
     """Raised when a request conflicts with the current state."""
 
@@ -258,6 +265,13 @@ class StorageError(FlwdError):
     status = 503
     slug = "storage-unavailable"
     title = "Storage unavailable"
+
+
+class ArtifactUnavailable(StorageError):
+    """Raised when the store records an artifact whose file this node cannot read (a shared mount missing)."""
+
+    slug = "artifact-unavailable"
+    title = "Artifact unavailable"
 
 
 def disk_error(action: str, path: Any, exc: OSError) -> StorageError:

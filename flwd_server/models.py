@@ -62,6 +62,8 @@ class EventType(StrEnum):
     STEP_STARTED = "step.started"
     STEP_OUTPUT = "step.output"
     STEP_FINISHED = "step.finished"
+    ARTIFACT_REFUSED = "artifact.refused"
+    ARTIFACTS_COLLECTED = "artifacts.collected"
     SOURCE_SYNCED = "source.synced"
     SOURCE_FAILED = "source.failed"
 

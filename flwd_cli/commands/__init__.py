@@ -8,6 +8,7 @@ import click
 def register(cli: click.Group) -> None:
     """Add every command module's commands (one import line per module)."""
     from .addon import addon_group
+    from .artifacts import artifacts_command
     from .export import export_command
     from .keys import keys_group
     from .sign import sign_command
@@ -20,3 +21,4 @@ def register(cli: click.Group) -> None:
     cli.add_command(addon_group)
     cli.add_command(export_command)
     cli.add_command(sign_command)
+    cli.add_command(artifacts_command)

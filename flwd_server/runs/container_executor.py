@@ -16,7 +16,8 @@ The order and the guards answer known traps of the docker SDK on podman:
   start-up removes what a crashed worker left behind.
 * Network ``none`` unless the job requires ``network``; never privileged;
   ``no-new-privileges``; no host path mounted but the step's own ``$FLWD_OUTPUT``
-  file (:mod:`.outputs`), at ``/flwd/output``.
+  file (:mod:`.outputs`), at ``/flwd/output``, and the run's artifacts folder, at
+  ``/flwd/artifacts`` (``$FLWD_ARTIFACTS``), which flwd collects when the run ends.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .capture import StepOutput
 from .host_executor import StepOutcome
 from .outputs import CONTAINER_PATH
 
+CONTAINER_ARTIFACTS = "/flwd/artifacts"
 log = logging.getLogger("flwd.containers")
 
 LABEL_RUN = "flwd.run"
@@ -132,6 +134,7 @@ class ContainerExecutor:
         job: Job,
         settings: Settings,
         output_file: str | None = None,
+        artifacts: str | None = None,
     ) -> StepOutcome:
         started = time.monotonic()
         out = output
@@ -154,7 +157,7 @@ class ContainerExecutor:
             self.runtime.invalidate()
             return cannot_pull(_engine_message(exc))
         return self._run(
-            client, image_id, run_id, step, args, env, deadline, should_stop, out, job, outcome, output_file
+            client, image_id, run_id, step, args, env, deadline, should_stop, out, job, outcome, output_file, artifacts
         )
 
     # -- image -----------------------------------------------------------------
@@ -213,6 +216,7 @@ class ContainerExecutor:
         job: Job,
         outcome: Callable[..., StepOutcome],
         output_file: str | None = None,
+        artifacts: str | None = None,
     ) -> StepOutcome:
         api = client.api
         environment = {
@@ -225,11 +229,18 @@ class ContainerExecutor:
             "FLWD_STEP": step.name,
         }
         host_config: dict[str, Any] = {"privileged": False, "security_opt": ["no-new-privileges"]}
+        # The only host paths a container sees: the step's $FLWD_OUTPUT file and its run's artifacts folder.
+        binds: dict[str, dict[str, str]] = {}
+        if artifacts:
+            environment["FLWD_ARTIFACTS"] = CONTAINER_ARTIFACTS
+            binds[artifacts] = {"bind": CONTAINER_ARTIFACTS, "mode": "rw"}
+        if output_file:
+            binds[output_file] = {"bind": CONTAINER_PATH, "mode": "rw"}
+        if binds:
+            host_config["binds"] = binds
         mode = network_mode(job, step)
         if mode:
             host_config["network_mode"] = mode
-        if output_file:  # the step's $FLWD_OUTPUT: one file, nothing else of the host
-            host_config["binds"] = {output_file: {"bind": CONTAINER_PATH, "mode": "rw"}}
         labels = {
             LABEL_RUN: run_id,
             LABEL_STEP: step.name[:63],

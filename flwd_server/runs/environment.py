@@ -15,6 +15,11 @@ from ..policy import host_env_passthrough
 from .host_executor import StepLimits
 
 SAFE_HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ARTIFACTS_FOLDER = "artifacts"  # in the work dir: $FLWD_ARTIFACTS, collected when the run ends
+
+
+def artifacts_folder(workdir: Path) -> Path:
+    return workdir / ARTIFACTS_FOLDER
 
 
 def host_environment(
@@ -52,6 +57,7 @@ def host_environment(
             "FLWD_SOURCE": job.source,
             "FLWD_STEP": step.name,
             "FLWD_WORKDIR": str(workdir),
+            "FLWD_ARTIFACTS": str(artifacts_folder(workdir)),
         }
     )
     if job.revision:
@@ -72,7 +78,8 @@ def host_limits(profile: Profile, settings: Settings) -> StepLimits:
 
 
 def make_workdir(root: Path, run_id: str) -> Path:
-    """A run's own working directory (also its steps' HOME), private to the server's user."""
+    """A run's own working directory (also its steps' HOME) and its ``artifacts`` folder, private to the
+    server's user."""
     workdir = root / run_id
     try:
         try:
@@ -80,6 +87,7 @@ def make_workdir(root: Path, run_id: str) -> Path:
         except FileNotFoundError:
             root.mkdir(parents=True, exist_ok=True)
             os.mkdir(workdir, 0o700)
+        os.mkdir(artifacts_folder(workdir), 0o700)
     except OSError as exc:  # the disk (read-only, full), not the code: the run ends saying so
         raise disk_error("could not create the run's work dir", workdir, exc) from None
     return workdir

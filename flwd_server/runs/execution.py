@@ -28,9 +28,10 @@ from ..planner import Planner, job_from_record
 from ..policy import evaluate, log_decision
 from ..store import Store
 from ..store.queries import ClaimedRun
+from .artifact_collector import collect_artifacts
 from .capture import OutputBudget, SecretMask, StepOutput, secret_mask
 from .cgroups import Caps, GroupPool, RunGroup, cap_reason
-from .environment import host_environment, host_limits, make_workdir, remove_workdir
+from .environment import artifacts_folder, host_environment, host_limits, make_workdir, remove_workdir
 from .host_executor import HostStep, StepOutcome, run_host_step
 from .outputs import CONTAINER_PATH, OutputError, RunOutputs, exec_problem
 from .reaper import RunReaper, Subreaper
@@ -87,6 +88,7 @@ class RunExecutor:
         containment: RunGroup | RunReaper | None = None
         outputs: RunOutputs | None = None
         scrub = True
+        secrets: SecretMask | None = None
         try:
             record = claimed.plan
             scrub = bool(record.get("secret_args"))
@@ -157,6 +159,7 @@ class RunExecutor:
             elif containment is not None:
                 containment.remove()
             if workdir is not None:
+                collect_artifacts(self.store, self.settings, run.id, workdir, secrets)  # the run's processes are gone
                 remove_workdir(workdir)
             if outputs is not None:
                 outputs.remove()
@@ -273,6 +276,7 @@ class RunExecutor:
                     job=job,
                     settings=self.settings,
                     output_file=str(path),
+                    artifacts=str(artifacts_folder(workdir)),
                 )
         else:
             task = HostStep(

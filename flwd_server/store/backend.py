@@ -22,6 +22,7 @@ from ..errors import StorageError
 from ..forksafe import reset_after_fork
 from ..models import Event
 from . import schema
+from .artifacts import release_in as release_artifacts
 from .event_filter import EventFilter
 from .owners import OwnerRecords
 from .queries import SET_META
@@ -253,6 +254,7 @@ class Store(Writer, RunRecords, OwnerRecords):
             part = victims[chunk : chunk + 500]
             qs = ",".join("?" * len(part))
             conn.execute(f"DELETE FROM events WHERE run_id IN ({qs})", part)
+            release_artifacts(conn, part)
             conn.execute(f"DELETE FROM idempotency WHERE run_id IN ({qs})", part)
             conn.execute(f"DELETE FROM runs WHERE id IN ({qs})", part)
         return len(victims)

@@ -2,17 +2,19 @@
 
 One JSON object per line, each with a ``record`` field::
 
-    {"record": "export", "format": 2, "generated_at": "...", "filters": {...}}
+    {"record": "export", "format": 3, "generated_at": "...", "filters": {...}}
     {"record": "event", "event": {"id": 1, "run_id": null, "type": "source.synced", ...}}
     {"record": "run", "run": {...the run, as GET /runs/ID shows it, its "outputs" included...}}
     {"record": "event", "event": {"id": 2, "run_id": "...", "type": "run.queued", "time": "...", "data": {...}}}
-    ...every event of that run, in order, then the next run...
-    {"record": "end", "runs": 2, "events": 17}
+    ...every event of that run, in order...
+    {"record": "artifact", "artifact": {"run_id": "...", "path": "report.txt", "size": 15, "sha256": "..."}}
+    ...every artifact of that run, by path, then the next run...
+    {"record": "end", "runs": 2, "events": 17, "artifacts": 1}
 
 Runs come oldest first.  Events without a run (``source.synced``,
 ``source.failed``, a refused downgrade) are part of the audit trail too: in id
 order, each before the first run queued after it (format 2; format 1 left them
-out).  ``since``/``until`` apply to their time and ``source`` to the source
+out; format 3 added the ``artifact`` records and their count).  ``since``/``until`` apply to their time and ``source`` to the source
 their data names; ``status`` and ``job`` leave them out (they have neither).  The last line says how many runs and events were
 written, so a reader can tell a complete export from a cut one (an HTTP
 stream cannot change its status once it has started).
@@ -40,7 +42,7 @@ from .backend import Store
 from .event_filter import DATA_SOURCE_SQL, SYNTAX
 from .queries import RUN_COLUMNS, RUN_WIDTH, run_from_row
 
-FORMAT = 2
+FORMAT = 3
 PARAMETERS = ("since", "until", "status", "job", "source")
 LAST_ID = 2**63 - 1
 RUN_PAGE = 200
@@ -165,7 +167,7 @@ def export_lines(
         )
         buffer: list[bytes] = []
         size = 0
-        runs = events = 0
+        runs = events = artifacts = 0
         last_seq = 0
         runless = filters.runless(store.dialect)
         runless_after = 0
@@ -211,6 +213,12 @@ def export_lines(
                     if len(page) < event_page:
                         break
                     page = store.events_after(page[-1].id, run.id, event_page, conn=conn)
+                for path, size, sha256 in conn.execute(
+                    "SELECT path, size, sha256 FROM artifacts WHERE run_id = ? ORDER BY path", (run.id,)
+                ).fetchall():
+                    artifact = {"run_id": run.id, "path": path, "size": size, "sha256": sha256}
+                    buffer.append(_line({"record": "artifact", "artifact": artifact}))
+                    artifacts += 1
             if len(rows) < run_page:
                 break
             last_seq = rows[-1][RUN_WIDTH]
@@ -222,7 +230,7 @@ def export_lines(
             if size >= CHUNK_BYTES:
                 yield b"".join(buffer)
                 buffer, size = [], 0
-        buffer.append(_line({"record": "end", "runs": runs, "events": events}))
+        buffer.append(_line({"record": "end", "runs": runs, "events": events, "artifacts": artifacts}))
         yield b"".join(buffer)
     finally:
         if conn is not None:

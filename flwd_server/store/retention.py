@@ -8,7 +8,8 @@ more than one at a time per process).  When nothing is due a prune is a
 single index probe, so doing it after every run costs next to nothing, and
 the database never holds more than ``max_run_history`` finished runs for
 longer than a poll interval.  The runner's periodic housekeeping prunes too,
-as a backstop.
+as a backstop.  A prune that left artifact files held by no run queues their
+removal (store/artifacts.py) behind it.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from __future__ import annotations
 import threading
 
 from ..models import Event, EventType
+from .artifacts import BlobDir, anything_to_sweep, sweep_in
 from .backend import Store
 
 
 class Retention:
-    def __init__(self, store: Store, max_history: int) -> None:
+    def __init__(self, store: Store, max_history: int, blobs: BlobDir | None = None) -> None:
         self.store = store
+        self.blobs = blobs
         self.max_history = max_history
         self._lock = threading.Lock()
         self._queued = False
@@ -43,6 +46,9 @@ class Retention:
                 self._queued = False  # runs that end from now on need another look
             count = self.store.prune_in(conn, self.max_history)
             self.pruned += count
+            if self.blobs is not None and anything_to_sweep(conn):
+                # The files go after this transaction commits: in the next one, under the same write lock.
+                self.store.write_later(lambda later: sweep_in(later, self.blobs))
             return count
 
         self.store.write_later(prune)

@@ -145,7 +145,7 @@ class RunRecords:
         return run_from_row(row) if row else None
 
     def get_run(self, run_id: str) -> Run:
-        run = self._get_run(self.reader(), run_id)
+        run = self._get_run(self.reader(), run_id) if "\x00" not in run_id else None  # PostgreSQL refuses NUL
         if run is None:
             raise RunNotFound(f"no run with id {run_id!r}")
         return run

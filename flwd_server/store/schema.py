@@ -8,7 +8,7 @@ SQLite's spelling; PostgreSQL gets it translated (:mod:`.postgres_sql`).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Finished runs, exactly as the partial index ``runs_finished_seq`` spells it: a query
 # uses that index only if its WHERE says the same (a test checks it against RunStatus).
@@ -100,6 +100,23 @@ MIGRATIONS: dict[int, str] = {
     # 3: a run's outputs (runs/outputs.py), JSON, set when it ends; NULL for none.
     3: """
     ALTER TABLE runs ADD COLUMN outputs TEXT
+    """,
+    # 4: run artifacts (store/artifacts.py): each run's files by path, and the content-addressed
+    # files they name, counted, so pruning a run frees only the files no other run holds.
+    4: """
+    CREATE TABLE artifact_blobs (
+        sha256 TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        refs INTEGER NOT NULL
+    );
+    CREATE INDEX artifact_blobs_free ON artifact_blobs(sha256) WHERE refs <= 0;
+    CREATE TABLE artifacts (
+        run_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (run_id, path)
+    );
     """,
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import SOURCE_KEYS
+from ..formats.source_spec import SOURCE_KEYS
 from ..models import ARG_TYPES, EventType, Profile, RunStatus, Verdict
 
 STATUSES = [s.value for s in RunStatus]
@@ -27,6 +27,7 @@ PROBLEM_TEXT = {
     409: "Conflict",
     413: "Body too large",
     415: "Body is not JSON, or the operation takes no body",
+    416: "The range cannot be satisfied",
     422: "Invalid fields",
     502: "The source could not be fetched; the last good revision keeps serving",
     503: "Unavailable; retry later",
@@ -221,6 +222,15 @@ SCHEMAS: dict[str, Any] = {
         },
         ["job", "source", "revision", "args", "steps", "profile", "decisions", "runnable", "digest"],
         additional=True,
+    ),
+    "Artifact": object_schema(
+        {
+            "path": {"type": "string", "description": "relative POSIX path in $FLWD_ARTIFACTS, in NFC"},
+            "size": {"type": "integer", "minimum": 0},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "links": object_schema({"self": {"type": "string"}}, ["self"]),
+        },
+        ["path", "size", "sha256", "links"],
     ),
     "Run": object_schema(
         {

@@ -71,6 +71,9 @@ def box(tmp_path_factory, registry, other_registry, podman, images, signing_keys
         "short-timeout": job("short-timeout", signed, ["sh", "-c", "echo started; sleep 300"], timeout=2),
         "quiet": job("quiet", signed, ["sh", "-c", "sleep 4; echo after-quiet"]),
         "instant": job("instant", signed, ["sh", "-c", "echo out-line; echo err-line >&2"]),
+        "leaves-file": job(
+            "leaves-file", signed, ["sh", "-c", 'echo "from the box" > "$FLWD_ARTIFACTS/box.txt"; ls /flwd']
+        ),
         "long-line": job("long-line", signed, ["sh", "-c", "head -c 70000 /dev/zero | tr '\\0' x; echo; echo after"]),
         "capped": {
             "name": "capped",  # 800 bytes on the host, then 800 in a container: one run's output
@@ -275,6 +278,16 @@ def test_an_instantly_exiting_container_loses_no_output(box):
     run = server.submit("instant")
     assert server.wait_finished(run["id"], timeout=60)["status"] == "succeeded"
     assert sorted(outputs(server.events(run["id"]))) == [("stderr", "err-line"), ("stdout", "out-line")]
+
+
+def test_a_container_step_leaves_an_artifact_in_its_mounted_folder(box):
+    server = box["server"]
+    run = server.submit("leaves-file")
+    assert server.wait_finished(run["id"], timeout=60)["status"] == "succeeded"
+    assert outputs(server.events(run["id"])) == [("stdout", "artifacts")]  # the only host path it sees
+    listed = server.get(f"/runs/{run['id']}/artifacts").json()["artifacts"]
+    assert [(a["path"], a["size"]) for a in listed] == [("box.txt", 13)]
+    assert server.get(f"/runs/{run['id']}/artifacts/box.txt").content == b"from the box\n"
 
 
 def _rejected(server: ServerProcess, name: str) -> dict[str, Any]:

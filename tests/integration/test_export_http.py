@@ -69,7 +69,7 @@ def test_an_export_of_ten_thousand_runs_streams_with_flat_memory_and_reads_back_
     assert (
         lines[0] == "export"
         and lines[-1] == "end"
-        and end == {"record": "end", "runs": RUNS, "events": RUNS * EVENTS_PER_RUN}
+        and end == {"record": "end", "runs": RUNS, "events": RUNS * EVENTS_PER_RUN, "artifacts": 0}
     )
     # About 25 MB of NDJSON went through; the worker's peak memory grew by a small constant.
     print(f"export of {RUNS} runs: worker RSS {before} KiB before, peak {peak} KiB")

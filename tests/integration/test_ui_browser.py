@@ -56,6 +56,13 @@ steps:
       echo count=7 >> "$FLWD_OUTPUT"
       echo "url=https://u:$FLWD_ARG_PASSWORD@h/" >> "$FLWD_OUTPUT"
 """,
+    "artifact.yaml": f"""name: artifact
+steps:
+  - run: |
+      printf 'hello from the run\\n' > "$FLWD_ARTIFACTS/report.txt"
+      printf 'x' > "$FLWD_ARTIFACTS/{XSS}.txt"
+      head -c 3072 /dev/zero > "$FLWD_ARTIFACTS/zeros.bin"
+""",
 }
 
 
@@ -177,6 +184,30 @@ def test_a_run_page_shows_its_outputs_when_it_ends_as_text_and_masked(signed_in,
     assert browser.find_all("main img") == [] and no_alert(browser)
     assert browser.find("#run-extras").get_attribute("hidden") is None
     assert "s3cret" not in browser.find("main").text
+
+
+def test_a_run_page_lists_its_artifacts_as_text_and_downloads_one_with_the_token(signed_in, ui):
+    browser = signed_in
+    run = ui.submit("ui:artifact")
+    ui.wait_finished(run["id"])
+    browser.open(f"{ui.url}/ui/runs/{run['id']}")
+    browser.wait(lambda: browser.find_all("#run-extras:not([hidden]) #run-artifacts:not([hidden])"), 10, "artifacts")
+    rows = {r.get_attribute("data-path"): r for r in browser.find_all("#run-artifacts tbody tr")}
+    assert sorted(rows) == sorted([f"{XSS}.txt", "report.txt", "zeros.bin"])
+    assert rows[f"{XSS}.txt"].find_element("css selector", "th").text == f"{XSS}.txt"  # text, not markup
+    assert browser.find_all("main img") == [] and no_alert(browser)
+    assert rows["zeros.bin"].find_element("css selector", "td").text == "3.0 KiB"
+    link = rows["report.txt"].find_element("css selector", "a")
+    assert link.get_attribute("href") == f"{ui.url}/runs/{run['id']}/artifacts/report.txt"  # under the API root
+    browser.js(
+        "window.savedBlobs = []; const make = URL.createObjectURL.bind(URL);"
+        "URL.createObjectURL = (blob) => { window.savedBlobs.push(blob); return make(blob); };"
+    )
+    link.click()
+    browser.wait(lambda: browser.js("return window.savedBlobs.length") == 1, 10, "the download's Blob")
+    text = browser.driver.execute_async_script("window.savedBlobs[0].text().then(arguments[arguments.length - 1]);")
+    assert text == "hello from the run\n"
+    assert browser.js("return location.pathname").endswith(f"/ui/runs/{run['id']}")  # no navigation to the API
 
 
 def test_a_job_form_shows_the_servers_errors_by_the_fields_then_plans_and_runs_that_plan(signed_in, ui):

@@ -52,7 +52,7 @@ def test_an_export_holds_every_run_and_every_event_in_order(any_store):
     sqlite_store = any_store
     fill(sqlite_store, 20)
     out = records(sqlite_store)
-    assert out[0]["record"] == "export" and out[-1] == {"record": "end", "runs": 20, "events": 100}
+    assert out[0]["record"] == "export" and out[-1] == {"record": "end", "runs": 20, "events": 100, "artifacts": 0}
     runs = [r["run"]["id"] for r in out if r["record"] == "run"]
     assert runs == [f"run-{i:06d}" for i in range(20)]
     current = None
@@ -176,7 +176,7 @@ def test_events_without_a_run_are_in_the_export_in_id_order(any_store):
     fill(any_store, 2, events_per_run=2, start=3)
     add_runless(any_store, [9], ["ops"])
     out = records(any_store)
-    assert out[0]["format"] == 2
+    assert out[0]["format"] == 3
     shape = [r["run"]["id"][4:] if r["record"] == "run" else r["event"]["run_id"] for r in out[1:-1]]
     runs = [f"run-{i:06d}" for i in range(5)]
     assert shape == [
@@ -189,7 +189,7 @@ def test_events_without_a_run_are_in_the_export_in_id_order(any_store):
     ]
     runless = [r["event"]["id"] for r in out if r["record"] == "event" and r["event"]["run_id"] is None]
     assert runless == sorted(runless) and len(runless) == 4
-    assert out[-1] == {"record": "end", "runs": 5, "events": 5 * 2 + 4}
+    assert out[-1] == {"record": "end", "runs": 5, "events": 5 * 2 + 4, "artifacts": 0}
 
 
 @pytest.mark.parametrize(

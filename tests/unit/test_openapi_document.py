@@ -101,6 +101,8 @@ OPERATION_IDS = {
     ("get", "/runs/{run_id}"): "getRun",
     ("post", "/runs/{run_id}/cancel"): "cancelRun",
     ("get", "/runs/{run_id}/events"): "streamRunEvents",
+    ("get", "/runs/{run_id}/artifacts"): "listRunArtifacts",
+    ("get", "/runs/{run_id}/artifacts/{path}"): "getRunArtifact",
     ("get", "/events"): "streamEvents",
     ("post", "/stream-tickets"): "createStreamTicket",
     ("get", "/sources"): "listSources",

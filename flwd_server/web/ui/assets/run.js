@@ -3,6 +3,7 @@
 // has ended (masked by the server like its args) and a Cancel button.
 
 import { api } from "./api.js";
+import { artifactsPanel } from "./artifacts.js";
 import {
   announce,
   errorBox,
@@ -57,8 +58,14 @@ export function runView({ route, can }) {
       h("table", { class: "outputs", "aria-labelledby": "outputs-title" }, h("thead", {}, h("tr", {}, headers(["Key", "Value"]))), outputsBody),
     ),
   );
+  const artifacts = artifactsPanel(runId);
   // The run's outputs, artifacts and approvals render in this section; hidden while it has none.
-  const extras = h("section", { id: "run-extras", class: "card", hidden: true, "aria-label": "Outputs, artifacts and approvals" }, outputsPart);
+  const extras = h(
+    "section",
+    { id: "run-extras", class: "card", hidden: true, "aria-label": "Outputs, artifacts and approvals" },
+    outputsPart,
+    artifacts.element,
+  );
   const element = h(
     "article",
     { class: "view run-view", "aria-labelledby": "run-title" },
@@ -170,7 +177,7 @@ export function runView({ route, can }) {
       ),
     );
     outputsPart.hidden = outputs.length === 0;
-    extras.hidden = outputsPart.hidden;
+    extras.hidden = outputsPart.hidden && artifacts.element.hidden;
   }
 
   function renderActions() {
@@ -271,6 +278,7 @@ export function runView({ route, can }) {
       if (destroyed) return;
       if (!run || rank(answer.run.status) >= rank(run.status)) run = answer.run;
       renderRun();
+      if (rank(run.status) === 2 && (await artifacts.load()) && !destroyed) extras.hidden = false; // collected at the end
     } catch (error) {
       if (!destroyed && !run) replace(element, errorBox(error, "Could not load the run"));
     }

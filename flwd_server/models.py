@@ -64,6 +64,8 @@ class EventType(StrEnum):
     STEP_FINISHED = "step.finished"
     SOURCE_SYNCED = "source.synced"
     SOURCE_FAILED = "source.failed"
+    CALLBACK_DELIVERED = "callback.delivered"
+    CALLBACK_FAILED = "callback.failed"
 
 
 _SECOND: list = [None, ""]  # the last whole second rendered: events come in bursts within one
@@ -356,6 +358,7 @@ class Run:
     exit_code: int | None = None
     reason: str | None = None
     plan_digest: str | None = None
+    callback: dict[str, Any] | None = None  # where the run's end is POSTed, and how far that got (store/deliveries.py)
 
     def to_dict(self, base_url: str = "") -> dict[str, Any]:
         return {
@@ -373,6 +376,7 @@ class Run:
             "exit_code": self.exit_code,
             "reason": self.reason,
             "plan_digest": self.plan_digest,
+            "callback": self.callback,
             "links": {
                 "self": f"{base_url}/runs/{self.id}",
                 "events": f"{base_url}/runs/{self.id}/events",

@@ -22,6 +22,7 @@ from ..errors import StorageError
 from ..forksafe import reset_after_fork
 from ..models import Event
 from . import schema
+from .deliveries import DeliveryRecords
 from .event_filter import EventFilter
 from .owners import OwnerRecords
 from .queries import SET_META
@@ -29,7 +30,7 @@ from .run_records import RunRecords
 from .writer import Writer
 
 
-class Store(Writer, RunRecords, OwnerRecords):
+class Store(Writer, RunRecords, OwnerRecords, DeliveryRecords):
     """Runs and events; one instance per process is enough."""
 
     dialect: str
@@ -254,6 +255,7 @@ class Store(Writer, RunRecords, OwnerRecords):
             qs = ",".join("?" * len(part))
             conn.execute(f"DELETE FROM events WHERE run_id IN ({qs})", part)
             conn.execute(f"DELETE FROM idempotency WHERE run_id IN ({qs})", part)
+            conn.execute(f"DELETE FROM callback_deliveries WHERE run_id IN ({qs})", part)
             conn.execute(f"DELETE FROM runs WHERE id IN ({qs})", part)
         return len(victims)
 

@@ -32,8 +32,8 @@ def new_run_id() -> str:
     return "".join(reversed(chars))
 
 
-def run_from_row(row: Any) -> Run:
-    """A :class:`Run` from a row that starts with :data:`RUN_COLUMNS`."""
+def run_from_row(row: Any, callback: dict[str, Any] | None = None) -> Run:
+    """A :class:`Run` from a row that starts with :data:`RUN_COLUMNS` (and its callback, if it has one)."""
     return Run(
         id=row[0],
         job=row[1],
@@ -49,6 +49,7 @@ def run_from_row(row: Any) -> Run:
         exit_code=row[11],
         reason=row[12],
         plan_digest=row[13],
+        callback=callback,
     )
 
 
@@ -58,8 +59,16 @@ def dumps(data: Any) -> str:
 
 
 def insert_run_finished(conn: Any, run_id: str, now: float, payload: dict[str, Any]) -> None:
-    """``run.finished``, in the transaction that ends the run: a stream that sees it finds the final row."""
+    """``run.finished``, in the transaction that ends the run: a stream that sees it finds the final row.
+
+    The run's callback, if it asked for one, falls due in the same transaction (store/deliveries.py).
+    """
     conn.execute(INSERT_EVENT, (run_id, EventType.RUN_FINISHED.value, now, dumps(payload)))
+    conn.execute(
+        "UPDATE callback_deliveries SET state = 'pending', due_at = ?, updated_at = ? "
+        "WHERE run_id = ? AND state = 'waiting'",
+        (now, now, run_id),
+    )
 
 
 @dataclass

@@ -20,6 +20,7 @@ from flwd_server.errors import IdempotencyMismatch, StorageError
 from flwd_server.models import RunStatus
 from flwd_server.store import Store
 from flwd_server.store.queries import new_run_id
+from flwd_server.store.schema import SCHEMA_VERSION
 from flwd_server.store.sqlite import SQLiteStore
 from tests.fixtures.postgres import open_backend
 
@@ -52,8 +53,8 @@ def test_every_connection_has_the_pragmas(sqlite_store):
 
 def test_migration_is_versioned_and_idempotent(store):
     key = store.digest_key()
-    assert store.migrate() == 2
-    assert store.meta("schema_version") == "2"
+    assert store.migrate() == SCHEMA_VERSION
+    assert store.meta("schema_version") == str(SCHEMA_VERSION)
     assert store.digest_key() == key and len(key) == 32  # a second migrate keeps the key
 
 

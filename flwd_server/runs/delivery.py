@@ -139,7 +139,7 @@ class CallbackDeliverer:
         self._stopping = True
         self._wakeup.set()
         if thread is not threading.current_thread():
-            thread.join(timeout=self.lease)
+            thread.join(timeout=2 * self.policy.settings.request_timeout + 1)  # connect, then the answer
 
     # -- the thread ------------------------------------------------------------
 

@@ -111,10 +111,20 @@ class CallbackPolicy:
             parsed = parse_callback_url(url)  # type: ignore[arg-type]
         except ValueError as exc:
             raise self._refuse(f"not a callback URL: {exc}") from None
-        if not any(parsed.under(prefix) for prefix in self.prefixes):
+        if not self._under_a_prefix(parsed):
             raise self._refuse(f"the URL is not under any of {ALLOWED_SETTING}")
         self.secret()  # a key that cannot be read is the server's fault: 503 now, not a failed delivery later
         return str(url)
+
+    def allows(self, url: str) -> bool:
+        """Whether ``url`` is still under the allow list (checked again at each attempt: the list may have shrunk)."""
+        try:
+            return self._under_a_prefix(parse_callback_url(url))
+        except ValueError:
+            return False
+
+    def _under_a_prefix(self, parsed: CallbackURL) -> bool:
+        return any(parsed.under(prefix) for prefix in self.prefixes)
 
     @staticmethod
     def _refuse(message: str) -> Unprocessable:

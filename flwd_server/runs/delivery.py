@@ -179,6 +179,11 @@ class CallbackDeliverer:
     def _attempt(self, delivery: Delivery) -> None:
         settings = self.policy.settings
         status: int | None = None
+        if not self.policy.allows(delivery.url):  # removed from the list since the run was submitted
+            error = "the URL is no longer under callbacks.allowed_urls"
+            self.store.record_attempt(delivery, self.owner(), status=None, error=error, retry_at=None)
+            log.warning("callback of run %s given up: %s", delivery.run_id, error, extra={"run_id": delivery.run_id})
+            return
         try:
             body = json.dumps({"run": self.view(delivery.run_id)}, ensure_ascii=False).encode()
             headers = {

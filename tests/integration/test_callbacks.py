@@ -193,3 +193,7 @@ def test_the_cli_delivers_a_local_runs_callback_itself(tmp_path: Path, receiver:
     assert refused.returncode != 0 and "callbacks.allowed_urls" in refused.stderr
     nothing = cli("noop", "--callback", receiver.url + "/hooks/cli/x", env={"FLWD_DATA_DIR": env["FLWD_DATA_DIR"]})
     assert nothing.returncode != 0 and "callbacks.allowed_urls is empty" in nothing.stderr
+    unsigned = {k: v for k, v in env.items() if k != "FLWD_CALLBACKS__SECRET_FILE"}
+    keyless = cli("noop", "--callback", receiver.url + "/hooks/cli/x", env=unsigned)
+    assert keyless.returncode != 0 and "callbacks.secret_file is not set" in keyless.stderr
+    assert receiver.at("/hooks/cli/x") == []

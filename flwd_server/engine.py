@@ -419,8 +419,13 @@ class Engine:
         return self.store.get_run(run_id)
 
     def run_view(self, run_id: str, base_url: str = "") -> dict[str, Any]:
-        """The run as ``GET /runs/ID`` shows it; a callback POSTs exactly this (links relative to the server's root)."""
-        return self.run(run_id).to_dict(base_url)
+        """The run as ``GET /runs/ID`` shows it; a callback POSTs exactly this (links relative to the server's root).
+
+        Unlike the lists, one run also names its artifacts with their digests (a query of its own).
+        """
+        view = self.run(run_id).to_dict(base_url)
+        view["artifacts"] = [artifact.to_dict() for artifact in run_artifacts(self.store, run_id)]
+        return view
 
     def cancel(self, run_id: str, principal: Principal) -> Run:
         run = self.store.request_cancel(run_id, principal.subject)

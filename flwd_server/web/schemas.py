@@ -258,6 +258,15 @@ SCHEMAS: dict[str, Any] = {
                 "description": "what its steps wrote to $FLWD_OUTPUT, set when the run ends: declared outputs "
                 "typed, others strings, secret argument values masked",
             },
+            "artifacts": {
+                "type": "array",
+                "items": object_schema(
+                    {"path": {"type": "string"}, "size": {"type": "integer"}, "sha256": {"type": "string"}},
+                    ["path", "size", "sha256"],
+                ),
+                "description": "the files the run left in $FLWD_ARTIFACTS, with their digests (GET /runs/ID and "
+                "callbacks only, not the lists)",
+            },
             "callback": {
                 "anyOf": [ref("RunCallback"), {"type": "null"}],
                 "description": "where the run is POSTed when it ends, and how far that got (null: no callback)",

@@ -4,6 +4,7 @@ delivered by the CLI's own process for a local run (attached or detached)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,14 @@ from tests.fixtures.server import ServerProcess
 pytestmark = pytest.mark.integration
 
 SECRET = b"callback-k3y-never-shown"
+
+
+RESULTS_JOB = """name: results
+steps:
+  - run: |
+      echo "version=1.4.2" >> "$FLWD_OUTPUT"
+      printf 'report' > "$FLWD_ARTIFACTS/report.txt"
+"""
 
 
 def callback_config(receiver: Receiver, secret_file: Path, **overrides: Any) -> dict[str, Any]:
@@ -42,8 +51,12 @@ def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def hooked(receiver: Receiver, secret_file: Path, tmp_path_factory: pytest.TempPathFactory):
     """One server (two workers, both with a delivery thread) for the tests that need no restart."""
-    config = {"workers": 2, **callback_config(receiver, secret_file)}
-    server = ServerProcess(tmp_path_factory.mktemp("callbacks"), config, dev=True, env=None).start()
+    root = tmp_path_factory.mktemp("callbacks")
+    (root / "src" / "jobs").mkdir(parents=True)
+    (root / "src" / "jobs" / "results.yaml").write_text(RESULTS_JOB)
+    sources = [{"name": "cb", "type": "local", "path": str(root / "src")}]
+    config = {"workers": 2, "sources": sources, **callback_config(receiver, secret_file)}
+    server = ServerProcess(root, config, dev=True, env=None).start()
     yield server
     server.stop(timeout=30)
 
@@ -100,6 +113,17 @@ def test_a_finished_run_is_posted_once_signed_as_get_shows_it(hooked: ServerProc
     export = hooked.get("/export").text
     for text in (hooked.logs(), export, got.body.decode(), json.dumps(callback_events(hooked, run["id"], 1))):
         assert SECRET.decode() not in text and "t0ps3cret" not in text
+
+
+def test_the_callback_carries_the_runs_outputs_and_artifact_digests(hooked: ServerProcess, receiver: Receiver):
+    run = hooked.submit("cb:results", callback={"url": receiver.script("/hooks/results", 200)})
+    [got] = receiver.wait_for("/hooks/results", 1)
+    sent = json.loads(got.body)["run"]
+    assert sent["status"] == "succeeded", sent
+    assert sent["outputs"] == {"version": "1.4.2"}
+    digest = hashlib.sha256(b"report").hexdigest()
+    assert sent["artifacts"] == [{"path": "report.txt", "size": 6, "sha256": digest}]
+    assert hooked.get(f"/runs/{run['id']}").json()["run"]["artifacts"] == sent["artifacts"]
 
 
 def test_a_503_is_retried_with_the_same_delivery_id(hooked: ServerProcess, receiver: Receiver):

@@ -225,8 +225,21 @@ class RemoteBackend:
 
     def export(self, filters: dict[str, str]) -> Iterator[bytes]:
         """Stream GET /export; a problem answer raises before anything is written."""
+        return self._stream(f"{self.url}/export", params=filters)
+
+    def artifacts(self, run_id: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/runs/{requests.utils.quote(run_id, safe='')}/artifacts")["artifacts"]
+
+    def artifact(self, run_id: str, path: str) -> Iterator[bytes]:
+        """Stream one artifact; a problem answer raises before anything is written."""
+        quoted = f"{requests.utils.quote(run_id, safe='')}/artifacts/{requests.utils.quote(path)}"
+        return self._stream(f"{self.url}/runs/{quoted}", cut_is_an_error=True)
+
+    def _stream(self, url: str, params: dict[str, str] | None = None, cut_is_an_error: bool = False) -> Iterator[bytes]:
+        """A long download in chunks. A cut raises where the bytes carry no end of their own (a file);
+        an export ends with its end record, which its reader checks."""
         try:
-            response = self.session.get(f"{self.url}/export", params=filters, stream=True, timeout=(10, 300))
+            response = self.session.get(url, params=params, stream=True, timeout=(10, 300))
         except requests.RequestException as exc:
             raise RemoteError(0, {"detail": f"cannot reach {self.url}: {exc.__class__.__name__}"}) from None
         if response.status_code >= 400:
@@ -238,29 +251,12 @@ class RemoteBackend:
             with response:
                 try:
                     yield from response.iter_content(64 * 1024)
-                except requests.RequestException:
+                except requests.RequestException as exc:
+                    if cut_is_an_error:
+                        raise RemoteError(
+                            0, {"detail": f"the download from {url} was cut: {exc.__class__.__name__}"}
+                        ) from None
                     return  # the caller sees the missing end record
-
-        return chunks()
-
-    def artifacts(self, run_id: str) -> list[dict[str, Any]]:
-        return self._call("GET", f"/runs/{requests.utils.quote(run_id, safe='')}/artifacts")["artifacts"]
-
-    def artifact(self, run_id: str, path: str) -> Iterator[bytes]:
-        """Stream one artifact; a problem answer raises before anything is written."""
-        url = f"{self.url}/runs/{requests.utils.quote(run_id, safe='')}/artifacts/{requests.utils.quote(path)}"
-        try:
-            response = self.session.get(url, stream=True, timeout=(10, 300))
-        except requests.RequestException as exc:
-            raise RemoteError(0, {"detail": f"cannot reach {self.url}: {exc.__class__.__name__}"}) from None
-        if response.status_code >= 400:
-            error = _remote_error(response)
-            response.close()
-            raise error
-
-        def chunks() -> Iterator[bytes]:
-            with response:
-                yield from response.iter_content(1 << 20)
 
         return chunks()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.helpers import cli, local_flwd, processes_of_run, wait_until
+from tests.fixtures.helpers import cli, local_flwd, processes_of_run, processes_with_env, wait_until
 from tests.fixtures.server import REPO, ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -113,19 +113,7 @@ def test_cancel_waits_for_the_end_and_says_so_both_ways(server):
 
 def flwd_processes(config_path: Path) -> list[int]:
     """Live processes started with this config file in their environment (a CLI and what it left behind)."""
-    marker = f"FLWD_CONFIG={config_path}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if marker in environ.split(b"\0") and state not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
+    return processes_with_env(f"FLWD_CONFIG={config_path}")
 
 
 def test_a_detached_local_run_completes_without_a_server(tmp_path):

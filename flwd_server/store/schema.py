@@ -8,7 +8,7 @@ SQLite's spelling; PostgreSQL gets it translated (:mod:`.postgres_sql`).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Finished runs, exactly as the partial index ``runs_finished_seq`` spells it: a query
 # uses that index only if its WHERE says the same (a test checks it against RunStatus).
@@ -117,6 +117,11 @@ MIGRATIONS: dict[int, str] = {
         size INTEGER NOT NULL,
         PRIMARY KEY (run_id, path)
     );
+    """,
+    # 5: a stream ticket carries the read scopes of the token that asked for it (space-separated);
+    # NULL (a ticket issued before) means plain runs:read.
+    5: """
+    ALTER TABLE stream_tickets ADD COLUMN scopes TEXT
     """,
 }
 

@@ -358,9 +358,15 @@ def test_a_stream_ticket_is_found_until_it_expires_and_expired_ones_are_removed(
     now = time.time()
     store.create_ticket("old", "alice", None, now - 1)
     store.create_ticket("live", "alice", "RUN", now + 60)
-    assert store.find_ticket("live") == ("alice", "RUN", now + 60)
-    assert store.find_ticket("live") == ("alice", "RUN", now + 60)  # reusable: finding it takes nothing out
+    assert store.find_ticket("live") == ("alice", "RUN", now + 60, None)
+    assert store.find_ticket("live") == ("alice", "RUN", now + 60, None)  # reusable: finding it takes nothing out
     assert store.find_ticket("old") is None  # expired
     assert store.find_ticket("unknown") is None
     rows = store.reader().execute("SELECT digest FROM stream_tickets ORDER BY digest").fetchall()
     assert [row[0] for row in rows] == ["live"]  # the expired one went when the next was issued
+
+
+def test_a_stream_ticket_keeps_the_scopes_of_the_token_that_asked(store):
+    expires = time.time() + 60
+    store.create_ticket("narrow", "bob", None, expires, "runs:read:bar:* sources:read")
+    assert store.find_ticket("narrow") == ("bob", None, expires, "runs:read:bar:* sources:read")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.fixtures.helpers import read_stream, wait_until
+from tests.fixtures.helpers import read_stream, sse_events, wait_until
 from tests.fixtures.server import ServerProcess
 from tests.fixtures.tokens import JwtAuth
 
@@ -130,3 +130,36 @@ def test_a_stream_ticket_carries_the_narrowed_scopes_of_its_asker(scoped, module
 def test_auth_me_shows_narrowed_scopes_as_they_are(scoped, module_jwt_auth):
     reply = scoped["server"].get("/auth/me", token=module_jwt_auth.token("runs:write:*:deploy-* runs:read:bar:*"))
     assert reply.json()["scopes"] == ["runs:read:bar:*", "runs:write:*:deploy-*"]
+
+
+@pytest.mark.parametrize("scopes", ["runs:read:bar:sleepy", "runs:read:b*r:sleep*"])
+def test_a_narrowed_live_stream_gets_only_its_runs_events_as_they_happen(scoped, module_jwt_auth, scopes):
+    """The live path (the broadcaster's routing): exact names filed under their job, globs under one key."""
+    server, admin = scoped["server"], scoped["admin"]
+    start = max(
+        int(e["id"])
+        for e in read_stream(
+            f"{server.url}/runs/{scoped['runs']['barn:sleepy']}/events", {"Authorization": f"Bearer {admin}"}
+        )
+    )
+    url = f"{server.url}/events?after={start}"
+    with requests.get(url, headers=module_jwt_auth.headers(scopes), stream=True, timeout=(5, 30)) as live:
+        assert live.status_code == 200
+        others = [
+            server.post("/runs", {"job": job}, token=admin).json()["run"]["id"]
+            for job in ("barn:sleepy", "bar:sleepy2")
+        ]
+        mine = server.post("/runs", {"job": "bar:sleepy"}, token=admin).json()["run"]["id"]
+        received = []
+        for event in sse_events(live.iter_lines(chunk_size=None)):
+            if "comment" in event:
+                continue
+            received.append(event)
+            if event["event"] == "run.finished" and event["data"]["run_id"] == mine:
+                break
+    seen = {e["data"].get("run_id") for e in received}
+    assert mine in seen and others[0] not in seen  # barn:sleepy: never
+    for run_id in seen:  # every event is of a granted job (earlier tests' runs of bar:sleepy may still be going)
+        run = server.get(f"/runs/{run_id}", token=admin).json()["run"]
+        assert (run["source"], run["job"]) in {("bar", "sleepy"), ("bar", "sleepy2")}, run
+        assert "*" in scopes or run["job"] == "sleepy", run

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+import time
 
 import pytest
 
@@ -115,3 +117,12 @@ def test_a_narrowed_event_filter_passes_only_its_runs_and_runless_events_if_allo
 def test_a_ticket_carries_only_the_read_scopes():
     asked = {"runs:read:bar:*", "runs:write", "sources:read", "jobs:read", "runs:write:bar:x", "bogus"}
     assert ticket_scopes(asked) == {"runs:read:bar:*", "sources:read"}
+
+
+def test_a_ticket_stands_for_the_read_scopes_of_its_asker_and_an_old_one_for_runs_read(engine):
+    asker = Principal("bob", frozenset({"runs:read:bar:*", "runs:write", "sources:read"}))
+    ticket = engine.issue_stream_ticket(asker)["ticket"]
+    assert engine.redeem_stream_ticket(ticket, None) == Principal("bob", frozenset({"runs:read:bar:*", "sources:read"}))
+    digest = hashlib.sha256(b"x" * 43).hexdigest()  # the stored form of a ticket
+    engine.store.create_ticket(digest, "old", None, time.time() + 60)  # as a ticket stored before scopes were
+    assert engine.redeem_stream_ticket("x" * 43, None) == Principal("old", frozenset({"runs:read"}))

@@ -40,6 +40,7 @@ def _request_of(body: dict[str, Any]) -> PlanRequest:
         source=body.get("source"),
         profile=Profile(profile) if profile else None,
         plan=body.get("plan"),
+        callback=(body.get("callback") or {}).get("url"),
     )
 
 

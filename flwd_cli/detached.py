@@ -58,6 +58,7 @@ def run_one(config_path: str | None, run_id: str) -> None:
     engine = Engine(load_settings(config_path), local_affinity=True)
     try:
         engine.start()
+        engine.callbacks.adopt(run_id)  # its callback, if it has one, is this process's to deliver
         hub = engine.hub
         hub.watch()
         position = 0

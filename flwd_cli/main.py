@@ -200,6 +200,9 @@ def run_params() -> list[click.Option]:
         click.Option(["--source"], help="Take the job from this source."),
         click.Option(["--profile"], type=PROFILE_CHOICE, help="Ask for this profile."),
         click.Option(["--detach"], is_flag=True, help="Print the run id and return at once."),
+        click.Option(
+            ["--callback"], metavar="URL", help="POST the run here, signed, when it ends (callbacks.allowed_urls)."
+        ),
         click.Option(["--quiet"], is_flag=True, help="Only the job's own output."),
         *connection_params(),
     ]
@@ -314,6 +317,8 @@ class JobCommand(click.Command):
                     err=True,
                 )
         body = _body(f"{job['source']}:{job['name']}", args, None, parsed["profile"])
+        if parsed["callback"] is not None:
+            body["callback"] = {"url": parsed["callback"]}
         run = backend.submit(body, detach=parsed["detach"])
         if parsed["detach"]:
             click.echo(run["id"])

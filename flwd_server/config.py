@@ -168,6 +168,15 @@ class ArtifactSettings:
 
 
 @dataclass(frozen=True)
+class CallbackSettings:
+    allowed_urls: tuple[str, ...] = _opt((), "URL prefixes run callbacks may POST to (none: no callbacks).")
+    secret_file: str | None = _opt(None, "Key of the callbacks' HMAC-SHA256 signature (the file's text).", path="file")
+    max_attempts: int = _opt(8, "Attempts to deliver a callback before it is given up.", minimum=1, maximum=100)
+    request_timeout: float = _opt(10.0, "Seconds an attempt may wait to connect, then per read.", minimum=0.05)
+    backoff: float = _opt(5.0, "Seconds before a callback's first retry, doubled at each (jittered).", minimum=0.01)
+
+
+@dataclass(frozen=True)
 class Settings:
     bind: str = _opt("127.0.0.1:8080", "Listen address HOST:PORT ([::1]:PORT for IPv6).", flag="--bind")
     default_profile: str = _opt("secure", "Security profile of runs that ask for none.", PROFILES, flag="--profile")
@@ -228,6 +237,7 @@ class Settings:
     git: GitSettings = field(default_factory=GitSettings, metadata={"help": "Git sources."})
     http: HTTPSettings = field(default_factory=HTTPSettings, metadata={"help": "HTTP connections."})
     artifacts: ArtifactSettings = field(default_factory=ArtifactSettings, metadata={"help": "Run artifacts."})
+    callbacks: CallbackSettings = field(default_factory=CallbackSettings, metadata={"help": "Run callbacks."})
     sources: tuple[dict[str, Any], ...] = field(
         default=(), metadata={"help": "Sources registered at start (same objects as POST /sources)."}
     )
@@ -424,12 +434,6 @@ def declarations(cls: type = Settings, prefix: str = "") -> typing.Iterator[Decl
         if typing.get_origin(hint) in (typing.Union, types.UnionType):
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         yield Declaration(key, hint, getattr(instance, f.name), **{"help": "", **f.metadata})
-
-
-def describe(cls: type = Settings, prefix: str = "") -> typing.Iterator[tuple[str, Any, str]]:
-    """Yield ``(key, default, help)`` for every setting, for docs and the reference file."""
-    for declared in declarations(cls, prefix):
-        yield declared.key, declared.default, declared.help
 
 
 def load_settings(

@@ -33,7 +33,9 @@ from .metrics import install as install_metrics
 from .models import Containment, Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
 from .planner import Planner, PlanRequest, plan_record
 from .policy import log_decision
+from .runs.callbacks import CallbackPolicy
 from .runs.cgroups import discover as discover_cgroups
+from .runs.delivery import CallbackDeliverer
 from .runs.runner import Runner
 from .sources import LocalSource, Source
 from .sources.registry import SourceRegistry
@@ -112,6 +114,11 @@ class Engine:
         self.blobs = BlobDir(settings.resolved_artifacts_dir)
         self.retention = Retention(self.store, settings.limits.max_run_history, self.blobs)
         self.hub.add_listener(self.retention.on_events)
+        self.callback_policy = CallbackPolicy(settings.callbacks)
+        self.callbacks = CallbackDeliverer(
+            self.store, self.callback_policy, self.run_view, lambda: self.runner.owner, local=local_affinity
+        )
+        self.hub.add_listener(self.callbacks.on_events)
         self.local_affinity = local_affinity
         self._started = False  # start() ran: only then is a close a shutdown worth a log line
         self.closing = False
@@ -176,6 +183,7 @@ class Engine:
         self._started = True
         self.hub.start()
         self.runner.start()
+        self.callbacks.start()
         if not self._swept and not self.local_affinity and self.settings.container.runtime != "none":
             self._swept = True  # containers a crashed worker left behind go, once per server process
             threading.Thread(
@@ -230,6 +238,7 @@ class Engine:
         if grace is not None or self._drain_deadline is None:
             self.begin_shutdown(grace)
         self.runner.shutdown(self.settings.shutdown_grace if grace is None else grace, deadline=self._drain_deadline)
+        self.callbacks.close()  # after the runs: their ends make callbacks due; a local process delivers its own
         self.hub.close()
         self.containers.close()
         self.store.close()
@@ -300,6 +309,7 @@ class Engine:
         """
         if self.closing or self.runner.draining:
             raise Unavailable("the server is shutting down and takes no new runs", retry_after=30)
+        callback = self.callback_policy.check(request.callback) if request.callback is not None else None
         plan = self.planner.plan(request, principal)
         principal.require(Scope.RUNS_WRITE, plan.job.source, plan.job.name)
         if request.plan is not None and request.plan != plan.digest:
@@ -354,7 +364,10 @@ class Engine:
             idempotency=idem,
             affinity=runner or (self.runner.owner if self.local_affinity else None),
             max_queued=self.settings.limits.max_queued_runs,
+            callback=callback,
         )
+        if callback is not None and self.local_affinity and runner is None:
+            self.callbacks.adopt(run.id)  # a local run: the process that runs it delivers (flwd_cli/detached.py too)
         if not replayed:
             if status is RunStatus.REJECTED:
                 for decision in plan.decisions:
@@ -409,6 +422,15 @@ class Engine:
         if principal is not None and not principal.allows(Scope.RUNS_READ, run.source, run.job):
             raise RunNotFound(f"no run with id {run_id!r}")
         return run
+
+    def run_view(self, run_id: str, base_url: str = "", principal: Principal | None = None) -> dict[str, Any]:
+        """The run as ``GET /runs/ID`` shows it; a callback POSTs exactly this (links relative to the server's root).
+
+        Unlike the lists, one run also names its artifacts with their digests (a query of its own).
+        """
+        view = self.run(run_id, principal).to_dict(base_url)
+        view["artifacts"] = [artifact.to_dict() for artifact in run_artifacts(self.store, run_id)]
+        return view
 
     def cancel(self, run_id: str, principal: Principal) -> Run:
         current = self.store.get_run(run_id)

@@ -69,6 +69,8 @@ class EventType(StrEnum):
     ARTIFACTS_COLLECTED = "artifacts.collected"
     SOURCE_SYNCED = "source.synced"
     SOURCE_FAILED = "source.failed"
+    CALLBACK_DELIVERED = "callback.delivered"
+    CALLBACK_FAILED = "callback.failed"
 
 
 _SECOND: list = [None, ""]  # the last whole second rendered: events come in bursts within one
@@ -398,6 +400,7 @@ class Run:
     reason: str | None = None
     plan_digest: str | None = None
     outputs: dict[str, Any] = field(default_factory=dict)  # set when the run ends (runs/outputs.py)
+    callback: dict[str, Any] | None = None  # where the run's end is POSTed, and how far that got (store/deliveries.py)
 
     def to_dict(self, base_url: str = "") -> dict[str, Any]:
         return {
@@ -416,6 +419,7 @@ class Run:
             "reason": self.reason,
             "plan_digest": self.plan_digest,
             "outputs": self.outputs,
+            "callback": self.callback,
             "links": {
                 "self": f"{base_url}/runs/{self.id}",
                 "events": f"{base_url}/runs/{self.id}/events",

@@ -37,6 +37,7 @@ class PlanRequest:
     profile: Profile | None = None
     plan: str | None = None
     problems: tuple[dict[str, str], ...] = ()  # the body's invalid fields, named with the arguments' in one 422
+    callback: str | None = None  # a run's callback URL (POST /runs only; checked by the engine, runs/callbacks.py)
 
 
 class Planner:

@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fixtures.git",
     "tests.fixtures.nginx",
     "tests.fixtures.postgres",
+    "tests.fixtures.receiver",
     "tests.fixtures.tokens",
 ]
 

@@ -23,6 +23,7 @@ from ..forksafe import reset_after_fork
 from ..models import Event
 from . import schema
 from .artifacts import release_in as release_artifacts
+from .deliveries import DeliveryRecords
 from .event_filter import EventFilter
 from .owners import OwnerRecords
 from .queries import SET_META
@@ -30,7 +31,7 @@ from .run_records import RunRecords
 from .writer import Writer
 
 
-class Store(Writer, RunRecords, OwnerRecords):
+class Store(Writer, RunRecords, OwnerRecords, DeliveryRecords):
     """Runs and events; one instance per process is enough."""
 
     dialect: str
@@ -258,6 +259,7 @@ class Store(Writer, RunRecords, OwnerRecords):
             conn.execute(f"DELETE FROM events WHERE run_id IN ({qs})", part)
             release_artifacts(conn, part)
             conn.execute(f"DELETE FROM idempotency WHERE run_id IN ({qs})", part)
+            conn.execute(f"DELETE FROM callback_deliveries WHERE run_id IN ({qs})", part)
             conn.execute(f"DELETE FROM runs WHERE id IN ({qs})", part)
         return len(victims)
 

@@ -39,6 +39,7 @@ from typing import Any
 from ..errors import BadRequest
 from ..models import Event, RunStatus, iso, parse_iso
 from .backend import Store
+from .deliveries import callback_views
 from .event_filter import DATA_SOURCE_SQL, SYNTAX
 from .queries import RUN_COLUMNS, RUN_WIDTH, run_from_row
 
@@ -188,8 +189,9 @@ def export_lines(
             rows = conn.execute(
                 f"SELECT {RUN_COLUMNS}, seq FROM runs WHERE {where} ORDER BY seq LIMIT ?", (last_seq, *params, run_page)
             ).fetchall()
+            callbacks = callback_views(conn, [row[0] for row in rows])
             for row in rows:
-                run = run_from_row(row)
+                run = run_from_row(row, callbacks.get(row[0]))
                 page: list[Event] = store.events_after(0, run.id, event_page, conn=conn)
                 for event in runless_before(page[0].id if page else 0):
                     text = f'{{"record":"event","event":{event.to_json()}}}\n'.encode()

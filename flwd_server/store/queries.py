@@ -33,8 +33,8 @@ def new_run_id() -> str:
     return "".join(reversed(chars))
 
 
-def run_from_row(row: Any) -> Run:
-    """A :class:`Run` from a row that starts with :data:`RUN_COLUMNS`."""
+def run_from_row(row: Any, callback: dict[str, Any] | None = None) -> Run:
+    """A :class:`Run` from a row that starts with :data:`RUN_COLUMNS` (and its callback, if it has one)."""
     return Run(
         id=row[0],
         job=row[1],
@@ -51,6 +51,7 @@ def run_from_row(row: Any) -> Run:
         reason=row[12],
         plan_digest=row[13],
         outputs=json.loads(row[14]) if row[14] else {},
+        callback=callback,
     )
 
 
@@ -62,10 +63,16 @@ def dumps(data: Any) -> str:
 def insert_run_finished(conn: Any, run_id: str, now: float, payload: dict[str, Any]) -> None:
     """``run.finished``, in the transaction that ends the run: a stream that sees it finds the final row.
 
-    Its data always carries the run's ``outputs`` (empty for a run that set none).
+    Its data always carries the run's ``outputs`` (empty for a run that set none). The run's
+    callback, if it asked for one, falls due in the same transaction (store/deliveries.py).
     """
     payload.setdefault("outputs", {})
     conn.execute(INSERT_EVENT, (run_id, EventType.RUN_FINISHED.value, now, dumps(payload)))
+    conn.execute(
+        "UPDATE callback_deliveries SET state = 'pending', due_at = ?, updated_at = ? "
+        "WHERE run_id = ? AND state = 'waiting'",
+        (now, now, run_id),
+    )
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 from ..auth.scopes import Grant, grants_sql
 from ..errors import IdempotencyMismatch, RunFinished, RunNotFound, Unavailable
 from ..models import EventType, Run, RunStatus
+from .deliveries import callback_views, insert_delivery
 from .queries import (
     INSERT_EVENT,
     RUN_COLUMNS,
@@ -53,11 +54,13 @@ class RunRecords:
         idempotency: tuple[str, str, str] | None = None,
         affinity: str | None = None,
         max_queued: int | None = None,
+        callback: str | None = None,
     ) -> tuple[Run, bool]:
         """Insert a run and its first events atomically; returns ``(run, replayed)``.
 
         ``idempotency`` is ``(subject, key, body_hash)``: the same key and body
         give back the first run, the same key with another body is refused.
+        ``callback`` is a URL to POST the run to when it ends (store/deliveries.py).
         """
         run_id = new_run_id()
         now = time.time()
@@ -126,6 +129,9 @@ class RunRecords:
                     "INSERT INTO idempotency(subject, key, body_hash, run_id, created_at) VALUES (?, ?, ?, ?, ?)",
                     (subject, key, body_hash, run_id, now),
                 )
+            if callback is not None:
+                view = insert_delivery(conn, run_id, callback, now, ended=finished is not None)
+                return Run(**{**created.__dict__, "callback": view}), False
             return created, False
 
         return self.write(op)
@@ -143,7 +149,9 @@ class RunRecords:
     @staticmethod
     def _get_run(conn: Any, run_id: str, suffix: str = "") -> Run | None:
         row = conn.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?{suffix}", (run_id,)).fetchone()
-        return run_from_row(row) if row else None
+        if not row:
+            return None
+        return run_from_row(row, callback_views(conn, [run_id]).get(run_id))
 
     def get_run(self, run_id: str) -> Run:
         run = self._get_run(self.reader(), run_id) if "\x00" not in run_id else None  # PostgreSQL refuses NUL
@@ -188,7 +196,8 @@ class RunRecords:
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        return [run_from_row(r) for r in rows], (rows[-1][RUN_WIDTH] if more else None)
+        callbacks = callback_views(self.reader(), [r[0] for r in rows])
+        return [run_from_row(r, callbacks.get(r[0])) for r in rows], (rows[-1][RUN_WIDTH] if more else None)
 
     def count_runs(self) -> dict[str, int]:
         return dict(self.reader().execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())

@@ -8,7 +8,7 @@ SQLite's spelling; PostgreSQL gets it translated (:mod:`.postgres_sql`).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Finished runs, exactly as the partial index ``runs_finished_seq`` spells it: a query
 # uses that index only if its WHERE says the same (a test checks it against RunStatus).
@@ -118,9 +118,29 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (run_id, path)
     );
     """,
-    # 5: a stream ticket carries the read scopes of the token that asked for it (space-separated);
-    # NULL (a ticket issued before) means plain runs:read.
+    # 5: run callbacks: one delivery per run that asked for one (store/deliveries.py). ``state`` is
+    # waiting (the run has not ended), pending (due at ``due_at``), delivered or failed (given up);
+    # a process owns an attempt while ``lease_until`` is in the future.
     5: """
+    CREATE TABLE callback_deliveries (
+        run_id TEXT PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        url TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due_at REAL,
+        lease_owner TEXT,
+        lease_until REAL,
+        last_status INTEGER,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX callback_deliveries_due ON callback_deliveries(due_at) WHERE state = 'pending'
+    """,
+    # 6: a stream ticket carries the read scopes of the token that asked for it (space-separated);
+    # NULL (a ticket issued before) means plain runs:read.
+    6: """
     ALTER TABLE stream_tickets ADD COLUMN scopes TEXT
     """,
 }

@@ -139,7 +139,7 @@ def plan_request(with_plan: bool) -> PlanRequest:
     """A plan or run body.  Unknown fields and bad values are collected, not raised one by one:
     when the job can still be looked up, the planner adds the arguments' problems and names
     them all in one 422 (``PlanRequest.problems``)."""
-    fields = ("job", "args", "source", "profile") + (("plan",) if with_plan else ())
+    fields = ("job", "args", "source", "profile") + (("plan", "callback") if with_plan else ())
     data = json_object()
     errors = unknown_fields(data, fields)
     job = data.get("job")
@@ -159,6 +159,7 @@ def plan_request(with_plan: bool) -> PlanRequest:
     plan = data.get("plan")
     if plan is not None and (not isinstance(plan, str) or not plan.startswith("sha256:") or len(plan) != 71):
         errors.append({"field": "plan", "message": "expected a plan digest (sha256:...) from POST /plans"})
+    callback = _callback_url(data.get("callback"), errors) if "callback" in data and with_plan else None
     if any(e["field"] in ("job", "args", "source") for e in errors):
         raise Unprocessable(invalid_request(errors), errors)  # no job to look up: nothing more to name
     invalid = {e["field"] for e in errors}
@@ -169,7 +170,25 @@ def plan_request(with_plan: bool) -> PlanRequest:
         profile=Profile(profile) if profile and "profile" not in invalid else None,
         plan=plan if "plan" not in invalid else None,
         problems=tuple(errors),
+        callback=callback,
     )
+
+
+def _callback_url(value: Any, errors: list[dict[str, str]]) -> str | None:
+    """``{"url": URL}``: its shape here; whether the server allows the URL is the engine's check (runs/callbacks.py)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        errors.append({"field": "callback", "message": 'expected an object {"url": URL}'})
+        return None
+    errors.extend(
+        {"field": f"callback.{key}", "message": "unknown field (allowed: url)"} for key in value if key != "url"
+    )
+    url = value.get("url")
+    if not isinstance(url, str) or not url:
+        errors.append({"field": "callback.url", "message": "required: the URL to POST the run to when it ends"})
+        return None
+    return url
 
 
 def query_int(name: str, default: int, minimum: int, maximum: int, *, empty_is_absent: bool = False) -> int:

@@ -19,6 +19,7 @@ from .bodies import has_body, json_body, no_body, plan_request, query_choice, qu
 from .operations import operation
 from .render import base_url, json_response
 from .schemas import (
+    CALLBACK_REQUEST,
     LAST_EVENT_ID,
     NAME_QUERY,
     NULLABLE_STR,
@@ -84,7 +85,11 @@ def _engine():
     request_body=json_request(
         {
             **RUN_REQUEST,
-            "properties": {**RUN_REQUEST["properties"], "plan": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}},
+            "properties": {
+                **RUN_REQUEST["properties"],
+                "plan": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
+                "callback": {**CALLBACK_REQUEST, "description": "POST the run here, signed, when it ends"},
+            },
         }
     ),
     operation_id="submitRun",
@@ -137,7 +142,7 @@ def list_runs() -> Response:
 @bp.get("/runs/<run_id>")
 @operation(Scope.RUNS_READ, "One run", {"200": json_reply(RUN_REPLY), **problems(404)}, operation_id="getRun")
 def get_run(run_id: str) -> Response:
-    return json_response({"run": _engine().run(run_id, principal()).to_dict(base_url())})
+    return json_response({"run": _engine().run_view(run_id, base_url(), principal())})
 
 
 @bp.post("/runs/<run_id>/cancel")

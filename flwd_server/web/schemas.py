@@ -136,6 +136,10 @@ LAST_EVENT_ID = [
         "it opens its stream as often as asked until it expires",
     ),
 ]
+CALLBACK_REQUEST = object_schema(
+    {"url": {"type": "string", "minLength": 1, "maxLength": 2048, "description": "under callbacks.allowed_urls"}},
+    ["url"],
+)
 RUN_REQUEST = object_schema(
     {
         "job": {"type": "string", "minLength": 1, "maxLength": 256, "description": "name or source:name"},
@@ -254,6 +258,19 @@ SCHEMAS: dict[str, Any] = {
                 "description": "what its steps wrote to $FLWD_OUTPUT, set when the run ends: declared outputs "
                 "typed, others strings, secret argument values masked",
             },
+            "artifacts": {
+                "type": "array",
+                "items": object_schema(
+                    {"path": {"type": "string"}, "size": {"type": "integer"}, "sha256": {"type": "string"}},
+                    ["path", "size", "sha256"],
+                ),
+                "description": "the files the run left in $FLWD_ARTIFACTS, with their digests (GET /runs/ID and "
+                "callbacks only, not the lists)",
+            },
+            "callback": {
+                "anyOf": [ref("RunCallback"), {"type": "null"}],
+                "description": "where the run is POSTed when it ends, and how far that got (null: no callback)",
+            },
             "links": object_schema({"self": {"type": "string"}, "events": {"type": "string"}}, ["self", "events"]),
         },
         [
@@ -273,6 +290,16 @@ SCHEMAS: dict[str, Any] = {
             "links",
         ],
         additional=True,
+    ),
+    "RunCallback": object_schema(
+        {
+            "url": {"type": "string", "description": "the callback URL, its query string redacted"},
+            "id": {"type": "string", "description": "the delivery's id, sent as X-Flwd-Delivery"},
+            "state": {"type": "string", "enum": ["waiting", "pending", "delivered", "failed"]},
+            "attempts": {"type": "integer", "minimum": 0},
+            "last_status": {"type": ["integer", "null"], "description": "the HTTP status of the last attempt"},
+        },
+        ["url", "id", "state", "attempts", "last_status"],
     ),
     "SourceFileError": object_schema(
         {

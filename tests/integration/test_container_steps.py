@@ -236,7 +236,7 @@ def test_a_container_step_gets_earlier_outputs_and_sets_its_own_through_the_moun
     lines = [line for _, line in outputs(server.events(run["id"]))]
     assert done["status"] == "succeeded", (done, lines)
     assert "at /flwd/output got hello" in lines
-    assert lines[lines.index("at /flwd/output got hello") + 1 :] == ["output"]  # only that file of the host
+    assert lines[lines.index("at /flwd/output got hello") + 1 :] == ["artifacts", "output"]  # only these of the host
     assert done["outputs"] == {"from_host": "hello", "answer": 42, "lines": "a\nb"}
 
 
@@ -284,7 +284,10 @@ def test_a_container_step_leaves_an_artifact_in_its_mounted_folder(box):
     server = box["server"]
     run = server.submit("leaves-file")
     assert server.wait_finished(run["id"], timeout=60)["status"] == "succeeded"
-    assert outputs(server.events(run["id"])) == [("stdout", "artifacts")]  # the only host path it sees
+    assert outputs(server.events(run["id"])) == [
+        ("stdout", "artifacts"),
+        ("stdout", "output"),
+    ]  # the only host paths it sees
     listed = server.get(f"/runs/{run['id']}/artifacts").json()["artifacts"]
     assert [(a["path"], a["size"]) for a in listed] == [("box.txt", 13)]
     assert server.get(f"/runs/{run['id']}/artifacts/box.txt").content == b"from the box\n"

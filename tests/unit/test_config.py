@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flwd_server.config import describe, known_keys, load_settings, parse_bind
+from flwd_server.config import declarations, known_keys, load_settings, parse_bind
 from flwd_server.errors import ConfigError
 
 SEED_CONFIG = """\
@@ -111,7 +111,7 @@ def test_duplicate_source_names_are_refused(tmp_path):
 
 
 def test_every_setting_is_described():
-    described = {key for key, _default, help_text in describe() if help_text}
+    described = {declared.key for declared in declarations() if declared.help}
     assert described == set(known_keys())
 
 

@@ -81,11 +81,17 @@ export function artifactsPanel(runId) {
     );
   }
 
+  let shown = null; // what the table shows: the same list is not drawn again (a focused link keeps its focus)
+
   async function load() {
     try {
       const answer = await api("GET", `runs/${encodeURIComponent(runId)}/artifacts`);
       const artifacts = answer.artifacts || [];
-      replace(body, artifacts.map(row));
+      const key = JSON.stringify(artifacts.map((a) => [a.path, a.sha256]));
+      if (key !== shown) {
+        replace(body, artifacts.map(row));
+        shown = key;
+      }
       element.hidden = artifacts.length === 0;
     } catch (error) {
       replace(notice, errorBox(error, "Could not list the artifacts"));

@@ -20,11 +20,11 @@ from typing import IO, Any
 
 from . import forksafe
 from .auth.bearer import Authenticator
-from .auth.scopes import Scope
+from .auth.scopes import Scope, ticket_scopes
 from .catalog import Catalog
 from .config import Settings
 from .containers.support import ContainerSupport
-from .errors import PlanChanged, PolicyDenied, Unauthenticated, Unavailable
+from .errors import PlanChanged, PolicyDenied, RunNotFound, Unauthenticated, Unavailable
 from .events.broadcast import Broadcaster
 from .events.hub import EventHub
 from .forksafe import reset_after_fork
@@ -311,6 +311,7 @@ class Engine:
             raise Unavailable("the server is shutting down and takes no new runs", retry_after=30)
         callback = self.callback_policy.check(request.callback) if request.callback is not None else None
         plan = self.planner.plan(request, principal)
+        principal.require(Scope.RUNS_WRITE, plan.job.source, plan.job.name)
         if request.plan is not None and request.plan != plan.digest:
             raise PlanChanged(
                 "the job, its arguments or its source changed since it was planned; plan again and submit the new digest",
@@ -415,30 +416,36 @@ class Engine:
     def runs(self, **filters: Any) -> tuple[list[Run], int | None]:
         return self.store.list_runs(**filters)
 
-    def run(self, run_id: str) -> Run:
-        return self.store.get_run(run_id)
+    def run(self, run_id: str, principal: Principal | None = None) -> Run:
+        """One run; with ``principal``, a run of a job its ``runs:read`` does not cover is a 404 (hides it exists)."""
+        run = self.store.get_run(run_id)
+        if principal is not None and not principal.allows(Scope.RUNS_READ, run.source, run.job):
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return run
 
-    def run_view(self, run_id: str, base_url: str = "") -> dict[str, Any]:
+    def run_view(self, run_id: str, base_url: str = "", principal: Principal | None = None) -> dict[str, Any]:
         """The run as ``GET /runs/ID`` shows it; a callback POSTs exactly this (links relative to the server's root).
 
         Unlike the lists, one run also names its artifacts with their digests (a query of its own).
         """
-        view = self.run(run_id).to_dict(base_url)
+        view = self.run(run_id, principal).to_dict(base_url)
         view["artifacts"] = [artifact.to_dict() for artifact in run_artifacts(self.store, run_id)]
         return view
 
     def cancel(self, run_id: str, principal: Principal) -> Run:
+        current = self.store.get_run(run_id)
+        principal.require(Scope.RUNS_WRITE, current.source, current.job)
         run = self.store.request_cancel(run_id, principal.subject)
         self.runner.wake()
         return run
 
-    def artifacts(self, run_id: str) -> list[Artifact]:
-        self.run(run_id)  # 404 for an unknown run
+    def artifacts(self, run_id: str, principal: Principal | None = None) -> list[Artifact]:
+        self.run(run_id, principal)  # 404 for an unknown run
         return run_artifacts(self.store, run_id)
 
-    def artifact(self, run_id: str, path: str) -> tuple[Artifact, IO[bytes]]:
+    def artifact(self, run_id: str, path: str, principal: Principal | None = None) -> tuple[Artifact, IO[bytes]]:
         """One artifact and its file, open (the caller closes it); the path is looked up, never joined."""
-        self.run(run_id)
+        self.run(run_id, principal)
         return open_artifact(self.store, self.blobs, run_id, path)
 
     # -- stream tickets (browsers' EventSource cannot send Authorization) ---------
@@ -446,25 +453,27 @@ class Engine:
     def issue_stream_ticket(self, principal: Principal, run_id: str | None = None) -> dict[str, Any]:
         """A short-lived ticket that opens one event stream without a header, as often as needed until it expires.
 
-        Reusable because EventSource reconnects by itself with the same URL; read-only (``runs:read``) and bound
+        Reusable because EventSource reconnects by itself with the same URL; read-only (the asker's ``runs:read``,
+        narrowed or not, and ``sources:read``) and bound
         to its run, so a leaked one reads that run's events (or, without a run, every event) for ``ticket_ttl``
         seconds at most, and writes nothing.
         """
         if run_id is not None:
-            self.run(run_id)  # 404 for an unknown run
+            self.run(run_id, principal)  # 404 for an unknown run, or one its runs:read does not cover
         ticket = secrets.token_urlsafe(32)
         ttl = self.settings.sse.ticket_ttl
-        self.store.create_ticket(_ticket_digest(ticket), principal.subject, run_id, time.time() + ttl)
+        scopes = " ".join(sorted(ticket_scopes(principal.scopes)))
+        self.store.create_ticket(_ticket_digest(ticket), principal.subject, run_id, time.time() + ttl, scopes)
         return {"ticket": ticket, "expires_in": ttl, "run_id": run_id}
 
     def redeem_stream_ticket(self, ticket: str, run_id: str | None) -> Principal:
         row = self.store.find_ticket(_ticket_digest(ticket)) if 16 <= len(ticket) <= 128 else None
         if row is None or row[2] < time.time():
             raise Unauthenticated("the stream ticket is unknown or expired; ask POST /stream-tickets for a new one")
-        subject, bound_run, _ = row
+        subject, bound_run, _, scopes = row
         if bound_run is not None and bound_run != run_id:
             raise Unauthenticated("this stream ticket was issued for another run")
-        return Principal(subject, frozenset({Scope.RUNS_READ.value}))
+        return Principal(subject, frozenset(scopes.split() if scopes is not None else (Scope.RUNS_READ.value,)))
 
     def export(self, filters: ExportFilter) -> Iterator[bytes]:
         """The NDJSON audit export (see :mod:`flwd_server.store.export`), streamed."""

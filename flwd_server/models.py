@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .auth.scopes import Grant, grants_of
+from .errors import ScopeMissing
+
 
 class RunStatus(StrEnum):
     QUEUED = "queued"
@@ -319,7 +322,26 @@ class Principal:
     scopes: frozenset[str] = field(default_factory=frozenset)
 
     def has_scope(self, scope: str) -> bool:
+        """Whether it holds ``scope`` itself (a narrowed ``runs:read:SOURCE:JOB`` is not ``runs:read``)."""
         return scope in self.scopes
+
+    def may_use(self, scope: str) -> bool:
+        """Whether a route declaring ``scope`` is open to it: the scope, or the scope narrowed to some jobs."""
+        return scope in self.scopes or bool(grants_of(self.scopes, scope))
+
+    def grants(self, scope: str) -> frozenset[Grant] | None:
+        """The jobs ``scope`` is held for: None for every job, else the ``SOURCE:JOB`` grants (maybe none)."""
+        return grants_of(self.scopes, scope)
+
+    def allows(self, scope: str, source: str, job: str) -> bool:
+        """Whether it holds ``scope`` for job ``job`` of source ``source``."""
+        grants = self.grants(scope)
+        return grants is None or any(g.matches(source, job) for g in grants)
+
+    def require(self, scope: str, source: str, job: str) -> None:
+        """A 403 naming the narrowed scope this job needs, unless ``allows``."""
+        if not self.allows(scope, source, job):
+            raise ScopeMissing(f"{scope}:{source}:{job}")
 
 
 class Event:

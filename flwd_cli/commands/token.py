@@ -13,7 +13,7 @@ import time
 import click
 
 from flwd_server.auth.keys import algorithm_of, load_private_key, mint, public_jwk
-from flwd_server.auth.scopes import SCOPES
+from flwd_server.auth.scopes import SCOPES, is_valid_scope
 from flwd_server.config import load_settings
 
 DURATION_RE = re.compile(r"\s*(\d+)\s*([smhd]?)\s*")
@@ -36,10 +36,12 @@ def parse_duration(text: str) -> int:
 
 def parse_scopes(values: tuple[str, ...]) -> list[str]:
     scopes = [scope for value in values for scope in value.replace(",", " ").split()]
-    unknown = sorted({s for s in scopes if s not in SCOPES})
+    unknown = sorted({s for s in scopes if not is_valid_scope(s)})
     if unknown:
         raise click.BadParameter(
-            f"unknown scope {', '.join(unknown)} (known: {', '.join(SCOPES)})", param_hint="--scope"
+            f"unknown scope {', '.join(unknown)} (known: {', '.join(SCOPES)}; runs:read and runs:write may be "
+            "narrowed to jobs as runs:write:SOURCE:JOB, each part lowercase name characters and '*')",
+            param_hint="--scope",
         )
     if not scopes:
         raise click.BadParameter("name at least one scope", param_hint="--scope")
@@ -64,7 +66,8 @@ def parse_scopes(values: tuple[str, ...]) -> list[str]:
     "scopes",
     multiple=True,
     metavar="SCOPE",
-    help=f"A scope (repeatable, or space-separated): {', '.join(SCOPES)}.",
+    help=f"A scope (repeatable, or space-separated): {', '.join(SCOPES)}; or runs:read/runs:write narrowed to "
+    "jobs: runs:write:SOURCE:JOB ('*' globs, e.g. runs:write:tools:*).",
 )
 @click.option("--lifetime", default="1h", show_default=True, help="How long the token is valid: 900, 15m, 1h, 30d.")
 @click.option("--issuer", help="The 'iss' claim (default: auth.issuer of --config).")

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from ..models import Event
 from ..store import Store
-from ..store.event_filter import EventFilter, event_source
+from ..store.event_filter import GRANTED_KEY, EventFilter, event_source
 
 
 class RunOrigins:
@@ -84,6 +84,7 @@ def route(events: list[Event], filters: Iterable[EventFilter], origins: RunOrigi
                 found += get(("source", source), ())
         if by_type:
             found += get(("type", event.type), ())
+        found += get(GRANTED_KEY, ())
         for event_filter in found:  # each filter is filed under one parameter: found at most once per event
             if event_filter.matches(event, origin):
                 out.setdefault(event_filter, []).append(event)

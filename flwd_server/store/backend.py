@@ -200,25 +200,27 @@ class Store(Writer, RunRecords, OwnerRecords, DeliveryRecords):
 
     # -- stream tickets --------------------------------------------------------
 
-    def create_ticket(self, digest: str, subject: str, run_id: str | None, expires_at: float) -> None:
+    def create_ticket(
+        self, digest: str, subject: str, run_id: str | None, expires_at: float, scopes: str | None = None
+    ) -> None:
         """Store a ticket; the expired ones go in the same transaction, so the table holds only live ones."""
 
         def op(conn: Any) -> None:
             conn.execute("DELETE FROM stream_tickets WHERE expires_at < ?", (time.time(),))
             conn.execute(
-                "INSERT INTO stream_tickets(digest, subject, run_id, expires_at) VALUES (?, ?, ?, ?)",
-                (digest, subject, run_id, expires_at),
+                "INSERT INTO stream_tickets(digest, subject, run_id, expires_at, scopes) VALUES (?, ?, ?, ?, ?)",
+                (digest, subject, run_id, expires_at, scopes),
             )
 
         self.write(op)
 
-    def find_ticket(self, digest: str) -> tuple[str, str | None, float] | None:
-        """A live ticket's ``(subject, run_id, expires_at)``, or None; a read, since a ticket is used until it
-        expires (an EventSource reconnects with the same URL)."""
+    def find_ticket(self, digest: str) -> tuple[str, str | None, float, str | None] | None:
+        """A live ticket's ``(subject, run_id, expires_at, scopes)``, or None; a read, since a ticket is used until
+        it expires (an EventSource reconnects with the same URL).  ``scopes`` None: plain ``runs:read``."""
         row = (
             self.reader()
             .execute(
-                "SELECT subject, run_id, expires_at FROM stream_tickets WHERE digest = ? AND expires_at >= ?",
+                "SELECT subject, run_id, expires_at, scopes FROM stream_tickets WHERE digest = ? AND expires_at >= ?",
                 (digest, time.time()),
             )
             .fetchone()

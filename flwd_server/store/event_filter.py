@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from ..auth.scopes import Grant, grants_sql
 from ..errors import BadRequest
 from ..models import Event, EventType
 from .queries import RUN_ID_RE
@@ -33,6 +34,7 @@ SYNTAX = {
     "job": re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}"),  # job and source names (jobs.py, config.py) fit this
     "source": re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}"),
 }
+GRANTED_KEY = ("granted", "")  # the index key of a narrowed token's stream with globs: every event is tested
 # The source an event without a run names in its data, per SQL dialect.
 DATA_SOURCE_SQL = {"sqlite": "json_extract(e.data, '$.source')", "postgres": "(e.data::json ->> 'source')"}
 
@@ -53,6 +55,9 @@ class EventFilter:
     runs: frozenset[str] = frozenset()
     jobs: frozenset[str] = frozenset()
     sources: frozenset[str] = frozenset()
+    # A narrowed ``runs:read`` token's jobs (None: every job); ``runless``: whether it sees events without a run.
+    grants: frozenset[Grant] | None = None
+    runless: bool = True
 
     @classmethod
     def for_run(cls, run_id: str) -> EventFilter:
@@ -74,12 +79,18 @@ class EventFilter:
 
     @property
     def everything(self) -> bool:
-        return not (self.types or self.runs or self.jobs or self.sources)
+        return not (self.types or self.runs or self.jobs or self.sources) and self.grants is None
 
     @property
     def needs_origin(self) -> bool:
         """Whether matching needs the job and source of each event's run."""
-        return bool(self.jobs or self.sources)
+        return bool(self.jobs or self.sources) or self.grants is not None
+
+    def narrowed(self, grants: frozenset[Grant] | None, runless: bool) -> EventFilter:
+        """This filter, further limited to the runs of ``grants`` (a narrowed token's stream)."""
+        if grants is None:
+            return self
+        return replace(self, grants=grants, runless=runless)
 
     def matches(self, event: Event, origin: tuple[str, str] | None = None) -> bool:
         """Whether ``event`` passes; ``origin`` is ``(job, source)`` of its run (needed only if ``needs_origin``)."""
@@ -93,6 +104,10 @@ class EventFilter:
             source = origin[1] if origin is not None else event_source(event)
             if source not in self.sources:
                 return False
+        if self.grants is not None:
+            if event.run_id is None:
+                return self.runless
+            return origin is not None and any(g.matches(origin[1], origin[0]) for g in self.grants)
         return True
 
     def index_keys(self) -> list[tuple[str, str]]:
@@ -105,6 +120,10 @@ class EventFilter:
             values = getattr(self, name + "s")
             if values:
                 return [(name, value) for value in sorted(values)]
+        if self.grants is not None:
+            if not self.runless and all(g.exact() for g in self.grants):
+                return sorted({("job", g.job) for g in self.grants})
+            return [GRANTED_KEY]  # globs: tested against every event, once per distinct set of grants
         return []
 
     def where(self, dialect: str) -> tuple[str, str, list[Any]]:
@@ -118,6 +137,10 @@ class EventFilter:
             marks = ",".join("?" * len(self.sources))
             clauses.append(f"(r.source IN ({marks}) OR (e.run_id IS NULL AND {DATA_SOURCE_SQL[dialect]} IN ({marks})))")
             params.extend(sorted(self.sources) * 2)
+        if self.grants is not None:
+            condition, values = grants_sql(self.grants, "r.source", "r.job")
+            clauses.append(f"(e.run_id IS NULL OR {condition})" if self.runless else condition)
+            params.extend(values)
         join = " LEFT JOIN runs r ON r.id = e.run_id" if self.needs_origin else ""
         return join, " AND ".join(clauses) or "1 = 1", params
 

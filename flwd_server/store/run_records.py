@@ -15,6 +15,7 @@ import json
 import time
 from typing import Any
 
+from ..auth.scopes import Grant, grants_sql
 from ..errors import IdempotencyMismatch, RunFinished, RunNotFound, Unavailable
 from ..models import EventType, Run, RunStatus
 from .deliveries import callback_views, insert_delivery
@@ -172,9 +173,14 @@ class RunRecords:
         source: str | None = None,
         limit: int = 50,
         before: int | None = None,
+        grants: frozenset[Grant] | None = None,
     ) -> tuple[list[Run], int | None]:
-        """Newest first; ``before`` is the cursor from a previous page."""
+        """Newest first; ``before`` is the cursor from a previous page; ``grants`` (None: all) the jobs visible."""
         clauses, params = [], []
+        if grants is not None:
+            condition, values = grants_sql(grants)
+            clauses.append(condition)
+            params.extend(values)
         for column, value in (("status", status), ("job", job), ("source", source)):
             if value is not None:
                 clauses.append(f"{column} = ?")

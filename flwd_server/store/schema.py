@@ -8,7 +8,7 @@ SQLite's spelling; PostgreSQL gets it translated (:mod:`.postgres_sql`).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Finished runs, exactly as the partial index ``runs_finished_seq`` spells it: a query
 # uses that index only if its WHERE says the same (a test checks it against RunStatus).
@@ -137,6 +137,11 @@ MIGRATIONS: dict[int, str] = {
         updated_at REAL NOT NULL
     );
     CREATE INDEX callback_deliveries_due ON callback_deliveries(due_at) WHERE state = 'pending'
+    """,
+    # 6: a stream ticket carries the read scopes of the token that asked for it (space-separated);
+    # NULL (a ticket issued before) means plain runs:read.
+    6: """
+    ALTER TABLE stream_tickets ADD COLUMN scopes TEXT
     """,
 }
 

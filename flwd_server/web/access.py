@@ -112,7 +112,7 @@ def register(app: Flask) -> None:
             g.principal = engine.authenticator.authenticate(request.headers.get("Authorization"))
         if scope == AUTHENTICATED:
             return None  # any valid token: authenticate() raised for none or a bad one
-        if scope is None or not g.principal.has_scope(scope):
+        if scope is None or not g.principal.may_use(scope):
             raise ScopeMissing(scope or "(undeclared)")
         return None
 

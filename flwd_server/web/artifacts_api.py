@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
 from ..auth.scopes import Scope
+from .access import principal
 from .operations import operation
 from .render import base_url, json_response
 from .schemas import json_reply, object_schema, problems, ref
@@ -48,7 +49,7 @@ def list_artifacts(run_id: str) -> Response:
     root = f"{base_url()}/runs/{quote(run_id, safe='')}/artifacts/"
     artifacts = [
         {**artifact.to_dict(), "links": {"self": root + quote(artifact.path)}}
-        for artifact in _engine().artifacts(run_id)
+        for artifact in _engine().artifacts(run_id, principal())
     ]
     return json_response({"artifacts": artifacts})
 
@@ -70,7 +71,7 @@ def list_artifacts(run_id: str) -> Response:
     operation_id="getRunArtifact",
 )
 def get_artifact(run_id: str, path: str) -> Response:
-    artifact, handle = _engine().artifact(run_id, path)
+    artifact, handle = _engine().artifact(run_id, path, principal())
     try:
         response = Response(
             wrap_file(request.environ, handle), mimetype="application/octet-stream", direct_passthrough=True

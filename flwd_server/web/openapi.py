@@ -106,7 +106,11 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "bearerFormat": "JWT",
-                    "description": "Scopes: " + ", ".join(SCOPES),
+                    "description": "Scopes: "
+                    + ", ".join(SCOPES)
+                    + ". runs:read and runs:write may be narrowed to jobs: runs:write:SOURCE:JOB ('*' globs within "
+                    "a part); a narrowed token is refused (403) for other jobs and sees only their runs (404 for "
+                    "another run)",
                 }
             },
         },

@@ -134,6 +134,7 @@ def list_runs() -> Response:
         source=query_text("source"),
         limit=query_int("limit", 50, 1, 500),
         before=query_int("cursor", 0, 1, 2**62, empty_is_absent=True) or None,
+        grants=principal().grants(Scope.RUNS_READ),
     )
     return json_response({"runs": [r.to_dict(base_url()) for r in runs], "next": str(cursor) if cursor else None})
 
@@ -141,7 +142,7 @@ def list_runs() -> Response:
 @bp.get("/runs/<run_id>")
 @operation(Scope.RUNS_READ, "One run", {"200": json_reply(RUN_REPLY), **problems(404)}, operation_id="getRun")
 def get_run(run_id: str) -> Response:
-    return json_response({"run": _engine().run_view(run_id, base_url())})
+    return json_response({"run": _engine().run_view(run_id, base_url(), principal())})
 
 
 @bp.post("/runs/<run_id>/cancel")
@@ -165,9 +166,14 @@ def event_filter_query() -> EventFilter:
 def sse_response(run_id: str | None) -> Response:
     engine = _engine()
     after = parse_last_event_id(request.headers.get("Last-Event-ID"), request.args.get("after"))
-    event_filter = event_filter_query() if run_id is None else None  # a 400 before any stream starts
+    who = principal()
+    event_filter = (  # a 400 before any stream starts; a narrowed token's stream sees only its runs
+        event_filter_query().narrowed(who.grants(Scope.RUNS_READ), who.has_scope(Scope.SOURCES_READ))
+        if run_id is None
+        else None
+    )
     if run_id is not None:
-        engine.run(run_id)  # 404 for an unknown run, before any stream starts
+        engine.run(run_id, who)  # 404 for an unknown run (or one not granted), before any stream starts
         terminal = engine.terminal_event_id(run_id)
         if terminal is not None and after >= terminal:
             return Response(status=204)  # finished and fully seen: tells EventSource to stop

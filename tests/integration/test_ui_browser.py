@@ -439,6 +439,20 @@ def test_a_token_without_runs_write_is_offered_no_run_and_no_cancel(browser, ui,
         browser.sign_in(f"{ui.url}/ui/")
 
 
+def test_a_job_scoped_token_sees_the_runs_view_with_only_its_jobs_runs(browser, ui, module_jwt_auth):
+    """``runs:read:SOURCE:JOB`` opens the Runs view like ``runs:read``; the server lists only that job's runs."""
+    other = ui.submit("noop")
+    mine = ui.submit("examples:hello-world", {"name": "Ada"})
+    try:
+        browser.sign_in(f"{ui.url}/ui/", module_jwt_auth.token("runs:read:examples:hello-*"))
+        assert not browser.find("a[data-nav=runs]").find_element("xpath", "..").get_attribute("hidden")
+        browser.open(f"{ui.url}/ui/")
+        browser.wait(lambda: row(browser, mine["id"]), message="the hello-world run")
+        assert row(browser, other["id"]) == []
+    finally:
+        browser.sign_in(f"{ui.url}/ui/")
+
+
 def test_the_page_has_a_strict_csp_and_logged_no_violation(browser, ui):
     page = requests.get(f"{ui.url}/ui/", timeout=10)
     csp = page.headers["Content-Security-Policy"]

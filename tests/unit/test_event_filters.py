@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from flwd_server.auth.scopes import Grant, grants_of
 from flwd_server.errors import BadRequest
 from flwd_server.events.broadcast import Broadcaster
 from flwd_server.events.routing import RunOrigins, route
@@ -145,3 +146,37 @@ def test_the_broadcaster_sends_a_filtered_stream_only_its_events_and_never_ends_
     assert not sub.done.is_set() and b"not yours" not in data
     server.close()
     client.close()
+
+
+NARROWED = [
+    (["runs:read:ops:build"], False),
+    (["runs:read:ops:build"], True),
+    (["runs:read:*:build", "runs:read:x:*"], False),
+    (["runs:read:o*:*"], True),
+    (["runs:read:op:build"], False),  # 'op' is not a prefix match of 'ops'
+    ([], True),  # narrowed to no job at all (a token holding only runs:read:...; none here): source events only
+]
+
+
+@pytest.mark.parametrize(("scopes", "runless"), NARROWED, ids=lambda v: str(v))
+def test_a_narrowed_token_stream_selects_the_same_in_sql_live_and_routed(store, scopes, runless):
+    """A job-scoped token's stream: the replay's SQL, the live test and the broadcaster's routing agree."""
+    events = fill(store)
+    for params in ({}, {"type": "run.*"}, {"job": "build"}):
+        event_filter = EventFilter.parse(params).narrowed(grants_of(scopes, "runs:read"), runless)
+        expected = brute_force(events, event_filter)
+        grants = [Grant(*scope.split(":")[2:]) for scope in scopes]
+        independent = [  # the query's filter, then: a run of a granted job, or an event without a run if runless
+            e.id
+            for e in events
+            if EventFilter.parse(params).matches(e, ORIGINS.get(e.run_id))
+            and (
+                (e.run_id is None and runless)
+                or (e.run_id in ORIGINS and any(g.matches(ORIGINS[e.run_id][1], ORIGINS[e.run_id][0]) for g in grants))
+            )
+        ]
+        assert expected == independent, params
+        assert [e.id for e in store.events_matching(0, event_filter, 1000)] == expected, params
+        if store.dialect == "sqlite":
+            routed = route(events, [event_filter, EventFilter.for_run(RUNS[3])], RunOrigins(store))
+            assert [e.id for e in routed.get(event_filter, [])] == expected, params

@@ -358,9 +358,32 @@ def test_a_stream_ticket_is_found_until_it_expires_and_expired_ones_are_removed(
     now = time.time()
     store.create_ticket("old", "alice", None, now - 1)
     store.create_ticket("live", "alice", "RUN", now + 60)
-    assert store.find_ticket("live") == ("alice", "RUN", now + 60)
-    assert store.find_ticket("live") == ("alice", "RUN", now + 60)  # reusable: finding it takes nothing out
+    assert store.find_ticket("live") == ("alice", "RUN", now + 60, None)
+    assert store.find_ticket("live") == ("alice", "RUN", now + 60, None)  # reusable: finding it takes nothing out
     assert store.find_ticket("old") is None  # expired
     assert store.find_ticket("unknown") is None
     rows = store.reader().execute("SELECT digest FROM stream_tickets ORDER BY digest").fetchall()
     assert [row[0] for row in rows] == ["live"]  # the expired one went when the next was issued
+
+
+def test_a_stream_ticket_keeps_the_scopes_of_the_token_that_asked(store):
+    expires = time.time() + 60
+    store.create_ticket("narrow", "bob", None, expires, "runs:read:bar:* sources:read")
+    assert store.find_ticket("narrow") == ("bob", None, expires, "runs:read:bar:* sources:read")
+
+
+def test_runs_are_listed_for_a_narrowed_token_in_the_query_on_both_backends(store):
+    """LIKE with ESCAPE '!' means the same on SQLite and PostgreSQL: '_' in a name is no wildcard."""
+    from flwd_server.auth.scopes import grants_of
+
+    made = {}
+    for job in ("a_b", "axb", "a_bc", "other"):
+        made[job] = store.create_run(plan=_plan(job), public=_public(job), submitted_by="t")[0].id
+    grants = grants_of(["runs:read:s:a_b", "runs:read:s:oth*"], "runs:read")
+    page, cursor = store.list_runs(grants=grants, limit=1)
+    assert [r.job for r in page] == ["other"] and cursor is not None
+    rest, end = store.list_runs(grants=grants, limit=1, before=cursor)
+    assert [r.job for r in rest] == ["a_b"] and end is None
+    assert [r.job for r in store.list_runs(grants=grants)[0]] == ["other", "a_b"]
+    assert store.list_runs(grants=frozenset())[0] == []
+    assert store.list_runs(grants=grants_of(["runs:read:t:*"], "runs:read"))[0] == []

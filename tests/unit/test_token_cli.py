@@ -180,6 +180,9 @@ def test_issuer_and_audience_come_from_the_server_config(capsys, tmp_path):
     "args,message",
     [
         (("--scope", "runs:wirte"), "unknown scope runs:wirte"),
+        (("--scope", "runs:write:bar"), "unknown scope runs:write:bar"),
+        (("--scope", "jobs:read:bar:x"), "unknown scope jobs:read:bar:x"),
+        (("--scope", "runs:write:Bar:x"), "unknown scope runs:write:Bar:x"),
         (("--scope", ""), "at least one scope"),
         (("--scope", "jobs:read", "--lifetime", "forever"), "expected a duration"),
         (("--scope", "jobs:read", "--lifetime", "400d"), "366 days"),
@@ -219,3 +222,21 @@ def test_public_and_encrypted_keys_cannot_sign(capsys, tmp_path):
     )
     code, _, err = flwd(capsys, ":token", "--key", str(p384), *MINT, "--subject", "s", "--scope", "jobs:read")
     assert code == 2 and "P-256" in err
+
+
+def test_a_job_narrowed_scope_is_minted_as_given(capsys, tmp_path):
+    flwd(capsys, ":keys", "new", "--dir", str(tmp_path), "--kid", "k")
+    code, out, err = flwd(
+        capsys,
+        ":token",
+        "--key",
+        str(tmp_path / "k.pem"),
+        *MINT,
+        "--subject",
+        "s",
+        "--scope",
+        "runs:write:bar:sleepy runs:read:*:deploy-*",
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out)["scopes"] == ["runs:read:*:deploy-*", "runs:write:bar:sleepy"]

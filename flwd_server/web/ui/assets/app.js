@@ -17,8 +17,9 @@ const DEV = document.querySelector('meta[name="flwd-dev"]')?.getAttribute("conte
 let me = null; // {subject, scopes: Set, dev}
 let view = null;
 
+// A scope narrowed to jobs (runs:write:SOURCE:JOB) opens the same views; the server refuses other jobs.
 function can(scope) {
-  return Boolean(me && me.scopes.has(scope));
+  return Boolean(me && (me.scopes.has(scope) || [...me.scopes].some((s) => s.startsWith(scope + ":"))));
 }
 
 const ROUTES = [

@@ -453,6 +453,28 @@ def test_a_job_scoped_token_sees_the_runs_view_with_only_its_jobs_runs(browser, 
         browser.sign_in(f"{ui.url}/ui/")
 
 
+def test_a_job_scoped_write_token_is_offered_run_and_cancel_only_for_its_jobs(browser, ui, module_jwt_auth):
+    """``runs:write:examples:hello-*`` gets a Run button for hello-world, none for slow, and no Cancel there."""
+    token = module_jwt_auth.token("jobs:read runs:read runs:write:examples:hello-*")
+    running = ui.submit("slow", {"seconds": 30})
+    try:
+        browser.sign_in(f"{ui.url}/ui/", token)
+        browser.open(f"{ui.url}/ui/jobs/examples:hello-world")
+        browser.wait_for("#arg-name").send_keys("Ada")
+        browser.find("#plan-button").click()
+        browser.wait_for("#run-button")
+        browser.open(f"{ui.url}/ui/jobs/examples:slow")
+        browser.wait_for("#plan-button").click()
+        browser.wait_for("#plan")
+        assert browser.find_all("#run-button") == []
+        browser.open(f"{ui.url}/ui/runs/{running['id']}")
+        browser.wait(lambda: "tick 1" in browser.find(".log").text, 10, "the run's output")
+        assert browser.find_all("#cancel-run") == []
+    finally:
+        ui.post(f"/runs/{running['id']}/cancel")
+        browser.sign_in(f"{ui.url}/ui/")
+
+
 def test_the_page_has_a_strict_csp_and_logged_no_violation(browser, ui):
     page = requests.get(f"{ui.url}/ui/", timeout=10)
     csp = page.headers["Content-Security-Policy"]

@@ -17,9 +17,24 @@ const DEV = document.querySelector('meta[name="flwd-dev"]')?.getAttribute("conte
 let me = null; // {subject, scopes: Set, dev}
 let view = null;
 
-// A scope narrowed to jobs (runs:write:SOURCE:JOB) opens the same views; the server refuses other jobs.
-function can(scope) {
-  return Boolean(me && (me.scopes.has(scope) || [...me.scopes].some((s) => s.startsWith(scope + ":"))));
+// "*" in a narrowed scope's SOURCE or JOB part matches any run of characters within that part.
+function globMatches(pattern, value) {
+  const escaped = pattern.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&"));
+  return new RegExp(`^${escaped.join(".*")}$`).test(value);
+}
+
+// A scope narrowed to jobs (runs:write:SOURCE:JOB) opens the same views; asked about one job
+// (source and name given), only a scope that names it counts, so no button is offered that the
+// server would refuse.
+function can(scope, source, job) {
+  if (!me) return false;
+  if (me.scopes.has(scope)) return true;
+  return [...me.scopes].some((held) => {
+    if (!held.startsWith(scope + ":")) return false;
+    if (source === undefined) return true;
+    const [sourcePattern, jobPattern] = held.slice(scope.length + 1).split(":");
+    return globMatches(sourcePattern, source) && globMatches(jobPattern ?? "", job);
+  });
 }
 
 const ROUTES = [

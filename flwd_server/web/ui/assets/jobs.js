@@ -277,7 +277,7 @@ function jobForm(job, can, navigate) {
 }
 
 function planSection(plan, can, run) {
-  const runButton = can("runs:write")
+  const runButton = can("runs:write", plan.source, plan.job)
     ? h("button", { type: "button", id: "run-button", class: "primary", disabled: !plan.runnable }, "Run this plan")
     : null;
   if (runButton) runButton.addEventListener("click", () => run(runButton));

@@ -182,7 +182,7 @@ export function runView({ route, can }) {
 
   function renderActions() {
     replace(actions);
-    if (!run || !can("runs:write") || !ACTIVE.has(run.status)) return;
+    if (!run || !can("runs:write", run.source, run.job) || !ACTIVE.has(run.status)) return;
     const button = h("button", { type: "button", class: "danger", id: "cancel-run" }, cancelRequested ? "Cancelling…" : "Cancel run");
     button.disabled = cancelRequested;
     button.addEventListener("click", async () => {

@@ -75,9 +75,22 @@ def subpath_proxy(quiet_flwd: ServerProcess, tmp_path_factory: pytest.TempPathFa
     nginx.stop()
 
 
-def live_runs_page(browser: Browser, url: str) -> dict:
+def live_runs_page(browser: Browser, url: str, server: ServerProcess | None = None) -> dict:
+    """The runs page, its stream live and, given the server, caught up with every run.* event stored so
+    far (the page replays the newest run's events first: a mark taken before that replay ends would
+    count them as new)."""
     browser.sign_in(url + "/ui/")
-    return browser.wait(lambda: live(browser, "runs"), message="the runs stream to be live")
+    stream = browser.wait(lambda: live(browser, "runs"), message="the runs stream to be live")
+    if server is None:
+        return stream
+    runs = server.get("/runs?limit=500").json()["runs"]
+    stored = run_event_ids(server, [run["id"] for run in runs])
+    if not stored:
+        return stream
+    return browser.wait(
+        lambda: (s := browser.stream("runs")) and s["lastId"] >= stored[-1] and s,
+        message="the runs stream to catch up with the store",
+    )
 
 
 def live(browser: Browser, name: str) -> dict | None:
@@ -121,14 +134,14 @@ def assert_next_runs_arrive_whole(
 
 
 def test_a_stream_closed_by_the_server_resumes_without_gap_or_duplicate(browser, flwd):
-    stream = live_runs_page(browser, flwd.url)
+    stream = live_runs_page(browser, flwd.url, flwd)
     # The server ends every stream after MAX_DURATION: wait until the page has been cut and back twice.
     browser.wait(lambda: browser.stream("runs")["connects"] >= stream["connects"] + 2, 4 * MAX_DURATION + 5)
     assert_next_runs_arrive_whole(browser, flwd, browser.stream("runs")["lastId"], again=True)
 
 
 def test_a_network_drop_resumes_without_gap_or_duplicate(browser, flwd, cable):
-    stream = live_runs_page(browser, cable.url)
+    stream = live_runs_page(browser, cable.url, flwd)
     mark = stream["lastId"]
     browser.driver.execute_cdp_cmd("Network.enable", {})
     offline = {"latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
@@ -167,14 +180,14 @@ def test_a_run_page_resumes_its_output_after_a_network_drop(browser, flwd, cable
 
 @pytest.mark.nginx
 def test_a_proxy_timeout_resumes_without_gap_or_duplicate(browser, quiet_flwd, proxy):
-    stream = live_runs_page(browser, proxy.url)
+    stream = live_runs_page(browser, proxy.url, quiet_flwd)
     browser.wait(lambda: browser.stream("runs")["connects"] >= stream["connects"] + 2, 15, "nginx to cut the stream")
     assert "upstream timed out" in proxy.logs()
     assert_next_runs_arrive_whole(browser, quiet_flwd, browser.stream("runs")["lastId"], again=True)
 
 
 def test_a_server_restart_resumes_without_gap_or_duplicate(browser, flwd):
-    stream = live_runs_page(browser, flwd.url)
+    stream = live_runs_page(browser, flwd.url, flwd)
     mark = stream["lastId"]
     flwd.stop()
     browser.wait(lambda: browser.stream("runs")["state"] == "reconnecting", message="the page to notice the stop")

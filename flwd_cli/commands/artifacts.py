@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import click
+
+from flwd_server.formats.atomic_file import atomic_file
 
 from .. import output
 from ..options import with_backend
@@ -47,15 +46,6 @@ def artifacts_command(backend: Any, run_id: str, path: str | None, target: str, 
             sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
         return
-    destination = Path(target)
-    fd, temp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, destination)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as handle:
+        for chunk in chunks:
+            handle.write(chunk)

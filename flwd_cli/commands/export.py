@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import click
 
 from flwd_server.errors import FlwdError
+from flwd_server.formats.atomic_file import atomic_file
 
 from ..options import with_backend
 
@@ -57,20 +55,8 @@ def export_command(
         sys.stdout.flush()
         end = _end_record(tail)
     else:
-        target = Path(output)
-        fd, temp = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".part", dir=target.parent if str(target.parent) else "."
-        )
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                tail = _copy(chunks, handle)
-                end = _end_record(tail)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        with atomic_file(output) as handle:
+            end = _end_record(_copy(chunks, handle))
     where = "stdout" if output == "-" else output
     click.echo(f"flwd: exported {end['runs']} runs and {end['events']} events to {where}", err=True)
 

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import secrets
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from ..errors import FlwdError
+from ..formats.atomic_file import atomic_file
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 KEY_ALGORITHMS = ("ES256", "RS256", "EdDSA")
@@ -173,18 +173,8 @@ def read_jwks(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int) -> None:
     """Write a whole file at once (a server reading it never sees half of it)."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, mode) as handle:
+        handle.write(data)
 
 
 def write_jwks(path: str | os.PathLike[str], document: dict[str, Any]) -> None:

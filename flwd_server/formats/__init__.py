@@ -1,1 +1,1 @@
-"""Readers of the files people write for flwd (server.yaml, job files), one way everywhere."""
+"""The files people write for flwd (server.yaml, job files), read one way everywhere, and files written whole."""

@@ -10,7 +10,9 @@ from ``FLWD_REGISTRY_USERNAME`` / ``FLWD_REGISTRY_PASSWORD``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -21,6 +23,22 @@ from flwd_server.containers.registry_client import RegistryClient
 from flwd_server.containers.signatures import PrivateKey, attach_signature, load_private_key
 from flwd_server.errors import ConfigError, InvalidJob, Unprocessable
 from flwd_server.jobs import parse_job
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def registry_options(command: F) -> F:
+    """``--insecure`` and ``--config``: how a command that pushes to a registry reaches it."""
+    command = click.option(
+        "--config",
+        "config_path",
+        envvar="FLWD_CONFIG",
+        type=click.Path(dir_okay=False),
+        help="Config file (its container.insecure_registries apply).",
+    )(command)
+    return click.option(
+        "--insecure", is_flag=True, help="Reach the registry over plain HTTP (loopback test registries)."
+    )(command)
 
 
 @click.group(":addon")
@@ -36,14 +54,7 @@ def addon_group() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="PEM private key: also push a cosign-format signature.",
 )
-@click.option("--insecure", is_flag=True, help="Reach the registry over plain HTTP (loopback test registries).")
-@click.option(
-    "--config",
-    "config_path",
-    envvar="FLWD_CONFIG",
-    type=click.Path(dir_okay=False),
-    help="Config file (its container.insecure_registries apply).",
-)
+@registry_options
 def publish_command(folder: str, ref: str, sign_key: str | None, insecure: bool, config_path: str | None) -> None:
     """Publish FOLDER/jobs as an add-on at REF (registry/repo:tag); prints REF@DIGEST.
 

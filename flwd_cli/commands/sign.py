@@ -15,7 +15,7 @@ import click
 from flwd_server.containers.images import parse_image_ref
 from flwd_server.containers.signatures import attach_signature
 
-from .addon import registry_client, signing_key
+from .addon import registry_client, registry_options, signing_key
 
 
 @click.command(":sign")
@@ -27,14 +27,7 @@ from .addon import registry_client, signing_key
     type=click.Path(exists=True, dir_okay=False),
     help="PEM private key (password in FLWD_SIGN_KEY_PASSWORD).",
 )
-@click.option("--insecure", is_flag=True, help="Reach the registry over plain HTTP (loopback test registries).")
-@click.option(
-    "--config",
-    "config_path",
-    envvar="FLWD_CONFIG",
-    type=click.Path(dir_okay=False),
-    help="Config file (its container.insecure_registries apply).",
-)
+@registry_options
 def sign_command(image: str, key_path: str, insecure: bool, config_path: str | None) -> None:
     """Sign IMAGE (registry/repo:tag or registry/repo@sha256:…) for flwd's image-signature check.
 

@@ -155,6 +155,30 @@ def _line(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
+def _event_line(event: Event) -> bytes:
+    return f'{{"record":"event","event":{event.to_json()}}}\n'.encode()
+
+
+class _Chunk:
+    """Lines gathered until about ``CHUNK_BYTES``: one write per chunk, not per line."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.size = 0
+
+    def add(self, line: bytes) -> None:
+        self.lines.append(line)
+        self.size += len(line)
+
+    def take_if_full(self) -> bytes | None:
+        return self.take() if self.size >= CHUNK_BYTES else None
+
+    def take(self) -> bytes:
+        out = b"".join(self.lines)
+        self.lines, self.size = [], 0
+        return out
+
+
 def export_lines(
     store: Store, filters: ExportFilter, *, run_page: int = RUN_PAGE, event_page: int = EVENT_PAGE
 ) -> Iterator[bytes]:
@@ -166,8 +190,7 @@ def export_lines(
         yield _line(
             {"record": "export", "format": FORMAT, "generated_at": iso(time.time()), "filters": filters.describe()}
         )
-        buffer: list[bytes] = []
-        size = 0
+        chunk = _Chunk()
         runs = events = artifacts = 0
         last_seq = 0
         runless = filters.runless(store.dialect)
@@ -194,46 +217,37 @@ def export_lines(
                 run = run_from_row(row, callbacks.get(row[0]))
                 page: list[Event] = store.events_after(0, run.id, event_page, conn=conn)
                 for event in runless_before(page[0].id if page else 0):
-                    text = f'{{"record":"event","event":{event.to_json()}}}\n'.encode()
-                    buffer.append(text)
-                    size += len(text)
+                    chunk.add(_event_line(event))
                     events += 1
-                    if size >= CHUNK_BYTES:
-                        yield b"".join(buffer)
-                        buffer, size = [], 0
-                buffer.append(_line({"record": "run", "run": run.to_dict()}))
+                    if full := chunk.take_if_full():
+                        yield full
+                chunk.add(_line({"record": "run", "run": run.to_dict()}))
                 runs += 1
                 while True:
                     for event in page:
-                        text = f'{{"record":"event","event":{event.to_json()}}}\n'.encode()
-                        buffer.append(text)
-                        size += len(text)
+                        chunk.add(_event_line(event))
                     events += len(page)
-                    if size >= CHUNK_BYTES:
-                        yield b"".join(buffer)
-                        buffer, size = [], 0
+                    if full := chunk.take_if_full():
+                        yield full
                     if len(page) < event_page:
                         break
                     page = store.events_after(page[-1].id, run.id, event_page, conn=conn)
-                for path, size, sha256 in conn.execute(
+                for path, file_size, sha256 in conn.execute(
                     "SELECT path, size, sha256 FROM artifacts WHERE run_id = ? ORDER BY path", (run.id,)
                 ).fetchall():
-                    artifact = {"run_id": run.id, "path": path, "size": size, "sha256": sha256}
-                    buffer.append(_line({"record": "artifact", "artifact": artifact}))
+                    artifact = {"run_id": run.id, "path": path, "size": file_size, "sha256": sha256}
+                    chunk.add(_line({"record": "artifact", "artifact": artifact}))
                     artifacts += 1
             if len(rows) < run_page:
                 break
             last_seq = rows[-1][RUN_WIDTH]
         for event in runless_before(LAST_ID):
-            text = f'{{"record":"event","event":{event.to_json()}}}\n'.encode()
-            buffer.append(text)
-            size += len(text)
+            chunk.add(_event_line(event))
             events += 1
-            if size >= CHUNK_BYTES:
-                yield b"".join(buffer)
-                buffer, size = [], 0
-        buffer.append(_line({"record": "end", "runs": runs, "events": events, "artifacts": artifacts}))
-        yield b"".join(buffer)
+            if full := chunk.take_if_full():
+                yield full
+        chunk.add(_line({"record": "end", "runs": runs, "events": events, "artifacts": artifacts}))
+        yield chunk.take()
     finally:
         if conn is not None:
             conn.close()

@@ -220,3 +220,23 @@ def test_the_source_filter_chooses_runs_too_and_must_agree_with_the_job_filter(a
         ExportFilter.parse({"source": "tools", "job": "ops:build"})
     with pytest.raises(BadRequest, match="source"):
         ExportFilter.parse({"source": "Not A Name"})
+
+
+def test_chunks_stay_near_their_size_with_artifacts_listed(sqlite_store):
+    """An artifact's file size once reset the chunk's byte count, so chunks grew without bound."""
+    from flwd_server.store.export import CHUNK_BYTES
+
+    fill(sqlite_store, 300, events_per_run=20)
+
+    def op(conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "INSERT INTO artifacts(run_id, path, sha256, size) VALUES (?, 'a.txt', ?, 1)",
+            [(f"run-{i:06d}", "0" * 64) for i in range(300)],
+        )
+
+    sqlite_store.write(op)
+    chunks = list(export_lines(sqlite_store, ExportFilter.parse({})))
+    body = b"".join(chunks)
+    assert body.count(b'"record":"artifact"') == 300
+    one_run = max(len(line) for line in body.splitlines()) * 25  # a run's lines: itself, 20 events, its artifact
+    assert max(len(chunk) for chunk in chunks) <= CHUNK_BYTES + one_run

@@ -20,7 +20,7 @@ from .auth.scopes import Scope
 from .catalog import Catalog
 from .config import Settings
 from .errors import AmbiguousJob, InvalidArgs, NotFound, SourceNotFound, Unprocessable
-from .jobs import arg_env, render_command, resolve_args
+from .jobs.arguments import arg_env, render_command, resolve_args
 from .models import ArgSpec, Containment, Decision, Job, OutputSpec, Plan, Principal, Profile, Step, Verdict
 from .policy import PolicyContext, SignatureResult, downgrade_decision, evaluate, host_env_passthrough
 

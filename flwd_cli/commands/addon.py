@@ -22,7 +22,7 @@ from flwd_server.containers.images import ImageRef, normalize_registry, parse_im
 from flwd_server.containers.registry_client import RegistryClient
 from flwd_server.containers.signatures import PrivateKey, attach_signature, load_private_key
 from flwd_server.errors import ConfigError, InvalidJob, Unprocessable
-from flwd_server.jobs import parse_job
+from flwd_server.jobs.files import parse_job
 
 F = TypeVar("F", bound=Callable[..., Any])
 

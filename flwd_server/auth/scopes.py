@@ -29,7 +29,7 @@ SCOPES: tuple[str, ...] = tuple(scope.value for scope in Scope)  # plain strings
 
 # The scopes that may be narrowed to jobs: ``runs:write:SOURCE:JOB`` and ``runs:read:SOURCE:JOB``.
 NARROWABLE: tuple[str, ...] = (Scope.RUNS_READ.value, Scope.RUNS_WRITE.value)
-# SOURCE and JOB patterns: the name characters (flwd_server/jobs.py JOB_NAME_RE) plus ``*``.
+# SOURCE and JOB patterns: the name characters (flwd_server/jobs/files.py JOB_NAME_RE) plus ``*``.
 PATTERN_RE = re.compile(r"[a-z0-9_.*-]{1,128}")
 
 

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..jobs import arg_text
+from ..jobs.arguments import arg_text
 from ..models import SECRET_MASK, Decision, Verdict
 
 TRUNCATED_MARK = " [flwd: line truncated]"

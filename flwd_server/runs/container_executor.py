@@ -36,7 +36,7 @@ from ..config import Settings
 from ..containers.images import ImageRef, parse_image_ref
 from ..containers.registry_client import RegistryClient
 from ..errors import FlwdError, RunNotFound
-from ..jobs import arg_env, render_command
+from ..jobs.arguments import arg_env, render_command
 from ..models import Job, Step
 from ..store import Store
 from ..store.owners import owner_is_dead

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import disk_error
-from ..jobs import arg_env
+from ..jobs.arguments import arg_env
 from ..models import Job, Profile, Step
 from ..policy import host_env_passthrough
 from .host_executor import StepLimits

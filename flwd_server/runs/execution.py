@@ -22,7 +22,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import FlwdError, StorageError
-from ..jobs import arg_env, render_command
+from ..jobs.arguments import arg_env, render_command
 from ..models import Decision, EventType, Job, Profile, Run, RunStatus, Step, Verdict
 from ..planner import Planner, job_from_record
 from ..policy import evaluate, log_decision

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import disk_error
-from ..jobs import OUTPUT_KEY_RE, coerce_value
+from ..jobs.arguments import coerce_value
+from ..jobs.files import OUTPUT_KEY_RE
 from ..models import Job
 from ..planner import MAX_ARG_STRLEN, exec_limit
 from .capture import SecretMask

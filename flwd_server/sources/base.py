@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidJob
-from ..jobs import parse_job
+from ..jobs.files import parse_job
 from ..models import Job
 from .fingerprint import settled, stat_key
 

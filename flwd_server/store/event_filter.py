@@ -31,7 +31,7 @@ TYPES = tuple(t.value for t in EventType)
 SYNTAX = {
     "type": re.compile(r"[a-z][a-z_]*(?:\.[a-z][a-z_]*)*(?:\.\*)?"),
     "run": RUN_ID_RE,
-    "job": re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}"),  # job and source names (jobs.py, config.py) fit this
+    "job": re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}"),  # job and source names (jobs/files.py, config.py) fit this
     "source": re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}"),
 }
 GRANTED_KEY = ("granted", "")  # the index key of a narrowed token's stream with globs: every event is tested

@@ -10,7 +10,8 @@ import pytest
 
 from flwd_cli.main import main
 from flwd_server import planner
-from flwd_server.jobs import parse_job, resolve_args
+from flwd_server.jobs.arguments import resolve_args
+from flwd_server.jobs.files import parse_job
 
 JOB = """name: echo
 args:

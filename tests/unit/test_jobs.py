@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from flwd_server.errors import InvalidArgs, InvalidJob
-from flwd_server.jobs import arg_env, parse_job, render_command, resolve_args
+from flwd_server.jobs.arguments import arg_env, render_command, resolve_args
+from flwd_server.jobs.files import parse_job
 
 FILES = Path(__file__).parent / "jobfiles"
 

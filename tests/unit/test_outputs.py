@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from flwd_server.jobs import parse_job
+from flwd_server.jobs.files import parse_job
 from flwd_server.models import Plan, Profile
 from flwd_server.planner import MAX_ARG_STRLEN, exec_limit, job_from_record, plan_record
 from flwd_server.runs.capture import SecretMask

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flwd_server.config import load_settings
-from flwd_server.jobs import parse_job
+from flwd_server.jobs.files import parse_job
 from flwd_server.models import Profile, Verdict
 from flwd_server.policy import PolicyContext, SignatureResult, downgrade_decision, evaluate
 

@@ -11,10 +11,11 @@ import json
 
 import pytest
 
-from flwd_server import jobs
 from flwd_server.config import ConfigError, validate_source_spec
 from flwd_server.errors import InvalidArgs, InvalidJob, Unprocessable, UnsafeSource
-from flwd_server.jobs import parse_job, resolve_args
+from flwd_server.jobs import arguments
+from flwd_server.jobs.arguments import resolve_args
+from flwd_server.jobs.files import parse_job
 from flwd_server.sources.registry import parse_spec
 from flwd_server.sources.safety import require_safe_ref
 
@@ -99,7 +100,7 @@ def test_a_pattern_is_searched_and_dollar_is_the_end_of_the_value(typed):
     ],
 )
 def test_patterns_follow_ecma_262_where_python_differs(pattern, value, matches):
-    assert bool(jobs.pattern_regex(pattern).search(value)) is matches
+    assert bool(arguments.pattern_regex(pattern).search(value)) is matches
 
 
 @pytest.mark.parametrize("pattern", ["\\Aabc", "abc\\Z", "abc\\z", "(?i)abc", "(?P<x>a)", "(?s:a.)", "(?#c)a"])

@@ -1,4 +1,4 @@
-"""Job files and job arguments.
+"""Job files: parsed and checked.
 
 A job file is YAML (one job per file, under a source's ``jobs/`` folder).
 Parsing collects *every* invalid field before failing, so a user fixes a file
@@ -7,79 +7,27 @@ in one pass.  Arguments are validated against the job's schema the same way.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import math
 import re
 from typing import Any
 
 import yaml
 
-from .errors import InvalidArgs, InvalidJob
-from .formats.yaml_loader import DuplicateKeyError, load_yaml
-from .models import ARG_TYPES, ArgSpec, Job, OutputSpec, Step
+from ..errors import InvalidJob
+from ..formats.yaml_loader import DuplicateKeyError, load_yaml
+from ..models import ARG_TYPES, ArgSpec, Job, OutputSpec, Step
+from .arguments import PLACEHOLDER_RE, check_value, is_number, pattern_regex
 
 JOB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 ARG_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 OUTPUT_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an output's key, declared or written ($FLWD_OUTPUT)
-PLACEHOLDER_RE = re.compile(r"\{\{\s*args\.([a-z][a-z0-9_]*)\s*\}\}")
 CAPABILITIES = ("network", "privileged", "host-env", "host-network")
 JOB_KEYS = {"name", "description", "args", "outputs", "requires", "timeout", "env", "steps"}
 OUTPUT_KEYS = {"type", "description"}
 ARG_KEYS = {"type", "required", "default", "choices", "pattern", "minimum", "maximum", "description", "secret"}
 STEP_KEYS = {"name", "run", "image", "command", "env", "workdir", "timeout", "privileged", "network"}
 MAX_JOB_FILE_BYTES = 256 * 1024
-INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,64}")
-NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]{1,64}(?:\.[0-9]{0,64})?|\.[0-9]{1,64})(?:[eE][+-]?[0-9]{1,4})?")
-_PYTHON_ONLY_ESCAPES = "AZzG"
-_ECMA_GROUPS = (":", "=", "!", "<=", "<!")
-
-
-@functools.lru_cache(maxsize=1024)
-def pattern_regex(pattern: str) -> re.Pattern[str]:
-    r"""An argument's ``pattern`` compiled with its JSON Schema (ECMA-262) meaning.
-
-    The value is searched, not matched whole; ``$`` is the end of the value (Python's
-    would also match before a final newline), ``.`` matches no line terminator, and
-    ``\d``, ``\w``, ``\b`` are ASCII.  Python-only syntax (``\A``, ``\Z``, ``\z``,
-    ``\G``, inline flags, ``(?P...)`` and other extension groups) is refused rather
-    than given a meaning a client's validator would not share.  Raises ValueError.
-    """
-    out: list[str] = []
-    i, n, in_class = 0, len(pattern), False
-    while i < n:
-        c = pattern[i]
-        if c == "\\":
-            if pattern[i + 1 : i + 2] and pattern[i + 1] in _PYTHON_ONLY_ESCAPES:
-                raise ValueError(f"\\{pattern[i + 1]} is Python syntax, not ECMA-262: use ^ and $")
-            out.append(pattern[i : i + 2])
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-            out.append(c)
-        elif c == "[":
-            in_class = True
-            start = i + 1 + (pattern[i + 1 : i + 2] == "^")
-            start += pattern[start : start + 1] == "]"  # a leading ']' is a literal, as Python reads it
-            out.append(pattern[i:start])
-            i = start
-            continue
-        elif c == "$":
-            out.append(r"\Z")
-        elif c == ".":
-            out.append(r"[^\n\r\u2028\u2029]")
-        elif c == "(" and pattern[i + 1 : i + 2] == "?":
-            if not pattern[i + 2 :].startswith(_ECMA_GROUPS):
-                raise ValueError(
-                    "of the (?...) groups only (?:...), (?=...), (?!...), (?<=...) and (?<!...) are supported"
-                )
-            out.append(c)
-        else:
-            out.append(c)
-        i += 1
-    return re.compile("".join(out), re.ASCII)
 
 
 class _Errors:
@@ -91,14 +39,6 @@ class _Errors:
         if line is not None:
             item["line"] = line
         self.items.append(item)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
 def _parse_arg(name: str, raw: Any, errors: _Errors) -> ArgSpec | None:
@@ -135,7 +75,7 @@ def _parse_arg(name: str, raw: Any, errors: _Errors) -> ArgSpec | None:
     bounds: dict[str, float | None] = {}
     for key in ("minimum", "maximum"):
         value = raw.get(key)
-        if value is not None and (kind not in ("integer", "number") or not _is_number(value)):
+        if value is not None and (kind not in ("integer", "number") or not is_number(value)):
             errors.add(f"{where}.{key}", "bounds apply to integer and number arguments and must be numbers")
             value = None
         bounds[key] = value
@@ -163,11 +103,11 @@ def _parse_arg(name: str, raw: Any, errors: _Errors) -> ArgSpec | None:
     )
     if spec.choices:
         for i, choice in enumerate(spec.choices):
-            problem = _check_value(spec, choice, coerce=False, check_choices=False)
+            problem = check_value(spec, choice, coerce=False, check_choices=False)
             if problem:
                 errors.add(f"{where}.choices[{i}]", problem)
     if "default" in raw and raw["default"] is not None:
-        problem = _check_value(spec, raw["default"], coerce=False)
+        problem = check_value(spec, raw["default"], coerce=False)
         if problem:
             errors.add(f"{where}.default", problem)
         else:
@@ -264,7 +204,7 @@ def _parse_step(index: int, raw: Any, arg_names: set[str], errors: _Errors) -> S
             elif match.group(1) not in arg_names:
                 errors.add(f"{where}.command[{i}]", f"refers to unknown argument {match.group(1)!r}")
     timeout = raw.get("timeout")
-    if timeout is not None and (not _is_number(timeout) or timeout <= 0):
+    if timeout is not None and (not is_number(timeout) or timeout <= 0):
         errors.add(f"{where}.timeout", "expected a positive number of seconds")
         timeout = None
     workdir = raw.get("workdir")
@@ -343,7 +283,7 @@ def parse_job(
         if cap not in CAPABILITIES:
             errors.add(f"requires[{i}]", f"unknown capability {cap!r} (known: {', '.join(CAPABILITIES)})")
     timeout = data.get("timeout", default_timeout)
-    if not _is_number(timeout) or timeout <= 0:
+    if not is_number(timeout) or timeout <= 0:
         errors.add("timeout", "expected a positive number of seconds")
         timeout = default_timeout
     env = _parse_env("env", data.get("env"), errors)
@@ -374,127 +314,3 @@ def parse_job(
         file_digest="sha256:" + hashlib.sha256(raw_bytes).hexdigest(),
         outputs=outputs,
     )
-
-
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
-
-
-def _coerce(spec: ArgSpec, value: Any) -> tuple[Any, str | None]:
-    """Accept native JSON values, and strings for every type (CLI and form input)."""
-    if spec.type == "string":
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            return value, "expected a string"
-        return str(value), None
-    if spec.type == "boolean":
-        if isinstance(value, bool):
-            return value, None
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE, None
-        return value, "expected true or false"
-    if isinstance(value, str):
-        # Python's int() and float() also take spaces, newlines, '_' and non-ASCII digits: the text must be plain
-        text_re = INTEGER_TEXT if spec.type == "integer" else NUMBER_TEXT
-        try:
-            if not text_re.fullmatch(value):
-                raise ValueError(value)
-            value = int(value) if spec.type == "integer" else float(value)
-        except ValueError:
-            return value, f"expected {'an integer' if spec.type == 'integer' else 'a number'}"
-    if spec.type == "integer":
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not _is_int(value):
-            return value, "expected an integer"
-    elif not _is_number(value):
-        return value, "expected a number"
-    return value, None
-
-
-def coerce_value(kind: str, value: Any) -> tuple[Any, str | None]:
-    """``value`` (native, or text) as one of ARG_TYPES, or the problem: arguments' and outputs' one rule."""
-    return _coerce(ArgSpec(name="", type=kind), value)
-
-
-def _check_value(spec: ArgSpec, value: Any, coerce: bool = True, check_choices: bool = True) -> str | None:
-    if coerce:
-        value, problem = _coerce(spec, value)
-    else:
-        problem = None
-        kinds = {"string": str, "boolean": bool}
-        if spec.type in kinds and not isinstance(value, kinds[spec.type]):
-            problem = f"expected a {spec.type}"
-        elif spec.type == "integer" and not _is_int(value):
-            problem = "expected an integer"
-        elif spec.type == "number" and not _is_number(value):
-            problem = "expected a number"
-    if problem:
-        return problem
-    if spec.type == "string":
-        if "\x00" in value:
-            return "must not contain NUL characters"
-        if len(value) > 65536:
-            return "longer than 65536 characters"
-        if spec.pattern and not pattern_regex(spec.pattern).search(value):
-            return f"does not match the pattern {spec.pattern}"
-    if spec.type in ("integer", "number"):
-        if spec.minimum is not None and value < spec.minimum:
-            return f"must be at least {spec.minimum}"
-        if spec.maximum is not None and value > spec.maximum:
-            return f"must be at most {spec.maximum}"
-    if check_choices and spec.choices and value not in spec.choices:
-        return f"must be one of {', '.join(map(str, spec.choices))}"
-    return None
-
-
-def resolve_args(job: Job, given: dict[str, Any] | None) -> dict[str, Any]:
-    """Validate ``given`` against the job's schema and fill defaults.
-
-    Raises InvalidArgs naming every problem: unknown names, missing required
-    ones, wrong types, patterns, bounds and choices.
-    """
-    given = given or {}
-    errors: list[dict[str, str]] = []
-    resolved: dict[str, Any] = {}
-    for name in given:
-        if job.arg(name) is None:
-            known = ", ".join(a.name for a in job.args) or "none"
-            errors.append({"field": f"args.{name}", "message": f"unknown argument (this job takes: {known})"})
-    for spec in job.args:
-        if spec.name in given and given[spec.name] is not None:
-            value, problem = _coerce(spec, given[spec.name])
-            problem = problem or _check_value(spec, value, coerce=False)
-            if problem:
-                errors.append({"field": f"args.{spec.name}", "message": problem})
-            else:
-                resolved[spec.name] = value
-        elif spec.default is not None:
-            resolved[spec.name] = spec.default
-        elif spec.required:
-            errors.append({"field": f"args.{spec.name}", "message": "is required"})
-    if errors:
-        names = ", ".join(e["field"] for e in errors)
-        raise InvalidArgs(f"invalid arguments for job {job.name!r}: {names}", errors)
-    return resolved
-
-
-def arg_text(value: Any) -> str:
-    """An argument's value as a step sees it (a variable, an argv element)."""
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
-
-
-def arg_env(args: dict[str, Any]) -> dict[str, str]:
-    """Args as ``FLWD_ARG_<NAME>`` variables: the only way they reach a shell step."""
-    return {f"FLWD_ARG_{name.upper()}": arg_text(value) for name, value in args.items()}
-
-
-def render_command(command: tuple[str, ...], args: dict[str, Any]) -> list[str]:
-    """Fill ``{{ args.x }}`` placeholders; each fills exactly one argv element."""
-    out = []
-    for part in command:
-        match = PLACEHOLDER_RE.fullmatch(part)
-        if match:
-            out.append(arg_text(args.get(match.group(1), "")))
-        else:
-            out.append(part)
-    return out

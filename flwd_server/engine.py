@@ -365,6 +365,7 @@ class Engine:
             affinity=runner or (self.runner.owner if self.local_affinity else None),
             max_queued=self.settings.limits.max_queued_runs,
             callback=callback,
+            concurrency=plan.group_spec(),
         )
         if callback is not None and self.local_affinity and runner is None:
             self.callbacks.adopt(run.id)  # a local run: the process that runs it delivers (flwd_cli/detached.py too)
@@ -414,14 +415,18 @@ class Engine:
             self.store.flush()
 
     def runs(self, **filters: Any) -> tuple[list[Run], int | None]:
-        return self.store.list_runs(**filters)
+        """A page of runs, the queued ones with their ``queue`` (place in line and why)."""
+        runs, cursor = self.store.list_runs(**filters)
+        return self.store.queue_of(runs, self.settings.limits.max_concurrent_runs), cursor
 
     def run(self, run_id: str, principal: Principal | None = None) -> Run:
         """One run; with ``principal``, a run of a job its ``runs:read`` does not cover is a 404 (hides it exists)."""
         run = self.store.get_run(run_id)
         if principal is not None and not principal.allows(Scope.RUNS_READ, run.source, run.job):
             raise RunNotFound(f"no run with id {run_id!r}")
-        return run
+        if run.status.is_terminal or run.status is RunStatus.RUNNING:
+            return run
+        return self.store.queue_of([run], self.settings.limits.max_concurrent_runs)[0]
 
     def run_view(self, run_id: str, base_url: str = "", principal: Principal | None = None) -> dict[str, Any]:
         """The run as ``GET /runs/ID`` shows it; a callback POSTs exactly this (links relative to the server's root).

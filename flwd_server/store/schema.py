@@ -8,7 +8,7 @@ SQLite's spelling; PostgreSQL gets it translated (:mod:`.postgres_sql`).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Finished runs, exactly as the partial index ``runs_finished_seq`` spells it: a query
 # uses that index only if its WHERE says the same (a test checks it against RunStatus).
@@ -142,6 +142,15 @@ MIGRATIONS: dict[int, str] = {
     # NULL (a ticket issued before) means plain runs:read.
     6: """
     ALTER TABLE stream_tickets ADD COLUMN scopes TEXT
+    """,
+    # 7: concurrency groups (store/queue.py): a run's rendered group and its limit (NULL: no group).
+    # runs_group_status counts a group's queued and running runs; runs_queued covers the claim's
+    # and the queue position's scans of the queue in order, without reading the rows.
+    7: """
+    ALTER TABLE runs ADD COLUMN concurrency_group TEXT;
+    ALTER TABLE runs ADD COLUMN concurrency_limit INTEGER;
+    CREATE INDEX runs_group_status ON runs(concurrency_group, status, seq) WHERE concurrency_group IS NOT NULL;
+    CREATE INDEX runs_queued ON runs(seq, concurrency_group, concurrency_limit, affinity) WHERE status = 'queued'
     """,
 }
 

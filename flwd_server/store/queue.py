@@ -1,0 +1,204 @@
+"""The queue: concurrency groups at submit and at claim, and a queued run's place in line.
+
+Both backends share this SQL (SQLite's spelling).  Everything here runs inside a
+transaction that is alone for what it decides: a submission in the writer's
+transaction (SQLite's ``BEGIN IMMEDIATE``; PostgreSQL's write lock, one across
+nodes), a claim in SQLite's writer or under PostgreSQL's claim lock.  So the
+counts of a group's runs read here are exact: only a claim adds running runs,
+and claims are serialised.
+
+The order of the queue (docs/policy.rst, "Concurrency groups"): the claim takes
+queued runs oldest first (``seq``), skipping every run of a group that is at
+its limit - its running runs reach the limit of the queued run - and, once a
+run of a group is skipped, every later run of that group (FIFO within a
+group).  A run without a group, or of another group, never waits behind a busy
+group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..models import EventType, Run, RunStatus
+from .queries import INSERT_EVENT, dumps, insert_run_finished
+
+_RUNNING_GROUPS = (
+    "SELECT concurrency_group, count(*), max(concurrency_limit) FROM runs "
+    "WHERE status = 'running' AND concurrency_group IS NOT NULL GROUP BY concurrency_group"
+)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a submission with a group found: refused (``reason``), or the runs it replaced."""
+
+    rejected: str | None = None
+    replaced: tuple[str, ...] = ()
+
+
+def admit(
+    conn: Any, run_id: str, concurrency: tuple[str, int, str], subject: str, now: float, lock: str = ""
+) -> Admission:
+    """Apply ``when_busy`` for a run about to be queued in ``group`` (before it is inserted).
+
+    ``reject``: the group is busy when its running *and queued* runs reach the limit - a new
+    run would wait, and refusing is what the job asked instead of waiting.  ``replace``: the
+    group's queued runs end ``cancelled`` now, its running runs get a cancel request; the new
+    run is claimed only once they have left ``running`` (their processes gone), by the limit.
+    ``lock`` is PostgreSQL's ``FOR UPDATE``: a queued run a claim holds is read once it is
+    settled (then ``running``, and asked to stop).
+    """
+    group, limit, when_busy = concurrency
+    if when_busy == "reject":
+        busy = conn.execute(
+            "SELECT count(*) FROM runs WHERE concurrency_group = ? AND status IN ('queued', 'running')", (group,)
+        ).fetchone()[0]
+        if busy >= limit:
+            return Admission(
+                rejected=f"concurrency group {group} is busy ({busy} of {limit} running or queued; when_busy: reject)"
+            )
+        return Admission()
+    if when_busy != "replace":
+        return Admission()
+    reason = f"replaced by {run_id}"
+    queued = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT id FROM runs WHERE concurrency_group = ? AND status = 'queued' ORDER BY seq{lock}", (group,)
+        ).fetchall()
+    ]
+    for old in queued:
+        if conn.execute(
+            "UPDATE runs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ? AND status = 'queued'",
+            (now, reason, old),
+        ).rowcount:
+            payload = {"status": "cancelled", "exit_code": None, "duration": 0.0, "reason": reason}
+            insert_run_finished(conn, old, now, payload)
+    running = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM runs WHERE concurrency_group = ? AND status = 'running' AND cancel_requested = 0", (group,)
+        ).fetchall()
+    ]
+    for old in running:
+        conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (old,))
+        data = dumps({"by": subject, "reason": reason})
+        conn.execute(INSERT_EVENT, (old, EventType.RUN_CANCEL_REQUESTED.value, now, data))
+    return Admission(replaced=tuple(queued + running))
+
+
+def pick(conn: Any, room: int, affinity: str, owner: str, lock: str = "") -> list[str]:
+    """The ids of up to ``room`` queued runs the claim may start now, in queue order.
+
+    Each query asks only for runs of groups not yet known to be full, so a busy group costs
+    one extra query, not a scan of its queued runs per claim; ``lock`` is PostgreSQL's
+    ``FOR UPDATE SKIP LOCKED``.
+    """
+    running = {row[0]: row[1] for row in conn.execute(_RUNNING_GROUPS).fetchall()}
+    blocked: set[str] = set()
+    picked: list[str] = []
+    after = 0
+    while len(picked) < room:
+        skip = ""
+        if blocked:
+            skip = f" AND (concurrency_group IS NULL OR concurrency_group NOT IN ({','.join('?' * len(blocked))}))"
+        rows = conn.execute(
+            "SELECT id, seq, concurrency_group, concurrency_limit FROM runs "
+            f"WHERE status = 'queued' AND seq > ? AND {affinity}{skip} ORDER BY seq LIMIT ?{lock}",
+            (after, owner, *blocked, room - len(picked)),
+        ).fetchall()
+        if not rows:
+            break
+        for run_id, seq, group, limit in rows:
+            after = seq
+            if group is None:
+                picked.append(run_id)
+            elif group not in blocked:
+                count = running.get(group, 0)
+                if count < limit:
+                    picked.append(run_id)
+                    running[group] = count = count + 1
+                if count >= limit:
+                    blocked.add(group)  # and every later run of it: FIFO within the group
+    return picked
+
+
+# -- a queued run's place -------------------------------------------------------------
+
+
+def held_entry(run: Run) -> dict[str, Any] | None:
+    """The ``queue`` of a run that waits for something other than a slot (None: it does not wait).
+
+    Runs awaiting approval (issue 18's approvals) get theirs here:
+    ``{"position": None, "reason": "awaiting approval"}`` or what the merge decides.
+    """
+    return None
+
+
+def queue_entries(conn: Any, runs: list[Run], max_running: int) -> dict[str, dict[str, Any]]:
+    """``{"position", "reason"}`` for each queued run of ``runs``, computed together.
+
+    Position 1 is the run the claim takes next.  A run's position is one more than the queued
+    runs ahead of it: the older ones, except those of *other* groups that are at their limit
+    now (the claim skips them).  Older runs of its own group count even when the group is full:
+    they start first.  Costs two counts over an index and one scan of the queued runs between
+    the oldest and newest run asked about, whatever the length of the queue before them.
+    """
+    entries = {run.id: entry for run in runs if run.status is not RunStatus.QUEUED and (entry := held_entry(run))}
+    ids = [run.id for run in runs if run.status is RunStatus.QUEUED]
+    if not ids:
+        return entries
+    marks = ",".join("?" * len(ids))
+    mine = conn.execute(
+        f"SELECT id, seq, concurrency_group, concurrency_limit FROM runs WHERE status = 'queued' AND id IN ({marks})",
+        ids,
+    ).fetchall()
+    if not mine:
+        return entries
+    mine.sort(key=lambda row: row[1])
+    total = conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+    groups = {row[0]: (row[1], row[2]) for row in conn.execute(_RUNNING_GROUPS).fetchall()}
+    full = {group for group, (count, limit) in groups.items() if count >= limit}
+    first = mine[0][1]
+    skip, params = "", list(full)
+    if full:
+        skip = f" AND (concurrency_group IS NULL OR concurrency_group NOT IN ({','.join('?' * len(full))}))"
+    base = conn.execute(
+        f"SELECT count(*) FROM runs WHERE status = 'queued' AND seq < ?{skip}", (first, *params)
+    ).fetchone()[0]
+    own = {}  # a full group's own older runs, for the runs of that group asked about
+    for group in {row[2] for row in mine} & full:
+        own[group] = conn.execute(
+            "SELECT count(*) FROM runs WHERE concurrency_group = ? AND status = 'queued' AND seq < ?", (group, first)
+        ).fetchone()[0]
+    between = conn.execute(
+        "SELECT seq, concurrency_group FROM runs WHERE status = 'queued' AND seq >= ? AND seq < ? ORDER BY seq",
+        (first, mine[-1][1]),
+    ).fetchall()
+    ahead_open, ahead_own, index = base, dict(own), 0
+    for run_id, seq, group, limit in mine:
+        while index < len(between) and between[index][0] < seq:
+            other = between[index][1]
+            if other in full:
+                ahead_own[other] = ahead_own.get(other, 0) + 1
+            else:
+                ahead_open += 1
+            index += 1
+        ahead = ahead_open + (ahead_own.get(group, 0) if group in full else 0)
+        entries[run_id] = {"position": ahead + 1, "reason": _reason(group, limit, groups, total, max_running)}
+    return entries
+
+
+def _reason(group: str | None, limit: int | None, groups: dict[str, tuple[int, int]], total: int, most: int) -> str:
+    running = groups.get(group, (0, 0))[0] if group is not None else 0
+    if group is not None and limit is not None and running >= limit:
+        return f"concurrency group {group} ({running} of {limit} running)"
+    if total >= most:
+        return f"max_concurrent_runs ({total} running)"
+    return "waiting to be claimed"
+
+
+def with_queue(runs: list[Run], entries: dict[str, dict[str, Any]]) -> list[Run]:
+    """The runs, each queued one with its ``queue``."""
+    return [Run(**{**run.__dict__, "queue": entries[run.id]}) if run.id in entries else run for run in runs]

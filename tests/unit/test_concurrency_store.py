@@ -71,9 +71,11 @@ def test_concurrent_claims_never_exceed_the_group_limit(store):
     for thread in threads:
         thread.join()
     running = [store.get_run(run_id) for ids in claimed for run_id in ids]
-    grouped = store.reader().execute(
-        "SELECT count(*) FROM runs WHERE concurrency_group = 'one' AND status = 'running'"
-    ).fetchone()[0]
+    grouped = (
+        store.reader()
+        .execute("SELECT count(*) FROM runs WHERE concurrency_group = 'one' AND status = 'running'")
+        .fetchone()[0]
+    )
     assert grouped == 1
     assert len(running) == 21
 

@@ -344,6 +344,7 @@ def follow_run(backend: Any, run_id: str, quiet: bool = False) -> int:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
+        wait_in_queue(backend, run_id, quiet)
         for event in backend.events(run_id):
             output.render_event(event, quiet)
             if event["type"] == "run.finished":
@@ -353,6 +354,20 @@ def follow_run(backend: Any, run_id: str, quiet: bool = False) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     return 1
+
+
+def wait_in_queue(backend: Any, run_id: str, quiet: bool = False, interval: float = 0.25) -> None:
+    """While the run waits (it has a ``queue``), say where and why each time that changes."""
+    run = backend.run(run_id)
+    shown = None
+    while run.get("queue") is not None:
+        queue = run["queue"]
+        if queue != shown and not quiet:
+            place = f"position {queue['position']}" if queue.get("position") else "waiting"
+            click.echo(click.style(f"flwd: queued: {place} ({queue['reason']})", dim=True), err=True)
+            shown = queue
+        time.sleep(interval)  # the same polling whichever backend: a local run may wait behind a server's
+        run = backend.run(run_id)
 
 
 register_commands(cli)

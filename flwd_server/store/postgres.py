@@ -70,7 +70,7 @@ _BEGIN_WRITE = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {WRITE_LOCK})
 _NOTIFY_COMMIT = f"NOTIFY {CHANNEL}; COMMIT"
 _BEGIN_CLAIM = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {CLAIM_LOCK})"
 _CLAIM_COLUMNS = ", ".join(f"runs.{c.strip()}" for c in RUN_COLUMNS.split(","))
-_CLAIM_LOCKS = " FOR UPDATE SKIP LOCKED"  # a queued run another transaction holds (a cancel) is skipped, not waited on
+_LOCK_QUEUED = "SELECT id FROM runs WHERE id IN ({marks}) AND status = 'queued' FOR UPDATE SKIP LOCKED"
 
 _INHERITED: list[Any] = []  # reader pools of a parent process: never used, never closed (that would end its sessions)
 
@@ -188,7 +188,8 @@ class PostgresStore(Store):
 
         One transaction on a pooled connection: the claim lock (claims are
         serialised, so the counts - in total and per concurrency group - are
-        exact), then the runs to start (store/queue.py), ``FOR UPDATE SKIP LOCKED``.
+        exact), then the runs to start (store/queue.py), locked ``FOR UPDATE SKIP LOCKED``
+        and still queued.
         """
         if local_free <= 0 or self._closed:
             return []
@@ -220,7 +221,11 @@ class PostgresStore(Store):
     def _claim_locked(conn: Any, owner: str, free: int, max_running: int, affinity: str, now: float) -> list[Any]:
         running = conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
         room = min(free, max_running - running)
-        ids = pick(conn, room, affinity, owner, _CLAIM_LOCKS) if room > 0 else []
+        ids = pick(conn, room, affinity, owner) if room > 0 else []
+        if ids:  # a queued run another transaction holds (a cancel in progress) is left, not waited for
+            marks = ",".join("?" * len(ids))
+            locked = {row[0] for row in conn.execute(_LOCK_QUEUED.format(marks=marks), ids).fetchall()}
+            ids = [run_id for run_id in ids if run_id in locked]
         if not ids:
             return []
         return conn.execute(

@@ -88,40 +88,95 @@ def admit(
     return Admission(replaced=tuple(queued + running))
 
 
-def pick(conn: Any, room: int, affinity: str, owner: str, lock: str = "") -> list[str]:
+_QUEUED = "SELECT id, seq, concurrency_group, concurrency_limit FROM runs"
+MAX_HEAD_GROUPS = 200  # groups whose heads one claim reads by index; with more, it scans the queue in order
+# The queued groups, in name order: one index probe each (a skip scan of runs_queued_group).
+_QUEUED_GROUPS = (
+    "WITH RECURSIVE g(name) AS ("
+    "SELECT min(concurrency_group) FROM runs WHERE status = 'queued' AND concurrency_group IS NOT NULL "
+    "UNION ALL SELECT (SELECT min(concurrency_group) FROM runs WHERE status = 'queued' AND concurrency_group > g.name) "
+    "FROM g WHERE g.name IS NOT NULL) SELECT name FROM g WHERE name IS NOT NULL LIMIT ?"
+)
+
+
+class _Picking:
+    """The claim's choice as it reads queued runs in order: runs to start, and the groups that are full."""
+
+    def __init__(self, running: dict[str, int], room: int) -> None:
+        self.running = running
+        self.room = room
+        self.blocked: set[str] = set()
+        self.picked: list[str] = []
+
+    @property
+    def done(self) -> bool:
+        return len(self.picked) >= self.room
+
+    def take(self, rows: list[Any]) -> int:
+        """Consider ``rows`` (in queue order); returns the last ``seq`` considered."""
+        last = 0
+        for run_id, seq, group, limit in rows:
+            if self.done:
+                break
+            last = seq
+            if group is None:
+                self.picked.append(run_id)
+            elif group not in self.blocked:
+                count = self.running.get(group, 0)
+                if count < limit:
+                    self.picked.append(run_id)
+                    self.running[group] = count = count + 1
+                if count >= limit:
+                    self.blocked.add(group)  # and every later run of it: FIFO within the group
+        return last
+
+
+def pick(conn: Any, room: int, affinity: str, owner: str) -> list[str]:
     """The ids of up to ``room`` queued runs the claim may start now, in queue order.
 
-    Each query asks only for runs of groups not yet known to be full, so a busy group costs
-    one extra query, not a scan of its queued runs per claim; ``lock`` is PostgreSQL's
-    ``FOR UPDATE SKIP LOCKED``.
+    The head of the queue is read first; usually that is all.  If runs of full groups are
+    in the way, the rest comes from each other group's first runs (an index probe per
+    group) and the first runs without a group, merged in queue order, so a busy group's
+    thousands of queued runs are never read.  With more than ``MAX_HEAD_GROUPS`` groups
+    queued, the queue is read in order, runs of full groups left out by the query.
     """
-    running = {row[0]: row[1] for row in conn.execute(_RUNNING_GROUPS).fetchall()}
-    blocked: set[str] = set()
-    picked: list[str] = []
-    after = 0
-    while len(picked) < room:
-        skip = ""
-        if blocked:
-            skip = f" AND (concurrency_group IS NULL OR concurrency_group NOT IN ({','.join('?' * len(blocked))}))"
+    picking = _Picking({row[0]: row[1] for row in conn.execute(_RUNNING_GROUPS).fetchall()}, room)
+    mine = f" AND {affinity}"
+    rows = conn.execute(
+        f"{_QUEUED} INDEXED BY runs_queued WHERE status = 'queued'{mine} ORDER BY seq LIMIT ?", (owner, room)
+    ).fetchall()
+    after = picking.take(rows)
+    if picking.done or len(rows) < room:
+        return picking.picked
+    groups = [row[0] for row in conn.execute(_QUEUED_GROUPS, (MAX_HEAD_GROUPS + 1,)).fetchall()]
+    if len(groups) <= MAX_HEAD_GROUPS:
+        want = room - len(picking.picked)
+        parts = [
+            f"SELECT * FROM ({_QUEUED} INDEXED BY runs_queued_plain WHERE status = 'queued' "
+            f"AND concurrency_group IS NULL AND seq > ?{mine} ORDER BY seq LIMIT ?) AS plain"
+        ]
+        params: list[Any] = [after, owner, want]
+        for group in groups:
+            if group not in picking.blocked:
+                parts.append(
+                    f"SELECT * FROM ({_QUEUED} INDEXED BY runs_queued_group WHERE status = 'queued' "
+                    f"AND concurrency_group = ? AND seq > ?{mine} ORDER BY seq LIMIT ?) AS g{len(parts)}"
+                )
+                params += [group, after, owner, want]
+        heads = conn.execute(" UNION ALL ".join(parts), params).fetchall()
+        picking.take(sorted(heads, key=lambda row: row[1]))
+        return picking.picked
+    while not picking.done:
+        skip = ",".join("?" * len(picking.blocked))
         rows = conn.execute(
-            "SELECT id, seq, concurrency_group, concurrency_limit FROM runs "
-            f"WHERE status = 'queued' AND seq > ? AND {affinity}{skip} ORDER BY seq LIMIT ?{lock}",
-            (after, owner, *blocked, room - len(picked)),
+            f"{_QUEUED} INDEXED BY runs_queued WHERE status = 'queued' AND seq > ?{mine} "
+            f"AND (concurrency_group IS NULL OR concurrency_group NOT IN ({skip})) ORDER BY seq LIMIT ?",
+            (after, owner, *picking.blocked, room - len(picking.picked)),
         ).fetchall()
         if not rows:
             break
-        for run_id, seq, group, limit in rows:
-            after = seq
-            if group is None:
-                picked.append(run_id)
-            elif group not in blocked:
-                count = running.get(group, 0)
-                if count < limit:
-                    picked.append(run_id)
-                    running[group] = count = count + 1
-                if count >= limit:
-                    blocked.add(group)  # and every later run of it: FIFO within the group
-    return picked
+        after = picking.take(rows)
+    return picking.picked
 
 
 # -- a queued run's place -------------------------------------------------------------
@@ -173,7 +228,8 @@ def queue_entries(conn: Any, runs: list[Run], max_running: int) -> dict[str, dic
             "SELECT count(*) FROM runs WHERE concurrency_group = ? AND status = 'queued' AND seq < ?", (group, first)
         ).fetchone()[0]
     between = conn.execute(
-        "SELECT seq, concurrency_group FROM runs WHERE status = 'queued' AND seq >= ? AND seq < ? ORDER BY seq",
+        "SELECT seq, concurrency_group FROM runs INDEXED BY runs_queued "
+        "WHERE status = 'queued' AND seq >= ? AND seq < ? ORDER BY seq",
         (first, mine[-1][1]),
     ).fetchall()
     ahead_open, ahead_own, index = base, dict(own), 0

@@ -144,13 +144,16 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE stream_tickets ADD COLUMN scopes TEXT
     """,
     # 7: concurrency groups (store/queue.py): a run's rendered group and its limit (NULL: no group).
-    # runs_group_status counts a group's queued and running runs; runs_queued covers the claim's
-    # and the queue position's scans of the queue in order, without reading the rows.
+    # runs_group_status counts a group's queued and running runs; runs_queued covers the claim's and
+    # the queue position's scans of the queue in order, without reading the rows; runs_queued_group
+    # and runs_queued_plain let a claim step over a full group's runs (store/queue.py's pick).
     7: """
     ALTER TABLE runs ADD COLUMN concurrency_group TEXT;
     ALTER TABLE runs ADD COLUMN concurrency_limit INTEGER;
     CREATE INDEX runs_group_status ON runs(concurrency_group, status, seq) WHERE concurrency_group IS NOT NULL;
-    CREATE INDEX runs_queued ON runs(seq, concurrency_group, concurrency_limit, affinity) WHERE status = 'queued'
+    CREATE INDEX runs_queued ON runs(seq, concurrency_group, concurrency_limit, affinity, id) WHERE status = 'queued';
+    CREATE INDEX runs_queued_group ON runs(concurrency_group, seq) WHERE status = 'queued';
+    CREATE INDEX runs_queued_plain ON runs(seq) WHERE status = 'queued' AND concurrency_group IS NULL
     """,
 }
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from flwd_server.models import RunStatus
-from flwd_server.store import Store
+from flwd_server.store import Store, queue
 
 
 def _submit(store: Store, group: str | None = None, limit: int = 1, when_busy: str = "queue", job: str = "j"):
@@ -156,3 +158,39 @@ def test_queue_position_and_reason_follow_the_claim_order(store):
     queue = _queue(store, [*prod[1:], plain, more])
     assert [queue[r]["position"] for r in (*prod[1:], plain, more)] == [1, 2, 3, 4]
     assert queue[prod[1]]["reason"] == "waiting to be claimed"
+
+
+@pytest.fixture(params=["group heads", "queue scan"])
+def strategy(request, monkeypatch):
+    """Both ways a claim steps over a full group: by each group's head, or (many groups) a scan in order."""
+    if request.param == "queue scan":
+        monkeypatch.setattr(queue, "MAX_HEAD_GROUPS", 1)
+    return request.param
+
+
+def test_a_claim_steps_over_full_groups_either_way_in_queue_order(store, strategy):
+    a = [_submit(store, "a").id for _ in range(3)]
+    b = [_submit(store, "b", limit=2).id for _ in range(3)]
+    plain = _submit(store).id
+    c = _submit(store, "c").id
+    assert _claim(store, free=1) == [a[0]]
+    # a is full: b's first two (its limit), the plain run and c, oldest first; b's third waits.
+    assert _claim(store, free=10) == [*b[:2], plain, c]
+    assert _claim(store, free=10) == []
+    _end(store, b[0])
+    assert _claim(store, free=10) == [b[2]]
+
+
+def test_a_claim_leaves_runs_bound_to_another_owner(store, strategy):
+    busy = [_submit(store, "a").id for _ in range(2)]
+    assert _claim(store, free=1) == [busy[0]]
+    plan = {"job": {"name": "j", "source": "s", "steps": []}, "args": {}, "profile": "secure"}
+    public = {"job": "j", "source": "s", "revision": None, "args": {}, "profile": "secure", "digest": None}
+    bound = store.create_run(
+        plan=plan, public=public, submitted_by="t", affinity="cli:1", concurrency=("b", 1, "queue")
+    )
+    free = _submit(store, "b").id
+    assert _claim(store, free=1) == [free]  # the bound run is older, but only its owner claims it
+    assert [c.run.id for c in store.claim("cli:1", 1, 10, affinity_only=True)] == []  # b is full now
+    _end(store, free)
+    assert [c.run.id for c in store.claim("cli:1", 1, 10, affinity_only=True)] == [bound[0].id]

@@ -10,9 +10,10 @@ every queued run is skipped.  Measured:
   *after* the N: it must find that one (released again after each claim);
 * a fresh flwd (flwd's default shape) on that database: ``GET /runs/ID`` of the last
   queued run (position N: the count before it is the cost), ``GET /runs`` (a page of 50
-  queued runs, each with its position), timed on one keep-alive connection; and the
-  servers' CPU time per second while idle with the blocked queue (their dispatchers claim
-  every second), from /proc utime + stime.
+  queued runs, each with its position), timed on one keep-alive connection, and the
+  servers' CPU time per request (from /proc utime + stime: on a busy machine wall time
+  says more about the neighbours); and their CPU time per second while idle with the
+  blocked queue (their dispatchers claim every second).
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def _http(ctx: Context, path: Path, last: str, queued: int, requests: int) -> di
     try:
         api = server.api()
         one, page = [], []
+        pids = server.server_pids()
+        cpu_before = procs.total_cpu(pids)
         try:
             for _ in range(requests):
                 began = time.perf_counter()
@@ -111,13 +114,13 @@ def _http(ctx: Context, path: Path, last: str, queued: int, requests: int) -> di
                     raise RuntimeError(f"GET /runs: {status} {body[:300]!r}")
         finally:
             api.close()
-        pids = server.server_pids()
+        cpu_each = 1000 * (procs.total_cpu(pids) - cpu_before) / (2 * requests)
         before, began = procs.total_cpu(pids), time.monotonic()
         time.sleep(ctx.opts.pick(5.0, 1.0))
         idle = (procs.total_cpu(pids) - before) / (time.monotonic() - began)
     finally:
         server.stop()
-    return {"one_ms": summary(one), "page_ms": summary(page), "idle_cpu_per_s": idle}
+    return {"one_ms": summary(one), "page_ms": summary(page), "cpu_ms_per_request": cpu_each, "idle_cpu_per_s": idle}
 
 
 def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
@@ -134,6 +137,7 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             Row(8, f"claim of the one run behind {queued:,} skipped: p50", claim_found["p50"], "ms"),
             Row(8, f"GET /runs/ID at position {queued:,}: p50", http["one_ms"]["p50"], "ms"),
             Row(8, f"GET /runs?status=queued (50, {queued:,} in all): p50", http["page_ms"]["p50"], "ms"),
+            Row(8, "  server CPU per request of the two above (mean)", http["cpu_ms_per_request"], "ms"),
             Row(8, f"server CPU while idle, {queued:,} blocked", 100 * http["idle_cpu_per_s"], "% of a core"),
         ]
         details[str(queued)] = {"claim_nothing_ms": claim_none, "claim_found_ms": claim_found, **http}

@@ -215,7 +215,7 @@ SCHEMAS: dict[str, Any] = {
                 "additionalProperties": ref("OutputSpec"),
                 "description": "outputs the job declares: a run fails if a step does not set each, as its type",
             },
-            "concurrency": {**ref("Concurrency"), "description": "GET /jobs/NAME only, when the job declares it"},
+            "concurrency": ref("Concurrency"),  # GET /jobs/NAME only, when the job declares it
         },
         ["name", "source", "description", "args"],
         additional=True,

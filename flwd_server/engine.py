@@ -415,18 +415,19 @@ class Engine:
             self.store.flush()
 
     def runs(self, **filters: Any) -> tuple[list[Run], int | None]:
-        """A page of runs, the queued ones with their ``queue`` (place in line and why)."""
         runs, cursor = self.store.list_runs(**filters)
-        return self.store.queue_of(runs, self.settings.limits.max_concurrent_runs), cursor
+        return self.placed(runs), cursor
+
+    def placed(self, runs: list[Run]) -> list[Run]:
+        """The runs, each waiting one with its ``queue``: its place in line and why (store/queue.py)."""
+        return self.store.queue_of(runs, self.settings.limits.max_concurrent_runs)
 
     def run(self, run_id: str, principal: Principal | None = None) -> Run:
         """One run; with ``principal``, a run of a job its ``runs:read`` does not cover is a 404 (hides it exists)."""
         run = self.store.get_run(run_id)
         if principal is not None and not principal.allows(Scope.RUNS_READ, run.source, run.job):
             raise RunNotFound(f"no run with id {run_id!r}")
-        if run.status.is_terminal or run.status is RunStatus.RUNNING:
-            return run
-        return self.store.queue_of([run], self.settings.limits.max_concurrent_runs)[0]
+        return run if run.status.is_terminal or run.status is RunStatus.RUNNING else self.placed([run])[0]
 
     def run_view(self, run_id: str, base_url: str = "", principal: Principal | None = None) -> dict[str, Any]:
         """The run as ``GET /runs/ID`` shows it; a callback POSTs exactly this (links relative to the server's root).

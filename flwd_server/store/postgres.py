@@ -221,13 +221,19 @@ class PostgresStore(Store):
     def _claim_locked(conn: Any, owner: str, free: int, max_running: int, affinity: str, now: float) -> list[Any]:
         running = conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
         room = min(free, max_running - running)
-        ids = pick(conn, room, affinity, owner) if room > 0 else []
-        if ids:  # a queued run another transaction holds (a cancel in progress) is left, not waited for
+        if room <= 0:
+            return []
+        held: frozenset[str] = frozenset()
+        for _ in range(4):  # a queued run another transaction holds (a cancel in progress) is left, not waited for
+            ids = pick(conn, room, affinity, owner, held)
+            if not ids:
+                return []
             marks = ",".join("?" * len(ids))
             locked = {row[0] for row in conn.execute(_LOCK_QUEUED.format(marks=marks), ids).fetchall()}
-            ids = [run_id for run_id in ids if run_id in locked]
-        if not ids:
-            return []
+            if len(locked) == len(ids):
+                break
+            held |= set(ids) - locked  # and choose again without them: the choice depends on each run
+        ids = [run_id for run_id in ids if run_id in locked]
         return conn.execute(
             f"UPDATE runs SET status = 'running', owner = ?, started_at = ? WHERE id IN ({','.join('?' * len(ids))}) "
             f"RETURNING {_CLAIM_COLUMNS}, runs.plan, runs.seq",

@@ -89,6 +89,7 @@ def admit(
     return Admission(replaced=tuple(queued + running))
 
 
+CLAIMABLE = "waiting to be claimed"  # a queued run's reason when nothing holds it back: a claim takes it shortly
 _QUEUED = "SELECT id, seq, concurrency_group, concurrency_limit FROM runs"
 MAX_HEAD_GROUPS = 200  # groups whose heads one claim reads by index; with more, it scans the queue in order
 # The queued groups, in name order: one index probe each (a skip scan of runs_queued_group).
@@ -133,19 +134,21 @@ class _Picking:
         return last
 
 
-def pick(conn: Any, room: int, affinity: str, owner: str) -> list[str]:
+def pick(conn: Any, room: int, affinity: str, owner: str, held: frozenset[str] = frozenset()) -> list[str]:
     """The ids of up to ``room`` queued runs the claim may start now, in queue order.
 
     The head of the queue is read first; usually that is all.  If runs of full groups are
     in the way, the rest comes from each other group's first runs (an index probe per
     group) and the first runs without a group, merged in queue order, so a busy group's
     thousands of queued runs are never read.  With more than ``MAX_HEAD_GROUPS`` groups
-    queued, the queue is read in order, runs of full groups left out by the query.
+    queued, the queue is read in order, runs of full groups left out by the query.  ``held``:
+    runs to leave out (PostgreSQL: runs another transaction holds, found when locking).
     """
     picking = _Picking({row[0]: row[1] for row in conn.execute(_RUNNING_GROUPS).fetchall()}, room)
-    mine = f" AND {affinity}"
+    mine = f" AND {affinity}" + (f" AND id NOT IN ({','.join('?' * len(held))})" if held else "")
+    owner_params = [owner, *held]
     rows = conn.execute(
-        f"{_QUEUED} INDEXED BY runs_queued WHERE status = 'queued'{mine} ORDER BY seq LIMIT ?", (owner, room)
+        f"{_QUEUED} INDEXED BY runs_queued WHERE status = 'queued'{mine} ORDER BY seq LIMIT ?", (*owner_params, room)
     ).fetchall()
     after = picking.take(rows)
     if picking.done or len(rows) < room:
@@ -157,14 +160,14 @@ def pick(conn: Any, room: int, affinity: str, owner: str) -> list[str]:
             f"SELECT * FROM ({_QUEUED} INDEXED BY runs_queued_plain WHERE status = 'queued' "
             f"AND concurrency_group IS NULL AND seq > ?{mine} ORDER BY seq LIMIT ?) AS plain"
         ]
-        params: list[Any] = [after, owner, want]
+        params: list[Any] = [after, *owner_params, want]
         for group in groups:
             if group not in picking.blocked:
                 parts.append(
                     f"SELECT * FROM ({_QUEUED} INDEXED BY runs_queued_group WHERE status = 'queued' "
                     f"AND concurrency_group = ? AND seq > ?{mine} ORDER BY seq LIMIT ?) AS g{len(parts)}"
                 )
-                params += [group, after, owner, want]
+                params += [group, after, *owner_params, want]
         heads = conn.execute(" UNION ALL ".join(parts), params).fetchall()
         picking.take(sorted(heads, key=lambda row: row[1]))
         return picking.picked
@@ -173,7 +176,7 @@ def pick(conn: Any, room: int, affinity: str, owner: str) -> list[str]:
         rows = conn.execute(
             f"{_QUEUED} INDEXED BY runs_queued WHERE status = 'queued' AND seq > ?{mine} "
             f"AND (concurrency_group IS NULL OR concurrency_group NOT IN ({skip})) ORDER BY seq LIMIT ?",
-            (after, owner, *picking.blocked, room - len(picking.picked)),
+            (after, *owner_params, *picking.blocked, room - len(picking.picked)),
         ).fetchall()
         if not rows:
             break
@@ -253,7 +256,7 @@ def _reason(group: str | None, limit: int | None, groups: dict[str, tuple[int, i
         return f"concurrency group {group} ({running} of {limit} running)"
     if total >= most:
         return f"max_concurrent_runs ({total} running)"
-    return "waiting to be claimed"
+    return CLAIMABLE
 
 
 def with_queue(runs: list[Run], entries: dict[str, dict[str, Any]]) -> list[Run]:

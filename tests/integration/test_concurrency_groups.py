@@ -105,6 +105,9 @@ def test_a_group_runs_its_limit_at_once_in_order_and_others_pass_it(grouped, sit
     assert _queue(grouped, prod[0]) is None and _queue(grouped, plain) is None
     listed = {r["id"]: r["queue"] for r in grouped.get("/runs?status=queued").json()["runs"]}
     assert listed == {prod[1]: {"position": 1, "reason": reason}, prod[2]: {"position": 2, "reason": reason}}
+    late = grouped.submit("t:gated", {"env": "prod"})  # POST /runs answers with the new run's place too
+    assert late["status"] == "queued" and late["queue"] == {"position": 3, "reason": reason}
+    prod.append(late["id"])
     assert not site.started(prod[1])
     for run_id in prod:
         site.release(run_id)

@@ -14,6 +14,10 @@ every queued run is skipped.  Measured:
   servers' CPU time per request (from /proc utime + stime: on a busy machine wall time
   says more about the neighbours); and their CPU time per second while idle with the
   blocked queue (their dispatchers claim every second).
+
+The same database on PostgreSQL (a throwaway cluster, tests/fixtures/pgcluster.py), without
+a server: the claim both ways and the position of the last queued run, through the store.
+Wall time here (the work is the database server's), p50 of repeated calls.
 """
 
 from __future__ import annotations
@@ -123,6 +127,84 @@ def _http(ctx: Context, path: Path, last: str, queued: int, requests: int) -> di
     return {"one_ms": summary(one), "page_ms": summary(page), "cpu_ms_per_request": cpu_each, "idle_cpu_per_s": idle}
 
 
+_PG_FILL = (
+    "INSERT INTO runs(id, job, source, args, status, profile, submitted_by, created_at, plan, "
+    "concurrency_group, concurrency_limit) SELECT substr(md5(i::text), 1, 26), 'sleepy', 'bench', '{}', 'queued', "
+    "'secure', 'bench', %s, %s, 'deploy', 1 FROM generate_series(1, %s) AS i ORDER BY i"
+)
+
+
+def _postgres(ctx: Context, counts: tuple[int, ...], repeat: int) -> tuple[list[Row], dict[str, Any]]:
+    import psycopg
+
+    from flwd_bench.fig_multinode import _cluster
+    from flwd_server.config import load_settings
+    from flwd_server.store import open_store
+    from flwd_server.store.owners import HOSTNAME, owner_id
+
+    rows: list[Row] = []
+    details: dict[str, Any] = {}
+    with _cluster(ctx.ws.path("queue-postgres")) as cluster:
+        for queued in counts:
+            url = cluster.create_database(f"queue{queued}")
+            store = open_store(load_settings(None, {"db_url": url}, environ={}))
+            try:
+                store.migrate()
+                owner = owner_id()
+                store.register_owner(owner, HOSTNAME, os.getpid())
+                plan = json.dumps({"job": {"name": "sleepy", "source": "bench", "steps": []}, "args": {}})
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute(
+                        "INSERT INTO runs(id, job, source, args, status, profile, submitted_by, created_at, "
+                        "started_at, plan, owner, concurrency_group, concurrency_limit) VALUES ('running-one', "
+                        "'sleepy', 'bench', '{}', 'running', 'secure', 'bench', %s, %s, %s, %s, 'deploy', 1)",
+                        (time.time(), time.time(), plan, owner),
+                    )
+                    conn.execute(_PG_FILL, (time.time(), plan, queued))
+                    conn.execute("VACUUM ANALYZE runs")
+                last = store.reader().execute("SELECT id FROM runs WHERE status = 'queued' ORDER BY seq DESC LIMIT 1")
+                run = store.get_run(last.fetchone()[0])
+                nothing, found, position = [], [], []
+                for _ in range(repeat):
+                    began = time.perf_counter()
+                    assert store.claim("bench:claimer", 1, 32) == []
+                    nothing.append(1000 * (time.perf_counter() - began))
+                    began = time.perf_counter()
+                    queue = store.queue_of([run], 32)[0].queue
+                    position.append(1000 * (time.perf_counter() - began))
+                    assert queue is not None and queue["position"] == queued, queue
+                public = {"job": "o", "source": "bench", "revision": None, "args": {}, "profile": "secure"}
+                other, _ = store.create_run(
+                    plan={"job": {"name": "o"}}, public=public, submitted_by="b", concurrency=("other", 1, "queue")
+                )
+                for _ in range(repeat):
+                    began = time.perf_counter()
+                    claimed = store.claim("bench:claimer", 1, 32)
+                    found.append(1000 * (time.perf_counter() - began))
+                    assert [c.run.id for c in claimed] == [other.id], claimed
+                    store.release_claims([other.id], "bench:claimer")
+            finally:
+                store.close()
+                cluster.drop_database(url)
+            stats = {
+                "claim_nothing_ms": summary(nothing),
+                "claim_found_ms": summary(found),
+                "position_ms": summary(position),
+            }
+            details[str(queued)] = stats
+            rows += [
+                Row(
+                    8,
+                    f"PostgreSQL claim, {queued:,} queued in a full group: p50",
+                    stats["claim_nothing_ms"]["p50"],
+                    "ms",
+                ),
+                Row(8, f"PostgreSQL claim of the one run behind {queued:,}: p50", stats["claim_found_ms"]["p50"], "ms"),
+                Row(8, f"PostgreSQL queue position {queued:,}: p50", stats["position_ms"]["p50"], "ms"),
+            ]
+    return rows, details
+
+
 def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     rows: list[Row] = []
     details: dict[str, Any] = {}
@@ -141,4 +223,7 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             Row(8, f"server CPU while idle, {queued:,} blocked", 100 * http["idle_cpu_per_s"], "% of a core"),
         ]
         details[str(queued)] = {"claim_nothing_ms": claim_none, "claim_found_ms": claim_found, **http}
-    return rows, details
+    pg_rows, details["postgres"] = _postgres(
+        ctx, ctx.opts.pick((10_000, 100_000), (2_000, 10_000)), ctx.opts.pick(20, 5)
+    )
+    return rows + pg_rows, details

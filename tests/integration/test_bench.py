@@ -60,7 +60,7 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:5] == TABLE_HEADER)
     table = lines[header + 2 :]
-    for figure in range(1, 8):
+    for figure in range(1, 9):
         assert any(line.startswith(f"{figure} ") for line in table), proc.stdout
     assert "runs/s ratio flwd / webhook" in proc.stdout
     assert "ERROR" not in proc.stdout
@@ -70,7 +70,7 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
     assert result["command"].startswith("scripts/bench --quick")
     assert result["machine"]["cpus"] >= 1
     rows = result["rows"]
-    assert {row["figure"] for row in rows} == {1, 2, 3, 4, 5, 6, 7}
+    assert {row["figure"] for row in rows} == {1, 2, 3, 4, 5, 6, 7, 8}
     for row in rows:
         assert row["error"] is None, row
         assert isinstance(row["value"], (int, float)), row
@@ -98,6 +98,8 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
     assert sorted(figures["6"]["nodes"]) == ["1", "2", "3"]
     assert figures["6"]["cross_node"]["events"] == 40 and figures["6"]["cross_node"]["missing"] == 0
     assert figures["7"]["event_to_screen_ms"]["n"] == figures["7"]["live_runs"]
+    assert sorted(figures["8"]) == ["10000", "2000", "postgres", "seconds"]
+    assert sorted(figures["8"]["postgres"]) == ["10000", "2000"]
     assert figures["7"]["log_rows_in_dom"] < 500  # the log drew only what is in view
     for result in [figures["6"]["sqlite"], *figures["6"]["nodes"].values()]:
         assert result["drain_timed_out"] is False and result["statuses"] == {"succeeded": result["finished"]}
@@ -141,4 +143,4 @@ def test_an_interrupted_run_stops_every_server_and_removes_its_temp_dir(tmp_path
 def test_an_unknown_figure_is_refused_with_the_list_of_figures():
     proc = subprocess.run([BENCH, "--only", "1,9"], capture_output=True, text=True, timeout=60, env=bench_env())
     assert proc.returncode == 2
-    assert "--only: figures are 1, 2, 3, 4, 5, 6, 7" in proc.stderr
+    assert "--only: figures are 1, 2, 3, 4, 5, 6, 7, 8" in proc.stderr

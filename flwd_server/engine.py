@@ -427,14 +427,15 @@ class Engine:
         run = self.store.get_run(run_id)
         if principal is not None and not principal.allows(Scope.RUNS_READ, run.source, run.job):
             raise RunNotFound(f"no run with id {run_id!r}")
-        return run if run.status.is_terminal or run.status is RunStatus.RUNNING else self.placed([run])[0]
+        return run
 
     def run_view(self, run_id: str, base_url: str = "", principal: Principal | None = None) -> dict[str, Any]:
         """The run as ``GET /runs/ID`` shows it; a callback POSTs exactly this (links relative to the server's root).
 
-        Unlike the lists, one run also names its artifacts with their digests (a query of its own).
+        Unlike the lists, one run also names its artifacts with their digests (a query of its own);
+        a waiting run has its place in the queue.
         """
-        view = self.run(run_id, principal).to_dict(base_url)
+        view = self.placed([self.run(run_id, principal)])[0].to_dict(base_url)
         view["artifacts"] = [artifact.to_dict() for artifact in run_artifacts(self.store, run_id)]
         return view
 

@@ -17,7 +17,6 @@ group.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ..models import EventType, Run, RunStatus
@@ -30,19 +29,12 @@ _RUNNING_GROUPS = (
 )
 
 
-@dataclass(frozen=True)
-class Admission:
-    """What a submission with a group found: refused (``reason``), or the runs it replaced."""
-
-    rejected: str | None = None
-    replaced: tuple[str, ...] = ()
-
-
 def admit(
     conn: Any, run_id: str, concurrency: tuple[str, int, str], subject: str, now: float, lock: str = ""
-) -> Admission:
-    """Apply ``when_busy`` for a run about to be queued in ``group`` (before it is inserted).
+) -> str | None:
+    """Apply ``when_busy`` for a run about to be queued in its group (before it is inserted).
 
+    Returns the reason the run is refused, or None: it may be queued.
     ``reject``: the group is busy when its running *and queued* runs reach the limit - a new
     run would wait, and refusing is what the job asked instead of waiting.  ``replace``: the
     group's queued runs end ``cancelled`` now, its running runs get a cancel request; the new
@@ -56,12 +48,10 @@ def admit(
             "SELECT count(*) FROM runs WHERE concurrency_group = ? AND status IN ('queued', 'running')", (group,)
         ).fetchone()[0]
         if busy >= limit:
-            return Admission(
-                rejected=f"concurrency group {group} is busy ({busy} of {limit} running or queued; when_busy: reject)"
-            )
-        return Admission()
+            return f"concurrency group {group} is busy ({busy} of {limit} running or queued; when_busy: reject)"
+        return None
     if when_busy != "replace":
-        return Admission()
+        return None
     reason = f"replaced by {run_id}"
     queued = [
         row[0]
@@ -86,7 +76,7 @@ def admit(
         conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (old,))
         data = dumps({"by": subject, "reason": reason})
         conn.execute(INSERT_EVENT, (old, EventType.RUN_CANCEL_REQUESTED.value, now, data))
-    return Admission(replaced=tuple(queued + running))
+    return None
 
 
 CLAIMABLE = "waiting to be claimed"  # a queued run's reason when nothing holds it back: a claim takes it shortly

@@ -108,7 +108,7 @@ class RunRecords:
                 )
             run, rows = created, event_rows
             if concurrency is not None and status is RunStatus.QUEUED:
-                refused = admit(conn, run_id, concurrency, submitted_by, now, self._FOR_UPDATE).rejected
+                refused = admit(conn, run_id, concurrency, submitted_by, now, self._FOR_UPDATE)
                 if refused is not None:
                     run = Run(
                         **{**created.__dict__, "status": RunStatus.REJECTED, "finished_at": now, "reason": refused}

@@ -5,7 +5,7 @@ wraps a psycopg connection in the small part of the ``sqlite3`` interface the
 store uses (``execute`` with ``?`` placeholders, ``executemany``,
 ``rowcount``, ``in_transaction``) and :func:`translate` turns each statement
 text into PostgreSQL's, once (cached): ``?`` -> ``%s``, ``BEGIN IMMEDIATE`` ->
-``BEGIN``, ``AUTOINCREMENT`` -> ``BIGSERIAL``, ``REAL`` -> ``DOUBLE PRECISION``,
+``BEGIN``, ``AUTOINCREMENT`` -> ``BIGSERIAL``, ``REAL`` -> ``DOUBLE PRECISION``, ``BLOB`` -> ``BYTEA``,
 ``INDEXED BY`` and ``WITHOUT ROWID`` dropped.
 """
 
@@ -16,17 +16,18 @@ from typing import Any
 
 from psycopg import pq
 
-from .queries import INSERT_EVENT
+from .chain import INSERT_HASHED
 
 INSERT_EVENTS_UNNEST = (
-    "INSERT INTO events(run_id, type, ts, data) "
-    "SELECT r, t, s, d FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]) WITH ORDINALITY AS u(r, t, s, d, n) ORDER BY n"
+    "INSERT INTO events(id, run_id, type, ts, data, hash) "
+    "SELECT * FROM unnest(%s::int8[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::bytea[])"
 )
 
 _TRANSLATED: dict[str, str] = {}
 _DDL_TYPES = (
     (re.compile(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b", re.I), "BIGSERIAL PRIMARY KEY"),
     (re.compile(r"\bREAL\b", re.I), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b", re.I), "BYTEA"),
     (re.compile(r"\bINTEGER\b", re.I), "BIGINT"),
 )
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+", re.I)
@@ -41,7 +42,7 @@ def translate(sql: str) -> str:
     out = sql.replace("%", "%%").replace("?", "%s")
     out = out.replace("BEGIN IMMEDIATE", "BEGIN")
     out = _INDEXED_BY.sub("", out)
-    if out.lstrip().upper().startswith("CREATE TABLE"):
+    if out.lstrip().upper().startswith(("CREATE TABLE", "ALTER TABLE")):
         out = _WITHOUT_ROWID.sub(")", out.rstrip())
         for pattern, replacement in _DDL_TYPES:
             out = pattern.sub(replacement, out)
@@ -98,13 +99,11 @@ class PgConnection:
             return Result([], 0)
         if len(rows) == 1:
             return self.execute(sql, rows[0])
-        if sql == INSERT_EVENT:
-            # A batch of events is one statement with four arrays, not one per row (psycopg's
-            # executemany pipelines, but still spends Python time per row).  ORDER BY the
-            # ordinality: ids are drawn in the order the events were queued.
+        if sql == INSERT_HASHED:
+            # A batch of events is one statement with six arrays, not one per row (psycopg's
+            # executemany pipelines, but still spends Python time per row); the ids are the chain's.
             self.wrote_events = True
-            run_ids, types, stamps, data = zip(*rows, strict=True)
-            self._cur.execute(INSERT_EVENTS_UNNEST, (list(run_ids), list(types), list(stamps), list(data)))
+            self._cur.execute(INSERT_EVENTS_UNNEST, [list(column) for column in zip(*rows, strict=True)])
             return Result([], len(rows))
         if sql.startswith("INSERT INTO events"):
             self.wrote_events = True

@@ -275,7 +275,7 @@ class Store(Writer, RunRecords, OwnerRecords, DeliveryRecords):
 
 
 def _record_pruned(conn: Any, run_ids: list[str]) -> None:
-    """Before runs are pruned: a ``runs.pruned`` event (no run) naming each and its chain's last hash (hex).
+    """Before runs are pruned: a ``runs.pruned`` event (no run) naming each and its chain's last hash.
 
     The chain of events without a run thus keeps what was removed, and the
     hashes a copy exported earlier can be checked against.
@@ -288,7 +288,7 @@ def _record_pruned(conn: Any, run_ids: list[str]) -> None:
             run_ids,
         ).fetchall()
     )
-    runs = [{"id": run_id, "hash": heads[run_id].hex() if heads.get(run_id) else None} for run_id in run_ids]
+    runs = [{"id": run_id, "hash": heads.get(run_id)} for run_id in run_ids]
     insert_events(conn, [(None, EventType.RUNS_PRUNED.value, time.time(), dumps({"runs": runs}))])
     chain = active_chain(conn)
     if chain is not None:

@@ -1,9 +1,9 @@
 """The tamper-evident audit trail: every event's hash chains it to the previous event of its run.
 
 ``hash = sha256(previous || int64le(id) || float64le(ts) || run_id "\\n" type "\\n" data)``,
-32 raw bytes, with ``data`` the event's stored JSON text exactly (never serialised
+stored as hex, with ``data`` the event's stored JSON text exactly (never serialised
 a second time), ``ts`` the stored float and ``previous`` the hash of the run's
-previous event (32 zero bytes for its first).  Events without a run form one more
+previous event (its 32 bytes; 32 zero bytes for its first).  Events without a run form one more
 chain (``run_id`` empty), so pruning whole runs leaves every remaining chain
 intact.  A last chain runs over the finished runs, in the order they finish:
 ``sha256(previous || run's hash at run.finished || run_id)``.
@@ -116,7 +116,7 @@ class Chain:
             row = self.conn.execute(_HEAD_RUNLESS).fetchone()
         else:
             row = self.conn.execute(_HEAD_OF_RUN, (run_id,)).fetchone()
-        return (row[0] if row else None) or GENESIS  # events stored before the audit trail have none
+        return bytes.fromhex(row[0]) if row and row[0] else GENESIS  # events stored before the audit trail have none
 
     def insert(self, events: list[tuple[str | None, str, float, str]]) -> None:
         """Insert ``(run_id, type, ts, data)`` events, each with its id and hash; extend the chain of finished runs."""
@@ -133,9 +133,9 @@ class Chain:
             head = heads.get(run_id)
             if head is None:
                 head = self._head(run_id)
-            head = sha256(head + pack(id, ts) + f"{run_id or ''}\n{type}\n{data}".encode()).digest()
-            heads[run_id] = head
-            append((id, run_id, type, ts, data, head))
+            digest = sha256(head + pack(id, ts) + f"{run_id or ''}\n{type}\n{data}".encode())
+            heads[run_id] = head = digest.digest()
+            append((id, run_id, type, ts, data, digest.hexdigest()))
             if type == _RUN_FINISHED and run_id is not None:
                 finished.append((run_id, head))
         self.conn.executemany(INSERT_HASHED, rows)
@@ -147,11 +147,11 @@ class Chain:
         head = self.finished_head
         if head is None:
             row = self.conn.execute(_HEAD_FINISHED).fetchone()
-            head = row[0] if row else GENESIS
+            head = bytes.fromhex(row[0]) if row else GENESIS
         links = []
         for run_id, run_hash in finished:
             head = run_link(head, run_id, run_hash)
-            links.append((run_id, run_hash, head))
+            links.append((run_id, run_hash.hex(), head.hex()))
         self.conn.executemany(_INSERT_FINISHED, links)
         self.finished_head = head
 

@@ -2,19 +2,22 @@
 
 One JSON object per line, each with a ``record`` field::
 
-    {"record": "export", "format": 3, "generated_at": "...", "filters": {...}}
-    {"record": "event", "event": {"id": 1, "run_id": null, "type": "source.synced", ...}}
-    {"record": "run", "run": {...the run, as GET /runs/ID shows it, its "outputs" included...}}
-    {"record": "event", "event": {"id": 2, "run_id": "...", "type": "run.queued", "time": "...", "data": {...}}}
+    {"record": "export", "format": 4, "generated_at": "...", "filters": {...}, "runless_hash": "...", ...}
+    {"record": "event", "hash": "...", "ts": 1764756000.5, "event": {"id": 1, "run_id": null, ...}}
+    {"record": "run", "hash": "...", "run": {...the run, as GET /runs/ID shows it, its "outputs" included...}}
+    {"record": "event", "hash": "...", "ts": ..., "event": {"id": 2, "run_id": "...", "type": "run.queued", ...}}
     ...every event of that run, in order...
     {"record": "artifact", "artifact": {"run_id": "...", "path": "report.txt", "size": 15, "sha256": "..."}}
     ...every artifact of that run, by path, then the next run...
+    {"record": "finished", "run_id": "...", "run_hash": "...", "hash": "..."}
+    ...the chain of finished runs (unfiltered exports)...
     {"record": "end", "runs": 2, "events": 17, "artifacts": 1}
 
 Runs come oldest first.  Events without a run (``source.synced``,
 ``source.failed``, a refused downgrade) are part of the audit trail too: in id
 order, each before the first run queued after it (format 2; format 1 left them
-out; format 3 added the ``artifact`` records and their count).  ``since``/``until`` apply to their time and ``source`` to the source
+out; format 3 added the ``artifact`` records and their count; format 4 the audit trail's
+hashes, :mod:`.chain`).  ``since``/``until`` apply to their time and ``source`` to the source
 their data names; ``status`` and ``job`` leave them out (they have neither).  The last line says how many runs and events were
 written, so a reader can tell a complete export from a cut one (an HTTP
 stream cannot change its status once it has started).
@@ -159,12 +162,8 @@ def _line(record: dict[str, Any]) -> bytes:
 def _event_line(row: Any) -> bytes:
     """An event record: its chain hash and exact time first, the event (its stored data text last) after."""
     event = Event(row[0], row[1], row[2], row[3], row[4])
-    digest = "null" if row[5] is None else f'"{row[5].hex()}"'
+    digest = "null" if row[5] is None else f'"{row[5]}"'
     return f'{{"record":"event","hash":{digest},"ts":{float(row[3])!r},"event":{event.to_json()}}}\n'.encode()
-
-
-def _hex(digest: bytes | None) -> str | None:
-    return None if digest is None else bytes(digest).hex()
 
 
 _RUN_EVENTS = (
@@ -204,14 +203,14 @@ def export_lines(
         where, params = filters.where()
         # Events without a run up to the chain head seen now: a later one belongs to a later export.
         head_row = conn.execute(_RUNLESS_HEAD).fetchone()
-        runless_last, runless_head = (head_row[0], _hex(head_row[1])) if head_row else (0, None)
+        runless_last, runless_head = (head_row[0], head_row[1]) if head_row else (0, None)
         header = {"record": "export", "format": FORMAT, "generated_at": iso(time.time()), "filters": filters.describe()}
         everything = filters == ExportFilter()  # every event without a run is here: their chain can be checked
         finished_last = 0
         if everything:
             header["runless_hash"] = runless_head
             last = conn.execute("SELECT seq, hash FROM run_chain ORDER BY seq DESC LIMIT 1").fetchone()
-            finished_last, header["finished_hash"] = (last[0], last[1].hex()) if last else (0, None)
+            finished_last, header["finished_hash"] = (last[0], last[1]) if last else (0, None)
         yield _line(header)
         chunk = _Chunk()
         runs = events = artifacts = 0
@@ -240,7 +239,7 @@ def export_lines(
             for row in rows:
                 run = run_from_row(row, callbacks.get(row[0]))
                 head_row = conn.execute(_RUN_HEAD, (run.id,)).fetchone()
-                last_id, head = (head_row[0], _hex(head_row[1])) if head_row else (0, None)
+                last_id, head = (head_row[0], head_row[1]) if head_row else (0, None)
                 page = conn.execute(_RUN_EVENTS, (run.id, 0, last_id, event_page)).fetchall()
                 for event in runless_before(page[0][0] if page else 0):
                     chunk.add(_event_line(event))
@@ -281,8 +280,7 @@ def export_lines(
             if not chain_rows:
                 break
             for _seq, run_id, run_hash, digest in chain_rows:
-                finished = {"record": "finished", "run_id": run_id, "run_hash": run_hash.hex(), "hash": digest.hex()}
-                chunk.add(_line(finished))
+                chunk.add(_line({"record": "finished", "run_id": run_id, "run_hash": run_hash, "hash": digest}))
             finished_after = chain_rows[-1][0]
             if full := chunk.take_if_full():
                 yield full

@@ -5,7 +5,7 @@ wraps a psycopg connection in the small part of the ``sqlite3`` interface the
 store uses (``execute`` with ``?`` placeholders, ``executemany``,
 ``rowcount``, ``in_transaction``) and :func:`translate` turns each statement
 text into PostgreSQL's, once (cached): ``?`` -> ``%s``, ``BEGIN IMMEDIATE`` ->
-``BEGIN``, ``AUTOINCREMENT`` -> ``BIGSERIAL``, ``REAL`` -> ``DOUBLE PRECISION``, ``BLOB`` -> ``BYTEA``,
+``BEGIN``, ``AUTOINCREMENT`` -> ``BIGSERIAL``, ``REAL`` -> ``DOUBLE PRECISION``,
 ``INDEXED BY`` and ``WITHOUT ROWID`` dropped.
 """
 
@@ -20,14 +20,13 @@ from .chain import INSERT_HASHED
 
 INSERT_EVENTS_UNNEST = (
     "INSERT INTO events(id, run_id, type, ts, data, hash) "
-    "SELECT * FROM unnest(%s::int8[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::bytea[])"
+    "SELECT * FROM unnest(%s::int8[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[])"
 )
 
 _TRANSLATED: dict[str, str] = {}
 _DDL_TYPES = (
     (re.compile(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b", re.I), "BIGSERIAL PRIMARY KEY"),
     (re.compile(r"\bREAL\b", re.I), "DOUBLE PRECISION"),
-    (re.compile(r"\bBLOB\b", re.I), "BYTEA"),
     (re.compile(r"\bINTEGER\b", re.I), "BIGINT"),
 )
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+", re.I)
@@ -42,7 +41,7 @@ def translate(sql: str) -> str:
     out = sql.replace("%", "%%").replace("?", "%s")
     out = out.replace("BEGIN IMMEDIATE", "BEGIN")
     out = _INDEXED_BY.sub("", out)
-    if out.lstrip().upper().startswith(("CREATE TABLE", "ALTER TABLE")):
+    if out.lstrip().upper().startswith("CREATE TABLE"):
         out = _WITHOUT_ROWID.sub(")", out.rstrip())
         for pattern, replacement in _DDL_TYPES:
             out = pattern.sub(replacement, out)

@@ -37,8 +37,8 @@ def check_chains(store: Any) -> None:
     """Recompute every chain from the stored rows, independently of the writer."""
     heads: dict[str | None, bytes] = {}
     for id, run_id, type_, ts, data, digest in stored(store):
-        assert bytes(digest) == event_hash(heads.get(run_id, GENESIS), id, run_id, type_, ts, data), (id, run_id, type_)
-        heads[run_id] = digest
+        assert digest == event_hash(heads.get(run_id, GENESIS), id, run_id, type_, ts, data).hex(), (id, run_id, type_)
+        heads[run_id] = bytes.fromhex(digest)
 
 
 def export(store: Any) -> list[bytes]:
@@ -92,7 +92,7 @@ def test_pruning_whole_runs_leaves_the_rest_verifiable_and_records_what_went(any
             any_store.emit(f"r{n}", "step.output", {"line": str(i)})
         any_store.emit(None, "source.synced", {"source": "ops"})
     any_store.flush()
-    heads = {run_id: bytes(digest).hex() for _, run_id, _, _, _, digest in stored(any_store) if run_id}
+    heads = {run_id: digest for _, run_id, _, _, _, digest in stored(any_store) if run_id}
     assert any_store.prune(2) == 2
     any_store.emit(None, "source.synced", {"source": "ops"})
     any_store.flush()
@@ -115,7 +115,7 @@ def test_the_events_without_a_run_have_their_own_chain_with_its_head_in_the_head
     check_chains(any_store)
     lines = export(any_store)
     header = json.loads(lines[0])
-    assert header["runless_hash"] == bytes(stored(any_store)[-1][5]).hex()
+    assert header["runless_hash"] == stored(any_store)[-1][5]
     verify_export(lines)
     # The last event without a run cut off: the header's head says one is missing.
     with pytest.raises(Tampered) as cut:
@@ -152,12 +152,12 @@ def test_finished_runs_form_a_chain_in_the_order_they_finish_and_survive_pruning
     for n in (2, 0, 3, 1):  # the order they finish, not the order they were made
         any_store.emit(f"r{n}", "run.finished", {"status": "succeeded"})
     any_store.flush()
-    at_finish = {row[1]: bytes(row[5]) for row in stored(any_store) if row[2] == "run.finished"}
+    at_finish = {row[1]: row[5] for row in stored(any_store) if row[2] == "run.finished"}
     chain = any_store.reader().execute("SELECT run_id, run_hash, hash FROM run_chain ORDER BY seq").fetchall()
     head = GENESIS
     for run_id, run_hash, digest in chain:
-        head = run_link(head, run_id, bytes(run_hash))
-        assert bytes(digest) == head and bytes(run_hash) == at_finish[run_id]
+        head = run_link(head, run_id, bytes.fromhex(run_hash))
+        assert digest == head.hex() and run_hash == at_finish[run_id]
     assert [row[0] for row in chain] == ["r2", "r0", "r3", "r1"]
     lines = export(any_store)
     assert [json.loads(line)["run_id"] for line in lines if b'"record":"finished"' in line] == ["r2", "r0", "r3", "r1"]
@@ -201,3 +201,24 @@ def test_every_event_is_stored_through_the_chain():
     allowed = {root / "store" / "chain.py", root / "store" / "postgres_sql.py"}
     elsewhere = [str(path.relative_to(root)) for path in root.rglob("*.py") if "INSERT INTO events" in path.read_text()]
     assert elsewhere and set(elsewhere) <= {str(p.relative_to(root)) for p in allowed}, elsewhere
+
+
+def test_a_filtered_export_verifies_run_by_run_and_names_a_run_cut_short(any_store):
+    """A filter leaves runs and events without a run out, so only the runs' own chains can be checked: they are."""
+    add_run(any_store, "r1")
+    any_store.write(lambda conn: conn.execute("UPDATE runs SET job = 'other' WHERE id = 'r1'"))
+    add_run(any_store, "r2")
+    for n in (1, 2):
+        for i in range(4):
+            any_store.emit(f"r{n}", "step.output", {"line": f"{n}.{i}"})
+        any_store.emit(None, "source.synced", {"source": "ops"})
+    any_store.flush()
+    lines = b"".join(export_lines(any_store, ExportFilter(job="build"), event_page=2)).splitlines(keepends=True)
+    header = json.loads(lines[0])
+    assert "runless_hash" not in header and "finished_hash" not in header
+    assert verify_export(lines)["runs"] == 1
+    # The run's last event cut off (and the count fixed up): its run record's head says so.
+    cut = [*lines[:-2], lines[-1].replace(b'"events":4', b'"events":3')]
+    with pytest.raises(Tampered) as caught:
+        verify_export(cut)
+    assert caught.value.line == len(cut) and "does not end at its recorded head" in caught.value.reason

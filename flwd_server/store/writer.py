@@ -62,7 +62,7 @@ class Writer(abc.ABC):
     """The write path of a store; :class:`~flwd_server.store.backend.Store` builds on it."""
 
     errors: tuple[type[BaseException], ...] = ()  # what a failing database raises
-    dialect: str = "sqlite"  # how event ids are taken (store/chain.py)
+    dialect: str  # each backend says ("sqlite", "postgres"): how the audit chain takes event ids
     queue_size: int = 20000
 
     @abc.abstractmethod

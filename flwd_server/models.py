@@ -71,6 +71,7 @@ class EventType(StrEnum):
     SOURCE_FAILED = "source.failed"
     CALLBACK_DELIVERED = "callback.delivered"
     CALLBACK_FAILED = "callback.failed"
+    RUNS_PRUNED = "runs.pruned"
 
 
 _SECOND: list = [None, ""]  # the last whole second rendered: events come in bursts within one

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models import EventType, Run, RunStatus
+from .chain import insert_events
 
 RUN_COLUMNS = (
     "id, job, source, revision, args, status, profile, submitted_by, created_at, "
     "started_at, finished_at, exit_code, reason, plan_digest, outputs"
 )
 RUN_WIDTH = RUN_COLUMNS.count(",") + 1  # a row's columns after RUN_COLUMNS start at this index
-INSERT_EVENT = "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)"
 # An upsert both SQLite (3.24+) and PostgreSQL understand; INSERT OR REPLACE is SQLite's alone.
 SET_META = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -67,7 +67,7 @@ def insert_run_finished(conn: Any, run_id: str, now: float, payload: dict[str, A
     callback, if it asked for one, falls due in the same transaction (store/deliveries.py).
     """
     payload.setdefault("outputs", {})
-    conn.execute(INSERT_EVENT, (run_id, EventType.RUN_FINISHED.value, now, dumps(payload)))
+    insert_events(conn, [(run_id, EventType.RUN_FINISHED.value, now, dumps(payload))])
     conn.execute(
         "UPDATE callback_deliveries SET state = 'pending', due_at = ?, updated_at = ? "
         "WHERE run_id = ? AND state = 'waiting'",

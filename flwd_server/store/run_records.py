@@ -18,9 +18,9 @@ from typing import Any
 from ..auth.scopes import Grant, grants_sql
 from ..errors import IdempotencyMismatch, RunFinished, RunNotFound, Unavailable
 from ..models import EventType, Run, RunStatus
+from .chain import insert_events
 from .deliveries import callback_views, insert_delivery
 from .queries import (
-    INSERT_EVENT,
     RUN_COLUMNS,
     RUN_WIDTH,
     ClaimedRun,
@@ -122,7 +122,7 @@ class RunRecords:
                     affinity,
                 ),
             )
-            conn.executemany(INSERT_EVENT, event_rows)
+            insert_events(conn, event_rows)
             if idempotency is not None:
                 subject, key, body_hash = idempotency
                 conn.execute(
@@ -324,9 +324,7 @@ class RunRecords:
                     "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND cancel_requested = 0", (run_id,)
                 ).rowcount
                 if first:
-                    conn.execute(
-                        INSERT_EVENT, (run_id, EventType.RUN_CANCEL_REQUESTED.value, now, dumps({"by": subject}))
-                    )
+                    insert_events(conn, [(run_id, EventType.RUN_CANCEL_REQUESTED.value, now, dumps({"by": subject}))])
             else:
                 raise RunFinished(f"run {run_id} already ended ({run.status.value})", run_status=run.status.value)
             updated = self._get_run(conn, run_id)

@@ -8,7 +8,7 @@ SQLite's spelling; PostgreSQL gets it translated (:mod:`.postgres_sql`).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Finished runs, exactly as the partial index ``runs_finished_seq`` spells it: a query
 # uses that index only if its WHERE says the same (a test checks it against RunStatus).
@@ -142,6 +142,19 @@ MIGRATIONS: dict[int, str] = {
     # NULL (a ticket issued before) means plain runs:read.
     6: """
     ALTER TABLE stream_tickets ADD COLUMN scopes TEXT
+    """,
+    # 7: the audit trail (store/chain.py): each event's sha256 (hex) chaining it to the previous
+    # event of its run (or of the events without a run); NULL for events stored before this
+    # version.  And the chain over the runs' hashes at run.finished, in the order they finished
+    # (never pruned).  Hex, not 32-byte BLOBs: measured cheaper to insert on SQLite, hexdigest included.
+    7: """
+    ALTER TABLE events ADD COLUMN hash TEXT;
+    CREATE TABLE run_chain (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        run_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )
     """,
 }
 

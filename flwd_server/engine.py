@@ -33,6 +33,7 @@ from .metrics import install as install_metrics
 from .models import Containment, EventType, Job, Plan, Principal, Run
 from .planner import Planner, PlanRequest
 from .policy import log_decision
+from .runs.approvals import Approvals
 from .runs.callbacks import CallbackPolicy
 from .runs.cgroups import discover as discover_cgroups
 from .runs.delivery import CallbackDeliverer
@@ -131,6 +132,9 @@ class Engine:
             local_affinity=local_affinity,
             closing=lambda: self.closing,
             start=self.start,
+        )
+        self.approvals = Approvals(
+            self.store, self.planner, self.catalog, self.runner, local_affinity=local_affinity, start=self.start
         )
         self._started = False  # start() ran: only then is a close a shutdown worth a log line
         self.closing = False
@@ -346,6 +350,13 @@ class Engine:
         run = self.store.request_cancel(run_id, principal.subject)
         self.runner.wake()
         return run
+
+    def approve(self, run_id: str, principal: Principal, digest: str) -> Run:
+        """One approval of a run awaiting it (runs/approvals.py); the last one releases or rejects it."""
+        return self.approvals.approve(run_id, principal, digest)
+
+    def deny(self, run_id: str, principal: Principal, reason: str) -> Run:
+        return self.approvals.deny(run_id, principal, reason)
 
     def artifacts(self, run_id: str, principal: Principal | None = None) -> list[Artifact]:
         self.run(run_id, principal)  # 404 for an unknown run

@@ -96,6 +96,14 @@ class Submitter:
         if downgrade is not None:
             events.append((EventType.POLICY_PROFILE_DOWNGRADE.value, self.downgrade_data(downgrade, principal, plan)))
         status = RunStatus.QUEUED
+        if plan.runnable and plan.job.approvals:  # runs/approvals.py: it waits for its approvers, unclaimed
+            status = RunStatus.AWAITING_APPROVAL
+            events.append(
+                (
+                    EventType.RUN_APPROVAL_REQUESTED.value,
+                    {"required": plan.job.approvals, "digest": plan.digest, "submitted_by": principal.subject},
+                )
+            )
         if not plan.runnable:
             status = RunStatus.REJECTED
             public["reason"] = "denied by policy: " + "; ".join(f"{d.check}: {d.reason}" for d in plan.denials)
@@ -136,7 +144,7 @@ class Submitter:
                     "subject": principal.subject,
                 },
             )
-            if runner is None:
+            if runner is None and status is RunStatus.QUEUED:
                 self._start()
                 self.runner.wake()
         return run, replayed

@@ -22,6 +22,7 @@ from ..errors import StorageError
 from ..forksafe import reset_after_fork
 from ..models import Event
 from . import schema
+from .approval_records import ApprovalRecords
 from .artifacts import release_in as release_artifacts
 from .deliveries import DeliveryRecords
 from .event_filter import EventFilter
@@ -31,7 +32,7 @@ from .run_records import RunRecords
 from .writer import Writer
 
 
-class Store(Writer, RunRecords, OwnerRecords, DeliveryRecords):
+class Store(Writer, RunRecords, ApprovalRecords, OwnerRecords, DeliveryRecords):
     """Runs and events; one instance per process is enough."""
 
     dialect: str

@@ -19,14 +19,14 @@ import { LogView, NOTE, STDERR, STDOUT } from "./log.js";
 import { liveIndicator } from "./runs.js";
 import { LiveStream } from "./stream.js";
 
-const ACTIVE = new Set(["queued", "running"]);
+const ACTIVE = new Set(["awaiting_approval", "queued", "running"]);
 
 function headers(names) {
   return names.map((name) => h("th", { scope: "col" }, name));
 }
 
 function rank(status) {
-  return status === "queued" ? 0 : status === "running" ? 1 : 2;
+  return status === "queued" || status === "awaiting_approval" ? 0 : status === "running" ? 1 : 2;
 }
 
 export function runView({ route, can }) {

@@ -144,7 +144,7 @@ class Submitter:
                     "subject": principal.subject,
                 },
             )
-            if runner is None and status is RunStatus.QUEUED:
+            if runner is None:
                 self._start()
                 self.runner.wake()
         return run, replayed

@@ -121,6 +121,8 @@ def test_approval_of_the_plan_digest_by_another_person_runs_it_with_its_secrets(
 
 
 def test_two_approvers_are_needed_and_one_counts_once(srv, module_jwt_auth):
+    me = srv.get("/auth/me", token=APPROVER).json()
+    assert me["subject"] == APPROVER and "runs:approve" in me["scopes"] and me["dev"] is True
     run = awaiting(srv, "twoperson")
     assert approve(srv, run).status_code == 200
     assert srv.run_status(run["id"]) == "awaiting_approval"

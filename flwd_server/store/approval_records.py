@@ -99,8 +99,12 @@ class ApprovalRecords:
         reason = f"no approval within {timeout:g}s (policy.approval_timeout)"
 
         def op(conn: Any) -> list[str]:
+            # The partial index named (PostgreSQL's translation drops the hint; its planner picks it): SQLite, without
+            # statistics, takes runs_status_seq and reads every waiting run, 2.1 ms of CPU a sweep instead of 0.13 ms
+            # with 1,000 waiting among 100,000 runs.
             rows = conn.execute(
-                "SELECT id FROM runs WHERE status = ? AND created_at < ?", (AWAITING, now - timeout)
+                "SELECT id FROM runs INDEXED BY runs_awaiting_approval WHERE status = 'awaiting_approval' AND created_at < ?",
+                (now - timeout,),
             ).fetchall()
             return [row[0] for row in rows if self._end_awaiting(conn, row[0], now, reason, {})]
 

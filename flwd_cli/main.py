@@ -175,7 +175,7 @@ def events_command(backend: Any, run_id: str, after: int, follow: bool, as_json:
 )
 @with_backend
 def cancel_command(backend: Any, run_id: str, wait: float) -> None:
-    """Cancel a queued or running run, and wait until it has ended."""
+    """Cancel a queued or running run (or one awaiting approval), and wait until it has ended."""
     run = backend.cancel(run_id)
     deadline = time.monotonic() + wait
     while run["status"] in UNFINISHED_STATUSES and time.monotonic() < deadline:

@@ -31,7 +31,7 @@ def _field(body: dict, name: str, valid: bool, message: str) -> str:
 @operation(
     Scope.RUNS_APPROVE,
     "Approve a run awaiting approval: the digest must be its plan digest; the last approval releases it",
-    {"200": json_reply(RUN_REPLY), **problems(403, 404, 409, 413, 415, 422)},
+    {"200": json_reply(RUN_REPLY), **problems(400, 403, 404, 409, 413, 415, 422)},
     request_body=json_request(
         object_schema(
             {"digest": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$", "description": "the run's plan_digest"}},
@@ -52,7 +52,7 @@ def approve_run(run_id: str) -> Response:
 @operation(
     Scope.RUNS_APPROVE,
     "Deny a run awaiting approval: it ends rejected with the reason given",
-    {"200": json_reply(RUN_REPLY), **problems(403, 404, 409, 413, 415, 422)},
+    {"200": json_reply(RUN_REPLY), **problems(400, 403, 404, 409, 413, 415, 422)},
     request_body=json_request(
         object_schema({"reason": {"type": "string", "minLength": 1, "maxLength": MAX_REASON}}, ["reason"])
     ),

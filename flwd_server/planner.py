@@ -255,4 +255,5 @@ def job_from_record(record: dict[str, Any]) -> Job:
         revision=data.get("revision"),
         file_digest=record.get("file_digest", ""),
         outputs=tuple(OutputSpec(name=k, **v) for k, v in (data.get("outputs") or {}).items()),
+        approvals=(data.get("approval") or {}).get("required", 0),
     )

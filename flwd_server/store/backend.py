@@ -22,6 +22,7 @@ from ..errors import StorageError
 from ..forksafe import reset_after_fork
 from ..models import Event, EventType
 from . import schema
+from .approval_records import ApprovalRecords
 from .artifacts import release_in as release_artifacts
 from .chain import active_chain, insert_events
 from .deliveries import DeliveryRecords
@@ -32,7 +33,7 @@ from .run_records import RunRecords
 from .writer import Writer
 
 
-class Store(Writer, RunRecords, OwnerRecords, DeliveryRecords):
+class Store(Writer, RunRecords, ApprovalRecords, OwnerRecords, DeliveryRecords):
     """Runs and events; one instance per process is enough."""
 
     dialect: str

@@ -28,7 +28,7 @@ from .queries import (
     insert_run_finished,
     new_run_id,
     run_from_row,
-    scrub_plan,
+    scrub_stored_plan,
 )
 
 
@@ -284,10 +284,7 @@ class RunRecords:
                 (status.value, now, exit_code, reason, dumps(outputs) if outputs else None, run_id),
             )
             if scrub:
-                stored = conn.execute("SELECT plan FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
-                plan = json.loads(stored)
-                if plan.get("secret_args"):
-                    conn.execute("UPDATE runs SET plan = ? WHERE id = ?", (dumps(scrub_plan(plan)), run_id))
+                scrub_stored_plan(conn, run_id)
             payload = {"status": status.value, "exit_code": exit_code, "duration": round(now - started, 6)}
             if reason:
                 payload["reason"] = reason
@@ -302,7 +299,7 @@ class RunRecords:
         return self.write(op)
 
     def request_cancel(self, run_id: str, subject: str) -> Run:
-        """Cancel a queued run now; ask the owner of a running run to stop it."""
+        """Cancel a queued run (or one awaiting approval) now; ask the owner of a running run to stop it."""
         now = time.time()
 
         def op(conn: Any) -> Run:
@@ -310,12 +307,13 @@ class RunRecords:
             run = self._get_run(conn, run_id, self._FOR_UPDATE)
             if run is None:
                 raise RunNotFound(f"no run with id {run_id!r}")
-            if run.status is RunStatus.QUEUED:
+            if run.status in (RunStatus.QUEUED, RunStatus.AWAITING_APPROVAL):
                 reason = f"cancelled by {subject} before it started"
                 conn.execute(
                     "UPDATE runs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?",
                     (now, reason, run_id),
                 )
+                scrub_stored_plan(conn, run_id)
                 insert_run_finished(
                     conn, run_id, now, {"status": "cancelled", "exit_code": None, "duration": 0.0, "reason": reason}
                 )

@@ -8,11 +8,11 @@ SQLite's spelling; PostgreSQL gets it translated (:mod:`.postgres_sql`).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # Finished runs, exactly as the partial index ``runs_finished_seq`` spells it: a query
 # uses that index only if its WHERE says the same (a test checks it against RunStatus).
-FINISHED_RUNS = "status NOT IN ('queued', 'running')"
+FINISHED_RUNS = "status NOT IN ('queued', 'running', 'awaiting_approval')"
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -80,7 +80,7 @@ MIGRATIONS: dict[int, str] = {
     """,
     # 2: the metric tables and the indexes that earlier versions created outside the
     # migrations (at every start, IF NOT EXISTS): a database made by them may have these.
-    2: f"""
+    2: """
     CREATE TABLE IF NOT EXISTS metric_totals (
         name TEXT NOT NULL,
         labels TEXT NOT NULL,
@@ -95,7 +95,7 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (owner, name)
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS events_counted ON events(id) WHERE type <> 'step.output';
-    CREATE INDEX IF NOT EXISTS runs_finished_seq ON runs(seq) WHERE {FINISHED_RUNS}
+    CREATE INDEX IF NOT EXISTS runs_finished_seq ON runs(seq) WHERE status NOT IN ('queued', 'running')
     """,
     # 3: a run's outputs (runs/outputs.py), JSON, set when it ends; NULL for none.
     3: """
@@ -155,6 +155,13 @@ MIGRATIONS: dict[int, str] = {
         run_hash TEXT NOT NULL,
         hash TEXT NOT NULL
     )
+    """,
+    # 8: a run awaiting approval (jobs' ``approval:``) is not finished: the partial index of finished runs
+    # (retention's) leaves it out, and a query for awaiting runs (expiry) finds them by status.
+    8: """
+    DROP INDEX IF EXISTS runs_finished_seq;
+    CREATE INDEX runs_finished_seq ON runs(seq) WHERE status NOT IN ('queued', 'running', 'awaiting_approval');
+    CREATE INDEX runs_awaiting_approval ON runs(created_at) WHERE status = 'awaiting_approval'
     """,
 }
 

@@ -192,6 +192,10 @@ SCHEMAS: dict[str, Any] = {
                 "additionalProperties": ref("OutputSpec"),
                 "description": "outputs the job declares: a run fails if a step does not set each, as its type",
             },
+            "approval": {
+                **object_schema({"required": {"type": "integer", "minimum": 1}}, ["required"]),
+                "description": "only for a job that needs approval: the distinct approvers a run waits for",
+            },
         },
         ["name", "source", "description", "args"],
         additional=True,

@@ -100,6 +100,12 @@ class LocalBackend:
     def cancel(self, run_id: str) -> dict[str, Any]:
         return self.engine.cancel(run_id, self.principal).to_dict()
 
+    def approve(self, run_id: str, digest: str) -> dict[str, Any]:
+        return self.engine.approve(run_id, self.principal, digest).to_dict()
+
+    def deny(self, run_id: str, reason: str) -> dict[str, Any]:
+        return self.engine.deny(run_id, self.principal, reason).to_dict()
+
     def sources(self) -> list[dict[str, Any]]:
         return self.engine.sources()
 
@@ -207,6 +213,14 @@ class RemoteBackend:
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         return self._call("POST", f"/runs/{run_id}/cancel")["run"]
+
+    def approve(self, run_id: str, digest: str) -> dict[str, Any]:
+        return self._call("POST", f"/runs/{requests.utils.quote(run_id, safe='')}/approve", json={"digest": digest})[
+            "run"
+        ]
+
+    def deny(self, run_id: str, reason: str) -> dict[str, Any]:
+        return self._call("POST", f"/runs/{requests.utils.quote(run_id, safe='')}/deny", json={"reason": reason})["run"]
 
     def sources(self) -> list[dict[str, Any]]:
         return self._call("GET", "/sources")["sources"]

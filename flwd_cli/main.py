@@ -20,7 +20,7 @@ import click
 from flwd_server import __version__
 from flwd_server.config import load_settings
 from flwd_server.errors import FlwdError
-from flwd_server.models import Profile, RunStatus
+from flwd_server.models import UNFINISHED_STATUSES, Profile, RunStatus
 from flwd_server.store.queue import CLAIMABLE
 
 from . import output
@@ -176,10 +176,10 @@ def events_command(backend: Any, run_id: str, after: int, follow: bool, as_json:
 )
 @with_backend
 def cancel_command(backend: Any, run_id: str, wait: float) -> None:
-    """Cancel a queued or running run, and wait until it has ended."""
+    """Cancel a queued or running run (or one awaiting approval), and wait until it has ended."""
     run = backend.cancel(run_id)
     deadline = time.monotonic() + wait
-    while run["status"] in ("queued", "running") and time.monotonic() < deadline:
+    while run["status"] in UNFINISHED_STATUSES and time.monotonic() < deadline:
         time.sleep(0.1)  # the same polling whichever backend ran it: a local run may be another process's
         run = backend.run(run_id)
     click.echo(f"{run['id']}: {run['status']}" + (" (cancel requested)" if run["status"] == "running" else ""))
@@ -321,6 +321,14 @@ class JobCommand(click.Command):
         if parsed["callback"] is not None:
             body["callback"] = {"url": parsed["callback"]}
         run = backend.submit(body, detach=parsed["detach"])
+        if run["status"] == RunStatus.AWAITING_APPROVAL:
+            click.echo(
+                f"flwd: run {run['id']} of {job['source']}:{job['name']} awaits approval (plan {run['plan_digest']}); "
+                f"another person approves it with: flwd :approve {run['id']}",
+                err=True,
+            )
+            click.echo(run["id"])
+            return 0
         if parsed["detach"]:
             click.echo(run["id"])
             return output.EXIT_CODES["rejected"] if run["status"] == "rejected" else 0

@@ -24,19 +24,21 @@ from .auth.scopes import Scope, ticket_scopes
 from .catalog import Catalog
 from .config import Settings
 from .containers.support import ContainerSupport
-from .errors import PlanChanged, PolicyDenied, RunNotFound, Unauthenticated, Unavailable
+from .errors import RunNotFound, Unauthenticated, Unavailable
 from .events.broadcast import Broadcaster
 from .events.hub import EventHub
 from .forksafe import reset_after_fork
 from .metrics import Metrics
 from .metrics import install as install_metrics
-from .models import Containment, Decision, EventType, Job, Plan, Principal, Run, RunStatus, Verdict
-from .planner import Planner, PlanRequest, plan_record
+from .models import Containment, EventType, Job, Plan, Principal, Run
+from .planner import Planner, PlanRequest
 from .policy import log_decision
+from .runs.approvals import Approvals
 from .runs.callbacks import CallbackPolicy
 from .runs.cgroups import discover as discover_cgroups
 from .runs.delivery import CallbackDeliverer
 from .runs.runner import Runner
+from .runs.submission import Submitter
 from .sources import LocalSource, Source
 from .sources.registry import SourceRegistry
 from .store import Store, open_store
@@ -120,6 +122,20 @@ class Engine:
         )
         self.hub.add_listener(self.callbacks.on_events)
         self.local_affinity = local_affinity
+        self.submitter = Submitter(
+            self.store,
+            self.planner,
+            self.runner,
+            settings,
+            self.callback_policy,
+            self.callbacks,
+            local_affinity=local_affinity,
+            closing=lambda: self.closing,
+            start=self.start,
+        )
+        self.approvals = Approvals(
+            self.store, self.planner, self.catalog, self.runner, local_affinity=local_affinity, start=self.start
+        )
         self._started = False  # start() ran: only then is a close a shutdown worth a log line
         self.closing = False
         self._drain_deadline: float | None = None
@@ -300,119 +316,14 @@ class Engine:
         *,
         runner: str | None = None,
     ) -> tuple[Run, bool]:
-        """Queue a run (or record it rejected); returns ``(run, replayed)``.
+        """Queue a run (or record it rejected); returns ``(run, replayed)`` (runs/submission.py).
 
         ``idempotency`` is ``(key, body_hash)``: the same key and body replay
         the first answer.  ``runner`` is the owner id of another process that
         is to run it (a detached CLI run's background runner); only that
         process claims it.
         """
-        if self.closing or self.runner.draining:
-            raise Unavailable("the server is shutting down and takes no new runs", retry_after=30)
-        callback = self.callback_policy.check(request.callback) if request.callback is not None else None
-        plan = self.planner.plan(request, principal)
-        principal.require(Scope.RUNS_WRITE, plan.job.source, plan.job.name)
-        if request.plan is not None and request.plan != plan.digest:
-            raise PlanChanged(
-                "the job, its arguments or its source changed since it was planned; plan again and submit the new digest",
-                planned=request.plan,
-                current=plan.digest,
-            )
-        downgrade = next((d for d in plan.decisions if d.check == "profile-downgrade"), None)
-        if downgrade is not None:
-            self._record_downgrade(downgrade, principal, plan)
-            if downgrade.verdict is Verdict.DENY:
-                raise PolicyDenied(downgrade.reason, check="profile-downgrade")
-        public = {
-            "job": plan.job.name,
-            "source": plan.job.source,
-            "revision": plan.job.revision,
-            "args": plan.public_args(),
-            "profile": plan.profile.value,
-            "digest": plan.digest,
-        }
-        record = plan_record(plan)
-        queued = {
-            "job": plan.job.name,
-            "source": plan.job.source,
-            "revision": plan.job.revision,
-            "args": plan.public_args(),
-            "profile": plan.profile.value,
-            "submitted_by": principal.subject,
-        }
-        events: list[tuple[str, dict[str, Any]]] = [(EventType.RUN_QUEUED.value, queued)]
-        if downgrade is not None:
-            events.append((EventType.POLICY_PROFILE_DOWNGRADE.value, self._downgrade_data(downgrade, principal, plan)))
-        status = RunStatus.QUEUED
-        if not plan.runnable:
-            status = RunStatus.REJECTED
-            public["reason"] = "denied by policy: " + "; ".join(f"{d.check}: {d.reason}" for d in plan.denials)
-            events.extend((EventType.POLICY_DECISION.value, d.to_dict()) for d in plan.decisions)
-            events.append(
-                (
-                    EventType.RUN_FINISHED.value,
-                    {"status": "rejected", "exit_code": None, "duration": 0.0, "reason": public["reason"]},
-                )
-            )
-        idem = (principal.subject, idempotency[0], idempotency[1]) if idempotency else None
-        run, replayed = self.store.create_run(
-            plan=record,
-            public=public,
-            submitted_by=principal.subject,
-            status=status,
-            initial_events=events,
-            idempotency=idem,
-            affinity=runner or (self.runner.owner if self.local_affinity else None),
-            max_queued=self.settings.limits.max_queued_runs,
-            callback=callback,
-            concurrency=plan.group_spec(),
-        )
-        if callback is not None and self.local_affinity and runner is None:
-            self.callbacks.adopt(run.id)  # a local run: the process that runs it delivers (flwd_cli/detached.py too)
-        if not replayed:
-            if status is RunStatus.REJECTED:
-                for decision in plan.decisions:
-                    log_decision(run.id, decision, job=plan.job.qualified_name)
-            log.debug(
-                "run %s queued: %s by %s",
-                run.id,
-                plan.job.qualified_name,
-                principal.subject,
-                extra={
-                    "event": "run.queued",
-                    "run_id": run.id,
-                    "job": plan.job.qualified_name,
-                    "subject": principal.subject,
-                },
-            )
-            if runner is None:
-                self.start()
-                self.runner.wake()
-        return run, replayed
-
-    def _downgrade_data(self, decision: Decision, principal: Principal, plan: Plan) -> dict[str, Any]:
-        return {
-            "subject": principal.subject,
-            "from": self.planner.default_profile.value,
-            "to": plan.requested_profile.value if plan.requested_profile else None,
-            "granted": decision.verdict is not Verdict.DENY,
-            "reason": decision.reason,
-            "job": plan.job.qualified_name,
-            "source": plan.job.source,  # a refused one has no run: GET /events?source= finds it by this
-        }
-
-    def _record_downgrade(self, decision: Decision, principal: Principal, plan: Plan) -> None:
-        """Log every downgrade; a refused one has no run, so its event is a global one."""
-        data = self._downgrade_data(decision, principal, plan)
-        log.warning(
-            "profile downgrade %s: %s",
-            "granted" if data["granted"] else "refused",
-            decision.reason,
-            extra={"event": "policy.profile_downgrade", **data},
-        )
-        if not data["granted"]:
-            self.store.emit(None, EventType.POLICY_PROFILE_DOWNGRADE.value, data)
-            self.store.flush()
+        return self.submitter.submit(request, principal, idempotency, runner=runner)
 
     def runs(self, **filters: Any) -> tuple[list[Run], int | None]:
         runs, cursor = self.store.list_runs(**filters)
@@ -445,6 +356,13 @@ class Engine:
         run = self.store.request_cancel(run_id, principal.subject)
         self.runner.wake()
         return run
+
+    def approve(self, run_id: str, principal: Principal, digest: str) -> Run:
+        """One approval of a run awaiting it (runs/approvals.py); the last one releases or rejects it."""
+        return self.approvals.approve(run_id, principal, digest)
+
+    def deny(self, run_id: str, principal: Principal, reason: str) -> Run:
+        return self.approvals.deny(run_id, principal, reason)
 
     def artifacts(self, run_id: str, principal: Principal | None = None) -> list[Artifact]:
         self.run(run_id, principal)  # 404 for an unknown run

@@ -186,6 +186,35 @@ class RunFinished(Conflict):
     title = "Run already finished"
 
 
+class NotAwaitingApproval(Conflict):
+    """Raised when approving or denying a run that does not await approval (any more)."""
+
+    slug = "not-awaiting-approval"
+    title = "Run not awaiting approval"
+
+
+class ApprovalMismatch(Conflict):
+    """Raised when an approval names another digest than the run's plan: approvers approve exactly what will run."""
+
+    slug = "approval-digest-mismatch"
+    title = "Approval for another plan"
+
+
+class AlreadyApproved(Conflict):
+    """Raised when an approver approves the same run twice: each approver counts once."""
+
+    slug = "already-approved"
+    title = "Already approved"
+
+
+class SelfApproval(FlwdError):
+    """Raised when the submitter of a run approves it: approval is a second person's (two-person rule)."""
+
+    status = 403
+    slug = "self-approval"
+    title = "Cannot approve one's own run"
+
+
 class IdempotencyMismatch(Unprocessable):
     """Raised when an Idempotency-Key is reused with a different request body."""
 

@@ -25,13 +25,15 @@ class RunStatus(StrEnum):
     TIMED_OUT = "timed_out"
     REJECTED = "rejected"
     LOST = "lost"
+    AWAITING_APPROVAL = "awaiting_approval"  # a job with ``approval:``: waits for its approvers, never claimed
 
     @property
     def is_terminal(self) -> bool:
-        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+        return self not in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.AWAITING_APPROVAL)
 
 
 TERMINAL_STATUSES = tuple(s.value for s in RunStatus if s.is_terminal)
+UNFINISHED_STATUSES = tuple(s.value for s in RunStatus if not s.is_terminal)
 
 
 class Profile(StrEnum):
@@ -60,6 +62,8 @@ class EventType(StrEnum):
     RUN_STARTED = "run.started"
     RUN_CANCEL_REQUESTED = "run.cancel_requested"
     RUN_FINISHED = "run.finished"
+    RUN_APPROVAL_REQUESTED = "run.approval_requested"
+    RUN_APPROVED = "run.approved"
     POLICY_DECISION = "policy.decision"
     POLICY_PROFILE_DOWNGRADE = "policy.profile_downgrade"
     STEP_STARTED = "step.started"
@@ -71,6 +75,7 @@ class EventType(StrEnum):
     SOURCE_FAILED = "source.failed"
     CALLBACK_DELIVERED = "callback.delivered"
     CALLBACK_FAILED = "callback.failed"
+    RUNS_PRUNED = "runs.pruned"
 
 
 _SECOND: list = [None, ""]  # the last whole second rendered: events come in bursts within one
@@ -228,6 +233,7 @@ class Job:
     file_digest: str = ""
     outputs: tuple[OutputSpec, ...] = ()
     concurrency: Concurrency | None = None
+    approvals: int = 0  # ``approval: {required: N}``: distinct approvers a run waits for (0: none)
 
     @property
     def qualified_name(self) -> str:
@@ -237,13 +243,16 @@ class Job:
         return next((a for a in self.args if a.name == name), None)
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "source": self.source,
             "description": self.description,
             "args": {a.name: a.to_dict() for a in self.args},
             "outputs": {o.name: o.to_dict() for o in self.outputs},
         }
+        if self.approvals:
+            out["approval"] = {"required": self.approvals}
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         out = self.summary()

@@ -292,4 +292,5 @@ def job_from_record(record: dict[str, Any]) -> Job:
         file_digest=record.get("file_digest", ""),
         outputs=tuple(OutputSpec(name=k, **v) for k, v in (data.get("outputs") or {}).items()),
         concurrency=Concurrency(**data["concurrency"]) if data.get("concurrency") else None,
+        approvals=(data.get("approval") or {}).get("required", 0),
     )

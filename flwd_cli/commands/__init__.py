@@ -8,6 +8,7 @@ import click
 def register(cli: click.Group) -> None:
     """Add every command module's commands (one import line per module)."""
     from .addon import addon_group
+    from .approvals import approve_command, deny_command
     from .artifacts import artifacts_command
     from .export import export_command
     from .keys import keys_group
@@ -22,3 +23,5 @@ def register(cli: click.Group) -> None:
     cli.add_command(export_command)
     cli.add_command(sign_command)
     cli.add_command(artifacts_command)
+    cli.add_command(approve_command)
+    cli.add_command(deny_command)

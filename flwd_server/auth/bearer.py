@@ -2,7 +2,8 @@
 
 No Flask here: the web layer passes the ``Authorization`` header in and gets a
 principal or an :class:`~flwd_server.errors.Unauthenticated` back.  ``--dev``
-adds the fixed ``dev-token``; real deployments verify signed JWTs against a
+adds the fixed ``dev-token`` and ``dev-approver`` (another subject, so the
+two-person rule of approvals can be tried); real deployments verify signed JWTs against a
 JWKS file (``auth.jwk_file``), see :mod:`flwd_server.auth.tokens`.
 """
 
@@ -21,6 +22,8 @@ from .scopes import SCOPES
 
 DEV_TOKEN = "dev-token"
 DEV_PRINCIPAL = Principal("dev", frozenset(SCOPES))
+DEV_APPROVER_TOKEN = "dev-approver"  # the same scopes, another subject: it may approve dev-token's runs
+DEV_PRINCIPALS = {DEV_TOKEN: DEV_PRINCIPAL, DEV_APPROVER_TOKEN: Principal("dev-approver", frozenset(SCOPES))}
 MAX_TOKEN_LENGTH = 8192
 MALFORMED = "the bearer token is not a well-formed JWT (header.payload.signature, base64url)"
 
@@ -68,14 +71,16 @@ class Authenticator:
     def authenticate(self, header: str | None) -> Principal:
         token = bearer_token(header)
         # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500).
-        if hmac.compare_digest(token.encode("utf-8", "surrogateescape"), DEV_TOKEN.encode()):
-            if self.dev:
-                return DEV_PRINCIPAL
-            raise Unauthenticated("dev-token is accepted only by a server started with --dev")
+        given = token.encode("utf-8", "surrogateescape")
+        for dev_token, dev_principal in DEV_PRINCIPALS.items():
+            if hmac.compare_digest(given, dev_token.encode()):
+                if self.dev:
+                    return dev_principal
+                raise Unauthenticated(f"{dev_token} is accepted only by a server started with --dev")
         if self.verify_jwt is None:  # --dev without auth.jwk_file: say what is wrong with this token
             unverified_header(token)
             raise Unauthenticated(
                 "this server verifies no signed tokens (auth.jwk_file is not set), so it cannot accept this JWT; "
-                "it accepts dev-token"
+                "it accepts dev-token and dev-approver"
             )
         return self.verify_jwt(token)

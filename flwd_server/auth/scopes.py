@@ -18,6 +18,7 @@ class Scope(StrEnum):
     JOBS_READ = "jobs:read"
     RUNS_READ = "runs:read"
     RUNS_WRITE = "runs:write"
+    RUNS_APPROVE = "runs:approve"  # approve or deny runs awaiting approval (not one's own)
     RUNS_DOWNGRADE = "runs:downgrade"  # no route's: lets a run ask for a less strict profile (the planner)
     SOURCES_READ = "sources:read"
     SOURCES_WRITE = "sources:write"
@@ -27,8 +28,8 @@ class Scope(StrEnum):
 
 SCOPES: tuple[str, ...] = tuple(scope.value for scope in Scope)  # plain strings, in declaration order
 
-# The scopes that may be narrowed to jobs: ``runs:write:SOURCE:JOB`` and ``runs:read:SOURCE:JOB``.
-NARROWABLE: tuple[str, ...] = (Scope.RUNS_READ.value, Scope.RUNS_WRITE.value)
+# The scopes that may be narrowed to jobs: ``runs:write:SOURCE:JOB``, ``runs:read:SOURCE:JOB``, ``runs:approve:SOURCE:JOB``.
+NARROWABLE: tuple[str, ...] = (Scope.RUNS_READ.value, Scope.RUNS_WRITE.value, Scope.RUNS_APPROVE.value)
 # SOURCE and JOB patterns: the name characters (flwd_server/jobs/files.py JOB_NAME_RE) plus ``*``.
 PATTERN_RE = re.compile(r"[a-z0-9_.*-]{1,128}")
 

@@ -23,9 +23,10 @@ ARG_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 OUTPUT_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an output's key, declared or written ($FLWD_OUTPUT)
 CAPABILITIES = ("network", "privileged", "host-env", "host-network")
-JOB_KEYS = {"name", "description", "args", "outputs", "requires", "timeout", "env", "steps", "concurrency"}
 CONCURRENCY_KEYS = {"group", "limit", "when_busy"}
 MAX_GROUP_TEMPLATE = 200  # characters of a group template; a rendered group is capped in planner.py
+JOB_KEYS = {"name", "description", "args", "outputs", "requires", "timeout", "env", "steps", "approval", "concurrency"}
+APPROVAL_KEYS = {"required"}
 OUTPUT_KEYS = {"type", "description"}
 ARG_KEYS = {"type", "required", "default", "choices", "pattern", "minimum", "maximum", "description", "secret"}
 STEP_KEYS = {"name", "run", "image", "command", "env", "workdir", "timeout", "privileged", "network"}
@@ -187,6 +188,22 @@ def _parse_concurrency(raw: Any, args: list[ArgSpec], errors: _Errors) -> Concur
     return Concurrency(group=group, limit=limit, when_busy=when_busy) if ok else None
 
 
+def _parse_approval(raw: Any, errors: _Errors) -> int:
+    """``approval: {required: N}``: N distinct approvers before a run may start (``approval:`` alone: 1)."""
+    if raw is None:
+        return 1
+    if not isinstance(raw, dict):
+        errors.add("approval", "expected a mapping like {required: 2} (the number of distinct approvers)")
+        return 0
+    for key in set(raw) - APPROVAL_KEYS:
+        errors.add(f"approval.{key}", f"unknown key (allowed: {', '.join(sorted(APPROVAL_KEYS))})")
+    required = raw.get("required", 1)
+    if isinstance(required, bool) or not isinstance(required, int) or required < 1:
+        errors.add("approval.required", "expected a whole number of distinct approvers, at least 1")
+        return 0
+    return required
+
+
 def _parse_env(where: str, raw: Any, errors: _Errors) -> tuple[tuple[str, str], ...]:
     if raw is None:
         return ()
@@ -331,6 +348,7 @@ def parse_job(
         timeout = default_timeout
     env = _parse_env("env", data.get("env"), errors)
     outputs = _parse_outputs(data.get("outputs"), errors)
+    approvals = _parse_approval(data["approval"], errors) if "approval" in data else 0
     steps_raw = data.get("steps")
     steps: list[Step] = []
     if not isinstance(steps_raw, list) or not steps_raw:
@@ -358,4 +376,5 @@ def parse_job(
         file_digest="sha256:" + hashlib.sha256(raw_bytes).hexdigest(),
         outputs=outputs,
         concurrency=concurrency,
+        approvals=approvals,
     )

@@ -162,7 +162,7 @@ class Runner:
 
     def _on_events(self, events: list[Event]) -> None:
         for event in events:
-            if event.type in (EventType.RUN_QUEUED.value, EventType.RUN_FINISHED.value):
+            if event.type in (EventType.RUN_QUEUED.value, EventType.RUN_FINISHED.value, EventType.RUN_APPROVED.value):
                 self._wakeup.set()
             elif event.type == EventType.RUN_CANCEL_REQUESTED.value and event.run_id in self._active:
                 active = self._active[event.run_id]
@@ -187,6 +187,7 @@ class Runner:
                     if self.reaper is not None:
                         self.reaper.reap()
                     self._check_cancellations()
+                    self.store.expire_approvals(self.settings.policy.approval_timeout)
                     next_sweep = now + SWEEP_EVERY
                 if now >= next_housekeeping:
                     self.housekeeping()

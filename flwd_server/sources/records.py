@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import Conflict
 from ..store import Store
+from ..store.queries import UNFINISHED_SQL
 
 VERSION_KEY = "sources_version"
 
@@ -118,11 +119,12 @@ class SourceRecords:
         return self.store.write(op)
 
     def active_revisions(self, source: str) -> set[str]:
-        """Revisions that queued or running runs of ``source`` were planned with."""
+        """Revisions that unfinished runs of ``source`` (queued, running, awaiting approval) were planned with."""
         rows = (
             self.store.reader()
             .execute(
-                "SELECT DISTINCT revision FROM runs WHERE source = ? AND status IN ('queued', 'running') AND revision IS NOT NULL",
+                f"SELECT DISTINCT revision FROM runs WHERE source = ? AND status IN ({UNFINISHED_SQL}) "
+                "AND revision IS NOT NULL",
                 (source,),
             )
             .fetchall()

@@ -20,18 +20,20 @@ from typing import Any
 
 from ..errors import StorageError
 from ..forksafe import reset_after_fork
-from ..models import Event
+from ..models import Event, EventType
 from . import schema
+from .approval_records import ApprovalRecords
 from .artifacts import release_in as release_artifacts
+from .chain import active_chain, insert_events
 from .deliveries import DeliveryRecords
 from .event_filter import EventFilter
 from .owners import OwnerRecords
-from .queries import SET_META
+from .queries import SET_META, dumps
 from .run_records import RunRecords
 from .writer import Writer
 
 
-class Store(Writer, RunRecords, OwnerRecords, DeliveryRecords):
+class Store(Writer, RunRecords, ApprovalRecords, OwnerRecords, DeliveryRecords):
     """Runs and events; one instance per process is enough."""
 
     dialect: str
@@ -256,6 +258,7 @@ class Store(Writer, RunRecords, OwnerRecords, DeliveryRecords):
         for chunk in range(0, len(victims), 500):
             part = victims[chunk : chunk + 500]
             qs = ",".join("?" * len(part))
+            _record_pruned(conn, part)
             conn.execute(f"DELETE FROM events WHERE run_id IN ({qs})", part)
             release_artifacts(conn, part)
             conn.execute(f"DELETE FROM idempotency WHERE run_id IN ({qs})", part)
@@ -270,3 +273,24 @@ class Store(Writer, RunRecords, OwnerRecords, DeliveryRecords):
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
         """Keep the write-ahead log from growing without bound (a backend that needs it does it)."""
         return (0, 0, 0)
+
+
+def _record_pruned(conn: Any, run_ids: list[str]) -> None:
+    """Before runs are pruned: a ``runs.pruned`` event (no run) naming each and its chain's last hash.
+
+    The chain of events without a run thus keeps what was removed, and the
+    hashes a copy exported earlier can be checked against.
+    """
+    qs = ",".join("?" * len(run_ids))
+    heads = dict(
+        conn.execute(
+            f"SELECT run_id, hash FROM events WHERE id IN (SELECT max(id) FROM events WHERE run_id IN ({qs}) "
+            "GROUP BY run_id)",
+            run_ids,
+        ).fetchall()
+    )
+    runs = [{"id": run_id, "hash": heads.get(run_id)} for run_id in run_ids]
+    insert_events(conn, [(None, EventType.RUNS_PRUNED.value, time.time(), dumps({"runs": runs}))])
+    chain = active_chain(conn)
+    if chain is not None:
+        chain.forget(run_ids)

@@ -21,7 +21,8 @@ from typing import Any
 
 from ..logs import redact
 from ..models import EventType
-from .queries import INSERT_EVENT, dumps, new_run_id
+from .chain import insert_events
+from .queries import dumps, new_run_id
 
 _VIEW_COLUMNS = "run_id, id, url, state, attempts, last_status"
 _DUE = "state = 'pending' AND due_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
@@ -125,7 +126,7 @@ class DeliveryRecords:
                 "WHERE run_id = ? AND lease_owner = ?",
                 (state, delivery.attempt, retry_at, status, data.get("error"), now, delivery.run_id, owner),
             )
-            conn.execute(INSERT_EVENT, (delivery.run_id, kind.value, now, dumps(data)))
+            insert_events(conn, [(delivery.run_id, kind.value, now, dumps(data))])
 
         self.write(op)  # type: ignore[attr-defined]
 

@@ -2,19 +2,22 @@
 
 One JSON object per line, each with a ``record`` field::
 
-    {"record": "export", "format": 3, "generated_at": "...", "filters": {...}}
-    {"record": "event", "event": {"id": 1, "run_id": null, "type": "source.synced", ...}}
-    {"record": "run", "run": {...the run, as GET /runs/ID shows it, its "outputs" included...}}
-    {"record": "event", "event": {"id": 2, "run_id": "...", "type": "run.queued", "time": "...", "data": {...}}}
+    {"record": "export", "format": 4, "generated_at": "...", "filters": {...}, "runless_hash": "...", ...}
+    {"record": "event", "hash": "...", "ts": 1764756000.5, "event": {"id": 1, "run_id": null, ...}}
+    {"record": "run", "hash": "...", "run": {...the run, as GET /runs/ID shows it, its "outputs" included...}}
+    {"record": "event", "hash": "...", "ts": ..., "event": {"id": 2, "run_id": "...", "type": "run.queued", ...}}
     ...every event of that run, in order...
     {"record": "artifact", "artifact": {"run_id": "...", "path": "report.txt", "size": 15, "sha256": "..."}}
     ...every artifact of that run, by path, then the next run...
+    {"record": "finished", "run_id": "...", "run_hash": "...", "hash": "..."}
+    ...the chain of finished runs (unfiltered exports)...
     {"record": "end", "runs": 2, "events": 17, "artifacts": 1}
 
 Runs come oldest first.  Events without a run (``source.synced``,
 ``source.failed``, a refused downgrade) are part of the audit trail too: in id
 order, each before the first run queued after it (format 2; format 1 left them
-out; format 3 added the ``artifact`` records and their count).  ``since``/``until`` apply to their time and ``source`` to the source
+out; format 3 added the ``artifact`` records and their count; format 4 the audit trail's
+hashes, :mod:`.chain`).  ``since``/``until`` apply to their time and ``source`` to the source
 their data names; ``status`` and ``job`` leave them out (they have neither).  The last line says how many runs and events were
 written, so a reader can tell a complete export from a cut one (an HTTP
 stream cannot change its status once it has started).
@@ -43,7 +46,7 @@ from .deliveries import callback_views
 from .event_filter import DATA_SOURCE_SQL, SYNTAX
 from .queries import RUN_COLUMNS, RUN_WIDTH, run_from_row
 
-FORMAT = 3
+FORMAT = 4
 PARAMETERS = ("since", "until", "status", "job", "source")
 LAST_ID = 2**63 - 1
 RUN_PAGE = 200
@@ -136,7 +139,8 @@ class ExportFilter:
             clauses.append(f"{DATA_SOURCE_SQL[dialect]} = ?")
             params.append(self.source)
         where = " AND ".join(clauses)
-        return f"SELECT e.id, e.run_id, e.type, e.ts, e.data FROM events e WHERE {where} ORDER BY e.id LIMIT ?", params
+        sql = f"SELECT e.id, e.run_id, e.type, e.ts, e.data, e.hash FROM events e WHERE {where} ORDER BY e.id LIMIT ?"
+        return sql, params
 
 
 def _time(params: Mapping[str, str | None], name: str) -> float | None:
@@ -155,8 +159,18 @@ def _line(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
-def _event_line(event: Event) -> bytes:
-    return f'{{"record":"event","event":{event.to_json()}}}\n'.encode()
+def _event_line(row: Any) -> bytes:
+    """An event record: its chain hash and exact time first, the event (its stored data text last) after."""
+    event = Event(row[0], row[1], row[2], row[3], row[4])
+    digest = "null" if row[5] is None else f'"{row[5]}"'
+    return f'{{"record":"event","hash":{digest},"ts":{float(row[3])!r},"event":{event.to_json()}}}\n'.encode()
+
+
+_RUN_EVENTS = (
+    "SELECT id, run_id, type, ts, data, hash FROM events WHERE run_id = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?"
+)
+_RUN_HEAD = "SELECT id, hash FROM events WHERE run_id = ? ORDER BY id DESC LIMIT 1"
+_RUNLESS_HEAD = "SELECT id, hash FROM events WHERE run_id IS NULL ORDER BY id DESC LIMIT 1"
 
 
 class _Chunk:
@@ -187,24 +201,33 @@ def export_lines(
     try:
         conn = store.connect()  # the generator's own, closed in its own ``finally``
         where, params = filters.where()
-        yield _line(
-            {"record": "export", "format": FORMAT, "generated_at": iso(time.time()), "filters": filters.describe()}
-        )
+        # Events without a run up to the chain head seen now: a later one belongs to a later export.
+        head_row = conn.execute(_RUNLESS_HEAD).fetchone()
+        runless_last, runless_head = (head_row[0], head_row[1]) if head_row else (0, None)
+        header = {"record": "export", "format": FORMAT, "generated_at": iso(time.time()), "filters": filters.describe()}
+        everything = filters == ExportFilter()  # every event without a run is here: their chain can be checked
+        finished_last = 0
+        if everything:
+            header["runless_hash"] = runless_head
+            last = conn.execute("SELECT seq, hash FROM run_chain ORDER BY seq DESC LIMIT 1").fetchone()
+            finished_last, header["finished_hash"] = (last[0], last[1]) if last else (0, None)
+        yield _line(header)
         chunk = _Chunk()
         runs = events = artifacts = 0
         last_seq = 0
         runless = filters.runless(store.dialect)
         runless_after = 0
 
-        def runless_before(bound: int) -> Iterator[Event]:
+        def runless_before(bound: int) -> Iterator[Any]:
             """The events without a run, not yet written, with ``id < bound`` (a page fetched whole at a time)."""
             nonlocal runless_after
+            bound = min(bound, runless_last + 1)
             while runless is not None:
                 sql, params_ = runless
                 rows = conn.execute(sql, (runless_after, bound, *params_, event_page)).fetchall()
                 if rows:
                     runless_after = rows[-1][0]
-                yield from (Event(*row) for row in rows)
+                yield from rows
                 if len(rows) < event_page:
                     return
 
@@ -215,13 +238,15 @@ def export_lines(
             callbacks = callback_views(conn, [row[0] for row in rows])
             for row in rows:
                 run = run_from_row(row, callbacks.get(row[0]))
-                page: list[Event] = store.events_after(0, run.id, event_page, conn=conn)
-                for event in runless_before(page[0].id if page else 0):
+                head_row = conn.execute(_RUN_HEAD, (run.id,)).fetchone()
+                last_id, head = (head_row[0], head_row[1]) if head_row else (0, None)
+                page = conn.execute(_RUN_EVENTS, (run.id, 0, last_id, event_page)).fetchall()
+                for event in runless_before(page[0][0] if page else 0):
                     chunk.add(_event_line(event))
                     events += 1
                     if full := chunk.take_if_full():
                         yield full
-                chunk.add(_line({"record": "run", "run": run.to_dict()}))
+                chunk.add(_line({"record": "run", "hash": head, "run": run.to_dict()}))
                 runs += 1
                 while True:
                     for event in page:
@@ -231,7 +256,7 @@ def export_lines(
                         yield full
                     if len(page) < event_page:
                         break
-                    page = store.events_after(page[-1].id, run.id, event_page, conn=conn)
+                    page = conn.execute(_RUN_EVENTS, (run.id, page[-1][0], last_id, event_page)).fetchall()
                 for path, file_size, sha256 in conn.execute(
                     "SELECT path, size, sha256 FROM artifacts WHERE run_id = ? ORDER BY path", (run.id,)
                 ).fetchall():
@@ -244,6 +269,19 @@ def export_lines(
         for event in runless_before(LAST_ID):
             chunk.add(_event_line(event))
             events += 1
+            if full := chunk.take_if_full():
+                yield full
+        finished_after = 0
+        while finished_after < finished_last:  # the chain over finished runs, as it stood when the export began
+            chain_rows = conn.execute(
+                "SELECT seq, run_id, run_hash, hash FROM run_chain WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (finished_after, finished_last, event_page),
+            ).fetchall()
+            if not chain_rows:
+                break
+            for _seq, run_id, run_hash, digest in chain_rows:
+                chunk.add(_line({"record": "finished", "run_id": run_id, "run_hash": run_hash, "hash": digest}))
+            finished_after = chain_rows[-1][0]
             if full := chunk.take_if_full():
                 yield full
         chunk.add(_line({"record": "end", "runs": runs, "events": events, "artifacts": artifacts}))

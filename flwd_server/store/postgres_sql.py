@@ -16,11 +16,11 @@ from typing import Any
 
 from psycopg import pq
 
-from .queries import INSERT_EVENT
+from .chain import INSERT_HASHED
 
 INSERT_EVENTS_UNNEST = (
-    "INSERT INTO events(run_id, type, ts, data) "
-    "SELECT r, t, s, d FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]) WITH ORDINALITY AS u(r, t, s, d, n) ORDER BY n"
+    "INSERT INTO events(id, run_id, type, ts, data, hash) "
+    "SELECT * FROM unnest(%s::int8[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[])"
 )
 
 _TRANSLATED: dict[str, str] = {}
@@ -98,13 +98,11 @@ class PgConnection:
             return Result([], 0)
         if len(rows) == 1:
             return self.execute(sql, rows[0])
-        if sql == INSERT_EVENT:
-            # A batch of events is one statement with four arrays, not one per row (psycopg's
-            # executemany pipelines, but still spends Python time per row).  ORDER BY the
-            # ordinality: ids are drawn in the order the events were queued.
+        if sql == INSERT_HASHED:
+            # A batch of events is one statement with six arrays, not one per row (psycopg's
+            # executemany pipelines, but still spends Python time per row); the ids are the chain's.
             self.wrote_events = True
-            run_ids, types, stamps, data = zip(*rows, strict=True)
-            self._cur.execute(INSERT_EVENTS_UNNEST, (list(run_ids), list(types), list(stamps), list(data)))
+            self._cur.execute(INSERT_EVENTS_UNNEST, [list(column) for column in zip(*rows, strict=True)])
             return Result([], len(rows))
         if sql.startswith("INSERT INTO events"):
             self.wrote_events = True

@@ -9,14 +9,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..models import EventType, Run, RunStatus
+from ..models import UNFINISHED_STATUSES, EventType, Run, RunStatus
+from .chain import insert_events
 
 RUN_COLUMNS = (
     "id, job, source, revision, args, status, profile, submitted_by, created_at, "
     "started_at, finished_at, exit_code, reason, plan_digest, outputs"
 )
 RUN_WIDTH = RUN_COLUMNS.count(",") + 1  # a row's columns after RUN_COLUMNS start at this index
-INSERT_EVENT = "INSERT INTO events(run_id, type, ts, data) VALUES (?, ?, ?, ?)"
+UNFINISHED_SQL = ", ".join(f"'{status}'" for status in UNFINISHED_STATUSES)  # ``status IN (...)`` of unfinished runs
 # An upsert both SQLite (3.24+) and PostgreSQL understand; INSERT OR REPLACE is SQLite's alone.
 SET_META = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -67,7 +68,7 @@ def insert_run_finished(conn: Any, run_id: str, now: float, payload: dict[str, A
     callback, if it asked for one, falls due in the same transaction (store/deliveries.py).
     """
     payload.setdefault("outputs", {})
-    conn.execute(INSERT_EVENT, (run_id, EventType.RUN_FINISHED.value, now, dumps(payload)))
+    insert_events(conn, [(run_id, EventType.RUN_FINISHED.value, now, dumps(payload))])
     conn.execute(
         "UPDATE callback_deliveries SET state = 'pending', due_at = ?, updated_at = ? "
         "WHERE run_id = ? AND state = 'waiting'",
@@ -106,6 +107,14 @@ def parse_plan(text: str) -> dict[str, Any]:
             _PLANS.clear()
         _PLANS[text] = plan
     return plan
+
+
+def scrub_stored_plan(conn: Any, run_id: str) -> None:
+    """Rewrite a run's stored plan without its secret argument values (when it ends: nothing needs them)."""
+    row = conn.execute("SELECT plan FROM runs WHERE id = ?", (run_id,)).fetchone()
+    plan = json.loads(row[0]) if row else {}
+    if plan.get("secret_args"):
+        conn.execute("UPDATE runs SET plan = ? WHERE id = ?", (dumps(scrub_plan(plan)), run_id))
 
 
 def scrub_plan(plan: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..models import EventType, Run, RunStatus
-from .queries import INSERT_EVENT, dumps, insert_run_finished
+from .chain import insert_events
+from .queries import dumps, insert_run_finished
 
 # INDEXED BY (SQLite; PostgreSQL drops it): the few running rows, not every group's history.
 _RUNNING_GROUPS = (
@@ -75,10 +76,11 @@ def admit(
     for old in running:
         conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (old,))
         data = dumps({"by": subject, "reason": reason})
-        conn.execute(INSERT_EVENT, (old, EventType.RUN_CANCEL_REQUESTED.value, now, data))
+        insert_events(conn, [(old, EventType.RUN_CANCEL_REQUESTED.value, now, data)])
     return None
 
 
+AWAITING_APPROVAL = "awaiting approval"  # the reason of a run awaiting approval (runs/approvals.py)
 CLAIMABLE = "waiting to be claimed"  # a queued run's reason when nothing holds it back: a claim takes it shortly
 _QUEUED = "SELECT id, seq, concurrency_group, concurrency_limit FROM runs"
 MAX_HEAD_GROUPS = 200  # groups whose heads one claim reads by index; with more, it scans the queue in order
@@ -180,9 +182,10 @@ def pick(conn: Any, room: int, affinity: str, owner: str, held: frozenset[str] =
 def held_entry(run: Run) -> dict[str, Any] | None:
     """The ``queue`` of a run that waits for something other than a slot (None: it does not wait).
 
-    Runs awaiting approval (issue 18's approvals) get theirs here:
-    ``{"position": None, "reason": "awaiting approval"}`` or what the merge decides.
+    A run awaiting approval is in no line yet: no position, the reason says what it waits for.
     """
+    if run.status is RunStatus.AWAITING_APPROVAL:
+        return {"position": None, "reason": AWAITING_APPROVAL}
     return None
 
 

@@ -18,9 +18,9 @@ from typing import Any
 from ..auth.scopes import Grant, grants_sql
 from ..errors import IdempotencyMismatch, RunFinished, RunNotFound, Unavailable
 from ..models import EventType, Run, RunStatus
+from .chain import insert_events
 from .deliveries import callback_views, insert_delivery
 from .queries import (
-    INSERT_EVENT,
     RUN_COLUMNS,
     RUN_WIDTH,
     ClaimedRun,
@@ -28,7 +28,7 @@ from .queries import (
     insert_run_finished,
     new_run_id,
     run_from_row,
-    scrub_plan,
+    scrub_stored_plan,
 )
 from .queue import admit, pick, queue_entries, with_queue
 
@@ -138,7 +138,7 @@ class RunRecords:
                     concurrency[1] if concurrency else None,
                 ),
             )
-            conn.executemany(INSERT_EVENT, rows)
+            insert_events(conn, rows)
             if idempotency is not None:
                 subject, key, body_hash = idempotency
                 conn.execute(
@@ -308,10 +308,7 @@ class RunRecords:
                 (status.value, now, exit_code, reason, dumps(outputs) if outputs else None, run_id),
             )
             if scrub:
-                stored = conn.execute("SELECT plan FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
-                plan = json.loads(stored)
-                if plan.get("secret_args"):
-                    conn.execute("UPDATE runs SET plan = ? WHERE id = ?", (dumps(scrub_plan(plan)), run_id))
+                scrub_stored_plan(conn, run_id)
             payload = {"status": status.value, "exit_code": exit_code, "duration": round(now - started, 6)}
             if reason:
                 payload["reason"] = reason
@@ -326,7 +323,7 @@ class RunRecords:
         return self.write(op)
 
     def request_cancel(self, run_id: str, subject: str) -> Run:
-        """Cancel a queued run now; ask the owner of a running run to stop it."""
+        """Cancel a queued run (or one awaiting approval) now; ask the owner of a running run to stop it."""
         now = time.time()
 
         def op(conn: Any) -> Run:
@@ -334,12 +331,13 @@ class RunRecords:
             run = self._get_run(conn, run_id, self._FOR_UPDATE)
             if run is None:
                 raise RunNotFound(f"no run with id {run_id!r}")
-            if run.status is RunStatus.QUEUED:
+            if run.status in (RunStatus.QUEUED, RunStatus.AWAITING_APPROVAL):
                 reason = f"cancelled by {subject} before it started"
                 conn.execute(
                     "UPDATE runs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?",
                     (now, reason, run_id),
                 )
+                scrub_stored_plan(conn, run_id)
                 insert_run_finished(
                     conn, run_id, now, {"status": "cancelled", "exit_code": None, "duration": 0.0, "reason": reason}
                 )
@@ -348,9 +346,7 @@ class RunRecords:
                     "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND cancel_requested = 0", (run_id,)
                 ).rowcount
                 if first:
-                    conn.execute(
-                        INSERT_EVENT, (run_id, EventType.RUN_CANCEL_REQUESTED.value, now, dumps({"by": subject}))
-                    )
+                    insert_events(conn, [(run_id, EventType.RUN_CANCEL_REQUESTED.value, now, dumps({"by": subject}))])
             else:
                 raise RunFinished(f"run {run_id} already ended ({run.status.value})", run_status=run.status.value)
             updated = self._get_run(conn, run_id)

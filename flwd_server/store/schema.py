@@ -8,11 +8,11 @@ SQLite's spelling; PostgreSQL gets it translated (:mod:`.postgres_sql`).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 9
 
 # Finished runs, exactly as the partial index ``runs_finished_seq`` spells it: a query
 # uses that index only if its WHERE says the same (a test checks it against RunStatus).
-FINISHED_RUNS = "status NOT IN ('queued', 'running')"
+FINISHED_RUNS = "status NOT IN ('queued', 'running', 'awaiting_approval')"
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -80,7 +80,7 @@ MIGRATIONS: dict[int, str] = {
     """,
     # 2: the metric tables and the indexes that earlier versions created outside the
     # migrations (at every start, IF NOT EXISTS): a database made by them may have these.
-    2: f"""
+    2: """
     CREATE TABLE IF NOT EXISTS metric_totals (
         name TEXT NOT NULL,
         labels TEXT NOT NULL,
@@ -95,7 +95,7 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (owner, name)
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS events_counted ON events(id) WHERE type <> 'step.output';
-    CREATE INDEX IF NOT EXISTS runs_finished_seq ON runs(seq) WHERE {FINISHED_RUNS}
+    CREATE INDEX IF NOT EXISTS runs_finished_seq ON runs(seq) WHERE status NOT IN ('queued', 'running')
     """,
     # 3: a run's outputs (runs/outputs.py), JSON, set when it ends; NULL for none.
     3: """
@@ -143,11 +143,31 @@ MIGRATIONS: dict[int, str] = {
     6: """
     ALTER TABLE stream_tickets ADD COLUMN scopes TEXT
     """,
-    # 7: concurrency groups (store/queue.py): a run's rendered group and its limit (NULL: no group).
+    # 7: the audit trail (store/chain.py): each event's sha256 (hex) chaining it to the previous
+    # event of its run (or of the events without a run); NULL for events stored before this
+    # version.  And the chain over the runs' hashes at run.finished, in the order they finished
+    # (never pruned).  Hex, not 32-byte BLOBs: measured cheaper to insert on SQLite, hexdigest included.
+    7: """
+    ALTER TABLE events ADD COLUMN hash TEXT;
+    CREATE TABLE run_chain (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        run_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )
+    """,
+    # 8: a run awaiting approval (jobs' ``approval:``) is not finished: the partial index of finished runs
+    # (retention's) leaves it out, and a query for awaiting runs (expiry) finds them by status.
+    8: """
+    DROP INDEX IF EXISTS runs_finished_seq;
+    CREATE INDEX runs_finished_seq ON runs(seq) WHERE status NOT IN ('queued', 'running', 'awaiting_approval');
+    CREATE INDEX runs_awaiting_approval ON runs(created_at) WHERE status = 'awaiting_approval'
+    """,
+    # 9: concurrency groups (store/queue.py): a run's rendered group and its limit (NULL: no group).
     # runs_group_status counts a group's queued and running runs; runs_queued covers the claim's and
     # the queue position's scans of the queue in order, without reading the rows; runs_queued_group
     # and runs_queued_plain let a claim step over a full group's runs (store/queue.py's pick).
-    7: """
+    9: """
     ALTER TABLE runs ADD COLUMN concurrency_group TEXT;
     ALTER TABLE runs ADD COLUMN concurrency_limit INTEGER;
     CREATE INDEX runs_group_status ON runs(concurrency_group, status, seq) WHERE concurrency_group IS NOT NULL;

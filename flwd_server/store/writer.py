@@ -26,7 +26,8 @@ from threading import Lock as _allocate_lock  # a plain lock: the cheapest thing
 from typing import Any
 
 from ..errors import StorageError, Unavailable
-from .queries import INSERT_EVENT, dumps
+from .chain import Chain
+from .queries import dumps
 
 log = logging.getLogger("flwd.store")
 BATCH = 5000  # most items one transaction takes
@@ -61,6 +62,7 @@ class Writer(abc.ABC):
     """The write path of a store; :class:`~flwd_server.store.backend.Store` builds on it."""
 
     errors: tuple[type[BaseException], ...] = ()  # what a failing database raises
+    dialect: str  # each backend says ("sqlite", "postgres"): how the audit chain takes event ids
     queue_size: int = 20000
 
     @abc.abstractmethod
@@ -81,6 +83,7 @@ class Writer(abc.ABC):
         self._blocked = 0
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        self._chain = Chain(self.dialect == "postgres")  # the audit trail's heads, kept between batches
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         self._commit_listeners.append(listener)
@@ -248,28 +251,38 @@ class Writer(abc.ABC):
 
     def _run_batch(self, conn: Any, batch: list[Any], savepoints: bool) -> None:
         """Run a batch inside the open transaction: events in runs of one ``executemany``, each
-        operation in its own savepoint (its failure is its own) or, without, raising at the first."""
+        operation in its own savepoint (its failure is its own) or, without, raising at the first.
+        Every event, queued or inserted by an operation, is hashed onto its chain (store/chain.py)."""
         pending: list[tuple] = []
-        for op in batch:
-            if type(op) is tuple:
-                pending.append(op)
-                continue
+        chain = self._chain
+        chain.begin(conn)
+        try:
+            for op in batch:
+                if type(op) is tuple:
+                    pending.append(op)
+                    continue
+                if pending:
+                    chain.insert(pending)
+                    pending = []
+                if not savepoints:
+                    op.result, op.error = op.fn(conn), None
+                    continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    op.result, op.error = op.fn(conn), None
+                    conn.execute("RELEASE op")
+                except Exception as exc:  # this op's own failure; the rest of the batch goes on
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    chain.invalidate()  # its events are gone: heads and ids are read again
+                    op.error = exc
             if pending:
-                conn.executemany(INSERT_EVENT, pending)
-                pending = []
-            if not savepoints:
-                op.result, op.error = op.fn(conn), None
-                continue
-            conn.execute("SAVEPOINT op")
-            try:
-                op.result, op.error = op.fn(conn), None
-                conn.execute("RELEASE op")
-            except Exception as exc:  # this op's own failure; the rest of the batch goes on
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                op.error = exc
-        if pending:
-            conn.executemany(INSERT_EVENT, pending)
+                chain.insert(pending)
+        except BaseException:
+            chain.invalidate()  # the transaction will be rolled back
+            raise
+        finally:
+            chain.end()
 
     def _commit_batch(self, conn: Any, batch: list[Any]) -> Any:
         """Commit a batch; on a storage failure tell waiting callers at once, retry queued events a while.
@@ -284,6 +297,7 @@ class Writer(abc.ABC):
                     conn = self.connect()
                 self._apply(conn, batch)
             except self.errors as exc:
+                self._chain.invalidate()  # nothing of this batch was stored
                 if conn is not None:
                     with contextlib.suppress(*self.errors):
                         if conn.in_transaction:

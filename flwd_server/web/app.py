@@ -15,7 +15,19 @@ from ..config import Settings, load_settings
 from ..engine import Engine
 from ..events.sse import StreamSlots
 from ..metrics import SSE_CLIENTS
-from . import access, artifacts_api, jobs_api, ops_api, plans_api, problems, query_params, runs_api, sources_api, ui_api
+from . import (
+    access,
+    approvals_api,
+    artifacts_api,
+    jobs_api,
+    ops_api,
+    plans_api,
+    problems,
+    query_params,
+    runs_api,
+    sources_api,
+    ui_api,
+)
 
 access_log = logging.getLogger("flwd.access")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -27,7 +39,16 @@ UI_SECURITY_HEADERS = {
     "frame-ancestors 'none'; object-src 'none'",
     "X-Frame-Options": "DENY",
 }
-BLUEPRINTS = (jobs_api.bp, plans_api.bp, runs_api.bp, artifacts_api.bp, ops_api.bp, sources_api.bp, ui_api.bp)
+BLUEPRINTS = (
+    jobs_api.bp,
+    plans_api.bp,
+    runs_api.bp,
+    approvals_api.bp,
+    artifacts_api.bp,
+    ops_api.bp,
+    sources_api.bp,
+    ui_api.bp,
+)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:

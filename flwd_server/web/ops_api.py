@@ -69,7 +69,10 @@ def metrics() -> Response:
     'Runs with their events as NDJSON, oldest first, streamed; the last line is {"record": "end", "runs": N, "events": M}',
     {
         "200": {
-            "description": "One JSON record per line: export, then run and its events, ..., end",
+            "description": (
+                "One JSON record per line (format 4): export, then run and its events with their hash chain, "
+                "..., the chain of finished runs (unfiltered), end"
+            ),
             "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
         },
         **problems(400),

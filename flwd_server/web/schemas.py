@@ -195,11 +195,15 @@ SCHEMAS: dict[str, Any] = {
     ),
     "RunQueue": object_schema(
         {
-            "position": {"type": "integer", "minimum": 1, "description": "1: the run the next claim takes"},
+            "position": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "description": "1: the run the next claim takes; null for a run awaiting approval (in no line yet)",
+            },
             "reason": {
                 "type": "string",
                 "description": "why it waits: 'max_concurrent_runs (N running)', "
-                "'concurrency group G (N of L running)' or 'waiting to be claimed'",
+                "'concurrency group G (N of L running)', 'waiting to be claimed' or 'awaiting approval'",
             },
         },
         ["position", "reason"],
@@ -216,6 +220,10 @@ SCHEMAS: dict[str, Any] = {
                 "description": "outputs the job declares: a run fails if a step does not set each, as its type",
             },
             "concurrency": ref("Concurrency"),  # GET /jobs/NAME only, when the job declares it
+            "approval": {
+                **object_schema({"required": {"type": "integer", "minimum": 1}}, ["required"]),
+                "description": "only for a job that needs approval: the distinct approvers a run waits for",
+            },
         },
         ["name", "source", "description", "args"],
         additional=True,
@@ -301,7 +309,8 @@ SCHEMAS: dict[str, Any] = {
             },
             "queue": {
                 "anyOf": [ref("RunQueue"), {"type": "null"}],
-                "description": "a queued run's place in line and why it waits; null for a run that is not queued",
+                "description": "a waiting run's place in line and why it waits (queued, or awaiting approval); "
+                "null for any other run",
             },
             "links": object_schema({"self": {"type": "string"}, "events": {"type": "string"}}, ["self", "events"]),
         },

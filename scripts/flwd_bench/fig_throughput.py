@@ -85,6 +85,11 @@ async def _stream_run(server: FlwdServer, lines: int, timeout: float) -> dict[st
                     raise TimeoutError(f"the stream of run {run_id} did not end within {timeout:.0f}s")
         finally:
             await stream.close()
+        # A new connection: the POST's has been idle for the whole run, and the server closes a
+        # kept-alive connection after ``keepalive`` (gunicorn's 5 s): a run longer than that made
+        # this GET read EOF (IncompleteReadError), which looked like a dropped stream.
+        await api.close()
+        api = await HttpConnection.open(LOOPBACK, server.port)
         status, body = await api.call("GET", f"/runs/{run_id}")
         run = json.loads(body)["run"]
         client_cpu = time.process_time() - cpu0

@@ -263,3 +263,58 @@ def test_a_port_already_taken_is_a_clear_error_and_no_serving_line(tmp_path):
     assert done.returncode != 0
     assert "serving on" not in said
     assert f"cannot listen on {address}" in said and "in use" in said, said
+
+
+@pytest.fixture(scope="module")
+def exported(server, tmp_path_factory):
+    """A local export of two runs (with output) and, signed with a key `flwd :keys` made, its signed twin."""
+    root = tmp_path_factory.mktemp("audit")
+    for _ in range(2):
+        assert local(server, "noop").returncode == 0
+    made = cli(":keys", "new", "--dir", str(root / "keys"), "--alg", "EdDSA", "--jwks", str(root / "jwks.json"))
+    assert made.returncode == 0, made.stderr
+    kid = re.search(r"kid:\s+(\S+)", made.stdout).group(1)
+    other = cli(":keys", "new", "--dir", str(root / "other"), "--alg", "ES256", "--jwks", str(root / "other.json"))
+    assert other.returncode == 0, other.stderr
+    plain, signed = root / "plain.ndjson", root / "signed.ndjson"
+    assert local(server, ":export", "-o", str(plain)).returncode == 0
+    done = local(server, ":export", "-o", str(signed), "--sign", str(root / "keys" / f"{kid}.pem"))
+    assert done.returncode == 0, done.stderr
+    return root, plain, signed
+
+
+@pytest.mark.parametrize("how", ["edit", "delete", "insert", "reorder"])
+def test_export_verify_names_the_first_line_tampered_with(exported, how):
+    root, plain, _ = exported
+    intact = cli(":export", "--verify", str(plain))
+    assert intact.returncode == 0 and "the chains hold" in intact.stderr, intact.stderr
+    lines = plain.read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if '"record":"run"' in line) + 2  # the run's second event
+    assert '"record":"event"' in lines[at] and '"record":"event"' in lines[at + 1]
+    if how == "edit":
+        lines[at] = lines[at].replace('"data":{', '"data":{"forged":1,', 1)
+    elif how == "delete":
+        del lines[at]
+    elif how == "insert":
+        lines.insert(at, lines[at + 1])
+    else:
+        lines[at], lines[at + 1] = lines[at + 1], lines[at]
+    copy = root / f"{how}.ndjson"
+    copy.write_text("".join(lines))
+    checked = cli(":export", "--verify", str(copy))
+    assert checked.returncode == 1 and f"line {at + 1}:" in checked.stderr, checked.stderr
+
+
+def test_a_signed_export_holds_with_its_jwks_and_is_refused_with_another(exported):
+    root, plain, signed = exported
+    held = cli(":export", "--verify", str(signed), "--jwks", str(root / "jwks.json"))
+    assert held.returncode == 0 and "the signature holds" in held.stderr, held.stderr
+    refused = cli(":export", "--verify", str(signed), "--jwks", str(root / "other.json"))
+    assert refused.returncode == 1 and "does not hold" in refused.stderr, refused.stderr
+    unsigned = cli(":export", "--verify", str(plain), "--jwks", str(root / "jwks.json"))
+    assert unsigned.returncode == 1 and "not signed" in unsigned.stderr, unsigned.stderr
+    # The signature is over the bytes: a run record (which no chain covers) edited breaks it.
+    text = signed.read_text().replace('"status":"succeeded"', '"status":"failed"', 1)
+    (root / "edited.ndjson").write_text(text)
+    edited = cli(":export", "--verify", str(root / "edited.ndjson"), "--jwks", str(root / "jwks.json"))
+    assert edited.returncode == 1 and "does not hold" in edited.stderr, edited.stderr

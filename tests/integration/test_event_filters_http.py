@@ -170,7 +170,7 @@ def test_the_export_holds_the_events_without_a_run_in_id_order_over_http_and_the
     assert syncs
 
     whole = export_records(server.get("/export").text)
-    assert whole[0]["format"] == 3 and whole[-1]["record"] == "end"
+    assert whole[0]["format"] == 4 and whole[-1]["record"] == "end"
     runless = [r["event"] for r in whole if r["record"] == "event" and r["event"]["run_id"] is None]
     assert [e["id"] for e in runless] == sorted(e["id"] for e in runless)
     assert [e["id"] for e in runless if e["data"].get("source") == name] == syncs

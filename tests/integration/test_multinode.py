@@ -9,6 +9,8 @@
 * an owner on another host (a row with another host name) is judged by its heartbeat alone;
 * a concurrency group of limit 1 never runs two at once across the nodes, in submission order,
   and another group's run does not wait behind it (start and end times written by the steps).
+* a run awaiting approval, approved on one node, runs on whichever node claims it; an approval
+  and a denial racing on two nodes leave exactly one outcome.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ pytestmark = pytest.mark.integration
 LIVENESS = 10.0
 JOBS = {
     "nap": "name: nap\nargs:\n  ms: {type: integer, default: 50}\nsteps:\n  - run: 'sleep $(( FLWD_ARG_MS / 1000 )).$(( FLWD_ARG_MS % 1000 / 100 ))$(( FLWD_ARG_MS % 100 / 10 ))'\n",
+    "gated": "name: gated\napproval: {required: 1}\nsteps:\n  - run: echo approved\n",
     "ticker": "name: ticker\nargs:\n  count: {type: integer, default: 20}\nsteps:\n  - run: 'i=0; while [ $i -lt $FLWD_ARG_COUNT ]; do i=$((i+1)); echo \"line $i\"; sleep 0.05; done'\n",
 }
 LOCKED = """name: locked
@@ -185,6 +189,30 @@ def test_a_client_follows_through_one_node_and_resumes_through_another_while_a_t
     lines = [e["data"]["data"]["line"] for e in seen + rest if e["event"] == "step.output"]
     assert lines == [f"line {i}" for i in range(1, 41)]
     assert rest[-1]["event"] == "run.finished" and rest[-1]["data"]["data"]["status"] == "succeeded"
+
+
+def test_an_approval_on_one_node_releases_the_run_to_any_and_a_race_with_a_deny_has_one_outcome(nodes):
+    run = nodes[2].submit("t:gated")
+    assert run["status"] == "awaiting_approval"
+    approved = nodes[0].post(f"/runs/{run['id']}/approve", {"digest": run["plan_digest"]}, token="dev-approver")
+    assert approved.status_code == 200, approved.text
+    assert executor_of(nodes, run_owner(nodes[1], run["id"])) in nodes.all
+    assert nodes[1].wait_finished(run["id"])["status"] == "succeeded"
+    for _ in range(5):
+        run = nodes[2].submit("t:gated")
+        with ThreadPoolExecutor(2) as pool:  # approve on A, deny on B, at once
+            racing = {
+                "approve": pool.submit(
+                    nodes[0].post, f"/runs/{run['id']}/approve", {"digest": run["plan_digest"]}, token="dev-approver"
+                ),
+                "deny": pool.submit(nodes[1].post, f"/runs/{run['id']}/deny", {"reason": "race"}, token="dev-approver"),
+            }
+            replies = {action: future.result(30) for action, future in racing.items()}
+        assert sorted(r.status_code for r in replies.values()) == [200, 409], {k: r.text for k, r in replies.items()}
+        ended = nodes[2].wait_finished(run["id"])
+        assert ended["status"] == ("succeeded" if replies["approve"].status_code == 200 else "rejected"), ended
+        types = [e["event"] for e in read_stream(f"{nodes[0].url}/runs/{run['id']}/events", nodes[0].headers())]
+        assert types.count("run.finished") == 1 and types.count("run.approved") == (ended["status"] == "succeeded")
 
 
 def test_a_node_killed_mid_run_loses_its_runs_within_the_liveness_timeout_and_the_others_take_the_queue(nodes):

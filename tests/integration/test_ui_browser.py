@@ -42,6 +42,7 @@ steps:
   - run: 'echo "target=$FLWD_ARG_TARGET dry=$FLWD_ARG_DRY_RUN"'
 """,
     "editable.yaml": "name: editable\nsteps:\n  - run: 'true'\n",
+    "gated.yaml": "name: gated\napproval: {required: 1}\nsteps:\n  - run: 'echo approved-run'\n",
     "report.yaml": f"""name: report
 description: Sets outputs
 args:
@@ -319,6 +320,27 @@ def test_cancel_from_the_run_page(signed_in, ui):
     browser.wait(lambda: browser.find_all('article[data-status="cancelled"]'), 15, "the run to be cancelled")
     assert ui.run_status(run["id"]) == "cancelled"
     assert browser.find_all("#cancel-run") == []
+
+
+def test_an_approver_approves_the_plan_or_denies_it_from_the_run_page(browser, ui):
+    first, second = ui.submit("ui:gated"), ui.submit("ui:gated")
+    try:
+        browser.sign_in(f"{ui.url}/ui/", "dev-approver")
+        browser.open(f"{ui.url}/ui/runs/{first['id']}")
+        browser.wait_for("#approve-run")
+        assert first["plan_digest"] in browser.find(".digest").text
+        browser.find("#approve-run").click()
+        browser.wait(lambda: browser.find_all('article[data-status="succeeded"]'), 20, "the approved run to succeed")
+        assert "approved-run" in browser.find(".log").text and browser.find_all("#approve-run") == []
+        browser.open(f"{ui.url}/ui/runs/{second['id']}")
+        browser.wait_for("#deny-run").click()  # no reason yet: nothing is sent
+        assert ui.run_status(second["id"]) == "awaiting_approval"
+        browser.find("#deny-reason").send_keys("not today")
+        browser.find("#deny-run").click()
+        browser.wait(lambda: browser.find_all('article[data-status="rejected"]'), 15, "the denied run to end")
+        assert ui.get(f"/runs/{second['id']}").json()["run"]["reason"] == "not today"
+    finally:
+        browser.sign_in(f"{ui.url}/ui/")
 
 
 def test_sources_show_revision_and_sync(signed_in, ui):

@@ -194,3 +194,13 @@ def test_a_claim_leaves_runs_bound_to_another_owner(store, strategy):
     assert [c.run.id for c in store.claim("cli:1", 1, 10, affinity_only=True)] == []  # b is full now
     _end(store, free)
     assert [c.run.id for c in store.claim("cli:1", 1, 10, affinity_only=True)] == [bound[0].id]
+
+
+def test_a_run_awaiting_approval_has_no_position_but_says_why(store):
+    plan = {"job": {"name": "j", "source": "s", "steps": []}, "args": {}, "profile": "secure"}
+    public = {"job": "j", "source": "s", "revision": None, "args": {}, "profile": "secure", "digest": None}
+    waiting, _ = store.create_run(plan=plan, public=public, submitted_by="t", status=RunStatus.AWAITING_APPROVAL)
+    queued = _submit(store)
+    queue = _queue(store, [waiting.id, queued.id])
+    assert queue[waiting.id] == {"position": None, "reason": "awaiting approval"}
+    assert queue[queued.id] == {"position": 1, "reason": "waiting to be claimed"}  # not behind the waiting run

@@ -84,7 +84,15 @@ def test_a_bad_filter_value_is_a_400_naming_its_parameter(params, parameter):
 
 def test_prefixes_expand_to_the_exact_types_and_empty_means_absent():
     parsed = EventFilter.parse({"type": "run.*,step.finished", "job": "", "run": None})
-    assert parsed.types == {"run.queued", "run.started", "run.cancel_requested", "run.finished", "step.finished"}
+    assert parsed.types == {
+        "run.queued",
+        "run.approval_requested",
+        "run.approved",
+        "run.started",
+        "run.cancel_requested",
+        "run.finished",
+        "step.finished",
+    }
     assert not parsed.jobs and not parsed.runs and EventFilter.parse({}).everything
 
 

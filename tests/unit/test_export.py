@@ -176,7 +176,7 @@ def test_events_without_a_run_are_in_the_export_in_id_order(any_store):
     fill(any_store, 2, events_per_run=2, start=3)
     add_runless(any_store, [9], ["ops"])
     out = records(any_store)
-    assert out[0]["format"] == 3
+    assert out[0]["format"] == 4
     shape = [r["run"]["id"][4:] if r["record"] == "run" else r["event"]["run_id"] for r in out[1:-1]]
     runs = [f"run-{i:06d}" for i in range(5)]
     assert shape == [

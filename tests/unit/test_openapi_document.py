@@ -100,6 +100,8 @@ OPERATION_IDS = {
     ("get", "/runs"): "listRuns",
     ("get", "/runs/{run_id}"): "getRun",
     ("post", "/runs/{run_id}/cancel"): "cancelRun",
+    ("post", "/runs/{run_id}/approve"): "approveRun",
+    ("post", "/runs/{run_id}/deny"): "denyRun",
     ("get", "/runs/{run_id}/events"): "streamRunEvents",
     ("get", "/runs/{run_id}/artifacts"): "listRunArtifacts",
     ("get", "/runs/{run_id}/artifacts/{path}"): "getRunArtifact",

@@ -47,7 +47,9 @@ def test_prune_keeps_the_newest_finished_runs_and_every_queued_or_running_one(tm
         conn = store.reader()
         kept = {r[0] for r in conn.execute("SELECT id FROM runs")}
         assert kept == {"old-queued", "old-running", "new-queued", "done-6", "done-7", "done-8", "done-9"}
-        assert {r[0] for r in conn.execute("SELECT DISTINCT run_id FROM events")} == kept
+        assert {r[0] for r in conn.execute("SELECT DISTINCT run_id FROM events WHERE run_id IS NOT NULL")} == kept
+        (pruned,) = conn.execute("SELECT data FROM events WHERE type = 'runs.pruned'").fetchone()  # the audit trail's
+        assert [run["id"] for run in json.loads(pruned)["runs"]] == [f"done-{i}" for i in range(6)]
         assert {r[0] for r in conn.execute("SELECT run_id FROM idempotency")} == kept
         assert store.prune(4) == 0  # nothing due: nothing deleted
     finally:

@@ -569,6 +569,17 @@ def test_dev_token_is_accepted_with_dev_and_jwts_still_verify(verifier, jwt_auth
     assert auth.authenticate("Bearer " + jwt_auth.token("jobs:read", sub="carol")).subject == "carol"
 
 
+def test_dev_approver_is_a_second_dev_subject_with_the_same_scopes_only_under_dev(verifier):
+    """Two dev subjects, so a run submitted with one can be approved with the other (two-person rule)."""
+    auth = Authenticator(True, verifier)
+    dev, approver = auth.authenticate("Bearer dev-token"), auth.authenticate("Bearer dev-approver")
+    assert approver.subject == "dev-approver" != dev.subject and approver.scopes == dev.scopes
+    assert "runs:approve" in approver.scopes
+    with pytest.raises(Unauthenticated) as caught:
+        Authenticator(False, verifier).authenticate("Bearer dev-approver")
+    assert "dev-approver is accepted only by a server started with --dev" in caught.value.detail
+
+
 @pytest.mark.parametrize(
     "header,error",
     [

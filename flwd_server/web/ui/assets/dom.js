@@ -31,13 +31,23 @@ export function replace(el, ...children) {
   return append(el, children);
 }
 
-const STATUSES = new Set(["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "rejected", "lost"]);
+const STATUSES = new Set([
+  "awaiting_approval",
+  "queued",
+  "running",
+  "succeeded",
+  "failed",
+  "cancelled",
+  "timed_out",
+  "rejected",
+  "lost",
+]);
 const VERDICTS = new Set(["allow", "warn", "deny"]);
 
 /** A status badge; the class comes from a fixed list, never straight from data. */
 export function statusBadge(status) {
   const known = STATUSES.has(status) ? status : "unknown";
-  return h("span", { class: `badge status-${known}`, dataset: { status: String(status) } }, String(status).replace("_", " "));
+  return h("span", { class: `badge status-${known}`, dataset: { status: String(status) } }, String(status).replaceAll("_", " "));
 }
 
 export function verdictBadge(verdict) {

@@ -19,14 +19,14 @@ import { LogView, NOTE, STDERR, STDOUT } from "./log.js";
 import { liveIndicator } from "./runs.js";
 import { LiveStream } from "./stream.js";
 
-const ACTIVE = new Set(["queued", "running"]);
+const ACTIVE = new Set(["awaiting_approval", "queued", "running"]);
 
 function headers(names) {
   return names.map((name) => h("th", { scope: "col" }, name));
 }
 
 function rank(status) {
-  return status === "queued" ? 0 : status === "running" ? 1 : 2;
+  return status === "queued" || status === "awaiting_approval" ? 0 : status === "running" ? 1 : 2;
 }
 
 export function runView({ route, can }) {
@@ -180,8 +180,40 @@ export function runView({ route, can }) {
     extras.hidden = outputsPart.hidden && artifacts.element.hidden;
   }
 
+  // A run awaiting approval: approve exactly its plan digest (shown above), or deny it with a reason.
+  function approvalControls() {
+    if (!run || run.status !== "awaiting_approval" || !can("runs:approve", run.source, run.job)) return [];
+    const approve = h("button", { type: "button", id: "approve-run" }, "Approve this plan");
+    const reason = h("input", { type: "text", id: "deny-reason", "aria-label": "Reason to deny", placeholder: "Reason to deny" });
+    const deny = h("button", { type: "button", class: "danger", id: "deny-run" }, "Deny");
+    const decide = async (path, body, done, failed) => {
+      approve.disabled = deny.disabled = true;
+      try {
+        const answer = await api("POST", `runs/${encodeURIComponent(runId)}/${path}`, { body });
+        run = answer.run;
+        announce(done);
+        renderRun();
+      } catch (error) {
+        approve.disabled = deny.disabled = false;
+        replace(notice, errorBox(error, failed));
+      }
+    };
+    approve.addEventListener("click", () =>
+      decide("approve", { digest: run.plan_digest }, "Approved", "Could not approve the run"),
+    );
+    deny.addEventListener("click", () => {
+      if (!reason.value.trim()) {
+        reason.focus();
+        return;
+      }
+      decide("deny", { reason: reason.value.trim() }, "Denied", "Could not deny the run");
+    });
+    return [approve, reason, deny];
+  }
+
   function renderActions() {
     replace(actions);
+    actions.append(...approvalControls());
     if (!run || !can("runs:write", run.source, run.job) || !ACTIVE.has(run.status)) return;
     const button = h("button", { type: "button", class: "danger", id: "cancel-run" }, cancelRequested ? "Cancelling…" : "Cancel run");
     button.disabled = cancelRequested;
@@ -252,6 +284,9 @@ export function runView({ route, can }) {
           run.started_at = event.time;
           renderRun();
         }
+        return;
+      case "run.approved":
+        refresh(); // the last approval queues the run (or rejects it): the record says which
         return;
       case "run.cancel_requested":
         cancelRequested = true;

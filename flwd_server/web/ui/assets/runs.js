@@ -7,12 +7,22 @@ import { LiveStream } from "./stream.js";
 
 const PAGE_SIZE = 50;
 const MAX_LIVE_ROWS = 500; // the first page grows as runs arrive; beyond this the oldest rows leave it
-const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "rejected", "lost"];
+const STATUSES = [
+  "awaiting_approval",
+  "queued",
+  "running",
+  "succeeded",
+  "failed",
+  "cancelled",
+  "timed_out",
+  "rejected",
+  "lost",
+];
 const COLUMNS = ["Job", "Source", "Status", "Submitted by", "Submitted", "Duration"];
 
 /** How far a status is along a run's life: an event never moves a row back (a stale event after a fresh list). */
 function rank(status) {
-  return status === "queued" ? 0 : status === "running" ? 1 : 2;
+  return status === "queued" || status === "awaiting_approval" ? 0 : status === "running" ? 1 : 2;
 }
 
 export function liveIndicator() {
@@ -52,7 +62,7 @@ export function runsView({ query, navigate }) {
     "select",
     { id: "filter-status", name: "status" },
     h("option", { value: "" }, "Any"),
-    STATUSES.map((s) => h("option", { value: s, selected: s === filters.status }, s.replace("_", " "))),
+    STATUSES.map((s) => h("option", { value: s, selected: s === filters.status }, s.replaceAll("_", " "))),
   );
   const jobInput = h("input", { id: "filter-job", name: "job", type: "text", value: filters.job, autocomplete: "off" });
   const sourceInput = h("input", {

@@ -415,8 +415,9 @@ class GroupPool:
         group.begin()
         return group
 
-    def release(self, group: RunGroup, timeout: float = 1.0) -> None:
-        """Kill what the run left in its group and keep the group for the next run, once it is clean."""
+    def release(self, group: RunGroup, timeout: float = 1.0) -> bool:
+        """Kill what the run left in its group and keep the group for the next run, once it is clean;
+        whether it was (no process of the run is left)."""
         group.kill()
         deadline = time.monotonic() + timeout
         while not self._settle(group) and time.monotonic() < deadline:
@@ -434,6 +435,7 @@ class GroupPool:
                 left.append(old)
         with self._lock:
             self.retired.extend(left + ([] if clean else [group]))
+        return clean
 
     def _settle(self, group: RunGroup) -> bool:
         """Whether the group is clean, reaping the zombies of its killed processes if it is not."""

@@ -5,10 +5,12 @@ still answers meanwhile (flwd_server/events/broadcast.py, ``HandOff``; flwd_serv
 from __future__ import annotations
 
 import re
+import resource
 import selectors
 import signal
 import socket
 import time
+from pathlib import Path
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -122,3 +124,18 @@ def test_handed_off_streams_end_cleanly_when_the_server_stops(start_server):
         assert server.proc.wait(60) == 0
     finally:
         streams.close()
+
+
+def test_the_server_raises_its_open_file_limit_to_the_hard_limit_and_logs_it(start_server):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(1024, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # what a login shell often gives
+    try:
+        server = start_server(default_settings())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    for pid in [server.proc.pid, *server.worker_pids()]:
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
+        assert line.split()[3:5] == [str(hard), str(hard)] or hard == resource.RLIM_INFINITY, line
+    assert '"event": "serve.open_files"' in server.logs()

@@ -122,9 +122,15 @@ def test_a_handed_off_body_frees_its_thread_and_the_broadcaster_ends_the_respons
     server, client = socket.socketpair()
     released, ended = [], threading.Event()
     body = BroadcastBody(
-        caster, server, after=0, run_id="r8", chunked=True, retry_ms=1500, release=lambda: released.append(1)
+        caster,
+        server,
+        after=0,
+        run_id="r8",
+        chunked=True,
+        retry_ms=1500,
+        release=lambda: released.append(1),
+        hand_off=True,
     )
-    body.hand_off = True
     frames = iter(body)
     assert next(frames) == b"retry: 1500\n\n"
     try:

@@ -84,7 +84,7 @@ class Subscription:
         "done",
         "failed",
         "reason",
-        "writing",
+        "mask",
         "on_end",
         "ended",
     )
@@ -111,7 +111,9 @@ class Subscription:
         self.done = threading.Event()
         self.failed = False
         self.reason = ""
-        self.writing = False  # registered for EVENT_WRITE
+        self.mask = (
+            0  # what the broadcaster's selector watches: EVENT_WRITE while ``out`` waits, EVENT_READ if handed off
+        )
         self.on_end = on_end  # a handed-off stream: no thread waits; the broadcaster ends the response
         self.ended = False  # the last chunk is in ``out``
 
@@ -199,12 +201,15 @@ class Broadcaster:
         more = False
         while True:
             timeout = 0 if more else self._timeout()
-            for key, _ in selector.select(timeout):
+            for key, ready in selector.select(timeout):
                 if key.data is None:
                     with contextlib.suppress(BlockingIOError, OSError):
                         while os.read(self._wake_r, 4096):
                             pass
-                else:
+                    continue
+                if ready & selectors.EVENT_READ:
+                    self._read(key.data)
+                if ready & selectors.EVENT_WRITE:
                     self._flush(key.data, selector)
             with self._lock:
                 fresh, self._incoming = self._incoming, []
@@ -284,10 +289,39 @@ class Broadcaster:
 
     def _flush(self, sub: Subscription, selector: selectors.BaseSelector) -> None:
         self._send(sub)
-        if not sub.out and sub.writing:
-            selector.unregister(sub.sock)
-            sub.writing = False
+        if not sub.out and sub.mask & selectors.EVENT_WRITE:
+            self._watch(selector, sub)
             self._drained = True  # it may be behind: give it the next batch
+
+    def _read(self, sub: Subscription) -> None:
+        """A handed-off stream's client sends nothing: readable means it closed (or sent what nobody reads)."""
+        try:
+            data = sub.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            data = b""
+            if not sub.failed:
+                self._fail(sub, f"the client went away ({errno.errorcode.get(exc.errno or 0, 'error')})")
+        if not data and not sub.failed:
+            self._fail(sub, "the client closed the connection")
+
+    @staticmethod
+    def _watch(selector: selectors.BaseSelector, sub: Subscription) -> None:
+        """Watch for what ``sub`` waits for: room to write its ``out``, and a handed-off client leaving."""
+        mask = (selectors.EVENT_WRITE if sub.out else 0) | (selectors.EVENT_READ if sub.on_end is not None else 0)
+        if sub.failed or (sub.finishing and not sub.out):
+            mask = 0
+        if mask == sub.mask:
+            return
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            if not sub.mask:
+                selector.register(sub.sock, mask, sub)
+            elif not mask:
+                selector.unregister(sub.sock)
+            else:
+                selector.modify(sub.sock, mask, sub)
+        sub.mask = mask
 
     def _fail(self, sub: Subscription, reason: str) -> None:
         sub.failed = True
@@ -313,16 +347,10 @@ class Broadcaster:
                     sub.ended = True  # a handed-off response: its last chunk is the broadcaster's to write
                     sub.out += LAST_CHUNK
                     self._send(sub)
+            self._watch(selector, sub)  # before the socket is given back: then it is no longer watched
             if sub.failed or (sub.finishing and not sub.out):
-                if sub.writing:
-                    with contextlib.suppress(KeyError, ValueError, OSError):
-                        selector.unregister(sub.sock)
                 self._give_back(sub)
                 continue
-            if sub.out and not sub.writing:
-                with contextlib.suppress(ValueError, OSError):
-                    selector.register(sub.sock, selectors.EVENT_WRITE, sub)
-                    sub.writing = True
             keep.append(sub)
         self._subs = keep
 

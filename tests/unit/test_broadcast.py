@@ -162,3 +162,14 @@ def test_only_plain_http1_gets_on_a_gunicorn_socket_are_taken_over():
         assert can_take_over({k: v for k, v in base.items() if k != "gunicorn.socket"}) is None
     finally:
         sock.close()
+
+
+def test_a_handed_off_stream_whose_client_closes_ends_at_once_not_at_the_next_heartbeat(hub):
+    caster = Broadcaster(hub, heartbeat=60, max_duration=600)
+    server, client = socket.socketpair()
+    ended = threading.Event()
+    sub = caster.attach(server, 0, "quiet", chunked=True, on_end=ended.set)
+    client.close()
+    assert ended.wait(5)  # the heartbeat's write would have noticed only after 60 s
+    assert sub.failed and "closed" in sub.reason
+    server.close()

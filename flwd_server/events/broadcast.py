@@ -111,9 +111,8 @@ class Subscription:
         self.done = threading.Event()
         self.failed = False
         self.reason = ""
-        self.mask = (
-            0  # what the broadcaster's selector watches: EVENT_WRITE while ``out`` waits, EVENT_READ if handed off
-        )
+        # What the broadcaster's selector watches: EVENT_WRITE while ``out`` waits, EVENT_READ if handed off.
+        self.mask = 0
         self.on_end = on_end  # a handed-off stream: no thread waits; the broadcaster ends the response
         self.ended = False  # the last chunk is in ``out``
 

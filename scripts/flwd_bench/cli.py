@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fig_dashboard, fig_fanout, fig_first_output, fig_idle, fig_multinode, fig_runs, fig_throughput
+from . import (
+    fig_dashboard,
+    fig_fanout,
+    fig_first_output,
+    fig_idle,
+    fig_multinode,
+    fig_runs,
+    fig_streams,
+    fig_throughput,
+)
 from .harness import FlwdServer, Workspace
 from .jobsrc import write_bench_source
 from .report import Row, machine, table
@@ -44,6 +53,7 @@ FIGURES: dict[int, Figure] = {
     5: Figure("idle memory and GET /jobs", fig_idle.measure),
     6: Figure("completed runs/s with 1, 2 and 3 nodes on one PostgreSQL", fig_multinode.measure),
     7: Figure("the dashboard in a browser: first paint, live list, a million lines", fig_dashboard.measure),
+    8: Figure("1,000 event streams on default settings, and the API meanwhile", fig_streams.measure),
 }
 
 

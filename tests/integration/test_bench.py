@@ -60,7 +60,7 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:5] == TABLE_HEADER)
     table = lines[header + 2 :]
-    for figure in range(1, 8):
+    for figure in range(1, 9):
         assert any(line.startswith(f"{figure} ") for line in table), proc.stdout
     assert "runs/s ratio flwd / webhook" in proc.stdout
     assert "ERROR" not in proc.stdout
@@ -70,7 +70,7 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
     assert result["command"].startswith("scripts/bench --quick")
     assert result["machine"]["cpus"] >= 1
     rows = result["rows"]
-    assert {row["figure"] for row in rows} == {1, 2, 3, 4, 5, 6, 7}
+    assert {row["figure"] for row in rows} == {1, 2, 3, 4, 5, 6, 7, 8}
     for row in rows:
         assert row["error"] is None, row
         assert isinstance(row["value"], (int, float)), row
@@ -87,6 +87,9 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
         (6, "<=", 100),
         (7, "<=", 300),
         (7, "<=", 250),
+        (8, ">=", 200),
+        (8, "<=", 50),
+        (8, "<=", 80),
     }
     figures = result["figures"]
     assert figures["1"]["flwd"]["drain_timed_out"] is False
@@ -99,6 +102,8 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
     assert figures["6"]["cross_node"]["events"] == 40 and figures["6"]["cross_node"]["missing"] == 0
     assert figures["7"]["event_to_screen_ms"]["n"] == figures["7"]["live_runs"]
     assert figures["7"]["log_rows_in_dom"] < 500  # the log drew only what is in view
+    assert figures["8"]["statuses"] == {"200": 200} and figures["8"]["streams_complete"] == 200
+    assert figures["8"]["probe_statuses"]["submit"].keys() == {"202"}
     for result in [figures["6"]["sqlite"], *figures["6"]["nodes"].values()]:
         assert result["drain_timed_out"] is False and result["statuses"] == {"succeeded": result["finished"]}
 

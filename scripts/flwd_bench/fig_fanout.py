@@ -47,7 +47,9 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     # still applies, through ctx.flwd, for a look at a tuned server).
     server = ctx.flwd("fanout")
     ws = ctx.ws
-    go = ws.path("fanout.go")
+    # Names of their own in each repetition: a go file or a ready file left by the last one would start it early.
+    tag = f"{server.name}-clients"  # the server's name is unique in the temp dir
+    go = ws.path(f"{tag}.go")
     client_list = []
     try:
         api = server.api()
@@ -63,7 +65,7 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         timeout = 120.0 + clients / 20 + lines * 0.05
         share = [clients // client_procs + (1 if i < clients % client_procs else 0) for i in range(client_procs)]
         for i, n in enumerate(share):
-            out = ws.path(f"fanout-{i}")
+            out = ws.path(f"{tag}-{i}")
             args = [ctx.python, "-m", "flwd_bench.fanout_client", "--port", str(server.port), "--host", LOOPBACK]
             args += [
                 "--path",
@@ -75,13 +77,13 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
                 "--timeout",
                 str(timeout),
             ]
-            client_list.append((ws.spawn(args, log=f"fanout-{i}.log", env={**os.environ, "PYTHONPATH": SCRIPTS}), out))
+            client_list.append((ws.spawn(args, log=f"{tag}-{i}.log", env={**os.environ, "PYTHONPATH": SCRIPTS}), out))
 
         def all_ready() -> bool:
             for proc, out in client_list:
                 if exited(proc) and not out.with_suffix(".ready").exists():
                     raise RuntimeError(
-                        "a fan-out client exited before connecting; see fanout-N.log in the temp dir (--keep)"
+                        "a fan-out client exited before connecting; see fanout*-clients-N.log in the temp dir (--keep)"
                     )
             return all(out.with_suffix(".ready").exists() for _, out in client_list)
 

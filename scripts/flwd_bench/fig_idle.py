@@ -33,7 +33,7 @@ MB = 1024 * 1024
 def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     count = 2000
     requests = ctx.opts.pick(200, 20)
-    source = write_many_source(ctx.ws.path("many-source"), count)
+    source = write_many_source(ctx.ws.path(ctx.ws.unique("many-source")), count)
     server = ctx.flwd("idle", sources=[source])
     try:
         server.settle(ctx.opts.pick(2.0, 0.5))

@@ -83,7 +83,7 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     details["sqlite"] = sqlite
     rows.append(_row("SQLite, 1 node", sqlite, clients, seconds, workers))
 
-    with _cluster(ctx.ws.path("postgres")) as cluster:
+    with _cluster(ctx.ws.path(ctx.ws.unique("postgres"))) as cluster:
         details["postgres"] = {"server_version": _server_version(cluster)}
         for count in NODE_COUNTS:
             url = cluster.create_database(f"bench{count}")

@@ -159,7 +159,8 @@ def test_an_unknown_figure_is_refused_with_the_list_of_figures():
 
 def test_repeated_figures_report_the_median_with_its_spread_and_count(tmp_path):
     out = tmp_path / "bench.json"
-    args = [BENCH, "--quick", "--only", "4", "--repeat", "3", "--json", str(out)]
+    # Figure 5 too: each repetition writes its own job source into the same temp dir.
+    args = [BENCH, "--quick", "--only", "4,5", "--repeat", "3", "--json", str(out)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=180, env=bench_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "spread (n)" in proc.stdout
@@ -171,3 +172,4 @@ def test_repeated_figures_report_the_median_with_its_spread_and_count(tmp_path):
     assert stored["n"] == 3
     assert stored["value"] == pytest.approx(each[1])
     assert stored["spread"] == {"min": pytest.approx(each[0]), "max": pytest.approx(each[2])}
+    assert [rep["listed"] >= 2000 for rep in result["figures"]["5"]["repetitions"]] == [True] * 3

@@ -88,7 +88,7 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         for count in NODE_COUNTS:
             url = cluster.create_database(f"bench{count}")
             nodes = []
-            before = None
+            idle = before = None
             try:
                 for index in range(count):
                     nodes.append(ctx.flwd(f"pg{count}-node{index + 1}", db_url=url, **base))
@@ -106,15 +106,25 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
                             note=f"{latency['events']} events",
                         ),
                     ]
-                before = pgmodel.snapshot(cluster, url) if count == 1 else None
+                if count == 1:
+                    idle = pgmodel.snapshot(cluster, url)
+                    time.sleep(ctx.opts.pick(3.0, 1.0))  # the idle node's own rate, taken off below
+                    before = pgmodel.snapshot(cluster, url)
                 result = flwd_runs_per_second(nodes, clients, seconds, drain_timeout=drain)
             finally:
                 for started in nodes:
                     started.stop()
             try:
-                if before is not None:  # after the nodes stopped: their backends have flushed their statistics
+                if (
+                    idle is not None and before is not None
+                ):  # after the nodes stopped: their backends have flushed their statistics
                     cost = pgmodel.model(
-                        before, pgmodel.snapshot(cluster, url), result["finished"], pgmodel.events_stored(url), cores
+                        idle,
+                        before,
+                        pgmodel.snapshot(cluster, url),
+                        result["finished"],
+                        pgmodel.events_stored(url),
+                        cores,
                     )
                     details["model"] = cost
                     rows += _model_rows(cost)

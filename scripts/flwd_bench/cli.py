@@ -192,12 +192,15 @@ def log(message: str) -> None:
 def measure_repeatedly(ctx: Context, number: int, figure: Figure) -> tuple[list[Row], dict[str, Any]]:
     """Measure ``figure`` as often as asked; its rows are the medians (report.combine).
 
-    The details are the first repetition's (so readers of one run's details keep working)
-    plus ``repetitions``: every repetition's details in order.  A failed repetition makes
-    the figure an error: a median over the ones that worked would hide it."""
+    The details are the first good repetition's (so readers of one run's details keep
+    working) plus ``repetitions``: every good repetition's details in order.  A repetition
+    that fails does not end the figure, and is not hidden either: the table gets an
+    ``ERROR`` row saying how many failed and why, the details an ``error`` (the bench then
+    exits 1), and the medians are of the repetitions that worked (``n`` says how many)."""
     count = ctx.opts.repetitions(figure)
     all_rows: list[list[Row]] = []
     all_details: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
     for i in range(count):
         log(f"figure {number}: {figure.title} ..." + (f" ({i + 1} of {count})" if count > 1 else ""))
         try:
@@ -206,12 +209,18 @@ def measure_repeatedly(ctx: Context, number: int, figure: Figure) -> tuple[list[
             raise
         except Exception as exc:
             log(f"figure {number} failed: {exc}")
-            error = f"{type(exc).__name__}: {exc}"
-            rows = [Row(number, figure.title, None, error=error)]
-            return rows, {"error": error, "traceback": traceback.format_exc(), "repetitions": all_details}
+            failures.append({"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+            continue
         all_rows.append(figure_rows)
         all_details.append(figure_details)
-    return combine(all_rows), {**all_details[0], "repeat": count, "repetitions": all_details}
+    details: dict[str, Any] = {**(all_details[0] if all_details else {}), "repeat": count, "repetitions": all_details}
+    rows = combine(all_rows)
+    if failures:
+        error = failures[0]["error"]
+        what = figure.title if count == 1 else f"{figure.title}: {len(failures)} of {count} repetitions failed"
+        rows.append(Row(number, what, None, error=error))
+        details.update(error=error, traceback=failures[0]["traceback"], failures=failures)
+    return rows, details
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,10 @@ class Catalog:
             known = ", ".join(self._sources) or "none"
             raise SourceNotFound(f"no source named {name!r} (known: {known})") from None
 
+    def last_read(self, name: str) -> Source | None:
+        """The source as last read, without reading again: for a caller that just did (one read per plan)."""
+        return self._sources.get(name)
+
     def sources(self) -> list[Source]:
         if self.before_read is not None:
             self.before_read()

@@ -25,6 +25,7 @@ from .logs import redact_url
 from .models import Profile
 
 PROFILES = tuple(p.value for p in Profile)
+PARKED_STREAMS = 1000  # default streams per worker where one holds no thread (flwd :serve): all in any worker
 
 
 def _opt(
@@ -96,7 +97,11 @@ class SSESettings:
     max_duration: float = _opt(
         3600.0, "Seconds before a stream is closed (the client resumes with Last-Event-ID).", minimum=1
     )
-    max_streams: int = _opt(0, "Open streams per worker process; 0 means threads - 4.", minimum=0)
+    max_streams: int = _opt(
+        0,
+        "Open streams per worker process; 0 means 1,000 under flwd :serve (a stream holds no thread there), threads - 4 under other WSGI hosts.",
+        minimum=0,
+    )
     poll_interval: float = _opt(0.02, "Seconds between checks for events written by other processes.", minimum=0.001)
     retry_ms: int = _opt(2000, "Reconnect delay suggested to clients.", minimum=0)
     broadcast: bool = _opt(
@@ -215,7 +220,7 @@ class Settings:
     workers: int = _opt(2, "gunicorn worker processes.", minimum=1, maximum=64, flag="--workers")
     threads: int = _opt(
         32,
-        "Request threads per worker (each open SSE stream holds one); under uWSGI or mod_wsgi the host's own count is used instead.",
+        "Request threads per worker; under uWSGI or mod_wsgi the host's own count is used instead (and each open SSE stream holds one there).",
         minimum=2,
         maximum=10000,
         flag="--threads",
@@ -270,7 +275,14 @@ class Settings:
 
     @property
     def sse_max_streams(self) -> int:
+        """Open streams per worker process where each holds a request thread (``with_parked_streams`` otherwise)."""
         return self.sse.max_streams or max(1, self.threads - 4)
+
+    def with_parked_streams(self) -> Settings:
+        """For ``flwd :serve``, where an open stream holds no thread: the default cap is ``PARKED_STREAMS``."""
+        if self.sse.max_streams or not self.sse.broadcast:
+            return self
+        return self.replace(sse=dataclasses.replace(self.sse, max_streams=PARKED_STREAMS))
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

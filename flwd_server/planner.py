@@ -123,12 +123,11 @@ class Planner:
         )
 
     def context(self, job: Job, profile: Profile) -> PolicyContext:
+        """What policy judges ``job`` by; its source as the caller just read it (resolving the job, or its files)."""
         source_kind, spec = "local", {}
-        try:
-            source = self.catalog.get(job.source)
+        source = self.catalog.last_read(job.source)
+        if source is not None:  # None: a source removed since planning; policy still judges the job itself
             source_kind, spec = source.kind, source.spec
-        except Exception:  # a source removed since planning: policy still judges the job itself
-            pass
         runtime, problem = (None, None)
         if any(step.image for step in job.steps):
             runtime, problem = self._runtime()

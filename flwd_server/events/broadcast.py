@@ -12,6 +12,14 @@ is then dropped (it resumes with ``Last-Event-ID``).  When the stream ends it
 gives the socket back (blocking again, every byte written) and the request
 thread returns, so the WSGI server closes the response normally.
 
+Under ``flwd :serve`` the request thread does not wait: the body raises
+:class:`HandOff` right after the first chunk, the worker
+(:class:`~flwd_server.web.worker.FlwdWorker`) catches it past gunicorn's
+response handling and gives the connection to the broadcaster for good, and
+the thread goes back to the pool.  The broadcaster then ends the response
+itself (the last chunk) and tells the worker, which closes the connection.
+An open stream costs a socket and a buffer, not a thread.
+
 This needs the raw socket (gunicorn's ``gunicorn.socket``, plain HTTP/1.x);
 anything else uses the per-thread generator in :mod:`flwd_server.events.sse`.
 """
@@ -36,6 +44,24 @@ from .sse import HEARTBEAT
 
 log = logging.getLogger("flwd.sse")
 TERMINAL = EventType.RUN_FINISHED.value
+# In the WSGI environ when the server catches HandOff (FlwdWorker): a stream then gives its thread back.
+HAND_OFF = "flwd.hand_off"
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class HandOff(BaseException):
+    """Raised by a stream's WSGI body after its first chunk: the connection is the broadcaster's now.
+
+    A ``BaseException`` so that it passes the WSGI server's handlers (which
+    catch ``Exception`` and would write an error or close the socket), and
+    before the server ends the response: the broadcaster writes the end.
+    ``start(closed)`` attaches the stream; ``closed`` is called (on the
+    broadcaster's thread) when the stream is over and the socket can be closed.
+    """
+
+    def __init__(self, start: Callable[[Callable[[], None]], None]) -> None:
+        super().__init__("event stream handed to the broadcaster")
+        self.start = start
 
 
 def chunk(data: bytes) -> bytes:
@@ -58,7 +84,9 @@ class Subscription:
         "done",
         "failed",
         "reason",
-        "writing",
+        "mask",
+        "on_end",
+        "ended",
     )
 
     def __init__(
@@ -69,6 +97,7 @@ class Subscription:
         chunked: bool,
         max_duration: float,
         event_filter: EventFilter | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         self.sock = sock
         self.run_id = run_id  # a run's stream: it ends after that run's run.finished
@@ -82,7 +111,10 @@ class Subscription:
         self.done = threading.Event()
         self.failed = False
         self.reason = ""
-        self.writing = False  # registered for EVENT_WRITE
+        # What the broadcaster's selector watches: EVENT_WRITE while ``out`` waits, EVENT_READ if handed off.
+        self.mask = 0
+        self.on_end = on_end  # a handed-off stream: no thread waits; the broadcaster ends the response
+        self.ended = False  # the last chunk is in ``out``
 
     def frame(self, data: bytes) -> bytes:
         return chunk(data) if self.chunked else data
@@ -130,9 +162,13 @@ class Broadcaster:
         run_id: str | None,
         chunked: bool,
         event_filter: EventFilter | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> Subscription:
-        """Take over ``sock`` (the response head is already sent); returns when the broadcaster has it."""
-        sub = Subscription(sock, after, run_id, chunked, self.max_duration, event_filter)
+        """Take over ``sock`` (the response head is already sent); returns when the broadcaster has it.
+
+        Without ``on_end`` the socket is given back (``done``) when the stream ends; with it, the
+        broadcaster writes the response's end itself and calls ``on_end`` instead."""
+        sub = Subscription(sock, after, run_id, chunked, self.max_duration, event_filter, on_end)
         sock.setblocking(False)
         self.hub.watch()
         with self._lock:
@@ -164,12 +200,15 @@ class Broadcaster:
         more = False
         while True:
             timeout = 0 if more else self._timeout()
-            for key, _ in selector.select(timeout):
+            for key, ready in selector.select(timeout):
                 if key.data is None:
                     with contextlib.suppress(BlockingIOError, OSError):
                         while os.read(self._wake_r, 4096):
                             pass
-                else:
+                    continue
+                if ready & selectors.EVENT_READ:
+                    self._read(key.data)
+                if ready & selectors.EVENT_WRITE:
                     self._flush(key.data, selector)
             with self._lock:
                 fresh, self._incoming = self._incoming, []
@@ -249,10 +288,39 @@ class Broadcaster:
 
     def _flush(self, sub: Subscription, selector: selectors.BaseSelector) -> None:
         self._send(sub)
-        if not sub.out and sub.writing:
-            selector.unregister(sub.sock)
-            sub.writing = False
+        if not sub.out and sub.mask & selectors.EVENT_WRITE:
+            self._watch(selector, sub)
             self._drained = True  # it may be behind: give it the next batch
+
+    def _read(self, sub: Subscription) -> None:
+        """A handed-off stream's client sends nothing: readable means it closed (or sent what nobody reads)."""
+        try:
+            data = sub.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            data = b""
+            if not sub.failed:
+                self._fail(sub, f"the client went away ({errno.errorcode.get(exc.errno or 0, 'error')})")
+        if not data and not sub.failed:
+            self._fail(sub, "the client closed the connection")
+
+    @staticmethod
+    def _watch(selector: selectors.BaseSelector, sub: Subscription) -> None:
+        """Watch for what ``sub`` waits for: room to write its ``out``, and a handed-off client leaving."""
+        mask = (selectors.EVENT_WRITE if sub.out else 0) | (selectors.EVENT_READ if sub.on_end is not None else 0)
+        if sub.failed or (sub.finishing and not sub.out):
+            mask = 0
+        if mask == sub.mask:
+            return
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            if not sub.mask:
+                selector.register(sub.sock, mask, sub)
+            elif not mask:
+                selector.unregister(sub.sock)
+            else:
+                selector.modify(sub.sock, mask, sub)
+        sub.mask = mask
 
     def _fail(self, sub: Subscription, reason: str) -> None:
         sub.failed = True
@@ -274,50 +342,99 @@ class Broadcaster:
                 elif not sub.out and not sub.finishing and now - sub.last_write >= self.heartbeat:
                     sub.out += sub.frame(HEARTBEAT)
                     self._send(sub)
+                if sub.finishing and not sub.out and sub.on_end is not None and sub.chunked and not sub.ended:
+                    sub.ended = True  # a handed-off response: its last chunk is the broadcaster's to write
+                    sub.out += LAST_CHUNK
+                    self._send(sub)
+            self._watch(selector, sub)  # before the socket is given back: then it is no longer watched
             if sub.failed or (sub.finishing and not sub.out):
-                if sub.writing:
-                    with contextlib.suppress(KeyError, ValueError, OSError):
-                        selector.unregister(sub.sock)
                 self._give_back(sub)
                 continue
-            if sub.out and not sub.writing:
-                with contextlib.suppress(ValueError, OSError):
-                    selector.register(sub.sock, selectors.EVENT_WRITE, sub)
-                    sub.writing = True
             keep.append(sub)
         self._subs = keep
 
     def _give_back(self, sub: Subscription) -> None:
         self.hub.unwatch()
+        if sub.on_end is not None:  # handed off: nobody waits for the socket, its owner closes it
+            sub.done.set()
+            try:
+                sub.on_end()
+            except Exception:
+                log.exception("ending a handed-off event stream failed")
+            return
         if not sub.failed:
             with contextlib.suppress(OSError):
                 sub.sock.setblocking(True)
         sub.done.set()
 
 
-def broadcast_stream(
-    broadcaster: Broadcaster,
-    sock: socket.socket,
-    *,
-    after: int,
-    run_id: str | None,
-    chunked: bool,
-    retry_ms: int,
-    event_filter: EventFilter | None = None,
-) -> Iterator[bytes]:
-    """The WSGI body of a stream served by the broadcaster.
+class BroadcastBody:
+    """The WSGI body of a stream the broadcaster writes; ``release`` runs once, when the stream is over.
 
     The first chunk goes through the WSGI server (which sends the head with
-    it); then the socket is the broadcaster's until the stream ends.  A client
-    that went away ends the response with a connection reset, which the
-    server closes quietly.
+    it); then the socket is the broadcaster's until the stream ends.  With
+    ``hand_off`` (the server catches :class:`HandOff`) the request thread
+    leaves at once; otherwise it waits here, and a client that went away ends
+    the response with a connection reset, which the server closes quietly.
     """
-    yield f"retry: {retry_ms}\n\n".encode()
-    sub = broadcaster.attach(sock, after, run_id, chunked, event_filter)
-    sub.done.wait()
-    if sub.failed:
-        log.debug("event stream dropped: %s", sub.reason)
-        raise ConnectionResetError(errno.ECONNRESET, sub.reason)
+
+    def __init__(
+        self,
+        broadcaster: Broadcaster,
+        sock: socket.socket,
+        *,
+        after: int,
+        run_id: str | None,
+        chunked: bool,
+        retry_ms: int,
+        event_filter: EventFilter | None = None,
+        release: Callable[[], None] = lambda: None,
+        hand_off: bool = False,
+    ) -> None:
+        self.broadcaster = broadcaster
+        self.sock = sock
+        self.stream = (after, run_id, chunked, event_filter)
+        self.retry_ms = retry_ms
+        self.hand_off = hand_off
+        self._release: Callable[[], None] | None = release
+        self._lock = threading.Lock()
+        self.handed_off = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._frames()
+
+    def _frames(self) -> Iterator[bytes]:
+        yield f"retry: {self.retry_ms}\n\n".encode()
+        if self.hand_off:
+            self.handed_off = True
+            raise HandOff(self._attach_handed_off)
+        sub = self.broadcaster.attach(self.sock, *self.stream)
+        sub.done.wait()
+        if sub.failed:
+            log.debug("event stream dropped: %s", sub.reason)
+            raise ConnectionResetError(errno.ECONNRESET, sub.reason)
+
+    def _attach_handed_off(self, closed: Callable[[], None]) -> None:
+        def on_end() -> None:
+            self._release_once()
+            closed()
+
+        try:
+            self.broadcaster.attach(self.sock, *self.stream, on_end=on_end)
+        except BaseException:
+            self._release_once()
+            raise
+
+    def close(self) -> None:
+        """Called by the WSGI server when the response is done, or handed off (then the stream's end releases)."""
+        if not self.handed_off:
+            self._release_once()
+
+    def _release_once(self) -> None:
+        with self._lock:
+            release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 def can_take_over(environ: dict) -> socket.socket | None:

@@ -254,9 +254,9 @@ class RunGroup:
         memory = pids = 0
         if self.memory is not None:
             name = "memory.events" if self.layout.memory_v2 else "memory.oom_control"
-            memory = _counter(self.memory / name, "oom_kill")
+            memory = _counter(self.memory / name, b"oom_kill")
         if self.pids is not None:
-            pids = _counter(self.pids / "pids.events", "max")
+            pids = _counter(self.pids / "pids.events", b"max")
         return memory, pids
 
     # Joining happens in the step's shell itself; these only tell this process's subreaper (runs/reaper.py,
@@ -276,7 +276,7 @@ class RunGroup:
         """No process left, not even a zombie that still counts against ``pids.max`` (cgroup1)."""
         if self.pids is not None and not self.layout.pids_v2:
             try:
-                return (self.pids / "pids.current").read_text().strip() == "0"
+                return _read(self.pids / "pids.current").strip() == b"0"
             except OSError:
                 return True
         return self.empty()
@@ -296,7 +296,7 @@ class RunGroup:
         """One read: cgroup2 says whether the group holds any process (``cgroup.events``)."""
         if self.killer is not None:
             try:
-                return b"populated 0" in (self.killer / "cgroup.events").read_bytes()
+                return b"populated 0" in _read(self.killer / "cgroup.events")
             except OSError:
                 return True
         return not self.members()
@@ -341,10 +341,16 @@ class RunGroup:
             _rmdir(directory.parent, quiet=True)
 
 
-def _counter(path: Path, key: str) -> int:
+def _read(path: Path) -> bytes:
+    """A small control file in one read: a run reads five, at half pathlib's cost (12 against 22 us)."""
+    with open(path, "rb", buffering=0) as fh:
+        return fh.read(65536)
+
+
+def _counter(path: Path, key: bytes) -> int:
     try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
+        for line in _read(path).splitlines():
+            name, _, value = line.partition(b" ")
             if name == key:
                 return int(value)
     except (OSError, ValueError):
@@ -415,8 +421,8 @@ class GroupPool:
         group.begin()
         return group
 
-    def release(self, group: RunGroup, timeout: float = 1.0) -> None:
-        """Kill what the run left in its group and keep the group for the next run, once it is clean."""
+    def release(self, group: RunGroup, timeout: float = 1.0) -> bool:
+        """Kill what the run left in its group and keep the group for the next run once clean; whether it is."""
         group.kill()
         deadline = time.monotonic() + timeout
         while not self._settle(group) and time.monotonic() < deadline:
@@ -434,6 +440,7 @@ class GroupPool:
                 left.append(old)
         with self._lock:
             self.retired.extend(left + ([] if clean else [group]))
+        return clean
 
     def _settle(self, group: RunGroup) -> bool:
         """Whether the group is clean, reaping the zombies of its killed processes if it is not."""

@@ -35,6 +35,7 @@ from .environment import artifacts_folder, host_environment, host_limits, make_w
 from .host_executor import HostStep, StepOutcome, run_host_step
 from .outputs import CONTAINER_PATH, OutputError, RunOutputs, exec_problem
 from .reaper import RunReaper, Subreaper
+from .workdirs import RunDirs, WorkDirPool, outputs_dir
 
 log = logging.getLogger("flwd.runner")
 
@@ -80,11 +81,12 @@ class RunExecutor:
         owner: str,
         groups: GroupPool | None,
         reaper: Subreaper | None,
+        workdirs: WorkDirPool | None = None,
     ) -> None:
         """Run ``claimed`` to its end and record it; never raises (a fault ends the run ``failed``)."""
         run = claimed.run
         status, exit_code, reason = RunStatus.FAILED, None, None
-        workdir: Path | None = None
+        dirs: RunDirs | None = None
         containment: RunGroup | RunReaper | None = None
         outputs: RunOutputs | None = None
         scrub = True
@@ -108,7 +110,8 @@ class RunExecutor:
                 EventType.RUN_STARTED.value,
                 {"owner": owner, "profile": profile.value, "submitted_by": run.submitted_by},
             )
-            workdir = make_workdir(self.settings.resolved_data_dir / "work", run.id)
+            dirs = self._dirs(run.id, workdirs)
+            workdir = dirs.workdir
             deadline = time.time() + job.timeout
             budget = OutputBudget(self.settings.limits.max_output_bytes)
             secrets = self._secret_mask(run.id, record.get("secret_args") or (), args)
@@ -154,15 +157,19 @@ class RunExecutor:
             log.exception("run %s failed inside flwd", run.id)
             status, reason = RunStatus.FAILED, f"flwd could not execute the run: {type(exc).__name__}"
         finally:
+            settled = False  # nothing of the run can still write into its directories
             if isinstance(containment, RunGroup) and groups is not None:
-                groups.release(containment)  # kills whatever a step left running, wherever it went
+                settled = groups.release(containment)  # kills whatever a step left running, wherever it went
             elif containment is not None:
                 containment.remove()
-            if workdir is not None:
-                collect_artifacts(self.store, self.settings, run.id, workdir, secrets)  # the run's processes are gone
-                remove_workdir(workdir)
-            if outputs is not None:
-                outputs.remove()
+            if dirs is not None:
+                collect_artifacts(self.store, self.settings, run.id, dirs.workdir, secrets)  # its processes are gone
+                if workdirs is not None:
+                    workdirs.release(dirs, reusable=settled)
+                else:
+                    remove_workdir(dirs.workdir)
+                    if outputs is not None:
+                        outputs.remove()
             try:
                 # Queued behind the run's own events; the next claim is queued behind it.
                 shown = outputs.public() if outputs is not None else None
@@ -171,6 +178,12 @@ class RunExecutor:
                 )
             except Exception:
                 log.exception("could not record the end of run %s", run.id)
+
+    def _dirs(self, run_id: str, workdirs: WorkDirPool | None) -> RunDirs:
+        if workdirs is not None:
+            return workdirs.acquire(run_id)
+        workdir = make_workdir(self.settings.resolved_data_dir / "work", run_id)
+        return RunDirs(workdir, outputs_dir(workdir))  # made by RunOutputs
 
     def _contain(
         self, run_id: str, profile: Profile, groups: GroupPool | None, reaper: Subreaper | None

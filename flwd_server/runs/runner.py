@@ -30,6 +30,7 @@ from .cgroups import CgroupLayout, GroupPool, base_name, sweep_leftovers
 from .execution import ActiveRun, RunExecutor
 from .host_executor import StepOutcome
 from .reaper import Subreaper
+from .workdirs import WorkDirPool
 
 log = logging.getLogger("flwd.runner")
 
@@ -76,6 +77,7 @@ class Runner:
         self._stopped = False
         self.reaper: Subreaper | None = None  # this process's, where no cgroup can be made (start())
         self.groups: GroupPool | None = None  # this process's run cgroups (start())
+        self.workdirs: WorkDirPool | None = None  # this process's run directories (start())
 
     # -- life cycle ------------------------------------------------------------
 
@@ -95,6 +97,9 @@ class Runner:
                 self.reaper = Subreaper()
             if self.cgroups is not None and self.groups is None:
                 self.groups = GroupPool(self.cgroups, self.cgroup_base, self.reaper)
+            if self.workdirs is None:
+                self.workdirs = WorkDirPool(self.settings.resolved_data_dir / "work")
+                self.workdirs.sweep()
             self._sweep_leftovers()
             self._pool = ThreadPoolExecutor(
                 max_workers=self.settings.limits.max_concurrent_runs, thread_name_prefix="flwd-run"
@@ -147,7 +152,9 @@ class Runner:
             self.groups.close()
         if self.reaper is not None:
             self.reaper.close()
-        self.groups = self.reaper = None  # a later start() makes new ones
+        if self.workdirs is not None:
+            self.workdirs.close()
+        self.groups = self.reaper = self.workdirs = None  # a later start() makes new ones
         with contextlib.suppress(Exception):
             self.store.unregister_owner(self.owner)
 
@@ -277,7 +284,9 @@ class Runner:
 
     def _execute(self, claimed: ClaimedRun, active: ActiveRun) -> None:
         try:
-            self.executor.execute(claimed, active, owner=self.owner, groups=self.groups, reaper=self.reaper)
+            self.executor.execute(
+                claimed, active, owner=self.owner, groups=self.groups, reaper=self.reaper, workdirs=self.workdirs
+            )
         finally:
             self._active.pop(claimed.run.id, None)
             self._wakeup.set()

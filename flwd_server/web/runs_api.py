@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from ..auth.scopes import Scope
 from ..errors import BadRequest, Unprocessable
-from ..events.broadcast import broadcast_stream, can_take_over
+from ..events.broadcast import HAND_OFF, BroadcastBody, can_take_over
 from ..events.sse import ClosingStream, crowd_pause, event_stream, parse_last_event_id
 from ..models import RunStatus
 from ..store.event_filter import PARAMETERS as FILTER_PARAMETERS
@@ -184,7 +184,7 @@ def sse_response(run_id: str | None) -> Response:
     sock = can_take_over(request.environ) if settings.sse.broadcast else None
     if sock is not None:
         chunked = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
-        body = broadcast_stream(
+        body = BroadcastBody(
             engine.broadcaster,
             sock,
             after=after,
@@ -192,13 +192,10 @@ def sse_response(run_id: str | None) -> Response:
             chunked=chunked,
             retry_ms=settings.sse.retry_ms,
             event_filter=event_filter,
+            release=slots.release,
+            hand_off=request.environ.get(HAND_OFF) is True,  # FlwdWorker: the stream gives its thread back
         )
-        return Response(
-            ClosingStream(body, slots.release),
-            mimetype="text/event-stream",
-            headers=SSE_HEADERS,
-            direct_passthrough=True,
-        )
+        return Response(body, mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True)
     frames = event_stream(
         engine.hub,
         after=after,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 from typing import Any
@@ -69,11 +70,12 @@ def _when_ready(server: Any) -> None:
     """The master listens now: only now is it true that flwd serves (a bind that fails never says so)."""
     settings = server.app.settings
     log.info(
-        "flwd serving on %s (profile %s, %d workers x %d threads, database %s%s)",
+        "flwd serving on %s (profile %s, %d workers x %d threads and %d event streams, database %s%s)",
         settings.bind,
         settings.default_profile,
         settings.workers,
         settings.threads,
+        settings.sse_max_streams,
         settings.database_label,
         ", --dev: token dev-token" if settings.dev else "",
         extra={"event": "serve.ready", "bind": settings.bind},
@@ -122,7 +124,7 @@ class JsonLogger(glogging.Logger):
 
 class FlwdServer(BaseApplication):
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        self.settings = settings.with_parked_streams()  # FlwdWorker hands streams to the broadcaster
         super().__init__()
 
     def load_config(self) -> None:
@@ -133,7 +135,7 @@ class FlwdServer(BaseApplication):
             "workers": s.workers,
             "threads": s.threads,
             "worker_class": FlwdWorker,  # gthread, with request heads read without a thread
-            "worker_connections": max(1000, s.threads * 4),
+            "worker_connections": worker_connections(s),
             "timeout": 30,  # gthread: a heartbeat of the worker loop, not a request timeout
             # A worker's runs get shutdown_grace from SIGTERM, then ~2 s to die (SIGTERM, SIGKILL of
             # their process groups) and up to 15 s to record their end: the master must wait that long.
@@ -162,6 +164,45 @@ class FlwdServer(BaseApplication):
 
     def load(self) -> Any:
         return create_app(self.settings)
+
+
+def worker_connections(settings: Settings) -> int:
+    """Connections a worker holds at once: its open streams (no thread each) and as many again for the rest."""
+    return settings.sse_max_streams + max(1000, settings.threads * 4)
+
+
+def raise_open_files_limit(settings: Settings) -> int:
+    """Raise this process's open-file soft limit to the hard limit (the workers inherit it); the new soft limit.
+
+    A worker holds up to ``worker_connections`` sockets besides its database and
+    log files, more than the common soft limit of 1,024.  A hard limit below
+    that is said once, with the figure: streams past it fail to connect.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):  # an infinite hard limit above fs.nr_open: keep what we have
+            pass
+    needed = worker_connections(settings) + 256
+    log.info(
+        "open files: soft limit %s (hard %s); a worker may need %d",
+        "unlimited" if soft == resource.RLIM_INFINITY else soft,
+        "unlimited" if hard == resource.RLIM_INFINITY else hard,
+        needed,
+        extra={"event": "serve.open_files", "soft": soft, "hard": hard, "needed": needed},
+    )
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the open-file hard limit (%d) is below what a worker may hold (%d): raise it (LimitNOFILE=, ulimit -Hn) "
+            "or lower sse.max_streams",
+            hard,
+            needed,
+            extra={"event": "serve.open_files_low", "soft": soft, "needed": needed},
+        )
+    return soft
 
 
 def graceful_timeout(shutdown_grace: float) -> int:
@@ -237,4 +278,5 @@ def serve(settings: Settings) -> None:
     if lost:
         log.warning("%d runs were left running by a previous server and are now lost: %s", len(lost), ", ".join(lost))
     prepare_sources(settings)
+    raise_open_files_limit(settings.with_parked_streams())
     FlwdServer(settings).run()

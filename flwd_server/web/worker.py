@@ -13,6 +13,15 @@ would enforce (``limit_request_line``, ``limit_request_fields`` x
 ``limit_request_field_size``), is dropped.  Kept-alive connections go through
 the same path for their next request.
 
+An event stream gives its thread back, too: its body raises
+:class:`~flwd_server.events.broadcast.HandOff` after the response head and
+first chunk, which passes gunicorn's response handling (a ``BaseException``)
+to :meth:`FlwdWorker.handle`; the connection then belongs to the engine's
+broadcaster, which writes every parked stream from one thread and reports the
+stream's end here, where the connection is closed and no longer counted.  The
+worker's ``worker_connections`` count streams with the rest, and a stopping
+worker waits for them as for any connection (the engine ends them at once).
+
 The worker also leaves at once when gunicorn's master is gone (SIGKILL): it
 closes its listening sockets, so clients are refused and a new server can
 bind the port, and the engine stops its runs, which end ``lost``.
@@ -33,17 +42,19 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from ..config import HTTPSettings
 from ..engine import Engine
+from ..events.broadcast import HAND_OFF, HandOff
 
 HEAD_END = b"\r\n\r\n"
 READ_SIZE = 65536
 STOP_LINGER = 2.0  # seconds a stopping worker still waits for a head under way
 REFUSED = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 MASTER_GONE = "the server's master process died; the worker stopped the run"
+HANDED_OFF = object()  # what ``handle`` returns for a connection the broadcaster now owns
 
 
 def engine_of(worker: Any) -> Engine | None:
     """The engine of the app a gunicorn worker serves (None before the app is loaded)."""
-    app = getattr(worker, "wsgi", None)
+    app = getattr(worker, "flwd_app", None) or getattr(worker, "wsgi", None)
     config = getattr(app, "config", None)
     return config.get("FLWD_ENGINE") if config else None
 
@@ -84,6 +95,17 @@ class FlwdWorker(ThreadWorker):
         self.head_limit = head_limit(self.cfg)
         self.heads: dict[Any, float] = {}  # connections reading a head -> deadline; insertion order is deadline order
         self.master_gone = False
+
+    def load_wsgi(self) -> None:
+        """Tell the app (``environ[HAND_OFF]``) that this worker catches a stream's ``HandOff``."""
+        super().load_wsgi()
+        self.flwd_app = app = self.wsgi
+
+        def serve(environ: dict[str, Any], start_response: Any) -> Any:
+            environ[HAND_OFF] = True
+            return app(environ, start_response)
+
+        self.wsgi = serve
 
     # -- heads, on the poller ----------------------------------------------------
 
@@ -161,7 +183,23 @@ class FlwdWorker(ThreadWorker):
             conn.sock.setblocking(True)
             conn.init()  # plain HTTP/1.x (check_config): only makes the parser, reads nothing
             conn.parser.unreader.unread(head)
-        return super().handle(conn)
+        try:
+            return super().handle(conn)
+        except HandOff as hand_off:  # the stream's head and first chunk are sent; gunicorn wrote nothing after
+            hand_off.start(partial(self.method_queue.defer, self.on_stream_end, conn))
+            return HANDED_OFF
+
+    # -- handed-off streams, on the poller ------------------------------------------
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        if not fs.cancelled() and fs.exception() is None and fs.result() is HANDED_OFF:
+            return  # the broadcaster has the connection; on_stream_end closes it (maybe already did)
+        super().finish_request(conn, fs)
+
+    def on_stream_end(self, conn: Any) -> None:
+        """The broadcaster wrote a handed-off stream's end (or gave up on its client): close it."""
+        self.nr_conns -= 1
+        conn.close()
 
     # -- the master ----------------------------------------------------------------
 

@@ -30,11 +30,12 @@ from . import (
     fig_multinode,
     fig_queue,
     fig_runs,
+    fig_streams,
     fig_throughput,
 )
 from .harness import FlwdServer, Workspace
 from .jobsrc import write_bench_source
-from .report import Row, machine, table
+from .report import Row, combine, machine, table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,17 +44,21 @@ REPO = Path(__file__).resolve().parents[2]
 class Figure:
     title: str
     measure: Callable[[Context], tuple[list[Row], dict[str, Any]]]
+    # Repetitions without --repeat: a noisy figure gets more; a long one (PostgreSQL, the
+    # browser) fewer, so that a full run stays within about 20 minutes (docs/performance.rst).
+    repeat: int = 3
 
 
 FIGURES: dict[int, Figure] = {
-    1: Figure("completed runs/s: flwd vs webhook", fig_runs.measure),
+    1: Figure("completed runs/s: flwd vs the stack's limit vs webhook", fig_runs.measure),
     2: Figure("POST /runs -> first output line on SSE", fig_first_output.measure),
     3: Figure("SSE fan-out to many clients", fig_fanout.measure),
-    4: Figure("output throughput", fig_throughput.measure),
+    4: Figure("output throughput", fig_throughput.measure, repeat=5),
     5: Figure("idle memory and GET /jobs", fig_idle.measure),
-    6: Figure("completed runs/s with 1, 2 and 3 nodes on one PostgreSQL", fig_multinode.measure),
-    7: Figure("the dashboard in a browser: first paint, live list, a million lines", fig_dashboard.measure),
-    8: Figure("the queue: claims and queue positions with 10,000 and 100,000 queued", fig_queue.measure),
+    6: Figure("runs/s on PostgreSQL: 1, 2 and 3 nodes, and the database's cost per run", fig_multinode.measure, 2),
+    7: Figure("the dashboard in a browser: first paint, live list, a million lines", fig_dashboard.measure, 1),
+    8: Figure("1,000 event streams on default settings, and the API meanwhile", fig_streams.measure, 2),
+    9: Figure("the queue: claims and queue positions with 10,000 and 100,000 queued", fig_queue.measure, 1),
 }
 
 
@@ -68,6 +73,13 @@ class Options:
     duration: int = 10
     fanout_clients: int = 1000
     keep: bool = False
+    repeat: int | None = None  # None: each figure's own default (Figure.repeat); --quick: 1
+    py_spy: Path | None = None
+
+    def repetitions(self, figure: Figure) -> int:
+        if self.repeat is not None:
+            return self.repeat
+        return 1 if self.quick else figure.repeat
 
     def pick(self, full: Any, quick: Any) -> Any:
         return quick if self.quick else full
@@ -129,6 +141,19 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     parser.add_argument("--fanout-clients", type=int, help="figure 3: SSE clients (default: 1000, --quick: 100)")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        help="measure each figure N times and report the median with min-max "
+        "(default: 3; figure 4: 5; figure 6: 2; figure 7: 1; --quick: 1)",
+    )
+    parser.add_argument(
+        "--py-spy",
+        dest="py_spy",
+        metavar="DIR",
+        help="figure 1: record a py-spy profile of each flwd worker under the load into DIR "
+        "(needs py-spy on PATH or in .venv, and ptrace rights)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the temp dir (server logs, configs) for a look afterwards"
     )
     ns = parser.parse_args(argv)
@@ -139,7 +164,7 @@ def parse_args(argv: list[str] | None) -> Options:
     unknown = [n for n in only if n not in FIGURES]
     if unknown or not only:
         parser.error(f"--only: figures are {', '.join(map(str, FIGURES))}; got {ns.only!r}")
-    for name in ("flwd_workers", "flwd_threads", "duration", "fanout_clients"):
+    for name in ("flwd_workers", "flwd_threads", "duration", "fanout_clients", "repeat"):
         value = getattr(ns, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')}: must be at least 1")
@@ -155,6 +180,8 @@ def parse_args(argv: list[str] | None) -> Options:
         duration=ns.duration or (3 if ns.quick else 10),
         fanout_clients=ns.fanout_clients or (100 if ns.quick else 1000),
         keep=ns.keep,
+        repeat=ns.repeat,
+        py_spy=Path(ns.py_spy).resolve() if ns.py_spy else None,
     )
 
 
@@ -172,6 +199,40 @@ def _raise_open_files_limit() -> None:
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def measure_repeatedly(ctx: Context, number: int, figure: Figure) -> tuple[list[Row], dict[str, Any]]:
+    """Measure ``figure`` as often as asked; its rows are the medians (report.combine).
+
+    The details are the first good repetition's (so readers of one run's details keep
+    working) plus ``repetitions``: every good repetition's details in order.  A repetition
+    that fails does not end the figure, and is not hidden either: the table gets an
+    ``ERROR`` row saying how many failed and why, the details an ``error`` (the bench then
+    exits 1), and the medians are of the repetitions that worked (``n`` says how many)."""
+    count = ctx.opts.repetitions(figure)
+    all_rows: list[list[Row]] = []
+    all_details: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
+    for i in range(count):
+        log(f"figure {number}: {figure.title} ..." + (f" ({i + 1} of {count})" if count > 1 else ""))
+        try:
+            figure_rows, figure_details = figure.measure(ctx)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            log(f"figure {number} failed: {exc}")
+            failures.append({"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+            continue
+        all_rows.append(figure_rows)
+        all_details.append(figure_details)
+    details: dict[str, Any] = {**(all_details[0] if all_details else {}), "repeat": count, "repetitions": all_details}
+    rows = combine(all_rows)
+    if failures:
+        error = failures[0]["error"]
+        what = figure.title if count == 1 else f"{figure.title}: {len(failures)} of {count} repetitions failed"
+        rows.append(Row(number, what, None, error=error))
+        details.update(error=error, traceback=failures[0]["traceback"], failures=failures)
+    return rows, details
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,17 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(ws, opts, bench_source=write_bench_source(ws.path("bench-source")))
         for number in opts.only:
             figure = FIGURES[number]
-            log(f"figure {number}: {figure.title} ...")
             began = time.monotonic()
-            try:
-                figure_rows, figure_details = figure.measure(ctx)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:
+            figure_rows, figure_details = measure_repeatedly(ctx, number, figure)
+            if "error" in figure_details:
                 errors += 1
-                log(f"figure {number} failed: {exc}")
-                figure_rows = [Row(number, figure.title, None, error=f"{type(exc).__name__}: {exc}")]
-                figure_details = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             figure_details["seconds"] = round(time.monotonic() - began, 1)
             rows += figure_rows
             details[str(number)] = figure_details
@@ -232,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nflwd bench, {started:%Y-%m-%d %H:%M} UTC, {info['cpus']} CPUs ({info['cpu_model']}), load {info['load_average'][0]:.1f}, commit {info['commit']}"
     )
-    print(f"command: {command}{'  [QUICK: smoke figures, not for quoting]' if opts.quick else ''}\n")
+    print(f"command: {command}{'  [QUICK: smoke figures, not for quoting]' if opts.quick else ''}")
+    seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
+    print(f"each value: the median of its repetitions; spread: min-max (count); {seconds / 60:.1f} minutes\n")
     print(table(rows))
     for row in rows:
         if row.error:

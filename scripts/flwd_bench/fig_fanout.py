@@ -8,6 +8,9 @@ bench creates the go file.  Delivery latency of a line at one client =
 arrival time at that client minus EPOCH, on the same machine's clock; each
 client's replay of the history before "go" carries no tick lines.
 
+flwd runs with its default settings (2 workers x 32 threads, the default
+``sse.max_streams``): the goal is 1,000 clients on default settings.
+
 Server CPU is the user+system time of gunicorn's master and workers (not the
 job's process) over the window from "go" to the last client done, in percent
 of one core; memory is the RSS of master and workers, sampled every 0.25 s,
@@ -40,13 +43,13 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     clients = ctx.opts.fanout_clients
     lines = ctx.opts.pick(500, 200)  # 5 s (quick: 2 s) of ticks
     client_procs = max(1, min(4, os.cpu_count() or 1, math.ceil(clients / 100)))
-    # The kernel does not balance accepted connections between gunicorn workers: any worker
-    # may get all the streams, so each is sized for all of them, with 16 threads left for the API.
-    threads = ctx.opts.flwd_threads or clients + 24
-    config = {"threads": threads, "sse": {"max_streams": max(1, threads - 16)}}
-    server = ctx.flwd("fanout", **config)
+    # Issue 19's goal holds on flwd's default settings: no thread tuning here (--flwd-threads
+    # still applies, through ctx.flwd, for a look at a tuned server).
+    server = ctx.flwd("fanout")
     ws = ctx.ws
-    go = ws.path("fanout.go")
+    # Names of their own in each repetition: a go file or a ready file left by the last one would start it early.
+    tag = f"{server.name}-clients"  # the server's name is unique in the temp dir
+    go = ws.path(f"{tag}.go")
     client_list = []
     try:
         api = server.api()
@@ -62,7 +65,7 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         timeout = 120.0 + clients / 20 + lines * 0.05
         share = [clients // client_procs + (1 if i < clients % client_procs else 0) for i in range(client_procs)]
         for i, n in enumerate(share):
-            out = ws.path(f"fanout-{i}")
+            out = ws.path(f"{tag}-{i}")
             args = [ctx.python, "-m", "flwd_bench.fanout_client", "--port", str(server.port), "--host", LOOPBACK]
             args += [
                 "--path",
@@ -74,13 +77,13 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
                 "--timeout",
                 str(timeout),
             ]
-            client_list.append((ws.spawn(args, log=f"fanout-{i}.log", env={**os.environ, "PYTHONPATH": SCRIPTS}), out))
+            client_list.append((ws.spawn(args, log=f"{tag}-{i}.log", env={**os.environ, "PYTHONPATH": SCRIPTS}), out))
 
         def all_ready() -> bool:
             for proc, out in client_list:
                 if exited(proc) and not out.with_suffix(".ready").exists():
                     raise RuntimeError(
-                        "a fan-out client exited before connecting; see fanout-N.log in the temp dir (--keep)"
+                        "a fan-out client exited before connecting; see fanout*-clients-N.log in the temp dir (--keep)"
                     )
             return all(out.with_suffix(".ready").exists() for _, out in client_list)
 
@@ -126,10 +129,11 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             f"{clients:,} SSE clients: streams complete",
             complete,
             f"of {clients:,}",
+            Goal(">=", clients),
             note=f"statuses {statuses}; lines per client min {lines_min} of {lines}",
         ),
         Row(3, "delivery latency p50", ms.get("p50"), "ms"),
-        Row(3, "delivery latency p99", ms.get("p99"), "ms", Goal("<=", 100)),
+        Row(3, "delivery latency p99", ms.get("p99"), "ms", Goal("<=", 50)),
         Row(3, "server CPU (master + workers)", 100 * cpu / window, "% of a core"),
         Row(3, "server RSS peak (master + workers)", peak.rss / MB, "MB"),
         Row(3, "bench's SSE clients CPU", 100 * client_cpu / window, "% of a core", note=f"{client_procs} processes"),

@@ -25,7 +25,9 @@ its transaction commits) to its arrival at the client.  The issue's goal: within
 All of it runs on the one machine: the nodes, the database and wrk share its
 cores, so more nodes add coordination, not CPU.  The figure shows what the
 shared database costs and that throughput does not collapse as nodes are added;
-on separate machines each node brings its own cores.
+on separate machines each node brings its own cores.  So on one node the figure
+also measures what each run costs the database and computes the runs/s at which
+one PostgreSQL saturates (``pgmodel``), printing the calculation.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import os
 import socket
 import statistics
 import sys
@@ -41,6 +44,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import pgmodel
 from .client import TOKEN
 from .fig_runs import flwd_runs_per_second
 from .harness import LOOPBACK, FlwdServer
@@ -67,6 +71,7 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     workers = ctx.opts.flwd_workers or 1
     base = {"workers": workers, "limits": {"max_concurrent_runs": clients, "max_run_history": 1_000_000}}
     drain = max(60.0, 10.0 * seconds)
+    cores = os.cpu_count() or 1
     details: dict[str, Any] = {"clients": clients, "seconds": seconds, "workers_per_node": workers, "nodes": {}}
     rows: list[Row] = []
 
@@ -78,11 +83,12 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     details["sqlite"] = sqlite
     rows.append(_row("SQLite, 1 node", sqlite, clients, seconds, workers))
 
-    with _cluster(ctx.ws.path("postgres")) as cluster:
+    with _cluster(ctx.ws.path(ctx.ws.unique("postgres"))) as cluster:
         details["postgres"] = {"server_version": _server_version(cluster)}
         for count in NODE_COUNTS:
             url = cluster.create_database(f"bench{count}")
             nodes = []
+            idle = before = None
             try:
                 for index in range(count):
                     nodes.append(ctx.flwd(f"pg{count}-node{index + 1}", db_url=url, **base))
@@ -100,14 +106,53 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
                             note=f"{latency['events']} events",
                         ),
                     ]
+                if count == 1:
+                    idle = pgmodel.snapshot(cluster, url)
+                    time.sleep(ctx.opts.pick(3.0, 1.0))  # the idle node's own rate, taken off below
+                    before = pgmodel.snapshot(cluster, url)
                 result = flwd_runs_per_second(nodes, clients, seconds, drain_timeout=drain)
             finally:
                 for started in nodes:
                     started.stop()
+            try:
+                if (
+                    idle is not None and before is not None
+                ):  # after the nodes stopped: their backends have flushed their statistics
+                    cost = pgmodel.model(
+                        idle,
+                        before,
+                        pgmodel.snapshot(cluster, url),
+                        result["finished"],
+                        pgmodel.events_stored(url),
+                        cores,
+                    )
+                    details["model"] = cost
+                    rows += _model_rows(cost)
+            finally:
                 cluster.drop_database(url)
             details["nodes"][str(count)] = result
             rows.append(_row(f"PostgreSQL, {count} node{'s' if count > 1 else ''}", result, clients, seconds, workers))
     return rows, details
+
+
+def _model_rows(cost: dict[str, Any]) -> list[Row]:
+    """The database's cost per run on one node and the runs/s at which it saturates (pgmodel)."""
+    if "calculation" in cost:
+        print(f"[bench] figure 6 model: {cost['calculation']}", file=sys.stderr, flush=True)
+    return [
+        Row(6, "PostgreSQL CPU per run (1 node, all its processes)", cost.get("cpu_ms_per_run"), "ms"),
+        Row(6, "PostgreSQL CPU per event", cost.get("cpu_us_per_event"), "us"),
+        Row(6, "PostgreSQL commits per run", cost.get("commits_per_run"), ""),
+        Row(6, "PostgreSQL statement time per run (active_time)", cost.get("active_ms_per_run"), "ms"),
+        Row(6, "PostgreSQL WAL per run", (cost.get("wal_bytes_per_run") or 0) / 1024 or None, "KiB"),
+        Row(
+            6,
+            "runs/s at which one PostgreSQL saturates, per core (model)",
+            cost.get("saturation_runs_per_second_per_core"),
+            "runs/s",
+            note=cost.get("calculation", ""),
+        ),
+    ]
 
 
 def _row(label: str, result: dict[str, Any], clients: int, seconds: int, workers: int) -> Row:

@@ -1,4 +1,4 @@
-"""Figure 8: the queue with 10,000 and 100,000 queued runs: the claim, and the queue position.
+"""Figure 9: the queue with 10,000 and 100,000 queued runs: the claim, and the queue position.
 
 A SQLite database is filled directly (one transaction): N queued runs of the concurrency
 group ``deploy`` (limit 1), behind one running run of that group whose owner is this
@@ -199,8 +199,8 @@ def _postgres(ctx: Context, counts: tuple[int, ...], repeat: int) -> tuple[list[
                     stats["claim_nothing_ms"]["p50"],
                     "ms",
                 ),
-                Row(8, f"PostgreSQL claim of the one run behind {queued:,}: p50", stats["claim_found_ms"]["p50"], "ms"),
-                Row(8, f"PostgreSQL queue position {queued:,}: p50", stats["position_ms"]["p50"], "ms"),
+                Row(9, f"PostgreSQL claim of the one run behind {queued:,}: p50", stats["claim_found_ms"]["p50"], "ms"),
+                Row(9, f"PostgreSQL queue position {queued:,}: p50", stats["position_ms"]["p50"], "ms"),
             ]
     return rows, details
 
@@ -215,12 +215,12 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         http = _http(ctx, path, last, queued, ctx.opts.pick(50, 5))
         claim_none, claim_found = summary(nothing), summary(found)
         rows += [
-            Row(8, f"claim, {queued:,} queued in a full group: p50", claim_none["p50"], "ms"),
-            Row(8, f"claim of the one run behind {queued:,} skipped: p50", claim_found["p50"], "ms"),
-            Row(8, f"GET /runs/ID at position {queued:,}: p50", http["one_ms"]["p50"], "ms"),
-            Row(8, f"GET /runs?status=queued (50, {queued:,} in all): p50", http["page_ms"]["p50"], "ms"),
-            Row(8, "  server CPU per request of the two above (mean)", http["cpu_ms_per_request"], "ms"),
-            Row(8, f"server CPU while idle, {queued:,} blocked", 100 * http["idle_cpu_per_s"], "% of a core"),
+            Row(9, f"claim, {queued:,} queued in a full group: p50", claim_none["p50"], "ms"),
+            Row(9, f"claim of the one run behind {queued:,} skipped: p50", claim_found["p50"], "ms"),
+            Row(9, f"GET /runs/ID at position {queued:,}: p50", http["one_ms"]["p50"], "ms"),
+            Row(9, f"GET /runs?status=queued (50, {queued:,} in all): p50", http["page_ms"]["p50"], "ms"),
+            Row(9, "  server CPU per request of the two above (mean)", http["cpu_ms_per_request"], "ms"),
+            Row(9, f"server CPU while idle, {queued:,} blocked", 100 * http["idle_cpu_per_s"], "% of a core"),
         ]
         details[str(queued)] = {"claim_nothing_ms": claim_none, "claim_found_ms": claim_found, **http}
     pg_rows, details["postgres"] = _postgres(

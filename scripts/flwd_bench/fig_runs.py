@@ -1,6 +1,8 @@
-"""Figure 1: completed runs per second of a trivial job, flwd vs webhook's synchronous hook.
+"""Figure 1: completed runs per second of a trivial job: flwd, the stack's own limit, webhook.
 
-Both servers get the same load: ``wrk`` with the same number of keep-alive
+The stack's limit is ``stack_app``: a minimal Flask app on flwd's gunicorn shape
+whose ``POST`` runs ``sh -c true`` and stores six events in SQLite.  All three
+servers get the same load: ``wrk`` with the same number of keep-alive
 connections, each sending its next request as soon as the previous one is
 answered, for the same number of seconds.
 
@@ -11,6 +13,13 @@ answered, for the same number of seconds.
   counts the runs that *finished*, over the whole window: from the first
   submission to the ``finished_at`` of the last run.  A server that accepts
   faster than it executes gains nothing from it.
+
+Server CPU per run is the user+system time of the server's processes (gunicorn's
+master and workers; webhook's one process) from the start of the load to the
+drained queue, divided by the runs completed.  A command is a child process: its
+time is not in its parent's utime/stime, so the commands are excluded; what a
+child does between fork and exec (flwd's pre-exec set-up) is excluded with it.
+The children's own time (waited for: cutime+cstime) is reported beside it.
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from . import procs
-from .harness import FlwdServer, WebhookServer, Workspace, wait_for
+from .harness import FlwdServer, StackServer, WebhookServer, Workspace, wait_for
 from .jobsrc import BENCH_SOURCE
+from .profiling import PySpy
 from .report import Goal, Row
 
 if TYPE_CHECKING:
@@ -111,16 +121,20 @@ def all_runs(server: FlwdServer) -> list[dict[str, Any]]:
     return runs
 
 
-def flwd_runs_per_second(nodes: list[FlwdServer], clients: int, seconds: int, drain_timeout: float) -> dict[str, Any]:
+def flwd_runs_per_second(
+    nodes: list[FlwdServer], clients: int, seconds: int, drain_timeout: float, profile: PySpy | None = None
+) -> dict[str, Any]:
     """Submit ``bench-true`` from ``clients`` connections for ``seconds``, wait for the queue to drain,
     count the finished runs.  Several nodes (sharing one database) split the clients between them."""
     # Spread clients over the nodes; one node (today's only case) gets them all.
     share = [clients // len(nodes) + (1 if i < clients % len(nodes) else 0) for i in range(len(nodes))]
     server = nodes[0]
     pids = [pid for node in nodes for pid in node.server_pids()]
-    cpu0 = procs.total_cpu(pids)
+    cpu0, children0 = procs.total_cpu(pids), procs.total_children_cpu(pids)
     began = time.time()
     body = {"job": JOB, "source": BENCH_SOURCE}
+    if profile is not None:
+        profile.start(server.worker_pids(), seconds)
     with ThreadPoolExecutor(len(nodes)) as pool:  # one wrk per node, all at once
         futures = [
             pool.submit(run_wrk, server.ws, f"flwd-{i}", node.url + "/runs", body, n, seconds)
@@ -150,6 +164,9 @@ def flwd_runs_per_second(nodes: list[FlwdServer], clients: int, seconds: int, dr
         api.close()
     drained_at = time.time()
     cpu = procs.total_cpu(pids) - cpu0
+    children_cpu = procs.total_children_cpu(pids) - children0
+    if profile is not None:
+        profile.finish()
     runs = all_runs(server)
     finished = [r for r in runs if r["status"] in TERMINAL]
     statuses: dict[str, int] = {}
@@ -172,53 +189,86 @@ def flwd_runs_per_second(nodes: list[FlwdServer], clients: int, seconds: int, dr
         "wrk": loads,
         "server_cpu_seconds": cpu,
         "server_cpu_ms_per_run": 1000 * cpu / len(finished) if finished else None,
+        "children_cpu_ms_per_run": 1000 * children_cpu / len(finished) if finished else None,
     }
 
 
-def webhook_runs_per_second(hook: WebhookServer, clients: int, seconds: int) -> dict[str, Any]:
-    cpu0 = procs.total_cpu(hook.server_pids())
-    load = run_wrk(hook.ws, "webhook", hook.url, {"job": JOB}, clients, seconds)
-    cpu = procs.total_cpu(hook.server_pids()) - cpu0
+def sync_runs_per_second(server: WebhookServer | StackServer, name: str, clients: int, seconds: int) -> dict[str, Any]:
+    """A server that answers when the command has finished: every 2xx is a completed run."""
+    pids = server.server_pids()
+    cpu0, children0 = procs.total_cpu(pids), procs.total_children_cpu(pids)
+    load = run_wrk(server.ws, name, server.url, {"job": JOB, "source": BENCH_SOURCE}, clients, seconds)
+    cpu = procs.total_cpu(pids) - cpu0
+    children_cpu = procs.total_children_cpu(pids) - children0
     return {
         "runs_per_second": load["ok"] / load["seconds"],
         "completed": load["ok"],
         "wrk": load,
         "server_cpu_seconds": cpu,
         "server_cpu_ms_per_run": 1000 * cpu / load["ok"] if load["ok"] else None,
+        "children_cpu_ms_per_run": 1000 * children_cpu / load["ok"] if load["ok"] else None,
     }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
 
 
 def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     clients, seconds = ctx.opts.clients, ctx.opts.duration
     hook = WebhookServer(ctx.ws).start()
     try:
-        webhook = webhook_runs_per_second(hook, clients, seconds)
+        webhook = sync_runs_per_second(hook, "webhook", clients, seconds)
     finally:
         hook.stop()
     # Allow as many runs at once as webhook has commands in flight: one per client.
     config = {"limits": {"max_concurrent_runs": clients, "max_run_history": 1_000_000}}
     server = ctx.flwd("runs", **config)
     try:
-        flwd = flwd_runs_per_second([server], clients, seconds, drain_timeout=max(60.0, 10.0 * seconds))
+        profile = PySpy(ctx.opts.py_spy, ctx.ws) if ctx.opts.py_spy else None
+        flwd = flwd_runs_per_second(
+            [server], clients, seconds, drain_timeout=max(60.0, 10.0 * seconds), profile=profile
+        )
     finally:
         server.stop()
-    ratio = (
-        flwd["runs_per_second"] / webhook["runs_per_second"]
-        if flwd["runs_per_second"] and webhook["runs_per_second"]
-        else None
-    )
+    # The stick gets the shape the flwd above had (--flwd-workers/--flwd-threads included).
+    stack_server = StackServer(ctx.ws, ctx.python, server.config["workers"], server.config["threads"]).start()
+    try:
+        stack = sync_runs_per_second(stack_server, "stack", clients, seconds)
+    finally:
+        stack_server.stop()
     note = f"{clients} connections each, {seconds} s"
+    rps = flwd["runs_per_second"]
     rows = [
         Row(
             1,
             f"flwd completed runs/s ({clients} clients)",
-            flwd["runs_per_second"],
+            rps,
             "runs/s",
             note=note + (", queue did NOT drain" if flwd["drain_timed_out"] else ""),
         ),
         Row(1, "flwd submissions accepted/s", flwd["accepted_per_second"], "req/s"),
+        Row(
+            1,
+            f"stack limit runs/s (Flask + sh -c true + 6 events, {clients} clients)",
+            stack["runs_per_second"],
+            "runs/s",
+        ),
         Row(1, f"webhook completed runs/s ({clients} clients)", webhook["runs_per_second"], "runs/s", note=note),
-        Row(1, "runs/s ratio flwd / webhook", ratio, "", Goal(">=", 1.0)),
+        Row(1, "runs/s ratio flwd / stack limit", _ratio(rps, stack["runs_per_second"]), "", Goal(">=", 0.9)),
+        Row(1, "runs/s ratio flwd / webhook (long term)", _ratio(rps, webhook["runs_per_second"]), "", Goal(">=", 1.0)),
+        Row(1, "runs/s ratio stack limit / webhook", _ratio(stack["runs_per_second"], webhook["runs_per_second"]), ""),
+        Row(1, "flwd server CPU per run (commands excluded)", flwd["server_cpu_ms_per_run"], "ms", Goal("<=", 1.2)),
+        Row(1, "stack limit server CPU per run (commands excluded)", stack["server_cpu_ms_per_run"], "ms"),
+        Row(1, "webhook server CPU per run (commands excluded)", webhook["server_cpu_ms_per_run"], "ms"),
     ]
-    details = {"clients": clients, "seconds": seconds, "flwd_config": server.config, "flwd": flwd, "webhook": webhook}
+    details = {
+        "clients": clients,
+        "seconds": seconds,
+        "flwd_config": server.config,
+        "flwd": flwd,
+        "stack": stack,
+        "webhook": webhook,
+        "profiles": profile.outputs if profile else [],
+    }
     return rows, details

@@ -283,3 +283,58 @@ class WebhookServer:
         if self.proc is not None:
             self.ws.stop(self.proc)
             self.proc = None
+
+
+class StackServer:
+    """The stack's own limit: ``stack_app`` under gunicorn's gthread worker with flwd's shape.
+
+    ``workers`` and ``threads`` are what the flwd of the same figure gets; the other settings
+    are those ``flwd :serve`` gives gunicorn (keep-alive 5 s, worker connections)."""
+
+    def __init__(self, ws: Workspace, python: str, workers: int, threads: int) -> None:
+        self.ws = ws
+        self.python = python
+        self.workers = workers
+        self.threads = threads
+        self.port = free_port()
+        self.name = ws.unique("stack")
+        self.dir = ws.path(self.name)
+        self.dir.mkdir()
+        self.db = self.dir / "stack.db"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}/runs"
+
+    def start(self, timeout: float = 60.0) -> StackServer:
+        from .stack_app import create_db
+
+        create_db(str(self.db))
+        scripts = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": scripts, "STACK_DB": str(self.db), "PYTHONUNBUFFERED": "1"}
+        args = [self.python, "-m", "gunicorn", "--worker-class", "gthread", "--workers", str(self.workers)]
+        args += ["--threads", str(self.threads), "--worker-connections", str(max(1000, self.threads * 4))]
+        args += ["--keep-alive", "5", "--bind", f"{LOOPBACK}:{self.port}", "--log-level", "warning"]
+        args += ["flwd_bench.stack_app:app"]
+        self.proc = self.ws.spawn(args, log=f"{self.name}.log", env=env)
+
+        def ready() -> bool:
+            if self.proc is not None and exited(self.proc):
+                raise RuntimeError(f"the stack-limit app exited; see {self.name}.log in the temp dir (--keep)")
+            return len(procs.children(self.proc.pid)) >= self.workers and port_open(self.port)
+
+        try:
+            wait_for(ready, timeout, f"the stack-limit app on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def server_pids(self) -> list[int]:
+        return [self.proc.pid, *procs.children(self.proc.pid)] if self.proc else []
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.ws.stop(self.proc)
+            self.proc = None

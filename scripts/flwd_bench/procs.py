@@ -44,6 +44,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def children_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the children ``pid`` has waited for (and theirs): the commands."""
+    fields = _stat_fields(pid)
+    if not fields:
+        return 0.0
+    return (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s children, their children, and so on (a database's backends under its postmaster)."""
+    found, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
 @dataclass(frozen=True)
 class Memory:
     rss: int  # bytes, pages shared between forked workers counted once per process
@@ -80,6 +98,10 @@ def total_memory(pids: list[int]) -> Memory:
 
 def total_cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
+
+
+def total_children_cpu(pids: list[int]) -> float:
+    return sum(children_cpu_seconds(pid) for pid in pids)
 
 
 def processes_under(root: Path) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ class Row:
     goal: Goal | None = None
     note: str = ""
     error: str = ""
+    spread: tuple[float, float] | None = None  # min and max over the repetitions
+    n: int = 1  # repetitions the value is the median of
 
     @property
     def result(self) -> str:
@@ -55,7 +58,43 @@ class Row:
             "result": self.result or None,
             "note": self.note,
             "error": self.error or None,
+            "n": self.n,
+            "spread": None if self.spread is None else {"min": self.spread[0], "max": self.spread[1]},
         }
+
+
+def combine(repetitions: list[list[Row]]) -> list[Row]:
+    """One row per line of a figure: the median over the repetitions, with min-max and the count.
+
+    Rows are matched by position (a figure prints the same lines every time); a repetition
+    that could not give a value leaves it out of that row's median.  An even count takes the
+    mean of the two middle values."""
+    if not repetitions:
+        return []
+    if len(repetitions) == 1:
+        return repetitions[0]
+    out = []
+    for i, first in enumerate(repetitions[0]):
+        same = [
+            rep[i] for rep in repetitions if i < len(rep) and rep[i].name.split(" (")[0] == first.name.split(" (")[0]
+        ]
+        values = [r.value for r in same if r.value is not None]
+        errors = [r.error for r in same if r.error]
+        notes = sorted({r.note for r in same if r.note})
+        out.append(
+            Row(
+                first.figure,
+                first.name,
+                statistics.median(values) if values else None,
+                first.unit,
+                first.goal,
+                note="; ".join(notes),
+                error=errors[0] if errors and not values else "",
+                spread=(min(values), max(values)) if values else None,
+                n=len(values),
+            )
+        )
+    return out
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -91,12 +130,23 @@ def _number(value: float) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    header = ("#", "figure", "value", "goal", "result")
+    """The table: each value is the median of its repetitions, "spread" their min-max and count."""
+    header = ("#", "figure", "value", "goal", "result", "spread (n)")
     cells = [header]
     for row in rows:
         value = "n/a" if row.value is None else f"{_number(row.value)} {row.unit}".strip()
+        spread = (
+            "" if row.spread is None or row.n < 2 else f"{_number(row.spread[0])}-{_number(row.spread[1])} ({row.n})"
+        )
         cells.append(
-            (str(row.figure), row.name, value, "" if row.goal is None else f"{row.goal} {row.unit}".strip(), row.result)
+            (
+                str(row.figure),
+                row.name,
+                value,
+                "" if row.goal is None else f"{row.goal} {row.unit}".strip(),
+                row.result,
+                spread,
+            )
         )
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
     lines = []

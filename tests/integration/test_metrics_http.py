@@ -127,9 +127,12 @@ def test_open_streams_are_counted_across_workers_and_freed_when_clients_leave(tw
 
 @pytest.fixture(scope="module")
 def few_threads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # gthread with 6 threads: at most 6 - 4 = 2 streams, so API calls always find a thread.
+    # At most 2 streams (under flwd :serve the default is 1,000: an open stream holds no thread).
     server = ServerProcess(
-        tmp_path_factory.mktemp("cap"), {"workers": 1, "threads": 6, "sse": {"heartbeat": 0.3}}, dev=True, env=None
+        tmp_path_factory.mktemp("cap"),
+        {"workers": 1, "threads": 6, "sse": {"heartbeat": 0.3, "max_streams": 2}},
+        dev=True,
+        env=None,
     ).start()
     yield server
     server.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from flwd_server.events.broadcast import Broadcaster, broadcast_stream, can_take_over, chunk
+from flwd_server.events.broadcast import BroadcastBody, Broadcaster, HandOff, can_take_over, chunk
 
 
 def read_until(sock: socket.socket, marker: bytes, limit: int = 1 << 20) -> bytes:
@@ -100,11 +100,54 @@ def test_a_client_that_went_away_ends_its_stream(hub):
 def test_the_wsgi_body_sends_the_first_chunk_itself_then_hands_over(hub):
     caster = Broadcaster(hub, heartbeat=5, max_duration=60)
     server, client = socket.socketpair()
-    body = broadcast_stream(caster, server, after=0, run_id="r9", chunked=True, retry_ms=1500)
-    assert next(body) == b"retry: 1500\n\n"
+    released = []
+    body = BroadcastBody(
+        caster, server, after=0, run_id="r9", chunked=True, retry_ms=1500, release=lambda: released.append(1)
+    )
+    frames = iter(body)
+    assert next(frames) == b"retry: 1500\n\n"
     hub.store.emit("r9", "run.finished", {"status": "succeeded"})
-    assert list(body) == []  # returned after the terminal event: the WSGI server closes the response
+    assert list(frames) == []  # returned after the terminal event: the WSGI server closes the response
     assert b"run.finished" in read_until(client, b"run.finished")
+    body.close()
+    body.close()
+    assert released == [1]
+    server.close()
+    client.close()
+
+
+def test_a_handed_off_body_frees_its_thread_and_the_broadcaster_ends_the_response(hub):
+    """With ``hand_off`` nothing waits: the broadcaster writes the last chunk, then says the stream is over."""
+    caster = Broadcaster(hub, heartbeat=5, max_duration=60)
+    server, client = socket.socketpair()
+    released, ended = [], threading.Event()
+    body = BroadcastBody(
+        caster,
+        server,
+        after=0,
+        run_id="r8",
+        chunked=True,
+        retry_ms=1500,
+        release=lambda: released.append(1),
+        hand_off=True,
+    )
+    frames = iter(body)
+    assert next(frames) == b"retry: 1500\n\n"
+    try:
+        next(frames)
+        raise AssertionError("the body should have handed the stream off")
+    except HandOff as hand_off:
+        body.close()  # what the WSGI server does on its way out: the slot stays taken
+        assert released == []
+        hand_off.start(ended.set)
+    hub.store.emit("r8", "step.output", {"line": "live"})
+    hub.store.emit("r8", "run.finished", {"status": "succeeded"})
+    assert ended.wait(5)
+    data = read_until(client, b"0\r\n\r\n")
+    assert data.endswith(b"0\r\n\r\n")  # the chunked response is complete
+    payload = dechunk(data[: -len(b"0\r\n\r\n")])
+    assert b"live" in payload and b"run.finished" in payload
+    assert released == [1]
     server.close()
     client.close()
 
@@ -119,3 +162,14 @@ def test_only_plain_http1_gets_on_a_gunicorn_socket_are_taken_over():
         assert can_take_over({k: v for k, v in base.items() if k != "gunicorn.socket"}) is None
     finally:
         sock.close()
+
+
+def test_a_handed_off_stream_whose_client_closes_ends_at_once_not_at_the_next_heartbeat(hub):
+    caster = Broadcaster(hub, heartbeat=60, max_duration=600)
+    server, client = socket.socketpair()
+    ended = threading.Event()
+    sub = caster.attach(server, 0, "quiet", chunked=True, on_end=ended.set)
+    client.close()
+    assert ended.wait(5)  # the heartbeat's write would have noticed only after 60 s
+    assert sub.failed and "closed" in sub.reason
+    server.close()

@@ -149,3 +149,12 @@ def test_runs_claimed_while_the_pool_shuts_down_go_back_to_the_queue(eng):
     eng.runner._claim()  # the dispatcher is not running: this is the only claimer
     again = eng.run(run.id)
     assert (again.status.value, again.started_at) == ("queued", None) and run.id not in eng.runner._active
+
+
+def test_a_plan_reads_the_registered_sources_once(eng):
+    reads = []
+    refresh = eng.catalog.before_read
+    eng.catalog.before_read = lambda: (reads.append(1), refresh())[1]
+    plan = eng.plan(PlanRequest("t:env", {}), ADMIN)
+    assert len(reads) == 1  # resolving the job; policy judges it by the source read then
+    assert {d.check for d in plan.decisions} >= {"host-env"}

@@ -68,3 +68,19 @@ def test_passwords_in_urls_are_redacted_wherever_a_url_is_shown():
         redact_url("https://bob:p@ss@git.example.org/x.git") == "https://bob:***@git.example.org/x.git"
     )  # no part of it
     assert redact_url("https://bob:s3cret@[::1/x") == "https://(unparseable URL)"
+
+
+def test_each_line_has_its_own_time_to_the_millisecond_across_seconds():
+    formatter = JsonFormatter()
+    times = []
+    for created in (1796300000.125, 1796300000.75, 1796300001.5, 1796299999.25):
+        record = logging.LogRecord("flwd.test", logging.INFO, __file__, 1, "BEARER-less line", (), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        times.append(json.loads(formatter.format(record))["time"])
+    assert times == [
+        "2026-12-03T12:13:20.125Z",
+        "2026-12-03T12:13:20.750Z",
+        "2026-12-03T12:13:21.500Z",
+        "2026-12-03T12:13:19.250Z",
+    ]
+    assert redact("Authorization: BEARER abc") == "Authorization: BEARER [redacted]"  # any case is looked for

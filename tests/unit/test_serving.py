@@ -7,6 +7,7 @@ import gc
 import pytest
 from gunicorn.workers.gthread import ThreadWorker
 
+from flwd_server.config import PARKED_STREAMS
 from flwd_server.web.serving import FlwdServer
 from flwd_server.web.worker import FlwdWorker, head_complete
 
@@ -28,6 +29,17 @@ def test_workers_are_never_recycled_and_outlive_the_shutdown_grace(make_settings
     cfg = FlwdServer(settings).cfg
     assert cfg.max_requests == 0 and cfg.worker_class is FlwdWorker and issubclass(FlwdWorker, ThreadWorker)
     assert cfg.graceful_timeout > settings.shutdown_grace
+
+
+def test_flwd_serve_holds_1000_streams_a_worker_by_default_and_the_connections_for_them(make_settings):
+    """A handed-off stream holds no thread: the cap is not threads - 4 under flwd :serve."""
+    server = FlwdServer(make_settings(threads=32))
+    assert server.settings.sse_max_streams == PARKED_STREAMS == 1000
+    assert server.cfg.worker_connections >= PARKED_STREAMS + 1000  # the streams, and as many others
+    # Where streams hold threads (the broadcaster off), or a cap is set, the settings stand.
+    assert FlwdServer(make_settings(threads=32, sse={"broadcast": False})).settings.sse_max_streams == 28
+    assert FlwdServer(make_settings(sse={"max_streams": 7})).settings.sse_max_streams == 7
+    assert make_settings(threads=32).sse_max_streams == 28  # uWSGI, mod_wsgi: one thread a stream
 
 
 def test_the_worker_refuses_tls_it_would_read_heads_before_the_handshake(make_settings):

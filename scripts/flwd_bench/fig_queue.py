@@ -194,7 +194,7 @@ def _postgres(ctx: Context, counts: tuple[int, ...], repeat: int) -> tuple[list[
             details[str(queued)] = stats
             rows += [
                 Row(
-                    8,
+                    9,
                     f"PostgreSQL claim, {queued:,} queued in a full group: p50",
                     stats["claim_nothing_ms"]["p50"],
                     "ms",

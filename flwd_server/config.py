@@ -140,9 +140,7 @@ class PolicySettings:
     host_env_passthrough: tuple[str, ...] = _opt(
         (), "Host variables passed to jobs that require host-env (permissive only)."
     )
-    approval_timeout: float = _opt(
-        86400.0, "Seconds a run may await approval (jobs' approval:) before it ends rejected.", minimum=1
-    )
+    approval_timeout: float = _opt(86400.0, "Seconds a run may await approval before it ends rejected.", minimum=1)
 
 
 @dataclass(frozen=True)

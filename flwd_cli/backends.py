@@ -95,7 +95,7 @@ class LocalBackend:
         return {"runs": [r.to_dict() for r in runs], "next": str(cursor) if cursor else None}
 
     def run(self, run_id: str) -> dict[str, Any]:
-        return self.engine.run(run_id).to_dict()
+        return self.engine.placed([self.engine.run(run_id)])[0].to_dict()
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         return self.engine.cancel(run_id, self.principal).to_dict()

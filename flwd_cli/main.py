@@ -21,6 +21,7 @@ from flwd_server import __version__
 from flwd_server.config import load_settings
 from flwd_server.errors import FlwdError
 from flwd_server.models import UNFINISHED_STATUSES, Profile, RunStatus
+from flwd_server.store.queue import CLAIMABLE
 
 from . import output
 from .backends import RemoteError
@@ -352,6 +353,7 @@ def follow_run(backend: Any, run_id: str, quiet: bool = False) -> int:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
+        wait_in_queue(backend, run_id, quiet)
         for event in backend.events(run_id):
             output.render_event(event, quiet)
             if event["type"] == "run.finished":
@@ -361,6 +363,24 @@ def follow_run(backend: Any, run_id: str, quiet: bool = False) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     return 1
+
+
+def wait_in_queue(backend: Any, run_id: str, quiet: bool = False, interval: float = 0.25) -> None:
+    """While the run waits (it has a ``queue``), say where and why each time that changes.
+
+    A run that is only about to be claimed is not worth a line unless that takes a while.
+    """
+    run = backend.run(run_id)
+    shown, began = None, time.monotonic()
+    while run.get("queue") is not None:
+        queue = run["queue"]
+        passing = queue["reason"] == CLAIMABLE and time.monotonic() - began < 2.0
+        if queue != shown and not quiet and not passing:
+            place = f"position {queue['position']}" if queue.get("position") else "waiting"
+            click.echo(click.style(f"flwd: queued: {place} ({queue['reason']})", dim=True), err=True)
+            shown = queue
+        time.sleep(interval)  # the same polling whichever backend: a local run may wait behind a server's
+        run = backend.run(run_id)
 
 
 register_commands(cli)

@@ -326,7 +326,12 @@ class Engine:
         return self.submitter.submit(request, principal, idempotency, runner=runner)
 
     def runs(self, **filters: Any) -> tuple[list[Run], int | None]:
-        return self.store.list_runs(**filters)
+        runs, cursor = self.store.list_runs(**filters)
+        return self.placed(runs), cursor
+
+    def placed(self, runs: list[Run]) -> list[Run]:
+        """The runs, each waiting one with its ``queue``: its place in line and why (store/queue.py)."""
+        return self.store.queue_of(runs, self.settings.limits.max_concurrent_runs)
 
     def run(self, run_id: str, principal: Principal | None = None) -> Run:
         """One run; with ``principal``, a run of a job its ``runs:read`` does not cover is a 404 (hides it exists)."""
@@ -338,9 +343,10 @@ class Engine:
     def run_view(self, run_id: str, base_url: str = "", principal: Principal | None = None) -> dict[str, Any]:
         """The run as ``GET /runs/ID`` shows it; a callback POSTs exactly this (links relative to the server's root).
 
-        Unlike the lists, one run also names its artifacts with their digests (a query of its own).
+        Unlike the lists, one run also names its artifacts with their digests (a query of its own);
+        a waiting run has its place in the queue.
         """
-        view = self.run(run_id, principal).to_dict(base_url)
+        view = self.placed([self.run(run_id, principal)])[0].to_dict(base_url)
         view["artifacts"] = [artifact.to_dict() for artifact in run_artifacts(self.store, run_id)]
         return view
 

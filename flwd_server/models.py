@@ -203,6 +203,21 @@ class Step:
         )
 
 
+WHEN_BUSY = ("queue", "reject", "replace")  # a concurrency group's answer to a run that finds it busy
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """A job's ``concurrency:``: at most ``limit`` runs of the group (a template over the args) at once."""
+
+    group: str
+    limit: int = 1
+    when_busy: str = "queue"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "limit": self.limit, "when_busy": self.when_busy}
+
+
 @dataclass(frozen=True)
 class Job:
     name: str
@@ -217,6 +232,7 @@ class Job:
     revision: str | None = None
     file_digest: str = ""
     outputs: tuple[OutputSpec, ...] = ()
+    concurrency: Concurrency | None = None
     approvals: int = 0  # ``approval: {required: N}``: distinct approvers a run waits for (0: none)
 
     @property
@@ -250,6 +266,8 @@ class Job:
                 "revision": self.revision,
             }
         )
+        if self.concurrency is not None:
+            out["concurrency"] = self.concurrency.to_dict()
         return out
 
 
@@ -285,6 +303,7 @@ class Plan:
     decisions: tuple[Decision, ...]
     digest: str
     requested_profile: Profile | None = None
+    group: str | None = None  # the concurrency group, rendered from the job's template and these args
 
     @property
     def runnable(self) -> bool:
@@ -293,6 +312,15 @@ class Plan:
     @property
     def denials(self) -> list[Decision]:
         return [d for d in self.decisions if d.verdict is Verdict.DENY]
+
+    def group_spec(self) -> tuple[str, int, str] | None:
+        """``(group, limit, when_busy)`` as the store takes it; None for a job without ``concurrency``."""
+        spec = self.job.concurrency
+        return None if spec is None or self.group is None else (self.group, spec.limit, spec.when_busy)
+
+    def concurrency_view(self) -> dict[str, Any] | None:
+        spec = self.group_spec()
+        return None if spec is None else {"group": spec[0], "limit": spec[1], "when_busy": spec[2]}
 
     def public_args(self) -> dict[str, Any]:
         """Args with secret values masked, for anything a client or log sees."""
@@ -312,6 +340,7 @@ class Plan:
             "decisions": [d.to_dict() for d in self.decisions],
             "runnable": self.runnable,
             "digest": self.digest,
+            "concurrency": self.concurrency_view(),
         }
 
 
@@ -410,6 +439,7 @@ class Run:
     plan_digest: str | None = None
     outputs: dict[str, Any] = field(default_factory=dict)  # set when the run ends (runs/outputs.py)
     callback: dict[str, Any] | None = None  # where the run's end is POSTed, and how far that got (store/deliveries.py)
+    queue: dict[str, Any] | None = None  # a queued run's place and why it waits (store/queue.py); None otherwise
 
     def to_dict(self, base_url: str = "") -> dict[str, Any]:
         return {
@@ -429,6 +459,7 @@ class Run:
             "plan_digest": self.plan_digest,
             "outputs": self.outputs,
             "callback": self.callback,
+            "queue": self.queue,
             "links": {
                 "self": f"{base_url}/runs/{self.id}",
                 "events": f"{base_url}/runs/{self.id}/events",

@@ -20,13 +20,26 @@ from .auth.scopes import Scope
 from .catalog import Catalog
 from .config import Settings
 from .errors import AmbiguousJob, InvalidArgs, NotFound, SourceNotFound, Unprocessable
-from .jobs.arguments import arg_env, render_command, resolve_args
-from .models import ArgSpec, Containment, Decision, Job, OutputSpec, Plan, Principal, Profile, Step, Verdict
+from .jobs.arguments import arg_env, render_command, render_group, resolve_args
+from .models import (
+    ArgSpec,
+    Concurrency,
+    Containment,
+    Decision,
+    Job,
+    OutputSpec,
+    Plan,
+    Principal,
+    Profile,
+    Step,
+    Verdict,
+)
 from .policy import PolicyContext, SignatureResult, downgrade_decision, evaluate, host_env_passthrough
 
 MAX_ARG_STRLEN = 32 * 4096  # Linux refuses one argv or environment string longer than this, its NUL included
 MAX_ARG_TOTAL = 6 * 1024 * 1024  # ... and argv + envp over a quarter of the stack limit, at most this
 EXEC_HEADROOM = 16 * 1024  # what the runner adds as a step starts: PATH, HOME, FLWD_*, the ulimit wrapper
+MAX_GROUP = 256  # characters of a rendered concurrency group (the store keeps and indexes it)
 
 
 @dataclass(frozen=True)
@@ -96,10 +109,17 @@ class Planner:
         if problems:
             fields = ", ".join(p["field"] for p in problems)
             raise InvalidArgs(f"job {job.name!r} could not start its steps (too large for exec): {fields}", problems)
+        group = concurrency_group(job, args)
         decisions.extend(evaluate(self.context(job, profile)))
         digest = self.digest(job, args, profile)
         return Plan(
-            job=job, args=args, profile=profile, decisions=tuple(decisions), digest=digest, requested_profile=requested
+            job=job,
+            args=args,
+            profile=profile,
+            decisions=tuple(decisions),
+            digest=digest,
+            requested_profile=requested,
+            group=group,
         )
 
     def context(self, job: Job, profile: Profile) -> PolicyContext:
@@ -132,6 +152,20 @@ class Planner:
         )
         material = _job_canonical(job) + "\n" + tail
         return "sha256:" + hmac.new(self._key, material.encode(), hashlib.sha256).hexdigest()
+
+
+def concurrency_group(job: Job, args: dict[str, Any]) -> str | None:
+    """The run's concurrency group (None: the job declares none); a 422 if the arguments make it too long."""
+    if job.concurrency is None:
+        return None
+    group = render_group(job.concurrency.group, args)
+    if not group or len(group) > MAX_GROUP or "\x00" in group:
+        problem = f"makes the concurrency group {len(group)} characters long; a group is 1 to {MAX_GROUP}"
+        raise InvalidArgs(
+            f"job {job.name!r}: the arguments make an invalid concurrency group",
+            [{"field": "args", "message": problem}],
+        )
+    return group
 
 
 def invalid_request(problems: list[dict[str, str]]) -> str:
@@ -205,6 +239,8 @@ def _job_texts(job: Job) -> tuple[str, str]:
             "requires": list(job.requires),
             "steps": [s.to_dict() for s in job.steps],
         }
+        if job.concurrency is not None:  # only when declared: every other job's digest stays as it was
+            material["concurrency"] = job.concurrency.to_dict()
         texts = (
             json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
             json.dumps(job.to_dict(), separators=(",", ":"), ensure_ascii=False),
@@ -254,5 +290,6 @@ def job_from_record(record: dict[str, Any]) -> Job:
         revision=data.get("revision"),
         file_digest=record.get("file_digest", ""),
         outputs=tuple(OutputSpec(name=k, **v) for k, v in (data.get("outputs") or {}).items()),
+        concurrency=Concurrency(**data["concurrency"]) if data.get("concurrency") else None,
         approvals=(data.get("approval") or {}).get("required", 0),
     )

@@ -195,3 +195,8 @@ def render_command(command: tuple[str, ...], args: dict[str, Any]) -> list[str]:
         else:
             out.append(part)
     return out
+
+
+def render_group(template: str, args: dict[str, Any]) -> str:
+    """A concurrency group: each ``{{ args.x }}`` in the template replaced by the argument's text."""
+    return PLACEHOLDER_RE.sub(lambda match: arg_text(args.get(match.group(1), "")), template)

@@ -15,7 +15,7 @@ import yaml
 
 from ..errors import InvalidJob
 from ..formats.yaml_loader import DuplicateKeyError, load_yaml
-from ..models import ARG_TYPES, ArgSpec, Job, OutputSpec, Step
+from ..models import ARG_TYPES, WHEN_BUSY, ArgSpec, Concurrency, Job, OutputSpec, Step
 from .arguments import PLACEHOLDER_RE, check_value, is_number, pattern_regex
 
 JOB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
@@ -23,7 +23,9 @@ ARG_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 OUTPUT_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an output's key, declared or written ($FLWD_OUTPUT)
 CAPABILITIES = ("network", "privileged", "host-env", "host-network")
-JOB_KEYS = {"name", "description", "args", "outputs", "requires", "timeout", "env", "steps", "approval"}
+CONCURRENCY_KEYS = {"group", "limit", "when_busy"}
+MAX_GROUP_TEMPLATE = 200  # characters of a group template; a rendered group is capped in planner.py
+JOB_KEYS = {"name", "description", "args", "outputs", "requires", "timeout", "env", "steps", "approval", "concurrency"}
 APPROVAL_KEYS = {"required"}
 OUTPUT_KEYS = {"type", "description"}
 ARG_KEYS = {"type", "required", "default", "choices", "pattern", "minimum", "maximum", "description", "secret"}
@@ -143,6 +145,47 @@ def _parse_outputs(raw: Any, errors: _Errors) -> tuple[OutputSpec, ...]:
             else:
                 out.append(OutputSpec(name=name, type=kind, description=description.strip()))
     return tuple(out)
+
+
+def _parse_concurrency(raw: Any, args: list[ArgSpec], errors: _Errors) -> Concurrency | None:
+    """``concurrency: {group, limit, when_busy}``; the group's placeholders name known, non-secret args.
+
+    A secret argument is refused because the rendered group is shown to every reader of the queue.
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        errors.add("concurrency", "expected a mapping (group, limit, when_busy)")
+        return None
+    for key in set(raw) - CONCURRENCY_KEYS:
+        errors.add(f"concurrency.{key}", f"unknown key (allowed: {', '.join(sorted(CONCURRENCY_KEYS))})")
+    group, limit, when_busy = raw.get("group"), raw.get("limit", 1), raw.get("when_busy", "queue")
+    ok = True
+    if not isinstance(group, str) or not group.strip() or len(group) > MAX_GROUP_TEMPLATE:
+        errors.add(
+            "concurrency.group",
+            f"required: a name of 1 to {MAX_GROUP_TEMPLATE} characters, e.g. 'deploy-{{{{ args.env }}}}'",
+        )
+        ok = False
+    else:
+        specs = {a.name: a for a in args}
+        for name in PLACEHOLDER_RE.findall(group):
+            if name not in specs:
+                errors.add("concurrency.group", f"refers to unknown argument {name!r}")
+                ok = False
+            elif specs[name].secret:
+                errors.add("concurrency.group", f"refers to secret argument {name!r}: a group is shown in the queue")
+                ok = False
+        if ("{{" in PLACEHOLDER_RE.sub("", group) or "}}" in PLACEHOLDER_RE.sub("", group)) and ok:
+            errors.add("concurrency.group", "a placeholder is written '{{ args.NAME }}'")
+            ok = False
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10000:
+        errors.add("concurrency.limit", "expected a whole number from 1 to 10000")
+        ok = False
+    if when_busy not in WHEN_BUSY:
+        errors.add("concurrency.when_busy", f"expected one of {', '.join(WHEN_BUSY)}")
+        ok = False
+    return Concurrency(group=group, limit=limit, when_busy=when_busy) if ok else None
 
 
 def _parse_approval(raw: Any, errors: _Errors) -> int:
@@ -316,6 +359,7 @@ def parse_job(
             step = _parse_step(i, step_raw, names, errors)
             if step:
                 steps.append(step)
+    concurrency = _parse_concurrency(data.get("concurrency"), args, errors)
     if errors.items:
         raise InvalidJob(path, errors.items)
     return Job(
@@ -331,5 +375,6 @@ def parse_job(
         revision=revision,
         file_digest="sha256:" + hashlib.sha256(raw_bytes).hexdigest(),
         outputs=outputs,
+        concurrency=concurrency,
         approvals=approvals,
     )

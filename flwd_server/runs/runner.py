@@ -173,7 +173,7 @@ class Runner:
                 self._wakeup.set()
             elif event.type == EventType.RUN_CANCEL_REQUESTED.value and event.run_id in self._active:
                 active = self._active[event.run_id]
-                active.reason = f"cancelled by {event.data.get('by', 'a client')}"
+                active.reason = event.data.get("reason") or f"cancelled by {event.data.get('by', 'a client')}"
                 active.cancel.set()
 
     def _dispatch_loop(self) -> None:

@@ -125,6 +125,7 @@ class Submitter:
             affinity=runner or (self.runner.owner if self.local_affinity else None),
             max_queued=self.settings.limits.max_queued_runs,
             callback=callback,
+            concurrency=plan.group_spec(),
         )
         if callback is not None and self.local_affinity and runner is None:
             self.callbacks.adopt(run.id)  # a local run: the process that runs it delivers (flwd_cli/detached.py too)

@@ -55,6 +55,7 @@ from ..logs import redact_url
 from ..models import Run, RunStatus
 from .backend import Store
 from .queries import RUN_COLUMNS, RUN_WIDTH, ClaimedRun, run_from_row
+from .queue import pick
 
 log = logging.getLogger("flwd.store")
 
@@ -68,16 +69,8 @@ LISTEN_FALLBACK = 1.0  # seconds between polls while LISTEN works (NOTIFY does t
 _BEGIN_WRITE = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {WRITE_LOCK})"
 _NOTIFY_COMMIT = f"NOTIFY {CHANNEL}; COMMIT"
 _BEGIN_CLAIM = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {CLAIM_LOCK})"
-_CLAIM_TEMPLATE = (
-    "WITH room AS (SELECT GREATEST(0, LEAST(%s, %s - count(*))) AS n FROM runs WHERE status = 'running'), "
-    "picked AS (SELECT id FROM runs WHERE status = 'queued' AND {affinity} "
-    "ORDER BY seq LIMIT (SELECT n FROM room) FOR UPDATE SKIP LOCKED) "
-    "UPDATE runs SET status = 'running', owner = %s, started_at = %s FROM picked WHERE runs.id = picked.id "
-    "RETURNING {columns}, runs.plan, runs.seq"
-)
 _CLAIM_COLUMNS = ", ".join(f"runs.{c.strip()}" for c in RUN_COLUMNS.split(","))
-_CLAIM = _CLAIM_TEMPLATE.format(affinity="(affinity IS NULL OR affinity = %s)", columns=_CLAIM_COLUMNS)
-_CLAIM_AFFINITY_ONLY = _CLAIM_TEMPLATE.format(affinity="affinity = %s", columns=_CLAIM_COLUMNS)
+_LOCK_QUEUED = "SELECT id FROM runs WHERE id IN ({marks}) AND status = 'queued' FOR UPDATE SKIP LOCKED"
 
 _INHERITED: list[Any] = []  # reader pools of a parent process: never used, never closed (that would end its sessions)
 
@@ -194,19 +187,21 @@ class PostgresStore(Store):
         """The oldest queued runs, for ``owner``, never above ``max_running`` across every node.
 
         One transaction on a pooled connection: the claim lock (claims are
-        serialised, so the count is exact), then ``FOR UPDATE SKIP LOCKED``.
+        serialised, so the counts - in total and per concurrency group - are
+        exact), then the runs to start (store/queue.py), locked ``FOR UPDATE SKIP LOCKED``
+        and still queued.
         """
         if local_free <= 0 or self._closed:
             return []
-        sql = _CLAIM_AFFINITY_ONLY if affinity_only else _CLAIM
+        affinity = "affinity = ?" if affinity_only else "(affinity IS NULL OR affinity = ?)"
         try:
             with self._pool.connection() as conn:
-                # The lock first, in its own statement: the count below must be read after it is held
+                # The lock first, in its own statement: the counts below must be read after it is held
                 # (a statement's snapshot is taken when the statement starts).
                 conn.run(_BEGIN_CLAIM)
                 now = time.time()  # under the lock: started_at follows the order of claims, across nodes
                 try:
-                    rows = conn.raw.execute(sql, (local_free, max_running, owner, owner, now)).fetchall()
+                    rows = self._claim_locked(conn, owner, local_free, max_running, affinity, now)
                 except BaseException:
                     conn.raw.rollback()
                     raise
@@ -221,6 +216,29 @@ class PostgresStore(Store):
                 ClaimedRun(Run(**{**run.__dict__, "status": RunStatus.RUNNING, "started_at": now}), row[RUN_WIDTH])
             )
         return claimed
+
+    @staticmethod
+    def _claim_locked(conn: Any, owner: str, free: int, max_running: int, affinity: str, now: float) -> list[Any]:
+        running = conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+        room = min(free, max_running - running)
+        if room <= 0:
+            return []
+        held: frozenset[str] = frozenset()
+        for _ in range(4):  # a queued run another transaction holds (a cancel in progress) is left, not waited for
+            ids = pick(conn, room, affinity, owner, held)
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            locked = {row[0] for row in conn.execute(_LOCK_QUEUED.format(marks=marks), ids).fetchall()}
+            if len(locked) == len(ids):
+                break
+            held |= set(ids) - locked  # and choose again without them: the choice depends on each run
+        ids = [run_id for run_id in ids if run_id in locked]
+        return conn.execute(
+            f"UPDATE runs SET status = 'running', owner = ?, started_at = ? WHERE id IN ({','.join('?' * len(ids))}) "
+            f"RETURNING {_CLAIM_COLUMNS}, runs.plan, runs.seq",
+            (owner, now, *ids),
+        ).fetchall()
 
     # -- events ----------------------------------------------------------------------
 

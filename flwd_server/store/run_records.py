@@ -30,6 +30,7 @@ from .queries import (
     run_from_row,
     scrub_stored_plan,
 )
+from .queue import admit, pick, queue_entries, with_queue
 
 
 def body_hash(body: Any) -> str:
@@ -55,12 +56,15 @@ class RunRecords:
         affinity: str | None = None,
         max_queued: int | None = None,
         callback: str | None = None,
+        concurrency: tuple[str, int, str] | None = None,
     ) -> tuple[Run, bool]:
         """Insert a run and its first events atomically; returns ``(run, replayed)``.
 
         ``idempotency`` is ``(subject, key, body_hash)``: the same key and body
         give back the first run, the same key with another body is refused.
         ``callback`` is a URL to POST the run to when it ends (store/deliveries.py).
+        ``concurrency`` is ``(group, limit, when_busy)``: a busy group may reject the run
+        or have its runs replaced, in this transaction (store/queue.py).
         """
         run_id = new_run_id()
         now = time.time()
@@ -102,27 +106,39 @@ class RunRecords:
                 raise Unavailable(
                     f"{max_queued} runs are already queued (limits.max_queued_runs); retry later", retry_after=10
                 )
+            run, rows = created, event_rows
+            if concurrency is not None and status is RunStatus.QUEUED:
+                refused = admit(conn, run_id, concurrency, submitted_by, now, self._FOR_UPDATE)
+                if refused is not None:
+                    run = Run(
+                        **{**created.__dict__, "status": RunStatus.REJECTED, "finished_at": now, "reason": refused}
+                    )
+                    end = {"status": "rejected", "exit_code": None, "duration": 0.0, "reason": refused}
+                    rows = [*event_rows, (run_id, EventType.RUN_FINISHED.value, now, dumps(end))]
             conn.execute(
                 "INSERT INTO runs(id, job, source, revision, args, status, profile, submitted_by, created_at, "
-                "finished_at, reason, plan_digest, plan, affinity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "finished_at, reason, plan_digest, plan, affinity, concurrency_group, concurrency_limit) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     public["job"],
                     public["source"],
                     public.get("revision"),
                     args_text,
-                    status.value,
+                    run.status.value,
                     public["profile"],
                     submitted_by,
                     now,
-                    finished,
-                    public.get("reason"),
+                    run.finished_at,
+                    run.reason,
                     public.get("digest"),
                     plan_text,
                     affinity,
+                    concurrency[0] if concurrency else None,
+                    concurrency[1] if concurrency else None,
                 ),
             )
-            insert_events(conn, event_rows)
+            insert_events(conn, rows)
             if idempotency is not None:
                 subject, key, body_hash = idempotency
                 conn.execute(
@@ -130,9 +146,9 @@ class RunRecords:
                     (subject, key, body_hash, run_id, now),
                 )
             if callback is not None:
-                view = insert_delivery(conn, run_id, callback, now, ended=finished is not None)
-                return Run(**{**created.__dict__, "callback": view}), False
-            return created, False
+                view = insert_delivery(conn, run_id, callback, now, ended=run.finished_at is not None)
+                return Run(**{**run.__dict__, "callback": view}), False
+            return run, False
 
         return self.write(op)
 
@@ -199,11 +215,16 @@ class RunRecords:
         callbacks = callback_views(self.reader(), [r[0] for r in rows])
         return [run_from_row(r, callbacks.get(r[0])) for r in rows], (rows[-1][RUN_WIDTH] if more else None)
 
+    def queue_of(self, runs: list[Run], max_running: int) -> list[Run]:
+        """The runs, each queued one with its place in line and why it waits (store/queue.py)."""
+        return with_queue(runs, queue_entries(self.reader(), runs, max_running))
+
     def count_runs(self) -> dict[str, int]:
         return dict(self.reader().execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
 
     def claim(self, owner: str, local_free: int, max_running: int, affinity_only: bool = False) -> list[ClaimedRun]:
-        """Move the oldest queued runs to ``running`` for ``owner``, never above ``max_running`` in total.
+        """Move the oldest queued runs to ``running`` for ``owner``, never above ``max_running`` in total
+        nor above a concurrency group's limit (store/queue.py: a busy group is skipped, not waited on).
 
         Runs bound to an owner (a CLI's local runs) are claimed only by it;
         with ``affinity_only`` the owner claims nothing else.
@@ -217,9 +238,12 @@ class RunRecords:
             room = min(local_free, max_running - running)
             if room <= 0:
                 return []
+            ids = pick(conn, room, affinity, owner)
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
             rows = conn.execute(
-                f"SELECT {RUN_COLUMNS}, plan FROM runs WHERE status = 'queued' AND {affinity} ORDER BY seq LIMIT ?",
-                (owner, room),
+                f"SELECT {RUN_COLUMNS}, plan FROM runs WHERE id IN ({marks}) ORDER BY seq", ids
             ).fetchall()
             now = time.time()
             claimed = []

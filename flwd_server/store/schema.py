@@ -8,7 +8,7 @@ SQLite's spelling; PostgreSQL gets it translated (:mod:`.postgres_sql`).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # Finished runs, exactly as the partial index ``runs_finished_seq`` spells it: a query
 # uses that index only if its WHERE says the same (a test checks it against RunStatus).
@@ -162,6 +162,18 @@ MIGRATIONS: dict[int, str] = {
     DROP INDEX IF EXISTS runs_finished_seq;
     CREATE INDEX runs_finished_seq ON runs(seq) WHERE status NOT IN ('queued', 'running', 'awaiting_approval');
     CREATE INDEX runs_awaiting_approval ON runs(created_at) WHERE status = 'awaiting_approval'
+    """,
+    # 9: concurrency groups (store/queue.py): a run's rendered group and its limit (NULL: no group).
+    # runs_group_status counts a group's queued and running runs; runs_queued covers the claim's and
+    # the queue position's scans of the queue in order, without reading the rows; runs_queued_group
+    # and runs_queued_plain let a claim step over a full group's runs (store/queue.py's pick).
+    9: """
+    ALTER TABLE runs ADD COLUMN concurrency_group TEXT;
+    ALTER TABLE runs ADD COLUMN concurrency_limit INTEGER;
+    CREATE INDEX runs_group_status ON runs(concurrency_group, status, seq) WHERE concurrency_group IS NOT NULL;
+    CREATE INDEX runs_queued ON runs(seq, concurrency_group, concurrency_limit, affinity, id) WHERE status = 'queued';
+    CREATE INDEX runs_queued_group ON runs(concurrency_group, seq) WHERE status = 'queued';
+    CREATE INDEX runs_queued_plain ON runs(seq) WHERE status = 'queued' AND concurrency_group IS NULL
     """,
 }
 

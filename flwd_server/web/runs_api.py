@@ -101,7 +101,7 @@ def submit_run() -> Response:
     run_request = plan_request(with_plan=True)
     idempotency = (key, body_hash(g.flwd_body)) if key else None
     run, replayed = _engine().submit(run_request, principal(), idempotency)
-    body = run.to_dict(base_url())
+    body = _engine().placed([run])[0].to_dict(base_url())
     headers = {"Location": body["links"]["self"]}
     if replayed:
         headers["Idempotent-Replayed"] = "true"

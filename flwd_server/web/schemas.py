@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..formats.source_spec import SOURCE_KEYS
-from ..models import ARG_TYPES, EventType, Profile, RunStatus, Verdict
+from ..models import ARG_TYPES, WHEN_BUSY, EventType, Profile, RunStatus, Verdict
 
 STATUSES = [s.value for s in RunStatus]
 PROFILES = [p.value for p in Profile]
@@ -181,6 +181,33 @@ SCHEMAS: dict[str, Any] = {
         {"type": {"type": "string", "enum": ARG_TYPE_NAMES}, "description": {"type": "string"}},
         ["type"],
     ),
+    "Concurrency": object_schema(
+        {
+            "group": {
+                "type": "string",
+                "description": "the group: in a job, a template over its args ('deploy-{{ args.env }}'); "
+                "in a plan, rendered",
+            },
+            "limit": {"type": "integer", "minimum": 1, "description": "at most this many runs of the group at once"},
+            "when_busy": {"type": "string", "enum": list(WHEN_BUSY)},
+        },
+        ["group", "limit", "when_busy"],
+    ),
+    "RunQueue": object_schema(
+        {
+            "position": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "description": "1: the run the next claim takes; null for a run awaiting approval (in no line yet)",
+            },
+            "reason": {
+                "type": "string",
+                "description": "why it waits: 'max_concurrent_runs (N running)', "
+                "'concurrency group G (N of L running)', 'waiting to be claimed' or 'awaiting approval'",
+            },
+        },
+        ["position", "reason"],
+    ),
     "JobSummary": object_schema(
         {
             "name": {"type": "string"},
@@ -192,6 +219,7 @@ SCHEMAS: dict[str, Any] = {
                 "additionalProperties": ref("OutputSpec"),
                 "description": "outputs the job declares: a run fails if a step does not set each, as its type",
             },
+            "concurrency": ref("Concurrency"),  # GET /jobs/NAME only, when the job declares it
             "approval": {
                 **object_schema({"required": {"type": "integer", "minimum": 1}}, ["required"]),
                 "description": "only for a job that needs approval: the distinct approvers a run waits for",
@@ -227,8 +255,12 @@ SCHEMAS: dict[str, Any] = {
             "decisions": {"type": "array", "items": ref("Decision")},
             "runnable": {"type": "boolean"},
             "digest": {"type": "string"},
+            "concurrency": {
+                "anyOf": [ref("Concurrency"), {"type": "null"}],
+                "description": "the run's concurrency group, rendered from these args (null: the job has none)",
+            },
         },
-        ["job", "source", "revision", "args", "steps", "profile", "decisions", "runnable", "digest"],
+        ["job", "source", "revision", "args", "steps", "profile", "decisions", "runnable", "digest", "concurrency"],
         additional=True,
     ),
     "Artifact": object_schema(
@@ -275,6 +307,11 @@ SCHEMAS: dict[str, Any] = {
                 "anyOf": [ref("RunCallback"), {"type": "null"}],
                 "description": "where the run is POSTed when it ends, and how far that got (null: no callback)",
             },
+            "queue": {
+                "anyOf": [ref("RunQueue"), {"type": "null"}],
+                "description": "a waiting run's place in line and why it waits (queued, or awaiting approval); "
+                "null for any other run",
+            },
             "links": object_schema({"self": {"type": "string"}, "events": {"type": "string"}}, ["self", "events"]),
         },
         [
@@ -291,6 +328,7 @@ SCHEMAS: dict[str, Any] = {
             "finished_at",
             "exit_code",
             "outputs",
+            "queue",
             "links",
         ],
         additional=True,

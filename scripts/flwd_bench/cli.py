@@ -28,6 +28,7 @@ from . import (
     fig_first_output,
     fig_idle,
     fig_multinode,
+    fig_queue,
     fig_runs,
     fig_streams,
     fig_throughput,
@@ -57,6 +58,7 @@ FIGURES: dict[int, Figure] = {
     6: Figure("runs/s on PostgreSQL: 1, 2 and 3 nodes, and the database's cost per run", fig_multinode.measure, 2),
     7: Figure("the dashboard in a browser: first paint, live list, a million lines", fig_dashboard.measure, 1),
     8: Figure("1,000 event streams on default settings, and the API meanwhile", fig_streams.measure, 2),
+    9: Figure("the queue: claims and queue positions with 10,000 and 100,000 queued", fig_queue.measure, 1),
 }
 
 

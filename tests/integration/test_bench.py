@@ -61,7 +61,7 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:5] == TABLE_HEADER)
     table = lines[header + 2 :]
-    for figure in range(1, 9):
+    for figure in range(1, 10):
         assert any(line.startswith(f"{figure} ") for line in table), proc.stdout
     assert "runs/s ratio flwd / stack limit" in proc.stdout
     assert "runs/s ratio flwd / webhook" in proc.stdout
@@ -72,7 +72,7 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
     assert result["command"].startswith("scripts/bench --quick")
     assert result["machine"]["cpus"] >= 1
     rows = result["rows"]
-    assert {row["figure"] for row in rows} == {1, 2, 3, 4, 5, 6, 7, 8}
+    assert {row["figure"] for row in rows} == {1, 2, 3, 4, 5, 6, 7, 8, 9}
     for row in rows:
         assert row["error"] is None, row
         assert isinstance(row["value"], (int, float)), row
@@ -114,6 +114,7 @@ def test_a_quick_run_measures_every_figure_prints_the_table_and_writes_json(tmp_
     assert "runs/s per database core" in model["calculation"]
     assert figures["6"]["cross_node"]["events"] == 40 and figures["6"]["cross_node"]["missing"] == 0
     assert figures["7"]["event_to_screen_ms"]["n"] == figures["7"]["live_runs"]
+    assert {"2000", "10000"} <= figures["9"].keys() and sorted(figures["9"]["postgres"]) == ["10000", "2000"]
     assert figures["7"]["log_rows_in_dom"] < 500  # the log drew only what is in view
     assert figures["8"]["statuses"] == {"200": 200} and figures["8"]["streams_complete"] == 200
     assert figures["8"]["probe_statuses"]["submit"].keys() == {"202"}
@@ -157,9 +158,9 @@ def test_an_interrupted_run_stops_every_server_and_removes_its_temp_dir(tmp_path
 
 
 def test_an_unknown_figure_is_refused_with_the_list_of_figures():
-    proc = subprocess.run([BENCH, "--only", "1,9"], capture_output=True, text=True, timeout=60, env=bench_env())
+    proc = subprocess.run([BENCH, "--only", "1,10"], capture_output=True, text=True, timeout=60, env=bench_env())
     assert proc.returncode == 2
-    assert "--only: figures are 1, 2, 3, 4, 5, 6, 7" in proc.stderr
+    assert "--only: figures are 1, 2, 3, 4, 5, 6, 7, 8, 9" in proc.stderr
 
 
 def test_repeated_figures_report_the_median_with_its_spread_and_count(tmp_path):

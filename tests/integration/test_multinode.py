@@ -7,6 +7,8 @@
 * node B killed with SIGKILL mid-run: its runs end ``lost`` within ``liveness_timeout``, the
   others keep serving and take the queued runs; B restarted does not resurrect them;
 * an owner on another host (a row with another host name) is judged by its heartbeat alone;
+* a concurrency group of limit 1 never runs two at once across the nodes, in submission order,
+  and another group's run does not wait behind it (start and end times written by the steps).
 * a run awaiting approval, approved on one node, runs on whichever node claims it; an approval
   and a denial racing on two nodes leave exactly one outcome.
 """
@@ -39,6 +41,13 @@ JOBS = {
     "gated": "name: gated\napproval: {required: 1}\nsteps:\n  - run: echo approved\n",
     "ticker": "name: ticker\nargs:\n  count: {type: integer, default: 20}\nsteps:\n  - run: 'i=0; while [ $i -lt $FLWD_ARG_COUNT ]; do i=$((i+1)); echo \"line $i\"; sleep 0.05; done'\n",
 }
+LOCKED = """name: locked
+args:
+  group: {type: string, default: a}
+concurrency: {group: 'lock-{{ args.group }}'}
+steps:
+  - run: 'echo "start $FLWD_RUN_ID $(date +%s.%N)" >> LOG; sleep 0.3; echo "end $FLWD_RUN_ID $(date +%s.%N)" >> LOG'
+"""
 
 
 class Nodes:
@@ -47,6 +56,8 @@ class Nodes:
         (folder / "jobs").mkdir(parents=True)
         for name, text in JOBS.items():
             (folder / "jobs" / f"{name}.yaml").write_text(text)
+        self.log = root / "locked.log"  # each run of t:locked appends its start and end here
+        (folder / "jobs" / "locked.yaml").write_text(LOCKED.replace("LOG", str(self.log)))
         self.url = url
         config = {
             "db_url": url,
@@ -131,6 +142,20 @@ def test_two_hundred_runs_round_robin_never_exceed_four_running_across_nodes(nod
     started = [parse_iso(item["run"]["started_at"]) for item in mine]
     submitted_order = sorted(range(200), key=lambda i: started[i])
     assert sum(1 for a, b in itertools.pairwise(submitted_order) if a > b) <= 10  # queue order, up to claims in flight
+
+
+def test_a_group_of_limit_one_never_runs_two_at_once_across_three_nodes(nodes):
+    ids = [nodes[index % 3].submit("t:locked", {"group": "a"})["id"] for index in range(9)]
+    other = nodes[1].submit("t:locked", {"group": "b"})["id"]
+    for run_id in [*ids, other]:
+        assert nodes[2].wait_finished(run_id, timeout=120)["status"] == "succeeded"
+    times = {}
+    for line in nodes.log.read_text().splitlines():
+        what, run_id, stamp = line.split()
+        times[(what, run_id)] = float(stamp)
+    spans = [(times[("start", r)], times[("end", r)]) for r in ids]
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # no overlap, in submission order
+    assert times[("start", other)] < spans[1][1]  # group b did not wait behind the eight queued runs of a
 
 
 def executor_of(nodes: Nodes, owner: str) -> ServerProcess:

@@ -65,8 +65,9 @@ class Approvals:
         plan = self.store.run_plan(run_id)
         changed = self.changed(run, plan) if run.status is RunStatus.AWAITING_APPROVAL else None
         affinity = self.runner.owner if self.local_affinity else None  # a local approval runs it here
+        when_busy = (plan["job"].get("concurrency") or {}).get("when_busy", "queue")
         updated, count = self.store.approve_run(
-            run_id, principal.subject, digest, required_approvals(plan), changed, affinity
+            run_id, principal.subject, digest, required_approvals(plan), changed, affinity, when_busy
         )
         log.info(
             "run %s approved by %s (%d of %d)",

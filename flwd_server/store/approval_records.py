@@ -16,6 +16,7 @@ from ..errors import AlreadyApproved, ApprovalMismatch, NotAwaitingApproval, Run
 from ..models import EventType, Run, RunStatus
 from .chain import insert_events
 from .queries import dumps, insert_run_finished, scrub_stored_plan
+from .queue import admit
 
 AWAITING = RunStatus.AWAITING_APPROVAL.value
 
@@ -34,13 +35,21 @@ class ApprovalRecords:
         return run
 
     def approve_run(
-        self, run_id: str, subject: str, digest: str, required: int, changed: str | None, affinity: str | None
+        self,
+        run_id: str,
+        subject: str,
+        digest: str,
+        required: int,
+        changed: str | None,
+        affinity: str | None,
+        when_busy: str = "queue",
     ) -> tuple[Run, int]:
         """Record ``subject``'s approval of ``digest``; returns the run after it and the approvals counted.
 
         The ``required``-th approval releases the run: to the queue (for ``affinity``, or any
         process), or, when ``changed`` says how its source moved since it was planned, to its
-        end ``rejected``.
+        end ``rejected``.  A run entering the queue meets its concurrency group's ``when_busy``
+        then, as a run submitted at that moment would: ``reject`` ends it, ``replace`` stops the others.
         """
         now = time.time()
 
@@ -67,7 +76,12 @@ class ApprovalRecords:
             count = len(approvers) + 1
             data = {"by": subject, "digest": digest, "approvals": count, "required": required}
             insert_events(conn, [(run_id, EventType.RUN_APPROVED.value, now, dumps(data))])
-            if count >= required:
+            refused = None
+            if count >= required and changed is None and when_busy != "queue":
+                refused = self._admit_released(conn, run_id, when_busy, subject, now)
+            if refused is not None:
+                self._end_awaiting(conn, run_id, now, refused, {})
+            elif count >= required:
                 if changed is None:
                     conn.execute(
                         "UPDATE runs SET status = 'queued', affinity = ? WHERE id = ? AND status = ?",
@@ -79,6 +93,12 @@ class ApprovalRecords:
             return updated, count
 
         return self.write(op)  # type: ignore[attr-defined]
+
+    def _admit_released(self, conn: Any, run_id: str, when_busy: str, subject: str, now: float) -> str | None:
+        row = conn.execute("SELECT concurrency_group, concurrency_limit FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return admit(conn, run_id, (row[0], row[1], when_busy), subject, now, self._FOR_UPDATE)  # type: ignore[attr-defined]
 
     def deny_run(self, run_id: str, subject: str, reason: str) -> Run:
         """End a run awaiting approval ``rejected`` with ``reason``; its ``run.finished`` names who denied it."""

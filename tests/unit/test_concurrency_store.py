@@ -204,3 +204,31 @@ def test_a_run_awaiting_approval_has_no_position_but_says_why(store):
     queue = _queue(store, [waiting.id, queued.id])
     assert queue[waiting.id] == {"position": None, "reason": "awaiting approval"}
     assert queue[queued.id] == {"position": 1, "reason": "waiting to be claimed"}  # not behind the waiting run
+
+
+@pytest.mark.parametrize("when_busy", ["reject", "replace"])
+def test_an_approved_run_meets_its_groups_when_busy_as_it_enters_the_queue(store, when_busy):
+    """Approval is when the run would start waiting: a busy group rejects it then, or has its runs replaced."""
+    digest = "sha256:" + "cd" * 32
+    plan = {"job": {"name": "j", "source": "s", "steps": []}, "args": {}, "profile": "secure", "digest": digest}
+    public = {"job": "j", "source": "s", "revision": None, "args": {}, "profile": "secure", "digest": digest}
+    waiting, _ = store.create_run(
+        plan=plan,
+        public=public,
+        submitted_by="alice",
+        status=RunStatus.AWAITING_APPROVAL,
+        concurrency=("deploy", 1, when_busy),
+    )
+    running = _submit(store, "deploy", 1, "queue")
+    assert _claim(store) == [running.id]
+    released, _ = store.approve_run(waiting.id, "bob", digest, 1, None, None, when_busy)
+    if when_busy == "reject":
+        assert released.status is RunStatus.REJECTED
+        assert "concurrency group deploy is busy" in released.reason
+        assert not store.get_run(running.id).status.is_terminal
+    else:
+        assert released.status is RunStatus.QUEUED
+        assert store.cancel_requested([running.id]) == {running.id}
+        assert _claim(store) == []  # not before the replaced run has ended
+        _end(store, running.id)
+        assert _claim(store) == [waiting.id]

@@ -11,8 +11,10 @@ The order of the queue (docs/policy.rst, "Concurrency groups"): the claim takes
 queued runs oldest first (``seq``), skipping every run of a group that is at
 its limit - its running runs reach the limit of the queued run - and, once a
 run of a group is skipped, every later run of that group (FIFO within a
-group).  A run without a group, or of another group, never waits behind a busy
-group.
+group).  A group one of whose running runs is being stopped (a cancel, a
+``replace``) starts nothing until that run has ended, so a replacing run never
+runs beside the run it replaces, whatever the limit.  A run without a group, or
+of another group, never waits behind a busy group.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from ..models import EventType, Run, RunStatus
 from .chain import insert_events
 from .queries import dumps, insert_run_finished
 
-# INDEXED BY (SQLite; PostgreSQL drops it): the few running rows, not every group's history.
+# INDEXED BY (SQLite; PostgreSQL drops it): the few running rows, not every group's history.  The last
+# column: a run of the group is being stopped (cancel, replace) - the group starts nothing until it has ended.
 _RUNNING_GROUPS = (
-    "SELECT concurrency_group, count(*), max(concurrency_limit) FROM runs INDEXED BY runs_status_seq "
+    "SELECT concurrency_group, count(*), max(concurrency_limit), max(cancel_requested) FROM runs "
+    "INDEXED BY runs_status_seq "
     "WHERE status = 'running' AND concurrency_group IS NOT NULL GROUP BY concurrency_group"
 )
 
@@ -136,7 +140,9 @@ def pick(conn: Any, room: int, affinity: str, owner: str, held: frozenset[str] =
     queued, the queue is read in order, runs of full groups left out by the query.  ``held``:
     runs to leave out (PostgreSQL: runs another transaction holds, found when locking).
     """
-    picking = _Picking({row[0]: row[1] for row in conn.execute(_RUNNING_GROUPS).fetchall()}, room)
+    running = conn.execute(_RUNNING_GROUPS).fetchall()
+    picking = _Picking({row[0]: row[1] for row in running}, room)
+    picking.blocked.update(row[0] for row in running if row[3])  # replace: never beside the run it replaces
     mine = f" AND {affinity}" + (f" AND id NOT IN ({','.join('?' * len(held))})" if held else "")
     owner_params = [owner, *held]
     rows = conn.execute(
@@ -212,8 +218,8 @@ def queue_entries(conn: Any, runs: list[Run], max_running: int) -> dict[str, dic
         return entries
     mine.sort(key=lambda row: row[1])
     total = conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
-    groups = {row[0]: (row[1], row[2]) for row in conn.execute(_RUNNING_GROUPS).fetchall()}
-    full = {group for group, (count, limit) in groups.items() if count >= limit}
+    groups = {row[0]: (row[1], row[2], bool(row[3])) for row in conn.execute(_RUNNING_GROUPS).fetchall()}
+    full = {group for group, (count, limit, stopping) in groups.items() if count >= limit or stopping}
     first = mine[0][1]
     # Older queued runs, less those of full groups (counted apart: a run of a full group counts its own).
     older = conn.execute("SELECT count(*) FROM runs WHERE status = 'queued' AND seq < ?", (first,)).fetchone()[0]
@@ -243,10 +249,13 @@ def queue_entries(conn: Any, runs: list[Run], max_running: int) -> dict[str, dic
     return entries
 
 
-def _reason(group: str | None, limit: int | None, groups: dict[str, tuple[int, int]], total: int, most: int) -> str:
-    running = groups.get(group, (0, 0))[0] if group is not None else 0
-    if group is not None and limit is not None and running >= limit:
-        return f"concurrency group {group} ({running} of {limit} running)"
+def _reason(
+    group: str | None, limit: int | None, groups: dict[str, tuple[int, int, bool]], total: int, most: int
+) -> str:
+    running, _, stopping = groups.get(group, (0, 0, False)) if group is not None else (0, 0, False)
+    if group is not None and limit is not None and (running >= limit or stopping):
+        wait = ", one being stopped" if stopping else ""
+        return f"concurrency group {group} ({running} of {limit} running{wait})"
     if total >= most:
         return f"max_concurrent_runs ({total} running)"
     return CLAIMABLE

@@ -134,6 +134,21 @@ def test_replace_cancels_queued_runs_and_asks_running_ones_to_stop(store):
     assert _claim(store) == [new.id]
 
 
+def test_replace_never_starts_the_new_run_beside_the_old_one_even_below_the_limit(store):
+    """With ``limit: 2`` one old run leaves room, but the replacing run waits until it has ended."""
+    running = _submit(store, "deploy", limit=2)
+    assert _claim(store) == [running.id]
+    new = _submit(store, "deploy", limit=2, when_busy="replace")
+    assert store.cancel_requested([running.id]) == {running.id}
+    assert _claim(store) == []
+    assert _queue(store, [new.id])[new.id] == {
+        "position": 1,
+        "reason": "concurrency group deploy (1 of 2 running, one being stopped)",
+    }
+    store.finish_run(running.id, RunStatus.CANCELLED, reason=f"replaced by {new.id}")
+    assert _claim(store) == [new.id]
+
+
 def _queue(store: Store, run_ids: list[str], most: int = 10) -> dict[str, dict | None]:
     runs = store.queue_of([store.get_run(run_id) for run_id in run_ids], most)
     return {run.id: run.queue for run in runs}

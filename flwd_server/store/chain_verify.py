@@ -146,11 +146,11 @@ def verify_export(lines: Any) -> dict[str, Any]:
     done: dict[str, Any] | None = None
     number = 0
     for number, raw_line in enumerate(lines, 1):
-        text = (raw_line.decode() if isinstance(raw_line, bytes) else raw_line).rstrip("\n")
         try:
+            text = (raw_line.decode() if isinstance(raw_line, bytes) else raw_line).rstrip("\n")
             record = json.loads(text)
             kind = record["record"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
             raise Tampered(number, "not an export record") from None
         if done is not None:
             if kind != "signature":

@@ -234,6 +234,8 @@ class PostgresStore(Store):
                 break
             held |= set(ids) - locked  # and choose again without them: the choice depends on each run
         ids = [run_id for run_id in ids if run_id in locked]
+        if not ids:  # every choice was held by another transaction four times over: claim at the next wake-up
+            return []
         return conn.execute(
             f"UPDATE runs SET status = 'running', owner = ?, started_at = ? WHERE id IN ({','.join('?' * len(ids))}) "
             f"RETURNING {_CLAIM_COLUMNS}, runs.plan, runs.seq",

@@ -28,6 +28,7 @@ from .queries import (
     insert_run_finished,
     new_run_id,
     run_from_row,
+    scrub_plan,
     scrub_stored_plan,
 )
 from .queue import admit, pick, queue_entries, with_queue
@@ -106,7 +107,7 @@ class RunRecords:
                 raise Unavailable(
                     f"{max_queued} runs are already queued (limits.max_queued_runs); retry later", retry_after=10
                 )
-            run, rows = created, event_rows
+            run, rows, stored_plan = created, event_rows, plan_text
             if concurrency is not None and status is RunStatus.QUEUED:
                 refused = admit(conn, run_id, concurrency, submitted_by, now, self._FOR_UPDATE)
                 if refused is not None:
@@ -115,6 +116,7 @@ class RunRecords:
                     )
                     end = {"status": "rejected", "exit_code": None, "duration": 0.0, "reason": refused}
                     rows = [*event_rows, (run_id, EventType.RUN_FINISHED.value, now, dumps(end))]
+                    stored_plan = dumps(scrub_plan(json.loads(plan_text)))  # ended: no secret value is kept
             conn.execute(
                 "INSERT INTO runs(id, job, source, revision, args, status, profile, submitted_by, created_at, "
                 "finished_at, reason, plan_digest, plan, affinity, concurrency_group, concurrency_limit) "
@@ -132,7 +134,7 @@ class RunRecords:
                     run.finished_at,
                     run.reason,
                     public.get("digest"),
-                    plan_text,
+                    stored_plan,
                     affinity,
                     concurrency[0] if concurrency else None,
                     concurrency[1] if concurrency else None,

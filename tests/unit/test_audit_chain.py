@@ -145,6 +145,17 @@ def test_verification_names_the_first_line_that_was_tampered_with(sqlite_store, 
     assert caught.value.line == 5, caught.value
 
 
+def test_a_line_that_is_not_utf8_is_named_not_a_crash(sqlite_store):
+    add_run(sqlite_store, "r1")
+    sqlite_store.emit("r1", "step.output", {"line": "x"})
+    sqlite_store.flush()
+    bad = list(export(sqlite_store))
+    bad[2] = b"\xff\xfe" + bad[2]
+    with pytest.raises(Tampered) as caught:
+        verify_export(bad)
+    assert caught.value.line == 3 and "not an export record" in str(caught.value)
+
+
 def test_finished_runs_form_a_chain_in_the_order_they_finish_and_survive_pruning(any_store):
     for n in range(4):
         add_run(any_store, f"r{n}")

@@ -247,3 +247,28 @@ def test_an_approved_run_meets_its_groups_when_busy_as_it_enters_the_queue(store
         assert _claim(store) == []  # not before the replaced run has ended
         _end(store, running.id)
         assert _claim(store) == [waiting.id]
+
+
+def test_runs_ended_by_replace_or_reject_keep_no_secret_value(store):
+    """Every way a run ends drops its secret argument values from the stored plan."""
+
+    def submit(when_busy: str):
+        plan = {
+            "job": {"name": "j", "source": "s", "steps": []},
+            "args": {"token": "hunter2-secret"},
+            "secret_args": ["token"],
+            "profile": "secure",
+        }
+        public = {"job": "j", "source": "s", "revision": None, "args": {"token": "***"}, "profile": "secure"}
+        return store.create_run(plan=plan, public=public, submitted_by="t", concurrency=("g", 1, when_busy))[0]
+
+    running = submit("queue")
+    assert _claim(store) == [running.id]
+    queued = submit("queue")
+    refused = submit("reject")
+    assert refused.status is RunStatus.REJECTED
+    submit("replace")
+    assert store.get_run(queued.id).status is RunStatus.CANCELLED
+    for ended in (queued.id, refused.id):
+        assert store.run_plan(ended)["args"] == {"token": "***"}, ended
+    assert store.run_plan(running.id)["args"] == {"token": "hunter2-secret"}  # still running: it needs it

@@ -38,6 +38,8 @@ GRANTED_KEY = ("granted", "")  # the index key of a narrowed token's stream with
 # The source an event without a run names in its data, per SQL dialect.
 DATA_SOURCE_SQL = {"sqlite": "json_extract(e.data, '$.source')", "postgres": "(e.data::json ->> 'source')"}
 
+NARROWED_RUNLESS = "source."  # the events without a run a job-scoped token may see (with sources:read)
+
 
 def event_source(event: Event) -> str | None:
     """The source an event without a run names in its data (``source.synced``...), or None."""
@@ -55,7 +57,9 @@ class EventFilter:
     runs: frozenset[str] = frozenset()
     jobs: frozenset[str] = frozenset()
     sources: frozenset[str] = frozenset()
-    # A narrowed ``runs:read`` token's jobs (None: every job); ``runless``: whether it sees events without a run.
+    # A narrowed ``runs:read`` token's jobs (None: every job); ``runless``: whether it sees events without a
+    # run - and then only the sources' (NARROWED_RUNLESS): not runs.pruned (other jobs' run ids) or a refused
+    # profile downgrade (another job's name and subject).
     grants: frozenset[Grant] | None = None
     runless: bool = True
 
@@ -106,7 +110,7 @@ class EventFilter:
                 return False
         if self.grants is not None:
             if event.run_id is None:
-                return self.runless
+                return self.runless and event.type.startswith(NARROWED_RUNLESS)
             return origin is not None and any(g.matches(origin[1], origin[0]) for g in self.grants)
         return True
 
@@ -139,7 +143,8 @@ class EventFilter:
             params.extend(sorted(self.sources) * 2)
         if self.grants is not None:
             condition, values = grants_sql(self.grants, "r.source", "r.job")
-            clauses.append(f"(e.run_id IS NULL OR {condition})" if self.runless else condition)
+            runless = f"(e.run_id IS NULL AND e.type LIKE '{NARROWED_RUNLESS}%')"
+            clauses.append(f"({runless} OR {condition})" if self.runless else condition)
             params.extend(values)
         join = " LEFT JOIN runs r ON r.id = e.run_id" if self.needs_origin else ""
         return join, " AND ".join(clauses) or "1 = 1", params

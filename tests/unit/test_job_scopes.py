@@ -111,6 +111,12 @@ def test_a_narrowed_event_filter_passes_only_its_runs_and_runless_events_if_allo
     assert not narrowed.matches(other, ("sleepy2", "bar"))
     assert not narrowed.matches(runless)
     assert EventFilter().narrowed(grants, runless=True).matches(runless)
+    # Other events without a run name other jobs' runs or subjects: never for a narrowed token.
+    pruned = Event(4, None, "runs.pruned", 0.0, '{"runs": [{"id": "r1"}]}')
+    refused = Event(5, None, "policy.profile_downgrade", 0.0, '{"job": "foo:other", "granted": false}')
+    assert not EventFilter().narrowed(grants, runless=True).matches(pruned)
+    assert not EventFilter().narrowed(grants, runless=True).matches(refused)
+    assert EventFilter().narrowed(None, runless=True).matches(pruned)
     assert EventFilter().narrowed(None, runless=False) == EventFilter()
 
 

@@ -28,7 +28,7 @@ from .chain import active_chain, insert_events
 from .deliveries import DeliveryRecords
 from .event_filter import EventFilter
 from .owners import OwnerRecords
-from .queries import SET_META, dumps
+from .queries import EXPORT_HOLD, SET_META, dumps
 from .run_records import RunRecords
 from .writer import Writer
 
@@ -248,7 +248,7 @@ class Store(Writer, RunRecords, ApprovalRecords, OwnerRecords, DeliveryRecords):
         row = conn.execute(
             f"SELECT seq FROM runs WHERE {schema.FINISHED_RUNS} ORDER BY seq DESC LIMIT 1 OFFSET ?", (max_history,)
         ).fetchone()
-        if row is None:
+        if row is None or _export_holds(conn):
             return 0
         for listener in self._prune_listeners:
             listener(conn)
@@ -273,6 +273,19 @@ class Store(Writer, RunRecords, ApprovalRecords, OwnerRecords, DeliveryRecords):
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
         """Keep the write-ahead log from growing without bound (a backend that needs it does it)."""
         return (0, 0, 0)
+
+
+def _export_holds(conn: Any) -> bool:
+    """Whether an export is under way (store/export.py): pruning waits, so the export's chains stay whole.
+
+    Read only when something is due.  A hold lapses at its time, so an export that died never blocks retention.
+    """
+    now = time.time()
+    holds = conn.execute("SELECT key, value FROM meta WHERE key LIKE ?", (EXPORT_HOLD + "%",)).fetchall()
+    lapsed = [key for key, until in holds if float(until) <= now]
+    if lapsed:
+        conn.execute(f"DELETE FROM meta WHERE key IN ({','.join('?' * len(lapsed))})", lapsed)
+    return len(lapsed) < len(holds)
 
 
 def _record_pruned(conn: Any, run_ids: list[str]) -> None:

@@ -26,8 +26,9 @@ Memory stays flat: runs are read by keyset pagination on their sequence
 number and each run's events by keyset on the event id, a bounded page at a
 time, on the generator's own connection.  Every page is fetched completely
 before anything is yielded, so no read transaction is held while the client
-reads (a long export never pins the WAL).  A run pruned while the export runs
-may appear with fewer events, or not at all.
+reads (a long export never pins the WAL).  Retention does not prune while an
+export runs (:func:`export_lines`), so no run goes missing between the header
+and its lines; a client that stops reading for ``HOLD_SECONDS`` lets it resume.
 """
 
 from __future__ import annotations
@@ -35,16 +36,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import BadRequest
+from ..errors import BadRequest, FlwdError
 from ..models import Event, RunStatus, iso, parse_iso
 from .backend import Store
 from .deliveries import callback_views
 from .event_filter import DATA_SOURCE_SQL, SYNTAX
-from .queries import RUN_COLUMNS, RUN_WIDTH, run_from_row
+from .queries import EXPORT_HOLD, RUN_COLUMNS, RUN_WIDTH, SET_META, run_from_row
 
 FORMAT = 4
 PARAMETERS = ("since", "until", "status", "job", "source")
@@ -52,6 +54,7 @@ LAST_ID = 2**63 - 1
 RUN_PAGE = 200
 EVENT_PAGE = 500
 CHUNK_BYTES = 64 * 1024
+HOLD_SECONDS = 60.0  # retention waits this long after an export's last chunk went out (or its start)
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,37 @@ class _Chunk:
 def export_lines(
     store: Store, filters: ExportFilter, *, run_page: int = RUN_PAGE, event_page: int = EVENT_PAGE
 ) -> Iterator[bytes]:
-    """Yield the export in chunks of about ``CHUNK_BYTES``; see the module docstring."""
+    """Yield the export in chunks of about ``CHUNK_BYTES``; see the module docstring.
+
+    Retention is held off while it runs (a ``meta`` row every process's prune reads, renewed
+    as chunks go out, lapsing ``HOLD_SECONDS`` after the last): a run pruned between the
+    header and its lines would break the chains the file carries.
+    """
+    hold = EXPORT_HOLD + uuid.uuid4().hex
+
+    def renew() -> float:
+        try:
+            store.write(lambda conn: conn.execute(SET_META, (hold, repr(time.time() + HOLD_SECONDS))))
+        except FlwdError:  # a database that cannot be written is not pruned either: export what it holds
+            pass
+        return time.monotonic() + HOLD_SECONDS / 4
+
+    renew_at = renew()  # before anything is read: a prune that commits later waits for this export
+    lines = _export_lines(store, filters, run_page, event_page)
+    try:
+        for chunk in lines:
+            if time.monotonic() > renew_at:
+                renew_at = renew()
+            yield chunk
+    finally:
+        lines.close()  # its connection, now
+        try:
+            store.write(lambda conn: conn.execute("DELETE FROM meta WHERE key = ?", (hold,)))
+        except FlwdError:  # the store is closing or failing: the hold lapses by itself
+            pass
+
+
+def _export_lines(store: Store, filters: ExportFilter, run_page: int, event_page: int) -> Iterator[bytes]:
     conn: sqlite3.Connection | None = None
     try:
         conn = store.connect()  # the generator's own, closed in its own ``finally``

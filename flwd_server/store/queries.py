@@ -18,6 +18,8 @@ RUN_COLUMNS = (
 )
 RUN_WIDTH = RUN_COLUMNS.count(",") + 1  # a row's columns after RUN_COLUMNS start at this index
 UNFINISHED_SQL = ", ".join(f"'{status}'" for status in UNFINISHED_STATUSES)  # ``status IN (...)`` of unfinished runs
+# meta keys of open exports, each valued with the time (text) its hold on retention lapses (store/export.py)
+EXPORT_HOLD = "export_hold:"
 # An upsert both SQLite (3.24+) and PostgreSQL understand; INSERT OR REPLACE is SQLite's alone.
 SET_META = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"

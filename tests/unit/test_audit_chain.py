@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from flwd_server.store.chain import GENESIS, event_hash, insert_events, run_link
 from flwd_server.store.chain_verify import Tampered, verify_export
 from flwd_server.store.export import ExportFilter, export_lines
+from flwd_server.store.queries import EXPORT_HOLD, SET_META
 from tests.fixtures.postgres import open_backend
 
 
@@ -106,6 +108,30 @@ def test_pruning_whole_runs_leaves_the_rest_verifiable_and_records_what_went(any
         "lines": 1 + 2 + 12 + 1,
         "end": {"record": "end", "runs": 2, "events": 12, "artifacts": 0},
     }
+
+
+def test_retention_waits_while_an_export_runs_so_the_export_verifies(any_store):
+    """A prune between the export's header and its runs would cut runs out of the file's chains."""
+    for n in range(4):
+        add_run(any_store, f"r{n}")
+        any_store.emit(f"r{n}", "step.output", {"line": "x"})
+        any_store.emit(f"r{n}", "run.finished", {"status": "succeeded"})
+    any_store.flush()
+    lines = export_lines(any_store, ExportFilter(), run_page=1, event_page=3)
+    header = next(lines)
+    assert any_store.prune(0) == 0  # held off
+    exported = b"".join([header, *lines]).splitlines(keepends=True)
+    assert verify_export(exported)["runs"] == 4
+    assert any_store.prune(0) == 4  # the export is over: retention goes on
+
+
+def test_an_export_hold_lapses_by_itself(any_store):
+    add_run(any_store, "r0")
+    any_store.emit("r0", "run.finished", {"status": "succeeded"})
+    any_store.flush()
+    any_store.write(lambda conn: conn.execute(SET_META, (EXPORT_HOLD + "dead", repr(time.time() - 1))))
+    assert any_store.prune(0) == 1  # an export that died holds nothing
+    assert any_store.reader().execute("SELECT count(*) FROM meta WHERE key LIKE 'export_hold:%'").fetchone()[0] == 0
 
 
 def test_the_events_without_a_run_have_their_own_chain_with_its_head_in_the_header(any_store):

@@ -148,8 +148,7 @@ def test_closing_an_export_early_closes_its_connection(sqlite_store):
     chunks = export_lines(sqlite_store, ExportFilter())
     next(chunks)
     next(chunks)
-    frame = chunks.gi_frame
-    conn = frame.f_locals["conn"]
+    conn = chunks.gi_frame.f_locals["lines"].gi_frame.f_locals["conn"]
     chunks.close()
     with pytest.raises(sqlite3.ProgrammingError):
         conn.execute("SELECT 1")

@@ -42,53 +42,14 @@ SCRIPTS = str(Path(__file__).resolve().parent.parent)
 def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     clients = ctx.opts.fanout_clients
     lines = ctx.opts.pick(500, 200)  # 5 s (quick: 2 s) of ticks
-    client_procs = max(1, min(4, os.cpu_count() or 1, math.ceil(clients / 100)))
     # Issue 19's goal holds on flwd's default settings: no thread tuning here (--flwd-threads
     # still applies, through ctx.flwd, for a look at a tuned server).
     server = ctx.flwd("fanout")
     ws = ctx.ws
-    # Names of their own in each repetition: a go file or a ready file left by the last one would start it early.
-    tag = f"{server.name}-clients"  # the server's name is unique in the temp dir
-    go = ws.path(f"{tag}.go")
-    client_list = []
+    client_list: list[tuple[Any, Path]] = []
     try:
-        api = server.api()
-        try:
-            run = api.json(
-                "POST",
-                "/runs",
-                {"job": "bench-ticker", "source": BENCH_SOURCE, "args": {"lines": lines, "go": str(go)}},
-                expect=202,
-            )["run"]
-        finally:
-            api.close()
-        timeout = 120.0 + clients / 20 + lines * 0.05
-        share = [clients // client_procs + (1 if i < clients % client_procs else 0) for i in range(client_procs)]
-        for i, n in enumerate(share):
-            out = ws.path(f"{tag}-{i}")
-            args = [ctx.python, "-m", "flwd_bench.fanout_client", "--port", str(server.port), "--host", LOOPBACK]
-            args += [
-                "--path",
-                f"/runs/{run['id']}/events",
-                "--connections",
-                str(n),
-                "--out",
-                str(out),
-                "--timeout",
-                str(timeout),
-            ]
-            client_list.append((ws.spawn(args, log=f"{tag}-{i}.log", env={**os.environ, "PYTHONPATH": SCRIPTS}), out))
-
-        def all_ready() -> bool:
-            for proc, out in client_list:
-                if exited(proc) and not out.with_suffix(".ready").exists():
-                    raise RuntimeError(
-                        "a fan-out client exited before connecting; see fanout*-clients-N.log in the temp dir (--keep)"
-                    )
-            return all(out.with_suffix(".ready").exists() for _, out in client_list)
-
-        wait_for(all_ready, 60 + clients / 10, f"{clients} SSE clients to connect", interval=0.1)
-        ready = [json.loads(out.with_suffix(".ready").read_text()) for _, out in client_list]
+        go, ready, timeout = start_ticker_clients(ctx, server, f"{server.name}-clients", clients, lines, client_list)
+        client_procs = len(client_list)
         pids = server.server_pids()
         cpu0 = {pid: procs.cpu_seconds(pid) for pid in pids}
         began = time.monotonic()
@@ -159,3 +120,45 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         "per_process": counts,
     }
     return rows, details
+
+
+def start_ticker_clients(
+    ctx: Context, server: Any, tag: str, clients: int, lines: int, client_list: list[tuple[Any, Path]]
+) -> tuple[Path, list[dict[str, Any]], float]:
+    """A ``bench-ticker`` run held at its go file, and ``clients`` SSE clients on it in a few processes, all connected.
+
+    Returns the go file, the clients' ready records and the time they may take. ``client_list``
+    gets each client process (and its output file) as it starts, so the caller stops them
+    whatever happens. ``tag`` (unique per repetition: a go or ready file left by the last one
+    would start this one early) names the files and logs.
+    """
+    ws = ctx.ws
+    go = ws.path(f"{tag}.go")
+    api = server.api()
+    try:
+        run = api.json(
+            "POST",
+            "/runs",
+            {"job": "bench-ticker", "source": BENCH_SOURCE, "args": {"lines": lines, "go": str(go)}},
+            expect=202,
+        )["run"]
+    finally:
+        api.close()
+    timeout = 120.0 + clients / 20 + lines * 0.05
+    client_procs = max(1, min(4, os.cpu_count() or 1, math.ceil(clients / 100)))
+    share = [clients // client_procs + (1 if i < clients % client_procs else 0) for i in range(client_procs)]
+    for i, n in enumerate(share):
+        out = ws.path(f"{tag}-{i}")
+        args = [ctx.python, "-m", "flwd_bench.fanout_client", "--port", str(server.port), "--host", LOOPBACK]
+        args += ["--path", f"/runs/{run['id']}/events", "--connections", str(n)]
+        args += ["--out", str(out), "--timeout", str(timeout)]
+        client_list.append((ws.spawn(args, log=f"{tag}-{i}.log", env={**os.environ, "PYTHONPATH": SCRIPTS}), out))
+
+    def all_ready() -> bool:
+        for proc, out in client_list:
+            if exited(proc) and not out.with_suffix(".ready").exists():
+                raise RuntimeError(f"an SSE client exited before connecting; see {tag}-N.log in the temp dir (--keep)")
+        return all(out.with_suffix(".ready").exists() for _, out in client_list)
+
+    wait_for(all_ready, 60 + clients / 10, f"{clients} SSE clients to connect", interval=0.1)
+    return go, [json.loads(out.with_suffix(".ready").read_text()) for _, out in client_list], timeout

@@ -16,8 +16,6 @@ from __future__ import annotations
 import array
 import http.client
 import json
-import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -25,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import procs
 from .client import TOKEN
-from .harness import LOOPBACK, exited, wait_for
+from .fig_fanout import start_ticker_clients
+from .harness import LOOPBACK, exited
 from .jobsrc import BENCH_SOURCE
 from .report import Goal, Row, summary
 
@@ -75,41 +74,14 @@ class Prober(threading.Thread):
 def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     clients = ctx.opts.pick(1000, 200)
     lines = ctx.opts.pick(1000, 300)  # 10 s (quick: 3 s) of ticks
-    client_procs = max(1, min(4, os.cpu_count() or 1, math.ceil(clients / 100)))
     server = ctx.flwd("streams")  # flwd's defaults: nothing about threads or streams
     ws = ctx.ws
-    go = ws.path("streams.go")
-    client_list = []
+    client_list: list[tuple[Any, Path]] = []
     prober = Prober(server.port)
     try:
         idle = server.settle(ctx.opts.pick(2.0, 0.5))
-        api = server.api()
-        try:
-            run = api.json(
-                "POST",
-                "/runs",
-                {"job": "bench-ticker", "source": BENCH_SOURCE, "args": {"lines": lines, "go": str(go)}},
-                expect=202,
-            )["run"]
-        finally:
-            api.close()
-        timeout = 120.0 + clients / 20 + lines * 0.05
-        share = [clients // client_procs + (1 if i < clients % client_procs else 0) for i in range(client_procs)]
-        for i, n in enumerate(share):
-            out = ws.path(f"streams-{i}")
-            args = [ctx.python, "-m", "flwd_bench.fanout_client", "--port", str(server.port), "--host", LOOPBACK]
-            args += ["--path", f"/runs/{run['id']}/events", "--connections", str(n)]
-            args += ["--out", str(out), "--timeout", str(timeout)]
-            client_list.append((ws.spawn(args, log=f"streams-{i}.log", env={**os.environ, "PYTHONPATH": SCRIPTS}), out))
-
-        def all_ready() -> bool:
-            for proc, out in client_list:
-                if exited(proc) and not out.with_suffix(".ready").exists():
-                    raise RuntimeError("a stream client exited before connecting; see streams-N.log (--keep)")
-            return all(out.with_suffix(".ready").exists() for _, out in client_list)
-
-        wait_for(all_ready, 60 + clients / 10, f"{clients} SSE clients to connect", interval=0.1)
-        ready = [json.loads(out.with_suffix(".ready").read_text()) for _, out in client_list]
+        go, ready, timeout = start_ticker_clients(ctx, server, f"{server.name}-streams", clients, lines, client_list)
+        client_procs = len(client_list)
         pids = server.server_pids()
         open_memory = procs.total_memory(pids)
         cpu0 = procs.total_cpu(pids)

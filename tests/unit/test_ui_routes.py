@@ -8,6 +8,7 @@ import pytest
 from flask import request
 
 from flwd_server.auth.scopes import SCOPES
+from flwd_server.models import RunStatus
 from flwd_server.web.operations import PUBLIC, operation
 from flwd_server.web.ui_api import UI_DIR
 
@@ -191,3 +192,11 @@ def test_without_trusted_proxies_forwarded_headers_are_ignored(app):
     page = client.get("/ui/", headers=FORWARDED)
     assert base_and_dev(page.get_data(as_text=True))[0] == "/ui/"
     assert client.get("/", headers=FORWARDED).get_json()["links"]["ui"] == "/ui/"
+
+
+def test_the_dashboard_knows_every_run_status_and_no_other():
+    """dom.js declares the statuses once for the badges and the filter; they are the server's."""
+    dom = (UI_DIR / "assets" / "dom.js").read_text()
+    declared = re.search(r"export const STATUSES = \[(.*?)\];", dom, re.S)
+    assert declared is not None
+    assert sorted(re.findall(r'"([a-z_]+)"', declared.group(1))) == sorted(s.value for s in RunStatus)

@@ -31,7 +31,8 @@ export function replace(el, ...children) {
   return append(el, children);
 }
 
-const STATUSES = new Set([
+// Every run status, in the order the runs page's filter lists them (the server's RunStatus).
+export const STATUSES = [
   "awaiting_approval",
   "queued",
   "running",
@@ -41,12 +42,13 @@ const STATUSES = new Set([
   "timed_out",
   "rejected",
   "lost",
-]);
+];
+const KNOWN_STATUSES = new Set(STATUSES);
 const VERDICTS = new Set(["allow", "warn", "deny"]);
 
 /** A status badge; the class comes from a fixed list, never straight from data. */
 export function statusBadge(status) {
-  const known = STATUSES.has(status) ? status : "unknown";
+  const known = KNOWN_STATUSES.has(status) ? status : "unknown";
   return h("span", { class: `badge status-${known}`, dataset: { status: String(status) } }, String(status).replaceAll("_", " "));
 }
 

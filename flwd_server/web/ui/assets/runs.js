@@ -1,23 +1,12 @@
 // The runs list: newest first, paginated, filtered by status/job/source, updated live from GET /events.
 
 import { api, firstEventId } from "./api.js";
-import { errorBox, formatDuration, h, replace, secondsBetween, statusBadge, timeElement } from "./dom.js";
+import { STATUSES, errorBox, formatDuration, h, replace, secondsBetween, statusBadge, timeElement } from "./dom.js";
 import { pageUrl } from "./router.js";
 import { LiveStream } from "./stream.js";
 
 const PAGE_SIZE = 50;
 const MAX_LIVE_ROWS = 500; // the first page grows as runs arrive; beyond this the oldest rows leave it
-const STATUSES = [
-  "awaiting_approval",
-  "queued",
-  "running",
-  "succeeded",
-  "failed",
-  "cancelled",
-  "timed_out",
-  "rejected",
-  "lost",
-];
 const COLUMNS = ["Job", "Source", "Status", "Submitted by", "Submitted", "Duration"];
 
 /** How far a status is along a run's life: an event never moves a row back (a stale event after a fresh list). */

@@ -3,12 +3,12 @@ claimed by one owner at a time (a lease), across threads and processes; every at
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 import time
 
 from flwd_server.models import RunStatus
 from flwd_server.store.deliveries import Delivery
+from tests.fixtures.helpers import results_of_processes
 from tests.fixtures.postgres import open_backend
 
 URL = "https://hooks.example.org/ci?token=t0ps3cret"
@@ -128,13 +128,5 @@ def _claim_deliveries(backend, owner, results):
 
 def test_two_processes_with_six_threads_each_claim_each_delivery_exactly_once(store, store_spec):
     ids = [with_callback(store, RunStatus.REJECTED).id for _ in range(150)]
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_claim_deliveries, args=(store_spec, f"p{i}", results)) for i in range(2)]
-    for p in procs:
-        p.start()
-    claimed = results.get(timeout=60) + results.get(timeout=60)
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
+    claimed = sum(results_of_processes(_claim_deliveries, [(store_spec, f"p{i}") for i in range(2)]), [])
     assert sorted(claimed) == sorted(ids)

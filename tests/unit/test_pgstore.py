@@ -18,7 +18,7 @@ from flwd_server.store import open_store, postgres_pool
 from flwd_server.store.postgres import CHANNEL, LOCK_CLASS, PostgresStore
 from flwd_server.store.postgres_pool import PooledReader, ReaderPool
 from flwd_server.store.postgres_sql import translate
-from tests.fixtures.helpers import wait_until
+from tests.fixtures.helpers import results_of_processes, wait_until
 from tests.unit.test_store import _plan, _public, queue_runs
 
 
@@ -142,14 +142,7 @@ def _bounded_claimer(url: str, owner: str, limit: int, results) -> None:
 
 def test_max_running_holds_across_four_processes_claiming_at_once(pg, postgres_url):
     queue_runs(pg, 200)
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_bounded_claimer, args=(postgres_url, f"p{i}", 3, results)) for i in range(4)]
-    for p in procs:
-        p.start()
-    worst = max(results.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(30)
+    worst = max(results_of_processes(_bounded_claimer, [(postgres_url, f"p{i}", 3) for i in range(4)], timeout=120))
     assert 1 <= worst <= 3
     assert pg.count_runs() == {"succeeded": 200}
 
@@ -280,8 +273,6 @@ def test_heartbeats_are_written_in_the_database_clock(pg):
 
 
 def test_two_processes_migrating_at_once_both_succeed(postgres_url):
-    ctx = multiprocessing.get_context("fork")
-
     def migrate(url, results):
         try:
             PostgresStore(url).migrate()
@@ -289,13 +280,7 @@ def test_two_processes_migrating_at_once_both_succeed(postgres_url):
         except Exception as exc:  # pragma: no cover - reported below
             results.put(repr(exc))
 
-    results = ctx.Queue()
-    procs = [ctx.Process(target=migrate, args=(postgres_url, results)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(30)
+    outcomes = results_of_processes(migrate, [(postgres_url,)] * 3)
     assert outcomes == ["ok"] * 3
 
 

@@ -8,7 +8,6 @@ tests/fixtures/postgres.py); ``sqlite_store`` is for what only SQLite has
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import sqlite3
 import threading
@@ -22,6 +21,7 @@ from flwd_server.store import Store
 from flwd_server.store.queries import new_run_id
 from flwd_server.store.schema import SCHEMA_VERSION
 from flwd_server.store.sqlite import SQLiteStore
+from tests.fixtures.helpers import results_of_processes
 from tests.fixtures.postgres import open_backend
 
 
@@ -157,15 +157,7 @@ def _claim_worker(backend, owner, results):
 
 def test_two_processes_with_eight_threads_claim_each_run_exactly_once(store, store_spec):
     ids = queue_runs(store, 500)
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_claim_worker, args=(store_spec, f"p{i}", results)) for i in range(2)]
-    for p in procs:
-        p.start()
-    claimed = results.get(timeout=60) + results.get(timeout=60)
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
+    claimed = sum(results_of_processes(_claim_worker, [(store_spec, f"p{i}") for i in range(2)]), [])
     assert sorted(claimed) == sorted(ids)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import AlreadyApproved, ApprovalMismatch, NotAwaitingApproval, RunNotFound
 from ..models import EventType, Run, RunStatus
 from .chain import insert_events
-from .queries import dumps, insert_run_finished, scrub_stored_plan
+from .queries import dumps, insert_run_finished
 from .queue import admit
 
 AWAITING = RunStatus.AWAITING_APPROVAL.value
@@ -139,7 +139,6 @@ class ApprovalRecords:
             (now, reason, run_id, AWAITING),
         ).rowcount
         if ended:
-            scrub_stored_plan(conn, run_id)
             payload = {"status": "rejected", "exit_code": None, "duration": 0.0, "reason": reason, **data}
             insert_run_finished(conn, run_id, now, payload)
         return bool(ended)

@@ -63,12 +63,16 @@ def dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
-def insert_run_finished(conn: Any, run_id: str, now: float, payload: dict[str, Any]) -> None:
+def insert_run_finished(conn: Any, run_id: str, now: float, payload: dict[str, Any], scrub: bool = True) -> None:
     """``run.finished``, in the transaction that ends the run: a stream that sees it finds the final row.
 
     Its data always carries the run's ``outputs`` (empty for a run that set none). The run's
     callback, if it asked for one, falls due in the same transaction (store/deliveries.py).
+    Every way a run ends comes here, so here its secret argument values leave the stored plan
+    (``scrub=False``: the caller knows the plan has none).
     """
+    if scrub:
+        scrub_stored_plan(conn, run_id)
     payload.setdefault("outputs", {})
     insert_events(conn, [(run_id, EventType.RUN_FINISHED.value, now, dumps(payload))])
     conn.execute(

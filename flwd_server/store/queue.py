@@ -23,7 +23,7 @@ from typing import Any
 
 from ..models import EventType, Run, RunStatus
 from .chain import insert_events
-from .queries import dumps, insert_run_finished, scrub_stored_plan
+from .queries import dumps, insert_run_finished
 
 # INDEXED BY (SQLite; PostgreSQL drops it): the few running rows, not every group's history.  The last
 # column: a run of the group is being stopped (cancel, replace) - the group starts nothing until it has ended.
@@ -71,7 +71,6 @@ def admit(
         ).rowcount:
             payload = {"status": "cancelled", "exit_code": None, "duration": 0.0, "reason": reason}
             insert_run_finished(conn, old, now, payload)
-            scrub_stored_plan(conn, old)  # it has ended: its secret argument values go, as any run's do
     running = [
         row[0]
         for row in conn.execute(

@@ -29,7 +29,6 @@ from .queries import (
     new_run_id,
     run_from_row,
     scrub_plan,
-    scrub_stored_plan,
 )
 from .queue import admit, pick, queue_entries, with_queue
 
@@ -38,6 +37,10 @@ def body_hash(body: Any) -> str:
     """What an ``Idempotency-Key`` is bound to: the request body, canonically."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).decode().rstrip("=")
+
+
+def _scrubbed(plan_text: str) -> str:
+    return dumps(scrub_plan(json.loads(plan_text)))
 
 
 class RunRecords:
@@ -107,7 +110,8 @@ class RunRecords:
                 raise Unavailable(
                     f"{max_queued} runs are already queued (limits.max_queued_runs); retry later", retry_after=10
                 )
-            run, rows, stored_plan = created, event_rows, plan_text
+            # A run that ends here (refused by policy or by its group) keeps no secret argument value.
+            run, rows, stored_plan = created, event_rows, plan_text if finished is None else _scrubbed(plan_text)
             if concurrency is not None and status is RunStatus.QUEUED:
                 refused = admit(conn, run_id, concurrency, submitted_by, now, self._FOR_UPDATE)
                 if refused is not None:
@@ -116,7 +120,7 @@ class RunRecords:
                     )
                     end = {"status": "rejected", "exit_code": None, "duration": 0.0, "reason": refused}
                     rows = [*event_rows, (run_id, EventType.RUN_FINISHED.value, now, dumps(end))]
-                    stored_plan = dumps(scrub_plan(json.loads(plan_text)))  # ended: no secret value is kept
+                    stored_plan = _scrubbed(plan_text)
             conn.execute(
                 "INSERT INTO runs(id, job, source, revision, args, status, profile, submitted_by, created_at, "
                 "finished_at, reason, plan_digest, plan, affinity, concurrency_group, concurrency_limit) "
@@ -309,14 +313,12 @@ class RunRecords:
                 "WHERE id = ?",
                 (status.value, now, exit_code, reason, dumps(outputs) if outputs else None, run_id),
             )
-            if scrub:
-                scrub_stored_plan(conn, run_id)
             payload = {"status": status.value, "exit_code": exit_code, "duration": round(now - started, 6)}
             if reason:
                 payload["reason"] = reason
             payload.update(data or {})
             payload["outputs"] = outputs or {}
-            insert_run_finished(conn, run_id, now, payload)
+            insert_run_finished(conn, run_id, now, payload, scrub)
             return True
 
         if not wait:
@@ -339,7 +341,6 @@ class RunRecords:
                     "UPDATE runs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?",
                     (now, reason, run_id),
                 )
-                scrub_stored_plan(conn, run_id)
                 insert_run_finished(
                     conn, run_id, now, {"status": "cancelled", "exit_code": None, "duration": 0.0, "reason": reason}
                 )

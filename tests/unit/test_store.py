@@ -379,3 +379,26 @@ def test_runs_are_listed_for_a_narrowed_token_in_the_query_on_both_backends(stor
     assert [r.job for r in store.list_runs(grants=grants)[0]] == ["other", "a_b"]
     assert store.list_runs(grants=frozenset())[0] == []
     assert store.list_runs(grants=grants_of(["runs:read:t:*"], "runs:read"))[0] == []
+
+
+def test_every_way_a_run_ends_drops_its_secret_values_from_the_stored_plan(store):
+    """Refused at submit, cancelled while queued, lost with its owner (queued or running), finished."""
+
+    def submit(status: RunStatus = RunStatus.QUEUED, affinity: str | None = None) -> str:
+        plan = {**_plan(), "args": {"token": "hunter2-secret"}, "secret_args": ["token"]}
+        return store.create_run(plan=plan, public=_public(), submitted_by="t", status=status, affinity=affinity)[0].id
+
+    refused = submit(RunStatus.REJECTED)
+    cancelled = submit()
+    store.request_cancel(cancelled, "someone")
+    stranded = submit(affinity="cli:gone")
+    running = submit()
+    assert [c.run.id for c in store.claim("gone-owner", 1, 10)] == [running]
+    finished = submit()
+    assert [c.run.id for c in store.claim("alive", 1, 10)] == [finished]
+    store.mark_stranded(lambda owner, *_: owner == "cli:gone", "its process died")
+    store.mark_lost(lambda owner, *_: owner == "gone-owner", "the owner died")
+    store.finish_run(finished, RunStatus.SUCCEEDED, exit_code=0)
+    for run_id in (refused, cancelled, stranded, running, finished):
+        assert store.get_run(run_id).status.is_terminal, run_id
+        assert store.run_plan(run_id)["args"] == {"token": "***"}, store.get_run(run_id).status

@@ -67,20 +67,9 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             ws.stop(proc, timeout=5)
     finally:
         server.stop()
-    latencies = array.array("d")
-    counts = []
-    for _, out in client_list:
-        if out.with_suffix(".json").exists():
-            counts.append(json.loads(out.with_suffix(".json").read_text()))
-            latencies.frombytes(out.with_suffix(".lat").read_bytes())
-    if not counts:
-        raise RuntimeError("no fan-out client finished")
+    counts, latencies, statuses = client_results(client_list, ready)
     ms = summary([1000 * v for v in latencies])
     complete = sum(c["finished"] for c in counts)
-    statuses: dict[str, int] = {}
-    for c in ready:
-        for status, n in c["statuses"].items():
-            statuses[status] = statuses.get(status, 0) + n
     # From "go" on: connecting (before the window) is not what the figure is about.
     client_cpu = sum(c["cpu_seconds"] for c in counts) - sum(r["cpu_seconds"] for r in ready)
     lines_min = min(c["lines_min"] for c in counts)
@@ -162,3 +151,22 @@ def start_ticker_clients(
 
     wait_for(all_ready, 60 + clients / 10, f"{clients} SSE clients to connect", interval=0.1)
     return go, [json.loads(out.with_suffix(".ready").read_text()) for _, out in client_list], timeout
+
+
+def client_results(
+    client_list: list[tuple[Any, Path]], ready: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], array.array, dict[str, int]]:
+    """What the SSE clients wrote: each finished client's counts, every delivery latency (s), the HTTP statuses."""
+    latencies = array.array("d")
+    counts = []
+    for _, out in client_list:
+        if out.with_suffix(".json").exists():
+            counts.append(json.loads(out.with_suffix(".json").read_text()))
+            latencies.frombytes(out.with_suffix(".lat").read_bytes())
+    if not counts:
+        raise RuntimeError("no SSE client finished; see the clients' logs in the temp dir (--keep)")
+    statuses: dict[str, int] = {}
+    for c in ready:
+        for status, n in c["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + n
+    return counts, latencies, statuses

@@ -13,7 +13,6 @@ then the peak with every stream open.
 
 from __future__ import annotations
 
-import array
 import http.client
 import json
 import threading
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import procs
 from .client import TOKEN
-from .fig_fanout import start_ticker_clients
+from .fig_fanout import client_results, start_ticker_clients
 from .harness import LOOPBACK, exited
 from .jobsrc import BENCH_SOURCE
 from .report import Goal, Row, summary
@@ -102,18 +101,7 @@ def measure(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     finally:
         prober.stop.set()
         server.stop()
-    latencies = array.array("d")
-    counts = []
-    for _, out in client_list:
-        if out.with_suffix(".json").exists():
-            counts.append(json.loads(out.with_suffix(".json").read_text()))
-            latencies.frombytes(out.with_suffix(".lat").read_bytes())
-    if not counts:
-        raise RuntimeError("no stream client finished")
-    statuses: dict[str, int] = {}
-    for c in ready:
-        for status, n in c["statuses"].items():
-            statuses[status] = statuses.get(status, 0) + n
+    counts, latencies, statuses = client_results(client_list, ready)
     answered = statuses.get("200", 0)
     complete = sum(c["finished"] for c in counts)
     lines_min = min(c["lines_min"] for c in counts)

@@ -81,17 +81,10 @@ class Submitter:
             "revision": plan.job.revision,
             "args": plan.public_args(),
             "profile": plan.profile.value,
-            "digest": plan.digest,
         }
+        queued = {**public, "submitted_by": principal.subject}  # run.queued: the run as submitted
+        public["digest"] = plan.digest
         record = plan_record(plan)
-        queued = {
-            "job": plan.job.name,
-            "source": plan.job.source,
-            "revision": plan.job.revision,
-            "args": plan.public_args(),
-            "profile": plan.profile.value,
-            "submitted_by": principal.subject,
-        }
         events: list[tuple[str, dict[str, Any]]] = [(EventType.RUN_QUEUED.value, queued)]
         if downgrade is not None:
             events.append((EventType.POLICY_PROFILE_DOWNGRADE.value, self.downgrade_data(downgrade, principal, plan)))

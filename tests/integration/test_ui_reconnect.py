@@ -203,10 +203,8 @@ def test_a_server_restart_resumes_without_gap_or_duplicate(browser, flwd):
 def test_the_dashboard_works_under_a_proxys_sub_path(browser, quiet_flwd, subpath_proxy):
     live_runs_page(browser, subpath_proxy.url + "/flwd")
     run = quiet_flwd.submit("ops:ticker", {"lines": 2})
-    link = browser.wait(
-        lambda: next(iter(browser.find_all(f'#runs-table tr[data-run-id="{run["id"]}"] a')), None), 10, "the new run"
-    )
-    link.click()
-    assert browser.driver.current_url == f"{subpath_proxy.url}/flwd/ui/runs/{run['id']}"
+    browser.click(f'#runs-table tr[data-run-id="{run["id"]}"] a', 10, "the new run's link")
+    page = f"{subpath_proxy.url}/flwd/ui/runs/{run['id']}"
+    browser.wait(lambda: browser.driver.current_url == page, 10, f"the browser to open {page}")
     browser.wait(lambda: browser.find_all('article[data-status="succeeded"]'), 15, "the run to succeed")
     browser.wait(lambda: "tick 2" in browser.find(".log").text, message="its output, streamed through the prefix")

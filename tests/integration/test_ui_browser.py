@@ -43,6 +43,8 @@ steps:
 """,
     "editable.yaml": "name: editable\nsteps:\n  - run: 'true'\n",
     "gated.yaml": "name: gated\napproval: {required: 1}\nsteps:\n  - run: 'echo approved-run'\n",
+    "one-at-a-time.yaml": "name: one-at-a-time\nargs:\n  seconds: {type: integer, default: 60}\n"
+    "concurrency: {group: solo, limit: 1}\nsteps:\n  - run: 'echo started; sleep \"$FLWD_ARG_SECONDS\"'\n",
     "report.yaml": f"""name: report
 description: Sets outputs
 args:
@@ -322,6 +324,21 @@ def test_cancel_from_the_run_page(signed_in, ui):
     assert browser.find_all("#cancel-run") == []
 
 
+def test_a_waiting_run_shows_its_place_in_line_until_it_starts(signed_in, ui):
+    browser = signed_in
+    first = ui.submit("ui:one-at-a-time")
+    second = ui.submit("ui:one-at-a-time", {"seconds": 0})
+    try:
+        browser.open(f"{ui.url}/ui/runs/{second['id']}")
+        text = browser.wait_for("#run-queue").text
+        assert text == "#1 in line: concurrency group solo (1 of 1 running)"
+        ui.post(f"/runs/{first['id']}/cancel")
+        browser.wait(lambda: browser.find_all('article[data-status="succeeded"]'), 20, "the waiting run to run")
+        assert browser.find_all("#run-queue") == [] and "started" in browser.find(".log").text
+    finally:
+        ui.post(f"/runs/{first['id']}/cancel")
+
+
 def test_an_approver_approves_the_plan_or_denies_it_from_the_run_page(browser, ui):
     first, second = ui.submit("ui:gated"), ui.submit("ui:gated")
     try:
@@ -329,6 +346,7 @@ def test_an_approver_approves_the_plan_or_denies_it_from_the_run_page(browser, u
         browser.open(f"{ui.url}/ui/runs/{first['id']}")
         browser.wait_for("#approve-run")
         assert first["plan_digest"] in browser.find(".digest").text
+        assert browser.find("#run-queue").text == "awaiting approval"
         browser.find("#approve-run").click()
         browser.wait(lambda: browser.find_all('article[data-status="succeeded"]'), 20, "the approved run to succeed")
         assert "approved-run" in browser.find(".log").text and browser.find_all("#approve-run") == []

@@ -20,6 +20,7 @@ import { liveIndicator } from "./runs.js";
 import { LiveStream } from "./stream.js";
 
 const ACTIVE = new Set(["awaiting_approval", "queued", "running"]);
+const QUEUE_REFRESH_MS = 2000; // how often a waiting run's place in line is read again
 
 function headers(names) {
   return names.map((name) => h("th", { scope: "col" }, name));
@@ -149,6 +150,7 @@ export function runView({ route, can }) {
       item("Duration", formatDuration(duration)),
       run.exit_code !== null && run.exit_code !== undefined ? item("Exit code", String(run.exit_code)) : null,
       run.reason ? item("Reason", run.reason) : null,
+      waits() ? item("Waiting", h("span", { id: "run-queue" }, queueText(run.queue))) : null,
       item("Plan", h("span", { class: "mono digest" }, run.plan_digest || "")),
     );
     replace(
@@ -160,6 +162,27 @@ export function runView({ route, can }) {
     if (!Object.keys(run.args || {}).length) replace(argsBody, h("tr", {}, h("td", { colspan: "2" }, "No arguments.")));
     renderOutputs();
     renderActions();
+    watchQueue();
+  }
+
+  // Where a waiting run stands: other runs move it up, and their events are not on this run's
+  // stream, so the record is read again while it waits (see watchQueue).
+  function queueText(queue) {
+    return queue.position ? `#${queue.position} in line: ${queue.reason}` : queue.reason;
+  }
+
+  function waits() {
+    return Boolean(run && run.queue && rank(run.status) === 0); // a started run's stale record says nothing
+  }
+
+  let queueTimer = null;
+  function watchQueue() {
+    const waiting = waits() && !destroyed;
+    if (waiting && !queueTimer) queueTimer = setInterval(refresh, QUEUE_REFRESH_MS);
+    if (!waiting && queueTimer) {
+      clearInterval(queueTimer);
+      queueTimer = null;
+    }
   }
 
   function renderOutputs() {
@@ -334,6 +357,7 @@ export function runView({ route, can }) {
     destroy() {
       destroyed = true;
       if (stream) stream.stop();
+      if (queueTimer) clearInterval(queueTimer);
       log.destroy();
     },
   };

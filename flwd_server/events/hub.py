@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 from ..errors import StorageError
 from ..forksafe import reset_after_fork
-from ..models import Event
+from ..models import Event, EventType
 from ..store import Store
 from ..store.event_filter import EventFilter
 from .routing import RunOrigins, route
@@ -41,6 +41,18 @@ from .wakeups import Wakeups
 
 log = logging.getLogger("flwd.events")
 FETCH_LIMIT = 5000
+OUTPUT = EventType.STEP_OUTPUT.value
+
+Listener = Callable[[list[Event]], None]
+
+
+def control_only(listener: Listener) -> Listener:
+    """Mark a listener that acts only on control events: the poller hands it a batch without step output.
+
+    A job printing 200,000 lines would otherwise have every such listener test every line.
+    """
+    listener.control_only = True  # type: ignore[attr-defined]
+    return listener
 
 
 class EventHub:
@@ -51,7 +63,8 @@ class EventHub:
         self.poll_interval = poll_interval
         self.max_events = max_events
         self.max_bytes = max_bytes
-        self._listeners: list[Callable[[list[Event]], None]] = []
+        self._listeners: list[Listener] = []  # every event
+        self._control_listeners: list[Listener] = []  # every event but step output
         self.origins = RunOrigins(store)
         self.wakeups = Wakeups(store.wakeup_key)
         self._reset()
@@ -70,9 +83,15 @@ class EventHub:
         self.polls = 0
         self.queries = 0
 
-    def add_listener(self, listener: Callable[[list[Event]], None]) -> None:
-        """Called with each new batch of events (on the poller thread; keep it quick)."""
-        self._listeners.append(listener)
+    def add_listener(self, listener: Listener, control_only: bool | None = None) -> None:
+        """Called with each new batch of events (on the poller thread; keep it quick).
+
+        With ``control_only`` (default: whether the listener is marked :func:`control_only`)
+        the batch has no ``step.output`` events, and a batch of nothing else is not handed on.
+        """
+        if control_only is None:
+            control_only = getattr(listener, "control_only", False)
+        (self._control_listeners if control_only else self._listeners).append(listener)
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -174,11 +193,9 @@ class EventHub:
                 return
             self._publish(fresh)
             self._release_waiters()
-            for listener in self._listeners:
-                try:
-                    listener(fresh)
-                except Exception:
-                    log.exception("event listener failed")
+            self._notify(self._listeners, fresh)
+            if self._control_listeners:
+                self._notify(self._control_listeners, [e for e in fresh if e.type != OUTPUT])
             if len(fresh) < FETCH_LIMIT:
                 return
 
@@ -198,12 +215,18 @@ class EventHub:
         self._bytes = 0
         self._view = (newest, newest, [], [])
         self._release_waiters()
-        if control:
-            for listener in self._listeners:
-                try:
-                    listener(control)
-                except Exception:
-                    log.exception("event listener failed")
+        self._notify(self._listeners, control)
+        self._notify(self._control_listeners, control)
+
+    @staticmethod
+    def _notify(listeners: list[Listener], events: list[Event]) -> None:
+        if not events:
+            return
+        for listener in listeners:
+            try:
+                listener(events)
+            except Exception:
+                log.exception("event listener failed")
 
     def _publish(self, fresh: list[Event]) -> None:
         floor, _, events, ids = self._view

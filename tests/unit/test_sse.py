@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flwd_server.errors import BadRequest, Unavailable
-from flwd_server.events.hub import EventHub
+from flwd_server.events.hub import EventHub, control_only
 from flwd_server.events.sse import HEARTBEAT, ClosingStream, StreamSlots, event_stream, parse_last_event_id
 from tests.fixtures.helpers import wait_until
 
@@ -212,6 +212,34 @@ def test_without_followers_the_hub_reads_only_control_events_and_still_serves_hi
         wait_until(lambda: [e.run_id for e in hub._events] == ["r2"], 5, message="a watched hub to buffer output")
     finally:
         hub.unwatch()
+
+
+def test_control_only_listeners_get_no_output_lines_and_others_get_every_event(sqlite_store, hub):
+    everything, control, marked = [], [], []
+
+    @control_only
+    def marked_listener(events):
+        marked.append([e.type for e in events])
+
+    hub.add_listener(lambda events: everything.extend(e.type for e in events))
+    hub.add_listener(lambda events: control.append([e.type for e in events]), control_only=True)
+    hub.add_listener(marked_listener)
+    hub.watch()  # a follower: the hub reads output too, and must still keep it from control listeners
+    try:
+        sqlite_store.emit("r", "run.queued", {})
+        sqlite_store.flush()
+        wait_until(lambda: control and marked, 5, message="the control listeners to get run.queued")
+        sqlite_store.emit_rows([("r", "step.output", time.time(), '{"line":"x"}')] * 20)
+        sqlite_store.flush()
+        wait_until(lambda: len(everything) == 21, 5, message="the plain listener to get every line")
+        sqlite_store.emit("r", "run.finished", {"status": "succeeded"})
+        sqlite_store.flush()
+        wait_until(lambda: everything[-1:] == ["run.finished"], 5, message="every listener to get run.finished")
+        wait_until(lambda: len(control) == len(marked) == 2, 5, message="the control listeners to get run.finished")
+    finally:
+        hub.unwatch()
+    assert everything == ["run.queued"] + ["step.output"] * 20 + ["run.finished"]
+    assert control == marked == [["run.queued"], ["run.finished"]]  # a batch of output only is not handed on
 
 
 def test_iso_timestamps_match_datetime_to_the_millisecond():

@@ -46,6 +46,11 @@ OUTPUT = EventType.STEP_OUTPUT.value
 Listener = Callable[[list[Event]], None]
 
 
+def _size(events: list[Event]) -> int:
+    """What events count against the buffer's ``max_bytes``: their stored text and 64 bytes each."""
+    return sum([len(e.raw) for e in events]) + 64 * len(events)
+
+
 def control_only(listener: Listener) -> Listener:
     """Mark a listener that acts only on control events: the poller hands it a batch without step output.
 
@@ -229,12 +234,15 @@ class EventHub:
                 log.exception("event listener failed")
 
     def _publish(self, fresh: list[Event]) -> None:
+        """Append a batch to the buffer and trim it to its bounds; a batch at a time, not an event at a time."""
         floor, _, events, ids = self._view
         events.extend(fresh)  # appends never disturb a reader's snapshot: it stops at its ``last``
-        ids.extend(e.id for e in fresh)
-        self._bytes += sum(len(e.raw) + 64 for e in fresh)
-        drop = 0
-        while drop < len(events) - 1 and (len(events) - drop > self.max_events or self._bytes > self.max_bytes):
+        ids.extend([e.id for e in fresh])
+        self._bytes += _size(fresh)
+        drop = min(max(len(events) - self.max_events, 0), len(events) - 1)  # the newest event always stays
+        if drop:
+            self._bytes -= _size(events[:drop])
+        while drop < len(events) - 1 and self._bytes > self.max_bytes:
             self._bytes -= len(events[drop].raw) + 64
             drop += 1
         if drop:

@@ -242,6 +242,30 @@ def test_control_only_listeners_get_no_output_lines_and_others_get_every_event(s
     assert control == marked == [["run.queued"], ["run.finished"]]  # a batch of output only is not handed on
 
 
+@pytest.mark.parametrize(
+    ("max_events", "max_bytes", "kept"), [(10, 10**6, 10), (1000, 5 * 80, 5), (1, 10**6, 1), (50, 1, 1)]
+)
+def test_the_buffer_keeps_the_newest_events_within_both_bounds(sqlite_store, max_events, max_bytes, kept):
+    hub = EventHub(sqlite_store, poll_interval=0.01, max_events=max_events, max_bytes=max_bytes)
+    hub.start()
+    hub.watch()
+    try:
+        rows = [("r", "step.output", time.time(), f'{{"line":"{i % 10}"}}') for i in range(25)]  # 16 bytes: 80 each
+        for start, end in ((0, 7), (7, 20), (20, 25)):  # batches smaller and larger than the buffer
+            sqlite_store.emit_rows(rows[start:end])
+            sqlite_store.flush()
+        last = sqlite_store.last_event_id()
+        wait_until(lambda: hub.last_id == last, 5, message="the hub to read every event")
+        buffered = hub._events
+        assert [e.id for e in buffered] == list(range(last - kept + 1, last + 1))
+        assert hub._bytes == sum(len(e.raw) + 64 for e in buffered)
+        floor = hub._view[0]
+        assert floor == last - kept
+    finally:
+        hub.unwatch()
+        hub.close()
+
+
 def test_iso_timestamps_match_datetime_to_the_millisecond():
     import datetime
     import random

@@ -29,6 +29,7 @@ import bisect
 import logging
 import threading
 from _thread import allocate_lock
+from collections import deque
 from collections.abc import Callable
 
 from ..errors import StorageError
@@ -41,6 +42,7 @@ from .wakeups import Wakeups
 
 log = logging.getLogger("flwd.events")
 FETCH_LIMIT = 5000
+LOCAL_BATCHES = 16  # committed batches of this process's writer kept for the poller; past that it reads them
 OUTPUT = EventType.STEP_OUTPUT.value
 
 Listener = Callable[[list[Event]], None]
@@ -83,6 +85,8 @@ class EventHub:
         self._bytes = 0
         self._waiters: list = []
         self._watchers = 0
+        self._local: deque[list[tuple]] = deque()  # this process's committed event rows, oldest first
+        self.handed = 0  # batches published from the writer's hand instead of read back (tests, introspection)
         self._thread: threading.Thread | None = None
         self._closed = False
         self.polls = 0
@@ -135,8 +139,14 @@ class EventHub:
     def wake(self) -> None:
         self.wakeups.wake_self()
 
-    def _after_commit(self) -> None:
-        """This process wrote: look now, and tell the other processes on this host to look too."""
+    def _after_commit(self, rows: list[tuple]) -> None:
+        """This process wrote: look now, and tell the other processes on this host to look too.
+
+        With a follower here the committed event rows are handed to the poller, which publishes them
+        without reading them back when they follow its last event (see :meth:`_take_local`).
+        """
+        if rows and self._watchers > 0 and len(self._local) < LOCAL_BATCHES:
+            self._local.append(rows)
         self.wakeups.wake_self()
         if not self.store.notifies_peers:
             self.wakeups.wake_peers()
@@ -189,20 +199,45 @@ class EventHub:
 
     def _fetch(self, conn) -> None:
         if self._watchers <= 0:
+            self._local.clear()
             self._fetch_control(conn)
             return
-        while True:
+        self._take_local()
+        while True:  # what other processes wrote, and whatever the writer's hand did not cover
             self.queries += 1
             fresh = self.store.events_after(self._view[1], None, FETCH_LIMIT, conn=conn)
             if not fresh:
                 return
-            self._publish(fresh)
-            self._release_waiters()
-            self._notify(self._listeners, fresh)
-            if self._control_listeners:
-                self._notify(self._control_listeners, [e for e in fresh if e.type != OUTPUT])
+            self._deliver(fresh)
             if len(fresh) < FETCH_LIMIT:
                 return
+
+    def _take_local(self) -> None:
+        """Publish this process's committed batches that follow the last event published, unread.
+
+        Ids are taken under the store's write lock in commit order, so a batch whose first id is
+        the one after ``last`` has nothing before it that is not published yet.  Any other batch
+        (another process wrote in between, ids skipped, a batch not kept) is left to the query,
+        which reads everything committed.  It saves reading back every line a local job prints.
+        """
+        local = self._local
+        while local:
+            rows = local.popleft()
+            last = self._view[1]
+            if rows[-1][0] <= last:
+                continue  # read from the database already
+            if rows[0][0] != last + 1:
+                local.clear()
+                return
+            self.handed += 1
+            self._deliver([Event(row[0], row[1], row[2], row[3], row[4]) for row in rows])
+
+    def _deliver(self, fresh: list[Event]) -> None:
+        self._publish(fresh)
+        self._release_waiters()
+        self._notify(self._listeners, fresh)
+        if self._control_listeners:
+            self._notify(self._control_listeners, [e for e in fresh if e.type != OUTPUT])
 
     def _fetch_control(self, conn) -> None:
         """Nobody follows streams in this process: read only what the runner and the caches act on.

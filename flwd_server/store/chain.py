@@ -63,7 +63,7 @@ def run_link(previous: bytes, run_id: str, run_hash: bytes) -> bytes:
 class Chain:
     """The chains' heads as one writer last left them, and the last event id it took."""
 
-    __slots__ = ("postgres", "conn", "last_id", "heads", "finished_head", "checked")
+    __slots__ = ("postgres", "conn", "last_id", "heads", "finished_head", "checked", "inserted")
 
     def __init__(self, postgres: bool, conn: Any = None) -> None:
         self.postgres = postgres
@@ -72,6 +72,7 @@ class Chain:
         self.heads: dict[str | None, bytes] = {}
         self.finished_head: bytes | None = None
         self.checked = False  # the heads were proven current in this transaction
+        self.inserted: list[tuple] = []  # ``(id, run_id, type, ts, data, hash)`` rows of this transaction
 
     def begin(self, conn: Any) -> None:
         """A write transaction starts on ``conn``: :func:`insert_events` on it goes through this chain."""
@@ -79,6 +80,7 @@ class Chain:
             self.invalidate()
         self.conn = conn
         self.checked = False
+        self.inserted = []
         _active.chain = self
 
     def end(self) -> None:
@@ -150,6 +152,7 @@ class Chain:
             self.conn.executemany(INSERT_HASHED, rows)  # one statement over six arrays (postgres_sql.py)
         else:
             _insert_sqlite(self.conn, rows)
+        self.inserted.extend(rows)
         self.last_id = rows[-1][0]
         if finished:
             self._finished(finished)

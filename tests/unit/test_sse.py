@@ -13,8 +13,8 @@ from flwd_server.errors import BadRequest, Unavailable
 from flwd_server.events.hub import EventHub, control_only
 from flwd_server.events.sse import HEARTBEAT, ClosingStream, StreamSlots, event_stream, parse_last_event_id
 from flwd_server.store.chain import insert_events
-from flwd_server.store.sqlite import SQLiteStore
 from tests.fixtures.helpers import wait_until
+from tests.fixtures.postgres import open_backend
 
 
 def frames(stream, count):
@@ -268,13 +268,12 @@ def test_the_buffer_keeps_the_newest_events_within_both_bounds(sqlite_store, max
         hub.close()
 
 
-def test_a_followed_hub_publishes_its_own_writes_unread_and_interleaves_another_writers_in_id_order(sqlite_store):
-    hub = EventHub(sqlite_store, poll_interval=0.01, max_events=10_000)
+def test_a_followed_hub_publishes_its_own_writes_unread_and_interleaves_another_writers_in_id_order(store_spec):
+    mine, other = open_backend(store_spec), open_backend(store_spec)  # other: another process's writer
+    mine.migrate()
+    hub = EventHub(mine, poll_interval=0.01, max_events=10_000)
     hub.start()
     hub.watch()
-    other = SQLiteStore(
-        sqlite_store.path
-    )  # another process's writer: its commits reach this hub only through the database
 
     def failing(conn):
         insert_events(conn, [("r", "lost.event", time.time(), "{}")])
@@ -282,21 +281,22 @@ def test_a_followed_hub_publishes_its_own_writes_unread_and_interleaves_another_
 
     try:
         for i in range(30):
-            store = sqlite_store if i % 3 else other
+            store = mine if i % 3 else other
             store.emit_rows([("r", "step.output", time.time(), f'{{"line":"{i}.{j}"}}') for j in range(40)])
             store.flush()
             if i == 10:
                 with pytest.raises(RuntimeError):
-                    sqlite_store.write(failing)
-        last = sqlite_store.last_event_id()
+                    mine.write(failing)
+        last = mine.last_event_id()
         wait_until(lambda: hub.last_id == last, 5, message="the hub to publish every event")
-        stored = [(e.id, e.type, e.raw) for e in sqlite_store.events_after(0, limit=10_000)]
+        stored = [(e.id, e.type, e.raw) for e in mine.events_after(0, limit=10_000)]
         assert [(e.id, e.type, e.raw) for e in hub._events] == stored
         assert len(stored) == 1200 and "lost.event" not in {e[1] for e in stored}
         assert hub.handed > 0  # some batches were this process's, published without reading them back
     finally:
         hub.unwatch()
         hub.close()
+        mine.close()
         other.close()
 
 

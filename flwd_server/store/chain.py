@@ -143,9 +143,9 @@ class Chain:
             head = heads.get(run_id)
             if head is None:
                 head = self._head(run_id)
-            digest = sha256(head + pack(id, ts) + f"{run_id or ''}\n{type}\n{data}".encode())
-            heads[run_id] = head = digest.digest()
-            append((id, run_id, type, ts, data, digest.hexdigest()))
+            head = sha256(head + pack(id, ts) + f"{run_id or ''}\n{type}\n{data}".encode()).digest()
+            heads[run_id] = head
+            append((id, run_id, type, ts, data, head.hex()))  # not hexdigest(): that finalises the hash again
             if type == _RUN_FINISHED and run_id is not None:
                 finished.append((run_id, head))
         if self.postgres:

@@ -29,11 +29,12 @@ import bisect
 import logging
 import threading
 from _thread import allocate_lock
+from collections import deque
 from collections.abc import Callable
 
 from ..errors import StorageError
 from ..forksafe import reset_after_fork
-from ..models import Event
+from ..models import Event, EventType
 from ..store import Store
 from ..store.event_filter import EventFilter
 from .routing import RunOrigins, route
@@ -41,6 +42,24 @@ from .wakeups import Wakeups
 
 log = logging.getLogger("flwd.events")
 FETCH_LIMIT = 5000
+LOCAL_BATCHES = 16  # committed batches of this process's writer kept for the poller; past that it reads them
+OUTPUT = EventType.STEP_OUTPUT.value
+
+Listener = Callable[[list[Event]], None]
+
+
+def _size(events: list[Event]) -> int:
+    """What events count against the buffer's ``max_bytes``: their stored text and 64 bytes each."""
+    return sum([len(e.raw) for e in events]) + 64 * len(events)
+
+
+def control_only(listener: Listener) -> Listener:
+    """Mark a listener that acts only on control events: the poller hands it a batch without step output.
+
+    A job printing 200,000 lines would otherwise have every such listener test every line.
+    """
+    listener.control_only = True  # type: ignore[attr-defined]
+    return listener
 
 
 class EventHub:
@@ -51,7 +70,8 @@ class EventHub:
         self.poll_interval = poll_interval
         self.max_events = max_events
         self.max_bytes = max_bytes
-        self._listeners: list[Callable[[list[Event]], None]] = []
+        self._listeners: list[Listener] = []  # every event
+        self._control_listeners: list[Listener] = []  # every event but step output
         self.origins = RunOrigins(store)
         self.wakeups = Wakeups(store.wakeup_key)
         self._reset()
@@ -65,14 +85,22 @@ class EventHub:
         self._bytes = 0
         self._waiters: list = []
         self._watchers = 0
+        self._local: deque[list[tuple]] = deque()  # this process's committed event rows, oldest first
+        self.handed = 0  # batches published from the writer's hand instead of read back (tests, introspection)
         self._thread: threading.Thread | None = None
         self._closed = False
         self.polls = 0
         self.queries = 0
 
-    def add_listener(self, listener: Callable[[list[Event]], None]) -> None:
-        """Called with each new batch of events (on the poller thread; keep it quick)."""
-        self._listeners.append(listener)
+    def add_listener(self, listener: Listener, control_only: bool | None = None) -> None:
+        """Called with each new batch of events (on the poller thread; keep it quick).
+
+        With ``control_only`` (default: whether the listener is marked :func:`control_only`)
+        the batch has no ``step.output`` events, and a batch of nothing else is not handed on.
+        """
+        if control_only is None:
+            control_only = getattr(listener, "control_only", False)
+        (self._control_listeners if control_only else self._listeners).append(listener)
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -111,8 +139,14 @@ class EventHub:
     def wake(self) -> None:
         self.wakeups.wake_self()
 
-    def _after_commit(self) -> None:
-        """This process wrote: look now, and tell the other processes on this host to look too."""
+    def _after_commit(self, rows: list[tuple]) -> None:
+        """This process wrote: look now, and tell the other processes on this host to look too.
+
+        With a follower here the committed event rows are handed to the poller, which publishes them
+        without reading them back when they follow its last event (see :meth:`_take_local`).
+        """
+        if rows and self._watchers > 0 and len(self._local) < LOCAL_BATCHES:
+            self._local.append(rows)
         self.wakeups.wake_self()
         if not self.store.notifies_peers:
             self.wakeups.wake_peers()
@@ -165,22 +199,45 @@ class EventHub:
 
     def _fetch(self, conn) -> None:
         if self._watchers <= 0:
+            self._local.clear()
             self._fetch_control(conn)
             return
-        while True:
+        self._take_local()
+        while True:  # what other processes wrote, and whatever the writer's hand did not cover
             self.queries += 1
             fresh = self.store.events_after(self._view[1], None, FETCH_LIMIT, conn=conn)
             if not fresh:
                 return
-            self._publish(fresh)
-            self._release_waiters()
-            for listener in self._listeners:
-                try:
-                    listener(fresh)
-                except Exception:
-                    log.exception("event listener failed")
+            self._deliver(fresh)
             if len(fresh) < FETCH_LIMIT:
                 return
+
+    def _take_local(self) -> None:
+        """Publish this process's committed batches that follow the last event published, unread.
+
+        Ids are taken under the store's write lock in commit order, so a batch whose first id is
+        the one after ``last`` has nothing before it that is not published yet.  Any other batch
+        (another process wrote in between, ids skipped, a batch not kept) is left to the query,
+        which reads everything committed.  It saves reading back every line a local job prints.
+        """
+        local = self._local
+        while local:
+            rows = local.popleft()
+            last = self._view[1]
+            if rows[-1][0] <= last:
+                continue  # read from the database already
+            if rows[0][0] != last + 1:
+                local.clear()
+                return
+            self.handed += 1
+            self._deliver([Event(row[0], row[1], row[2], row[3], row[4]) for row in rows])
+
+    def _deliver(self, fresh: list[Event]) -> None:
+        self._publish(fresh)
+        self._release_waiters()
+        self._notify(self._listeners, fresh)
+        if self._control_listeners:
+            self._notify(self._control_listeners, [e for e in fresh if e.type != OUTPUT])
 
     def _fetch_control(self, conn) -> None:
         """Nobody follows streams in this process: read only what the runner and the caches act on.
@@ -198,20 +255,29 @@ class EventHub:
         self._bytes = 0
         self._view = (newest, newest, [], [])
         self._release_waiters()
-        if control:
-            for listener in self._listeners:
-                try:
-                    listener(control)
-                except Exception:
-                    log.exception("event listener failed")
+        self._notify(self._listeners, control)
+        self._notify(self._control_listeners, control)
+
+    @staticmethod
+    def _notify(listeners: list[Listener], events: list[Event]) -> None:
+        if not events:
+            return
+        for listener in listeners:
+            try:
+                listener(events)
+            except Exception:
+                log.exception("event listener failed")
 
     def _publish(self, fresh: list[Event]) -> None:
+        """Append a batch to the buffer and trim it to its bounds; a batch at a time, not an event at a time."""
         floor, _, events, ids = self._view
         events.extend(fresh)  # appends never disturb a reader's snapshot: it stops at its ``last``
-        ids.extend(e.id for e in fresh)
-        self._bytes += sum(len(e.raw) + 64 for e in fresh)
-        drop = 0
-        while drop < len(events) - 1 and (len(events) - drop > self.max_events or self._bytes > self.max_bytes):
+        ids.extend([e.id for e in fresh])
+        self._bytes += _size(fresh)
+        drop = min(max(len(events) - self.max_events, 0), len(events) - 1)  # the newest event always stays
+        if drop:
+            self._bytes -= _size(events[:drop])
+        while drop < len(events) - 1 and self._bytes > self.max_bytes:
             self._bytes -= len(events[drop].raw) + 64
             drop += 1
         if drop:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from .. import __version__
 from ..errors import FlwdError, RunNotFound
+from ..events.hub import control_only
 from ..forksafe import reset_after_fork
 from ..models import Event, EventType
 from ..store import Store
@@ -113,6 +114,7 @@ class CallbackDeliverer:
     def wake(self) -> None:
         self._wakeup.set()
 
+    @control_only
     def on_events(self, events: list[Event]) -> None:
         """The event poller's listener: a run ended (here or anywhere) - its callback may be due."""
         if any(e.type == EventType.RUN_FINISHED.value for e in events):

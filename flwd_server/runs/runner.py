@@ -61,7 +61,7 @@ class Runner:
         self.affinity_only = affinity_only
         self._lock = threading.Lock()
         self._reset()
-        hub.add_listener(self._on_events)
+        hub.add_listener(self._on_events, control_only=True)  # run.* events only: no output line reaches it
         reset_after_fork(self, "_reset")
 
     def _reset(self) -> None:

@@ -21,7 +21,9 @@ the runner's events of the same run extend one chain in commit order.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import sqlite3
 import struct
 import threading
@@ -36,6 +38,7 @@ _RUN_FINISHED = EventType.RUN_FINISHED.value
 _MAX_HEADS = 10_000  # heads kept between transactions; past this the cache starts again
 
 INSERT_HASHED = "INSERT INTO events(id, run_id, type, ts, data, hash) VALUES (?, ?, ?, ?, ?, ?)"
+ROWS_PER_INSERT = 100  # SQLite: rows of one multi-row INSERT (600 parameters; the oldest limit is 999)
 _HEAD_OF_RUN = "SELECT hash FROM events WHERE run_id = ? ORDER BY id DESC LIMIT 1"
 _HEAD_RUNLESS = "SELECT hash FROM events WHERE run_id IS NULL ORDER BY id DESC LIMIT 1"
 _HEAD_FINISHED = "SELECT hash FROM run_chain ORDER BY seq DESC LIMIT 1"
@@ -60,7 +63,7 @@ def run_link(previous: bytes, run_id: str, run_hash: bytes) -> bytes:
 class Chain:
     """The chains' heads as one writer last left them, and the last event id it took."""
 
-    __slots__ = ("postgres", "conn", "last_id", "heads", "finished_head", "checked")
+    __slots__ = ("postgres", "conn", "last_id", "heads", "finished_head", "checked", "inserted")
 
     def __init__(self, postgres: bool, conn: Any = None) -> None:
         self.postgres = postgres
@@ -69,6 +72,7 @@ class Chain:
         self.heads: dict[str | None, bytes] = {}
         self.finished_head: bytes | None = None
         self.checked = False  # the heads were proven current in this transaction
+        self.inserted: list[tuple] = []  # ``(id, run_id, type, ts, data, hash)`` rows of this transaction
 
     def begin(self, conn: Any) -> None:
         """A write transaction starts on ``conn``: :func:`insert_events` on it goes through this chain."""
@@ -76,6 +80,7 @@ class Chain:
             self.invalidate()
         self.conn = conn
         self.checked = False
+        self.inserted = []
         _active.chain = self
 
     def end(self) -> None:
@@ -138,12 +143,16 @@ class Chain:
             head = heads.get(run_id)
             if head is None:
                 head = self._head(run_id)
-            digest = sha256(head + pack(id, ts) + f"{run_id or ''}\n{type}\n{data}".encode())
-            heads[run_id] = head = digest.digest()
-            append((id, run_id, type, ts, data, digest.hexdigest()))
+            head = sha256(head + pack(id, ts) + f"{run_id or ''}\n{type}\n{data}".encode()).digest()
+            heads[run_id] = head
+            append((id, run_id, type, ts, data, head.hex()))  # not hexdigest(): that finalises the hash again
             if type == _RUN_FINISHED and run_id is not None:
                 finished.append((run_id, head))
-        self.conn.executemany(INSERT_HASHED, rows)
+        if self.postgres:
+            self.conn.executemany(INSERT_HASHED, rows)  # one statement over six arrays (postgres_sql.py)
+        else:
+            _insert_sqlite(self.conn, rows)
+        self.inserted.extend(rows)
         self.last_id = rows[-1][0]
         if finished:
             self._finished(finished)
@@ -159,6 +168,20 @@ class Chain:
             links.append((run_id, run_hash.hex(), head.hex()))
         self.conn.executemany(_INSERT_FINISHED, links)
         self.finished_head = head
+
+
+@functools.lru_cache(maxsize=ROWS_PER_INSERT)
+def _insert_rows_sql(count: int) -> str:
+    return INSERT_HASHED + ", (?, ?, ?, ?, ?, ?)" * (count - 1)
+
+
+def _insert_sqlite(conn: Any, rows: list[tuple]) -> None:
+    """Insert hashed rows ``ROWS_PER_INSERT`` to a statement: half the CPU of ``executemany``'s
+    statement per row (measured 1.3 against 2.5 µs a row; it was the writer's largest cost)."""
+    flat = itertools.chain.from_iterable
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        part = rows[start : start + ROWS_PER_INSERT]
+        conn.execute(_insert_rows_sql(len(part)), list(flat(part)))
 
 
 def insert_events(conn: Any, events: list[tuple[str | None, str, float, str]]) -> None:

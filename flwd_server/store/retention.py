@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 
+from ..events.hub import control_only
 from ..models import Event, EventType
 from .artifacts import BlobDir, anything_to_sweep, sweep_in
 from .backend import Store
@@ -30,6 +31,7 @@ class Retention:
         self._queued = False
         self.pruned = 0
 
+    @control_only
     def on_events(self, events: list[Event]) -> None:
         if any(e.type == EventType.RUN_FINISHED.value for e in events):
             self.schedule()

@@ -71,7 +71,7 @@ class Writer(abc.ABC):
 
     def _init_writer(self) -> None:
         """Called once; :meth:`_reset_writer` runs again in every forked child."""
-        self._commit_listeners: list[Callable[[], None]] = []
+        self._commit_listeners: list[Callable[[list[tuple]], None]] = []
         self._closed = False
 
     def _reset_writer(self) -> None:
@@ -85,7 +85,9 @@ class Writer(abc.ABC):
         self._writer_lock = threading.Lock()
         self._chain = Chain(self.dialect == "postgres")  # the audit trail's heads, kept between batches
 
-    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+    def add_commit_listener(self, listener: Callable[[list[tuple]], None]) -> None:
+        """``listener(rows)`` after each commit, with the ``(id, run_id, type, ts, data, hash)`` rows of the
+        events it stored, in id order (the event hub publishes them without reading them back)."""
         self._commit_listeners.append(listener)
 
     def _ensure_writer(self) -> None:
@@ -268,6 +270,7 @@ class Writer(abc.ABC):
                     op.result, op.error = op.fn(conn), None
                     continue
                 conn.execute("SAVEPOINT op")
+                mark = len(chain.inserted)
                 try:
                     op.result, op.error = op.fn(conn), None
                     conn.execute("RELEASE op")
@@ -275,6 +278,7 @@ class Writer(abc.ABC):
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     chain.invalidate()  # its events are gone: heads and ids are read again
+                    del chain.inserted[mark:]
                     op.error = exc
             if pending:
                 chain.insert(pending)
@@ -328,9 +332,10 @@ class Writer(abc.ABC):
                 if type(op) is not tuple:
                     op.finish()
             break
+        rows, self._chain.inserted = self._chain.inserted, []
         for listener in self._commit_listeners:
             try:
-                listener()
+                listener(rows)
             except Exception:  # a listener never breaks the writer
                 log.exception("commit listener failed")
         return conn

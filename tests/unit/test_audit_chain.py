@@ -64,6 +64,20 @@ def test_every_event_is_chained_to_the_previous_of_its_run(any_store):
     assert verify_export(export(any_store))["events"] == 18
 
 
+def test_a_chunk_of_output_larger_than_one_insert_statement_is_stored_whole_and_chained(any_store):
+    add_run(any_store, "r1")
+    add_run(any_store, "r2")
+    rows = [("r1" if i % 3 else "r2", "step.output", 1000.0 + i, json.dumps({"line": f"l{i}"})) for i in range(257)]
+    any_store.emit_rows(rows)  # SQLite inserts 100 rows to a statement: two full ones and a tail of 57
+    any_store.emit("r1", "run.finished", {"status": "succeeded"})
+    any_store.flush()
+    got = stored(any_store)
+    assert [(r[1], r[2], r[3], r[4]) for r in got[:257]] == rows
+    assert [r[0] for r in got] == list(range(got[0][0], got[0][0] + 258))
+    check_chains(any_store)
+    assert verify_export(export(any_store))["events"] == 258
+
+
 def test_two_writers_on_one_run_extend_one_chain(store_spec):
     """The API process's run.cancel_requested lands between the runner's events: the head comes from the database."""
     runner, api = open_backend(store_spec), open_backend(store_spec)

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from flwd_server.errors import BadRequest, Unavailable
-from flwd_server.events.hub import EventHub
+from flwd_server.events.hub import EventHub, control_only
 from flwd_server.events.sse import HEARTBEAT, ClosingStream, StreamSlots, event_stream, parse_last_event_id
+from flwd_server.store.chain import insert_events
 from tests.fixtures.helpers import wait_until
+from tests.fixtures.postgres import open_backend
 
 
 def frames(stream, count):
@@ -212,6 +214,90 @@ def test_without_followers_the_hub_reads_only_control_events_and_still_serves_hi
         wait_until(lambda: [e.run_id for e in hub._events] == ["r2"], 5, message="a watched hub to buffer output")
     finally:
         hub.unwatch()
+
+
+def test_control_only_listeners_get_no_output_lines_and_others_get_every_event(sqlite_store, hub):
+    everything, control, marked = [], [], []
+
+    @control_only
+    def marked_listener(events):
+        marked.append([e.type for e in events])
+
+    hub.add_listener(lambda events: everything.extend(e.type for e in events))
+    hub.add_listener(lambda events: control.append([e.type for e in events]), control_only=True)
+    hub.add_listener(marked_listener)
+    hub.watch()  # a follower: the hub reads output too, and must still keep it from control listeners
+    try:
+        sqlite_store.emit("r", "run.queued", {})
+        sqlite_store.flush()
+        wait_until(lambda: control and marked, 5, message="the control listeners to get run.queued")
+        sqlite_store.emit_rows([("r", "step.output", time.time(), '{"line":"x"}')] * 20)
+        sqlite_store.flush()
+        wait_until(lambda: len(everything) == 21, 5, message="the plain listener to get every line")
+        sqlite_store.emit("r", "run.finished", {"status": "succeeded"})
+        sqlite_store.flush()
+        wait_until(lambda: everything[-1:] == ["run.finished"], 5, message="every listener to get run.finished")
+        wait_until(lambda: len(control) == len(marked) == 2, 5, message="the control listeners to get run.finished")
+    finally:
+        hub.unwatch()
+    assert everything == ["run.queued"] + ["step.output"] * 20 + ["run.finished"]
+    assert control == marked == [["run.queued"], ["run.finished"]]  # a batch of output only is not handed on
+
+
+@pytest.mark.parametrize(
+    ("max_events", "max_bytes", "kept"), [(10, 10**6, 10), (1000, 5 * 80, 5), (1, 10**6, 1), (50, 1, 1)]
+)
+def test_the_buffer_keeps_the_newest_events_within_both_bounds(sqlite_store, max_events, max_bytes, kept):
+    hub = EventHub(sqlite_store, poll_interval=0.01, max_events=max_events, max_bytes=max_bytes)
+    hub.start()
+    hub.watch()
+    try:
+        rows = [("r", "step.output", time.time(), f'{{"line":"{i % 10}"}}') for i in range(25)]  # 16 bytes: 80 each
+        for start, end in ((0, 7), (7, 20), (20, 25)):  # batches smaller and larger than the buffer
+            sqlite_store.emit_rows(rows[start:end])
+            sqlite_store.flush()
+        last = sqlite_store.last_event_id()
+        wait_until(lambda: hub.last_id == last, 5, message="the hub to read every event")
+        buffered = hub._events
+        assert [e.id for e in buffered] == list(range(last - kept + 1, last + 1))
+        assert hub._bytes == sum(len(e.raw) + 64 for e in buffered)
+        floor = hub._view[0]
+        assert floor == last - kept
+    finally:
+        hub.unwatch()
+        hub.close()
+
+
+def test_a_followed_hub_publishes_its_own_writes_unread_and_interleaves_another_writers_in_id_order(store_spec):
+    mine, other = open_backend(store_spec), open_backend(store_spec)  # other: another process's writer
+    mine.migrate()
+    hub = EventHub(mine, poll_interval=0.01, max_events=10_000)
+    hub.start()
+    hub.watch()
+
+    def failing(conn):
+        insert_events(conn, [("r", "lost.event", time.time(), "{}")])
+        raise RuntimeError("this operation fails: its event is rolled back")
+
+    try:
+        for i in range(30):
+            store = mine if i % 3 else other
+            store.emit_rows([("r", "step.output", time.time(), f'{{"line":"{i}.{j}"}}') for j in range(40)])
+            store.flush()
+            if i == 10:
+                with pytest.raises(RuntimeError):
+                    mine.write(failing)
+        last = mine.last_event_id()
+        wait_until(lambda: hub.last_id == last, 5, message="the hub to publish every event")
+        stored = [(e.id, e.type, e.raw) for e in mine.events_after(0, limit=10_000)]
+        assert [(e.id, e.type, e.raw) for e in hub._events] == stored
+        assert len(stored) == 1200 and "lost.event" not in {e[1] for e in stored}
+        assert hub.handed > 0  # some batches were this process's, published without reading them back
+    finally:
+        hub.unwatch()
+        hub.close()
+        mine.close()
+        other.close()
 
 
 def test_iso_timestamps_match_datetime_to_the_millisecond():

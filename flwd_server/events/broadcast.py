@@ -128,8 +128,8 @@ class Broadcaster:
     """See the module's docstring; the other arguments set how the thread gives way to requests.
 
     A round (one read of the new events, one ``send`` per stream) is followed by a pause of
-    ``pace`` x its own length (at most ``max_pause``), and rounds start at least ``min_interval``
-    apart.  Events that arrive meanwhile go out together in the next round: the busier the
+    ``pace`` x its own length (at most ``max_pause``; none while a backlog remains: that would
+    only slow a stream that is behind), and rounds start at least ``min_interval`` apart.  Events that arrive meanwhile go out together in the next round: the busier the
     process, the fewer sends an event costs, and the request threads get the GIL for as long
     as the broadcaster had it.  Within a round, after each ``yield_after`` seconds of sends
     the thread sleeps ``yield_for``: a request thread waiting for the GIL takes it then,
@@ -249,7 +249,8 @@ class Broadcaster:
                 self._drained = False
                 more = self._deliver(now)
                 end = time.monotonic()
-                next_round = max(now + self.min_interval, end + min(self.max_pause, (end - now) * self.pace))
+                pause = 0.0 if more else min(self.max_pause, (end - now) * self.pace)  # a backlog goes at full speed
+                next_round = max(now + self.min_interval, end + pause)
             sweep = now >= next_sweep
             if sweep:
                 next_sweep = now + (self.sweep_every if self._subs else 1.0)

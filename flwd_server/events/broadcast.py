@@ -128,12 +128,13 @@ class Broadcaster:
     """See the module's docstring; the other arguments set how the thread gives way to requests.
 
     A round (one read of the new events, one ``send`` per stream) is followed by a pause of
-    ``pace`` x its own length (at most ``max_pause``; none while a backlog remains: that would
-    only slow a stream that is behind), and rounds start at least ``min_interval`` apart.  Events that arrive meanwhile go out together in the next round: the busier the
-    process, the fewer sends an event costs, and the request threads get the GIL for as long
-    as the broadcaster had it.  Within a round, after each ``yield_after`` seconds of sends
-    the thread sleeps ``yield_for``: a request thread waiting for the GIL takes it then,
-    instead of after CPython's switch interval (5 ms).
+    ``pace`` x the CPU time it took (at most ``max_pause``; none while a backlog remains: that
+    would only slow a stream that is behind); rounds start at least ``min_interval`` apart.
+    Events that arrive meanwhile go out together in the next round: the busier the process,
+    the fewer sends an event costs, and the request threads get the GIL for as long as the
+    broadcaster had it.  Within a round, after each ``yield_after`` seconds of sends the
+    thread sleeps ``yield_for``: a request thread waiting for the GIL takes it then, instead
+    of after CPython's switch interval (5 ms).
     """
 
     def __init__(
@@ -147,7 +148,7 @@ class Broadcaster:
         is_closing: Callable[[], bool] = lambda: False,
         pace: float = 1.0,
         min_interval: float = 0.0,
-        max_pause: float = 0.02,
+        max_pause: float = 0.01,
         yield_after: float = 0.002,
         yield_for: float = 0.0001,
     ) -> None:
@@ -247,10 +248,11 @@ class Broadcaster:
             if now >= next_round and (fresh or more or self._drained or self.hub.last_id != seen):
                 seen = self.hub.last_id
                 self._drained = False
+                cpu = time.thread_time()  # the round's cost, not the time other processes took the core meanwhile
                 more = self._deliver(now)
-                end = time.monotonic()
-                pause = 0.0 if more else min(self.max_pause, (end - now) * self.pace)  # a backlog goes at full speed
-                next_round = max(now + self.min_interval, end + pause)
+                cost = time.thread_time() - cpu
+                pause = 0.0 if more else min(self.max_pause, cost * self.pace)  # a backlog goes at full speed
+                next_round = max(now + self.min_interval, time.monotonic() + pause)
             sweep = now >= next_sweep
             if sweep:
                 next_sweep = now + (self.sweep_every if self._subs else 1.0)

@@ -128,8 +128,8 @@ class Broadcaster:
     """See the module's docstring; the other arguments set how the thread gives way to requests.
 
     A round (one read of the new events, one ``send`` per stream) is followed by a pause of
-    ``pace`` x the CPU time it took (at most ``max_pause``; none while a backlog remains: that
-    would only slow a stream that is behind); rounds start at least ``min_interval`` apart.
+    ``pace`` x the CPU time it took (at most ``max_pause``; none while a backlog remains, or
+    after a round that sent nothing); rounds start at least ``min_interval`` apart.
     Events that arrive meanwhile go out together in the next round: the busier the process,
     the fewer sends an event costs, and the request threads get the GIL for as long as the
     broadcaster had it.  With ``yield_after``, it sleeps ``yield_for`` after each ``yield_after``
@@ -248,11 +248,11 @@ class Broadcaster:
             if now >= next_round and (fresh or more or self._drained or self.hub.last_id != seen):
                 seen = self.hub.last_id
                 self._drained = False
-                cpu = time.thread_time()  # the round's cost, not the time other processes took the core meanwhile
+                cpu, sends = time.thread_time(), self.sends  # CPU: not the time other processes had the core
                 more = self._deliver(now)
-                cost = time.thread_time() - cpu
-                pause = 0.0 if more else min(self.max_pause, cost * self.pace)  # a backlog goes at full speed
-                next_round = max(now + self.min_interval, time.monotonic() + pause)
+                # No pause for a backlog (it would only slow a stream that is behind), nor after sending nothing.
+                pause = 0.0 if more or self.sends == sends else (time.thread_time() - cpu) * self.pace
+                next_round = max(now + self.min_interval, time.monotonic() + min(self.max_pause, pause))
             sweep = now >= next_sweep
             if sweep:
                 next_sweep = now + (self.sweep_every if self._subs else 1.0)

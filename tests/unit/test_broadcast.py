@@ -228,3 +228,37 @@ def test_a_partial_write_is_resumed_with_the_rest_of_the_batch_then_the_next(hub
     finally:
         server.close()
         client.close()
+
+
+def test_a_round_is_followed_by_a_pause_for_its_cost_but_a_backlog_is_sent_without_one(hub):
+    """``pace`` so large that any round's cost pauses for ``max_pause`` (2 s): new events wait for it..."""
+    caster = Broadcaster(hub, heartbeat=5, max_duration=60, pace=1e9, max_pause=2.0)
+    server, client = socket.socketpair()
+    try:
+        caster.attach(server, hub.last_id, "paced", chunked=False)
+        hub.store.emit("paced", "step.output", {"line": "a"})
+        read_until(client, b'"a"')
+        sent_a = time.monotonic()
+        hub.store.emit("paced", "step.output", {"line": "b"})
+        read_until(client, b'"b"')
+        assert time.monotonic() - sent_a >= 1.5
+    finally:
+        server.close()
+        client.close()
+    # ...but a backlog (here: more than max_batch bytes of history, ten rounds of it) is sent
+    # without a pause between its rounds (a fresh broadcaster: the first may still be pausing).
+    caster = Broadcaster(hub, heartbeat=5, max_duration=60, pace=1e9, max_pause=2.0, max_batch=2000)
+    for i in range(100):
+        hub.store.emit("backlog", "step.output", {"i": i})
+    hub.store.emit("backlog", "run.finished", {"status": "succeeded"})
+    server, client = socket.socketpair()
+    try:
+        began = time.monotonic()
+        sub = caster.attach(server, 0, "backlog", chunked=False)
+        data = read_until(client, b"event: run.finished", limit=1 << 30)
+        assert data.count(b"event: step.output") == 100
+        assert time.monotonic() - began < 2.0  # one pause would be 2 s
+        assert sub.done.wait(5) and not sub.failed
+    finally:
+        server.close()
+        client.close()

@@ -7,8 +7,10 @@ Here the request thread of a stream sends the response head through the
 WSGI server as usual, then hands its socket to the :class:`Broadcaster` and
 waits.  The broadcaster's one thread reads each batch of new events once per
 (run, position), frames it once, and sends it to every follower with
-non-blocking writes; a client that does not read gets a bounded buffer and
-is then dropped (it resumes with ``Last-Event-ID``).  When the stream ends it
+non-blocking writes, one ``send`` a stream for everything pending; a client
+that does not read gets a bounded buffer and is then dropped (it resumes
+with ``Last-Event-ID``).  It yields to the request threads (:class:`Broadcaster`):
+the busier the process, the more events each send carries.  When the stream ends it
 gives the socket back (blocking again, every byte written) and the request
 thread returns, so the WSGI server closes the response normally.
 
@@ -47,6 +49,8 @@ TERMINAL = EventType.RUN_FINISHED.value
 # In the WSGI environ when the server catches HandOff (FlwdWorker): a stream then gives its thread back.
 HAND_OFF = "flwd.hand_off"
 LAST_CHUNK = b"0\r\n\r\n"
+SWEEP = 0.1  # seconds
+STALLED = "the client read nothing for {:g}s; it may resume with Last-Event-ID"
 
 
 class HandOff(BaseException):
@@ -121,6 +125,18 @@ class Subscription:
 
 
 class Broadcaster:
+    """See the module's docstring; the other arguments set how the thread gives way to requests.
+
+    A round (one read of the new events, one ``send`` per stream) is followed by a pause of
+    ``pace`` x the CPU time it took (at most ``max_pause``; none while a backlog remains, or
+    after a round that sent nothing); rounds start at least ``min_interval`` apart.
+    Events that arrive meanwhile go out together in the next round: the busier the process,
+    the fewer sends an event costs, and the request threads get the GIL for as long as the
+    broadcaster had it.  With ``yield_after``, it sleeps ``yield_for`` after each ``yield_after``
+    seconds of sends in a round (a request thread waiting for the GIL takes it then, not
+    after the 5 ms switch interval); off: it cost deliveries more than it gave requests.
+    """
+
     def __init__(
         self,
         hub: EventHub,
@@ -130,6 +146,11 @@ class Broadcaster:
         max_batch: int = 256 * 1024,
         stall_timeout: float = 30.0,
         is_closing: Callable[[], bool] = lambda: False,
+        pace: float = 1.0,
+        min_interval: float = 0.0,
+        max_pause: float = 0.01,
+        yield_after: float = 0.0,
+        yield_for: float = 0.0001,
     ) -> None:
         self.hub = hub
         self.heartbeat = heartbeat
@@ -137,6 +158,10 @@ class Broadcaster:
         self.max_batch = max_batch
         self.stall_timeout = stall_timeout
         self.is_closing = is_closing
+        self.pace, self.min_interval, self.max_pause = pace, min_interval, max_pause
+        self.yield_after, self.yield_for = yield_after, yield_for
+        # Every stream's clocks (heartbeat, stall, max duration, closing) are checked this often, not at each wake-up.
+        self.sweep_every = min(SWEEP, heartbeat / 2, stall_timeout / 2)
         hub.add_listener(lambda events: self._poke())
         self._reset()
         reset_after_fork(self, "_reset")
@@ -145,11 +170,12 @@ class Broadcaster:
         self._lock = threading.Lock()
         self._incoming: list[Subscription] = []
         self._subs: list[Subscription] = []
+        self._dirty: set[Subscription] = set()  # streams whose watch or end is to be looked at (this thread's)
         self._thread: threading.Thread | None = None
         self._wake_r: int | None = None
         self._wake_w: int | None = None
         self._drained = False
-        self.sent_batches = 0
+        self.sends = 0  # send calls, for tests and profiles
 
     @property
     def active(self) -> int:
@@ -198,9 +224,14 @@ class Broadcaster:
         selector.register(self._wake_r, selectors.EVENT_READ, None)
         seen = self.hub.last_id
         more = False
+        next_round = next_sweep = 0.0
         while True:
-            timeout = 0 if more else self._timeout()
-            for key, ready in selector.select(timeout):
+            now = time.monotonic()
+            pending = more or self._drained or self._incoming or self.hub.last_id != seen
+            timeout = max(0.0, (next_round if pending else next_sweep) - now)
+            ready_keys = selector.select(timeout)
+            now = time.monotonic()
+            for key, ready in ready_keys:
                 if key.data is None:
                     with contextlib.suppress(BlockingIOError, OSError):
                         while os.read(self._wake_r, 4096):
@@ -209,38 +240,39 @@ class Broadcaster:
                 if ready & selectors.EVENT_READ:
                     self._read(key.data)
                 if ready & selectors.EVENT_WRITE:
-                    self._flush(key.data, selector)
+                    self._flush(key.data, now)
             with self._lock:
                 fresh, self._incoming = self._incoming, []
             self._subs.extend(fresh)
-            if fresh or more or self._drained or self.hub.last_id != seen:
+            self._dirty.update(fresh)
+            if now >= next_round and (fresh or more or self._drained or self.hub.last_id != seen):
                 seen = self.hub.last_id
                 self._drained = False
-                more = self._deliver()
-            self._housekeep(selector)
+                cpu, sends = time.thread_time(), self.sends  # CPU: not the time other processes had the core
+                more = self._deliver(now)
+                # No pause for a backlog (it would only slow a stream that is behind), nor after sending nothing.
+                pause = 0.0 if more or self.sends == sends else (time.thread_time() - cpu) * self.pace
+                next_round = max(now + self.min_interval, time.monotonic() + min(self.max_pause, pause))
+            sweep = now >= next_sweep
+            if sweep:
+                next_sweep = now + (self.sweep_every if self._subs else 1.0)
+            self._housekeep(selector, now, sweep)
 
-    def _timeout(self) -> float:
-        if not self._subs:
-            return 1.0
-        now = time.monotonic()
-        soonest = min(min(s.last_write + self.heartbeat, s.ends_at) for s in self._subs)
-        return max(0.0, min(1.0, soonest - now))
-
-    def _deliver(self) -> bool:
+    def _deliver(self, now: float) -> bool:
         """Read each position once, route its events to the filters that want them, frame each once.
 
-        Followers at one position with equal filters share a batch.  The events
-        of a position are read once and routed by an index of the filters
-        (:meth:`EventHub.read_many`), so an event no follower wants costs no
-        follower anything.  A follower whose last batch is still unsent takes
-        nothing new: it falls behind (and later reads history) instead of
-        piling up memory.
+        Followers at one position with equal filters share a batch: every event
+        pending for them, in one ``send`` each.  The events of a position are read
+        once and routed by an index of the filters (:meth:`EventHub.read_many`), so
+        an event no follower wants costs no follower anything.  A follower whose
+        last batch is still unsent takes nothing new: it falls behind (and later
+        reads history) instead of piling up memory.
         """
         positions: dict[int, dict[EventFilter, list[Subscription]]] = {}
         for sub in self._subs:
-            if not sub.finishing and not sub.out:
+            if not sub.finishing and not sub.out and not sub.failed:
                 positions.setdefault(sub.position, {}).setdefault(sub.filter, []).append(sub)
-        more = False
+        more, sent, since = False, 0, now
         for position, groups in positions.items():
             results, waiting = self.hub.read_many(position, list(groups))
             more = more or waiting
@@ -263,33 +295,46 @@ class Broadcaster:
                 framed = {True: chunk(data), False: data}
                 for sub in subs:
                     sub.position = new_position
-                    sub.out += framed[sub.chunked]
-                    sub.finishing = sub.finishing or (ended and sub.run_id is not None)
-                    self._send(sub)
-        self.sent_batches += 1
+                    if ended and sub.run_id is not None:
+                        sub.finishing = True
+                    self._send(sub, now, framed[sub.chunked])
+                    sent += 1
+                    if self.yield_after and sent % 32 == 0 and time.monotonic() - since > self.yield_after:
+                        time.sleep(self.yield_for)  # the GIL to the request threads, now, not in 5 ms
+                        since = time.monotonic()
         return more
 
-    def _send(self, sub: Subscription) -> None:
-        if not sub.out or sub.failed:
+    def _send(self, sub: Subscription, now: float, data: bytes = b"") -> None:
+        """One ``send`` of what waits for ``sub`` (``out``, then ``data``); what the socket does not take waits in ``out``."""
+        if sub.failed:
             return
-        try:
-            sent = sub.sock.send(sub.out)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self._fail(sub, f"the client went away ({errno.errorcode.get(exc.errno or 0, exc.__class__.__name__)})")
-            return
-        now = time.monotonic()
-        if sent:
-            del sub.out[:sent]
-            sub.last_write = sub.last_progress = now
-        elif sub.out and now - sub.last_progress > self.stall_timeout:
-            self._fail(sub, f"the client read nothing for {self.stall_timeout:g}s; it may resume with Last-Event-ID")
+        if sub.out:
+            sub.out += data
+            data = sub.out
+        if data:
+            self.sends += 1
+            try:
+                sent = sub.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fail(sub, f"the client went away ({errno.errorcode.get(exc.errno or 0, exc.__class__.__name__)})")
+                return
+            if sent:
+                sub.last_write = sub.last_progress = now
+            if data is sub.out:
+                del sub.out[:sent]
+            elif sent < len(data):  # a partial write: the rest waits, whole, for room on the socket
+                sub.out += memoryview(data)[sent:]
+            if not sent and now - sub.last_progress > self.stall_timeout:
+                self._fail(sub, STALLED.format(self.stall_timeout))
+                return
+        if sub.out or sub.finishing or sub.mask & selectors.EVENT_WRITE:
+            self._dirty.add(sub)
 
-    def _flush(self, sub: Subscription, selector: selectors.BaseSelector) -> None:
-        self._send(sub)
+    def _flush(self, sub: Subscription, now: float) -> None:
+        self._send(sub, now)
         if not sub.out and sub.mask & selectors.EVENT_WRITE:
-            self._watch(selector, sub)
             self._drained = True  # it may be behind: give it the next batch
 
     def _read(self, sub: Subscription) -> None:
@@ -326,32 +371,40 @@ class Broadcaster:
         sub.failed = True
         sub.reason = reason
         sub.out.clear()
+        self._dirty.add(sub)
 
-    def _housekeep(self, selector: selectors.BaseSelector) -> None:
-        now = time.monotonic()
-        closing = self.is_closing() or self.hub.closed
-        keep = []
-        for sub in self._subs:
-            if not sub.failed:
+    def _housekeep(self, selector: selectors.BaseSelector, now: float, sweep: bool) -> None:
+        """The streams whose state changed (``_dirty``); with ``sweep``, every stream's clocks first."""
+        if sweep:
+            closing = self.is_closing() or self.hub.closed
+            for sub in self._subs:
+                if sub.failed:
+                    continue
                 if closing or now >= sub.ends_at:
                     sub.finishing = True
+                    self._dirty.add(sub)
                 if sub.out and now - sub.last_progress > self.stall_timeout:
-                    self._fail(
-                        sub, f"the client read nothing for {self.stall_timeout:g}s; it may resume with Last-Event-ID"
-                    )
+                    self._fail(sub, STALLED.format(self.stall_timeout))
                 elif not sub.out and not sub.finishing and now - sub.last_write >= self.heartbeat:
-                    sub.out += sub.frame(HEARTBEAT)
-                    self._send(sub)
-                if sub.finishing and not sub.out and sub.on_end is not None and sub.chunked and not sub.ended:
+                    self._send(sub, now, sub.frame(HEARTBEAT))
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        gone = False
+        for sub in dirty:
+            if sub.done.is_set():
+                continue
+            if not sub.failed and sub.finishing and not sub.out and sub.on_end is not None and sub.chunked:
+                if not sub.ended:
                     sub.ended = True  # a handed-off response: its last chunk is the broadcaster's to write
-                    sub.out += LAST_CHUNK
-                    self._send(sub)
+                    self._send(sub, now, LAST_CHUNK)
             self._watch(selector, sub)  # before the socket is given back: then it is no longer watched
             if sub.failed or (sub.finishing and not sub.out):
                 self._give_back(sub)
-                continue
-            keep.append(sub)
-        self._subs = keep
+                gone = True
+        self._dirty -= {sub for sub in dirty if sub.done.is_set()}
+        if gone:
+            self._subs = [sub for sub in self._subs if not sub.done.is_set()]
 
     def _give_back(self, sub: Subscription) -> None:
         self.hub.unwatch()

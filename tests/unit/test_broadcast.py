@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
+import time
 
 from flwd_server.events.broadcast import BroadcastBody, Broadcaster, HandOff, can_take_over, chunk
 
@@ -173,3 +175,90 @@ def test_a_handed_off_stream_whose_client_closes_ends_at_once_not_at_the_next_he
     assert ended.wait(5)  # the heartbeat's write would have noticed only after 60 s
     assert sub.failed and "closed" in sub.reason
     server.close()
+
+
+def test_events_pending_for_a_stream_go_out_in_one_write_whole_and_in_order(hub):
+    """Rounds at least ``min_interval`` apart: what arrives meanwhile is one batch, one ``send``, one chunk."""
+    caster = Broadcaster(hub, heartbeat=5, max_duration=60, min_interval=0.5)
+    server, client = socket.socketpair()
+    try:
+        sub = caster.attach(server, hub.last_id, "coalesced", chunked=True)
+        hub.store.emit("coalesced", "step.output", {"line": "first"})
+        first = read_until(client, b'"first"')
+        assert first.endswith(b"\n\n\r\n")  # one whole chunk
+        sends = caster.sends
+        for i in range(5):
+            hub.store.emit("coalesced", "step.output", {"line": f"pending {i}"})
+        data = read_until(client, b'"pending 4"')
+        assert caster.sends == sends + 1
+        payload = dechunk(data)  # exactly one chunk: dechunk would leave or refuse a second
+        assert data.startswith(b"%x\r\n" % len(payload))
+        assert [payload.index(b'"pending %d"' % i) for i in range(5)] == sorted(
+            payload.index(b'"pending %d"' % i) for i in range(5)
+        )
+        assert payload.count(b"event: step.output") == 5 and payload.endswith(b"\n\n")
+        hub.store.emit("coalesced", "run.finished", {"status": "succeeded"})
+        assert sub.done.wait(5) and not sub.failed
+    finally:
+        server.close()
+        client.close()
+
+
+def test_a_partial_write_is_resumed_with_the_rest_of_the_batch_then_the_next(hub):
+    """A client slower than the socket: every event arrives once, whole and in order, after the partial writes."""
+    caster = Broadcaster(hub, heartbeat=5, max_duration=60)
+    server, client = socket.socketpair()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sub = caster.attach(server, hub.last_id, "partial", chunked=False)
+        line = "y" * 2000
+        for i in range(200):  # ~400 KB: many times what the two socket buffers hold
+            hub.store.emit("partial", "step.output", {"i": i, "line": line})
+        deadline = time.monotonic() + 10
+        while not sub.out and time.monotonic() < deadline:  # a write stopped part-way, the rest waits
+            time.sleep(0.005)
+        assert sub.out
+        hub.store.emit("partial", "run.finished", {"status": "succeeded"})
+        data = read_until(client, b"event: run.finished", limit=1 << 30)
+        frames = [frame for frame in data.split(b"\n\n") if frame]
+        numbers = [json.loads(frame.split(b"data: ", 1)[1])["data"]["i"] for frame in frames[:-1]]
+        assert numbers == list(range(200))
+        assert sub.done.wait(5) and not sub.failed
+    finally:
+        server.close()
+        client.close()
+
+
+def test_a_round_is_followed_by_a_pause_for_its_cost_but_a_backlog_is_sent_without_one(hub):
+    """``pace`` so large that any round's cost pauses for ``max_pause`` (2 s): new events wait for it..."""
+    caster = Broadcaster(hub, heartbeat=5, max_duration=60, pace=1e9, max_pause=2.0)
+    server, client = socket.socketpair()
+    try:
+        caster.attach(server, hub.last_id, "paced", chunked=False)
+        hub.store.emit("paced", "step.output", {"line": "a"})
+        read_until(client, b'"a"')
+        sent_a = time.monotonic()
+        hub.store.emit("paced", "step.output", {"line": "b"})
+        read_until(client, b'"b"')
+        assert time.monotonic() - sent_a >= 1.5
+    finally:
+        server.close()
+        client.close()
+    # ...but a backlog (here: more than max_batch bytes of history, ten rounds of it) is sent
+    # without a pause between its rounds (a fresh broadcaster: the first may still be pausing).
+    caster = Broadcaster(hub, heartbeat=5, max_duration=60, pace=1e9, max_pause=2.0, max_batch=2000)
+    for i in range(100):
+        hub.store.emit("backlog", "step.output", {"i": i})
+    hub.store.emit("backlog", "run.finished", {"status": "succeeded"})
+    server, client = socket.socketpair()
+    try:
+        began = time.monotonic()
+        sub = caster.attach(server, 0, "backlog", chunked=False)
+        data = read_until(client, b"event: run.finished", limit=1 << 30)
+        assert data.count(b"event: step.output") == 100
+        assert time.monotonic() - began < 2.0  # one pause would be 2 s
+        assert sub.done.wait(5) and not sub.failed
+    finally:
+        server.close()
+        client.close()

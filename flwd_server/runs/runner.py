@@ -37,6 +37,9 @@ log = logging.getLogger("flwd.runner")
 HEARTBEAT_EVERY = 2.0
 SWEEP_EVERY = 3.0
 HOUSEKEEP_EVERY = 10.0
+# How long a process leaves a claimable run it has no reason to claim (below) to the process that has
+# one, before claiming it itself: the submitter may be slow or full, or not claim at all (draining).
+HANDOFF_GRACE = 0.1
 
 
 class Runner:
@@ -69,6 +72,10 @@ class Runner:
         self._pool: ThreadPoolExecutor | None = None
         self._dispatcher: threading.Thread | None = None
         self._wakeup = threading.Event()
+        self._claim_due = True  # claim at the next wake-up: wake() was called (and at start)
+        self._slot_freed = False  # a run of ours ended and no claim has taken a run since
+        self._deferred: tuple[str, float] | None = None  # a claimable run left to another process, since when
+        self.claims = [0, 0]  # claim transactions, and those that took nothing (docs/performance.rst)
         self._active: dict[str, ActiveRun] = {}
         self._futures: set[Future] = set()
         self._lock = threading.Lock()
@@ -116,6 +123,8 @@ class Runner:
         return self._draining
 
     def wake(self) -> None:
+        """Claim at once: this process queued or released a run, or freed a slot."""
+        self._claim_due = True
         self._wakeup.set()
 
     def active_count(self) -> int:
@@ -157,6 +166,7 @@ class Runner:
         self.groups = self.reaper = self.workdirs = None  # a later start() makes new ones
         with contextlib.suppress(Exception):
             self.store.unregister_owner(self.owner)
+        log.info("runner %s: %d claim transactions, %d of them took nothing", self.owner, *self.claims)
 
     def abandon(self, reason: str) -> None:
         """Stop every running run now; each ends ``lost`` with ``reason``, as if the process had died."""
@@ -180,7 +190,8 @@ class Runner:
         next_beat = next_sweep = 0.0
         next_housekeeping = time.monotonic() + HOUSEKEEP_EVERY
         while not self._stopped:
-            self._wakeup.wait(timeout=1.0)
+            timeout = 1.0 if self._deferred is None else max(0.0, self._deferred[1] + HANDOFF_GRACE - time.monotonic())
+            self._wakeup.wait(timeout=timeout)
             self._wakeup.clear()
             now = time.monotonic()
             try:
@@ -191,6 +202,7 @@ class Runner:
                 if now >= next_sweep:
                     if recover_lost_runs(self.store, me=self.owner, timeout=self.settings.liveness_timeout):
                         self._sweep_leftovers()
+                        self._claim_due = True  # their slots are free: nobody else has a reason to claim
                     if self.reaper is not None:
                         self.reaper.reap()
                     self._check_cancellations()
@@ -199,7 +211,7 @@ class Runner:
                 if now >= next_housekeeping:
                     self.housekeeping()
                     next_housekeeping = now + HOUSEKEEP_EVERY
-                if not self._draining:
+                if not self._draining and self._worth_claiming(now):
                     self._claim()
             except StorageError as exc:  # a full or read-only disk: expected, said in one line
                 log.error("dispatcher: %s; retrying", exc.detail)
@@ -211,6 +223,38 @@ class Runner:
             except Exception:  # the dispatcher must survive a bad moment
                 log.exception("dispatcher iteration failed; retrying")
                 time.sleep(0.5)
+
+    def _worth_claiming(self, now: float) -> bool:
+        """Whether this wake-up should claim: a claim is a write transaction, and one that takes nothing is waste.
+
+        Every process is woken by every ``run.queued`` and ``run.finished`` (the event poller),
+        but the process with a reason claims at once: the one that queued or released the run, or
+        whose own run ended (``wake()``; if that claim came before the run's end was committed, as
+        on PostgreSQL, where claims do not queue behind the writer, the next wake-up that finds a
+        claimable run claims it).  Any other process reads what a claim would take and
+        leaves it to that one for ``HANDOFF_GRACE``; if the same run is still first after that
+        (its submitter is full, draining or slow, or gone), it claims it.  The dispatcher wakes at
+        least every second, so a claimable run never waits long for a process with room.
+        """
+        if self._claim_due:
+            self._deferred = None
+            return True
+        if len(self._active) >= self.settings.limits.max_concurrent_runs:
+            return False
+        first = self.store.next_claimable(self.owner, self.settings.limits.max_concurrent_runs, self.affinity_only)
+        if first is None:
+            self._deferred = None
+            self._slot_freed = False
+            return False
+        if self._slot_freed:  # our claim when the run ended took nothing: its end was not committed yet
+            return True
+        if self._deferred is not None and self._deferred[0] == first:
+            if now - self._deferred[1] >= HANDOFF_GRACE:
+                self._deferred = None
+                return True
+            return False
+        self._deferred = (first, now)
+        return False
 
     def _declared_dead(self) -> None:
         """Our owner row is gone: another process saw no heartbeat for ``liveness_timeout``.
@@ -262,9 +306,14 @@ class Runner:
     def _claim(self) -> None:
         with self._claim_lock:
             free = self.settings.limits.max_concurrent_runs - len(self._active)
+            self._claim_due = False  # a wake() from here on claims again
             if free <= 0 or self._draining or self._stopped:
                 return
             claimed = self.store.claim(self.owner, free, self.settings.limits.max_concurrent_runs, self.affinity_only)
+            self.claims[0] += 1
+            self.claims[1] += not claimed
+            if claimed:
+                self._slot_freed = False
             for index, item in enumerate(claimed):
                 active = ActiveRun(item.run)
                 self._active[item.run.id] = active
@@ -289,4 +338,5 @@ class Runner:
             )
         finally:
             self._active.pop(claimed.run.id, None)
-            self._wakeup.set()
+            self._slot_freed = True
+            self.wake()

@@ -1,0 +1,82 @@
+"""Who claims a run: the process that queued it, at once; another only when it has a reason or the first does not.
+
+Two engines on one data dir stand for two worker processes (each its own owner id, store,
+writer, event poller and dispatcher), as in a server with two workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flwd_server.auth.bearer import SCOPES
+from flwd_server.engine import Engine
+from flwd_server.models import EventType, Principal, RunStatus
+from flwd_server.planner import PlanRequest
+from flwd_server.store.owners import owner_id
+from tests.fixtures.helpers import wait_until
+
+ADMIN = Principal("alice", frozenset(SCOPES))
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Path:
+    return tmp_path / "gate"
+
+
+@pytest.fixture
+def workers(make_settings: Any, tmp_path: Path, gate: Path) -> Iterator[tuple[Engine, Engine]]:
+    folder = tmp_path / "src" / "jobs"
+    folder.mkdir(parents=True)
+    (folder / "quick.yaml").write_text("name: quick\nsteps:\n  - run: 'echo hi'\n")
+    (folder / "held.yaml").write_text(f"name: held\nsteps:\n  - run: 'while [ ! -e {gate} ]; do sleep 0.02; done'\n")
+    settings = make_settings(
+        sources=[{"type": "local", "name": "t", "path": str(tmp_path / "src")}],
+        limits={"max_concurrent_runs": 1},
+        **{"sse.poll_interval": 0.01},
+    )
+    a, b = Engine(settings), Engine(settings)
+    b.runner.owner = f"{owner_id()}:b"  # one process here; two in a server
+    a.start()
+    b.start()
+    yield a, b
+    a.close(grace=0)
+    b.close(grace=0)
+
+
+def owner_of(engine: Engine, run_id: str) -> str:
+    started = [e for e in engine.store.iter_events(run_id) if e.type == EventType.RUN_STARTED.value]
+    return started[0].data["owner"]
+
+
+def ended(engine: Engine, run_id: str) -> Any:
+    return wait_until(
+        lambda: (run := engine.run(run_id)).status.is_terminal and run, 20, message=f"run {run_id} to end"
+    )
+
+
+def test_the_process_that_queues_a_run_claims_it_and_the_other_writes_no_claim(workers):
+    a, b = workers
+    wait_until(lambda: b.runner.claims[0] >= 1, 10, message="b's first claim, at start")
+    before = list(b.runner.claims)
+    for _ in range(10):
+        run, _ = a.submit(PlanRequest("t:quick", {}), ADMIN)
+        assert ended(a, run.id).status is RunStatus.SUCCEEDED
+        assert owner_of(a, run.id) == a.runner.owner
+    assert b.runner.claims == before  # woken by every run.queued and run.finished, it only read
+
+
+def test_a_run_queued_while_its_process_is_full_starts_on_the_other_once_a_slot_frees(workers, gate):
+    a, b = workers
+    held, _ = a.submit(PlanRequest("t:held", {}), ADMIN)
+    wait_until(lambda: a.run(held.id).status is RunStatus.RUNNING, 20, message="the held run to start")
+    waiting, _ = a.submit(PlanRequest("t:quick", {}), ADMIN)  # max_concurrent_runs: 1, so it waits
+    assert a.run(waiting.id).status is RunStatus.QUEUED
+    a.runner.stop_claiming()  # a is going away: it takes nothing more, b has no reason of its own
+    gate.touch()
+    assert ended(a, held.id).status is RunStatus.SUCCEEDED
+    assert ended(b, waiting.id).status is RunStatus.SUCCEEDED
+    assert owner_of(b, waiting.id) == b.runner.owner

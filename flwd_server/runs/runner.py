@@ -40,6 +40,9 @@ HOUSEKEEP_EVERY = 10.0
 # How long a process leaves a claimable run it has no reason to claim (below) to the process that has
 # one, before claiming it itself: the submitter may be slow or full, or not claim at all (draining).
 HANDOFF_GRACE = 0.1
+# Claims a process tries for a slot its own run freed, while runs are queued: the first can come before
+# the run's end is committed (PostgreSQL's claims do not queue behind the writer) and take nothing.
+FREED_TRIES = 2
 
 
 class Runner:
@@ -73,7 +76,7 @@ class Runner:
         self._dispatcher: threading.Thread | None = None
         self._wakeup = threading.Event()
         self._claim_due = True  # claim at the next wake-up: wake() was called (and at start)
-        self._slot_freed = False  # a run of ours ended and no claim has taken a run since
+        self._slot_freed = 0  # a run of ours ended: claims left to try for its slot (FREED_TRIES)
         self._deferred: tuple[str, float] | None = None  # a claimable run left to another process, since when
         self.claims = [0, 0]  # claim transactions, and those that took nothing (docs/performance.rst)
         self._active: dict[str, ActiveRun] = {}
@@ -123,7 +126,7 @@ class Runner:
         return self._draining
 
     def wake(self) -> None:
-        """Claim at once: this process queued or released a run, or freed a slot."""
+        """Claim at once: this process queued, released or cancelled a run."""
         self._claim_due = True
         self._wakeup.set()
 
@@ -228,10 +231,10 @@ class Runner:
         """Whether this wake-up should claim: a claim is a write transaction, and one that takes nothing is waste.
 
         Every process is woken by every ``run.queued`` and ``run.finished`` (the event poller),
-        but the process with a reason claims at once: the one that queued or released the run, or
-        whose own run ended (``wake()``; if that claim came before the run's end was committed, as
-        on PostgreSQL, where claims do not queue behind the writer, the next wake-up that finds a
-        claimable run claims it).  Any other process reads what a claim would take and
+        but the process with a reason claims at once: the one that queued or released the run
+        (``wake()``), or whose own run ended if a run is queued (read first: usually none is; on
+        PostgreSQL, where claims do not queue behind the writer, a claim can come before the
+        run's end is committed and take nothing, so this reason holds for ``FREED_TRIES`` claims).  Any other process reads what a claim would take and
         leaves it to that one for ``HANDOFF_GRACE``; if the same run is still first after that
         (its submitter is full, draining or slow, or gone), it claims it.  The dispatcher wakes at
         least every second, so a claimable run never waits long for a process with room.
@@ -239,15 +242,19 @@ class Runner:
         if self._claim_due:
             self._deferred = None
             return True
-        if len(self._active) >= self.settings.limits.max_concurrent_runs:
+        most = self.settings.limits.max_concurrent_runs
+        if len(self._active) >= most:
             return False
-        first = self.store.next_claimable(self.owner, self.settings.limits.max_concurrent_runs, self.affinity_only)
+        if self._slot_freed:  # a run of ours ended: claim if anything waits (its end may not be committed yet)
+            if self.store.next_claimable(self.owner, None, self.affinity_only) is not None:
+                return True
+            self._slot_freed = 0
+            self._deferred = None
+            return False
+        first = self.store.next_claimable(self.owner, most, self.affinity_only)
         if first is None:
             self._deferred = None
-            self._slot_freed = False
             return False
-        if self._slot_freed:  # our claim when the run ended took nothing: its end was not committed yet
-            return True
         if self._deferred is not None and self._deferred[0] == first:
             if now - self._deferred[1] >= HANDOFF_GRACE:
                 self._deferred = None
@@ -312,8 +319,7 @@ class Runner:
             claimed = self.store.claim(self.owner, free, self.settings.limits.max_concurrent_runs, self.affinity_only)
             self.claims[0] += 1
             self.claims[1] += not claimed
-            if claimed:
-                self._slot_freed = False
+            self._slot_freed = 0 if claimed else max(0, self._slot_freed - 1)
             for index, item in enumerate(claimed):
                 active = ActiveRun(item.run)
                 self._active[item.run.id] = active
@@ -338,5 +344,5 @@ class Runner:
             )
         finally:
             self._active.pop(claimed.run.id, None)
-            self._slot_freed = True
-            self.wake()
+            self._slot_freed = FREED_TRIES
+            self._wakeup.set()

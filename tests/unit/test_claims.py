@@ -61,12 +61,14 @@ def ended(engine: Engine, run_id: str) -> Any:
 def test_the_process_that_queues_a_run_claims_it_and_the_other_writes_no_claim(workers):
     a, b = workers
     wait_until(lambda: b.runner.claims[0] >= 1, 10, message="b's first claim, at start")
-    before = list(b.runner.claims)
+    before, mine = list(b.runner.claims), list(a.runner.claims)
     for _ in range(10):
         run, _ = a.submit(PlanRequest("t:quick", {}), ADMIN)
         assert ended(a, run.id).status is RunStatus.SUCCEEDED
         assert owner_of(a, run.id) == a.runner.owner
     assert b.runner.claims == before  # woken by every run.queued and run.finished, it only read
+    # One claim a run, none empty: a run's end claims only if something is queued.
+    assert [now - then for now, then in zip(a.runner.claims, mine, strict=True)] == [10, 0]
 
 
 def test_a_run_queued_while_its_process_is_full_starts_on_the_other_once_a_slot_frees(workers, gate):

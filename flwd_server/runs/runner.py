@@ -75,7 +75,7 @@ class Runner:
         self._pool: ThreadPoolExecutor | None = None
         self._dispatcher: threading.Thread | None = None
         self._wakeup = threading.Event()
-        self._claim_due = True  # claim at the next wake-up: wake() was called (and at start)
+        self._claim_due = True  # claim at the next wake-up: wake() was called, or start()
         self._slot_freed = 0  # a run of ours ended: claims left to try for its slot (FREED_TRIES)
         self._deferred: tuple[str, float] | None = None  # a claimable run left to another process, since when
         self.claims = [0, 0]  # claim transactions, and those that took nothing (docs/performance.rst)
@@ -114,6 +114,7 @@ class Runner:
             self._pool = ThreadPoolExecutor(
                 max_workers=self.settings.limits.max_concurrent_runs, thread_name_prefix="flwd-run"
             )
+            self._claim_due = True  # whatever waits already: nobody else may have a reason to claim it
             self._dispatcher = threading.Thread(target=self._dispatch_loop, name="flwd-dispatcher", daemon=True)
             self._dispatcher.start()
 

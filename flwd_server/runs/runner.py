@@ -195,6 +195,7 @@ class Runner:
         next_housekeeping = time.monotonic() + HOUSEKEEP_EVERY
         while not self._stopped:
             timeout = 1.0 if self._deferred is None else max(0.0, self._deferred[1] + HANDOFF_GRACE - time.monotonic())
+            timeout = min(timeout, 1.0)
             self._wakeup.wait(timeout=timeout)
             self._wakeup.clear()
             now = time.monotonic()

@@ -16,6 +16,7 @@ from flwd_server.auth.bearer import SCOPES
 from flwd_server.engine import Engine
 from flwd_server.models import EventType, Principal, RunStatus
 from flwd_server.planner import PlanRequest
+from flwd_server.runs import runner as runner_module
 from flwd_server.store.owners import owner_id
 from tests.fixtures.helpers import wait_until
 
@@ -58,7 +59,9 @@ def ended(engine: Engine, run_id: str) -> Any:
     )
 
 
-def test_the_process_that_queues_a_run_claims_it_and_the_other_writes_no_claim(workers):
+def test_the_process_that_queues_a_run_claims_it_and_the_other_writes_no_claim(workers, monkeypatch):
+    # A grace longer than a loaded machine could delay a's claim: b must not claim because it is its turn.
+    monkeypatch.setattr(runner_module, "HANDOFF_GRACE", 30.0)
     a, b = workers
     wait_until(lambda: b.runner.claims[0] >= 1, 10, message="b's first claim, at start")
     before, mine = list(b.runner.claims), list(a.runner.claims)

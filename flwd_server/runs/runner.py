@@ -40,8 +40,8 @@ HOUSEKEEP_EVERY = 10.0
 # How long a process leaves a claimable run it has no reason to claim (below) to the process that has
 # one, before claiming it itself: the submitter may be slow or full, or not claim at all (draining).
 HANDOFF_GRACE = 0.1
-# Claims a process tries for a slot its own run freed, while runs are queued: the first can come before
-# the run's end is committed (PostgreSQL's claims do not queue behind the writer) and take nothing.
+# Claims a process tries for the slots its own runs freed, while runs are queued: the first can come
+# before the run's end is committed (PostgreSQL's claims do not queue behind the writer) and take nothing.
 FREED_TRIES = 2
 
 
@@ -76,7 +76,9 @@ class Runner:
         self._dispatcher: threading.Thread | None = None
         self._wakeup = threading.Event()
         self._claim_due = True  # claim at the next wake-up: wake() was called, or start()
-        self._slot_freed = 0  # a run of ours ended: claims left to try for its slot (FREED_TRIES)
+        self._freed = 0  # slots our ended runs freed that no claim has refilled yet
+        self._freed_tries = 0  # empty claims left before those slots are left to anyone (FREED_TRIES)
+        self._freed_lock = threading.Lock()  # pool threads add to _freed, the dispatcher takes from it
         self._deferred: tuple[str, float] | None = None  # a claimable run left to another process, since when
         self.claims = [0, 0]  # claim transactions, and those that took nothing (docs/performance.rst)
         self._active: dict[str, ActiveRun] = {}
@@ -216,8 +218,8 @@ class Runner:
                 if now >= next_housekeeping:
                     self.housekeeping()
                     next_housekeeping = now + HOUSEKEEP_EVERY
-                if not self._draining and self._worth_claiming(now):
-                    self._claim()
+                if not self._draining and (want := self._worth_claiming(now)):
+                    self._claim(want)
             except StorageError as exc:  # a full or read-only disk: expected, said in one line
                 log.error("dispatcher: %s; retrying", exc.detail)
                 time.sleep(0.5)
@@ -229,41 +231,47 @@ class Runner:
                 log.exception("dispatcher iteration failed; retrying")
                 time.sleep(0.5)
 
-    def _worth_claiming(self, now: float) -> bool:
-        """Whether this wake-up should claim: a claim is a write transaction, and one that takes nothing is waste.
+    def _worth_claiming(self, now: float) -> int:
+        """How many runs this wake-up should claim (0: none): a claim is a write, and one that takes nothing is waste.
 
         Every process is woken by every ``run.queued`` and ``run.finished`` (the event poller),
-        but the process with a reason claims at once: the one that queued or released the run
-        (``wake()``), or whose own run ended if a run is queued (read first: usually none is; on
-        PostgreSQL, where claims do not queue behind the writer, a claim can come before the
-        run's end is committed and take nothing, so this reason holds for ``FREED_TRIES`` claims).  Any other process reads what a claim would take and
-        leaves it to that one for ``HANDOFF_GRACE``; if the same run is still first after that
-        (its submitter is full, draining or slow, or gone), it claims it.  The dispatcher wakes at
-        least every second, so a claimable run never waits long for a process with room.
+        but only a process with a reason claims at once: the one that queued, released or
+        cancelled a run (``wake()``: as many as it has room for), or whose own runs ended (as
+        many as ended, if a run is queued: read first, usually none is).  Refilling only its own
+        slots keeps the runs spread over the processes as they were: a process that took every
+        free slot would end up with all of them, and one process's Python cannot run what two
+        can.  A PostgreSQL claim does not queue behind the writer and can come before the run's
+        end is committed, so that reason holds for ``FREED_TRIES`` claims that take nothing.
+        Any other process reads what a claim would take and leaves it for ``HANDOFF_GRACE`` to
+        the process with the reason; if the same run is still first then (that process is full,
+        draining, slow or gone), it claims what it has room for.  The dispatcher wakes at least
+        every second, so a claimable run never waits long for a process with room.
         """
+        most = self.settings.limits.max_concurrent_runs
+        room = most - len(self._active)
         if self._claim_due:
             self._deferred = None
-            return True
-        most = self.settings.limits.max_concurrent_runs
-        if len(self._active) >= most:
-            return False
-        if self._slot_freed:  # a run of ours ended: claim if anything waits (its end may not be committed yet)
+            return max(room, 1)
+        if room <= 0:
+            return 0
+        if self._freed:
             if self.store.next_claimable(self.owner, None, self.affinity_only) is not None:
-                return True
-            self._slot_freed = 0
+                return self._freed
+            with self._freed_lock:
+                self._freed = 0
             self._deferred = None
-            return False
+            return 0
         first = self.store.next_claimable(self.owner, most, self.affinity_only)
         if first is None:
             self._deferred = None
-            return False
+            return 0
         if self._deferred is not None and self._deferred[0] == first:
             if now - self._deferred[1] >= HANDOFF_GRACE:
                 self._deferred = None
-                return True
-            return False
+                return room
+            return 0
         self._deferred = (first, now)
-        return False
+        return 0
 
     def _declared_dead(self) -> None:
         """Our owner row is gone: another process saw no heartbeat for ``liveness_timeout``.
@@ -312,16 +320,24 @@ class Runner:
                 active.reason = active.reason or "cancelled by a client"
                 active.cancel.set()
 
-    def _claim(self) -> None:
+    def _claim(self, want: int | None = None) -> None:
+        """Claim up to ``want`` queued runs (None: as many as this process has room for)."""
         with self._claim_lock:
             free = self.settings.limits.max_concurrent_runs - len(self._active)
+            free = free if want is None else min(want, free)
             self._claim_due = False  # a wake() from here on claims again
             if free <= 0 or self._draining or self._stopped:
                 return
             claimed = self.store.claim(self.owner, free, self.settings.limits.max_concurrent_runs, self.affinity_only)
             self.claims[0] += 1
             self.claims[1] += not claimed
-            self._slot_freed = 0 if claimed else max(0, self._slot_freed - 1)
+            with self._freed_lock:
+                if claimed:
+                    self._freed = max(0, self._freed - len(claimed))
+                elif self._freed:
+                    self._freed_tries -= 1
+                    if self._freed_tries <= 0:
+                        self._freed = 0
             for index, item in enumerate(claimed):
                 active = ActiveRun(item.run)
                 self._active[item.run.id] = active
@@ -346,5 +362,7 @@ class Runner:
             )
         finally:
             self._active.pop(claimed.run.id, None)
-            self._slot_freed = FREED_TRIES
+            with self._freed_lock:
+                self._freed += 1
+                self._freed_tries = FREED_TRIES
             self._wakeup.set()

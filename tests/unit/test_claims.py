@@ -29,20 +29,27 @@ def gate(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def workers(make_settings: Any, tmp_path: Path, gate: Path) -> Iterator[tuple[Engine, Engine]]:
+def limit() -> int:
+    return 1  # max_concurrent_runs (a test parametrizes it)
+
+
+@pytest.fixture
+def workers(make_settings: Any, tmp_path: Path, gate: Path, limit: int) -> Iterator[tuple[Engine, Engine]]:
     folder = tmp_path / "src" / "jobs"
     folder.mkdir(parents=True)
     (folder / "quick.yaml").write_text("name: quick\nsteps:\n  - run: 'echo hi'\n")
     (folder / "held.yaml").write_text(f"name: held\nsteps:\n  - run: 'while [ ! -e {gate} ]; do sleep 0.02; done'\n")
     settings = make_settings(
         sources=[{"type": "local", "name": "t", "path": str(tmp_path / "src")}],
-        limits={"max_concurrent_runs": 1},
+        limits={"max_concurrent_runs": limit},
         **{"sse.poll_interval": 0.01},
     )
     a, b = Engine(settings), Engine(settings)
     b.runner.owner = f"{owner_id()}:b"  # one process here; two in a server
     a.start()
     b.start()
+    for engine in (a, b):  # the claim each makes at start is done: it cannot take the tests' first runs
+        wait_until(lambda engine=engine: engine.runner.claims[0] >= 1, 10, message="the claim at start")
     yield a, b
     a.close(grace=0)
     b.close(grace=0)
@@ -63,7 +70,6 @@ def test_the_process_that_queues_a_run_claims_it_and_the_other_writes_no_claim(w
     # A grace longer than a loaded machine could delay a's claim: b must not claim because it is its turn.
     monkeypatch.setattr(runner_module, "HANDOFF_GRACE", 30.0)
     a, b = workers
-    wait_until(lambda: b.runner.claims[0] >= 1, 10, message="b's first claim, at start")
     before, mine = list(b.runner.claims), list(a.runner.claims)
     for _ in range(10):
         run, _ = a.submit(PlanRequest("t:quick", {}), ADMIN)
@@ -85,3 +91,31 @@ def test_a_run_queued_while_its_process_is_full_starts_on_the_other_once_a_slot_
     assert ended(a, held.id).status is RunStatus.SUCCEEDED
     assert ended(b, waiting.id).status is RunStatus.SUCCEEDED
     assert owner_of(b, waiting.id) == b.runner.owner
+
+
+@pytest.mark.parametrize("limit", [3])
+def test_a_process_whose_run_ended_refills_its_own_slot_not_every_free_one(workers, tmp_path, monkeypatch):
+    """Else one process ends up with every run once submissions stop (one Python for what two ran)."""
+    monkeypatch.setattr(runner_module, "HANDOFF_GRACE", 30.0)  # no fallback claim during the test
+    a, b = workers
+    folder = tmp_path / "src" / "jobs"
+    for name in ("a", "b", "q"):
+        gate = tmp_path / f"gate-{name}"
+        (folder / f"held-{name}.yaml").write_text(
+            f"name: held-{name}\nsteps:\n  - run: 'while [ ! -e {gate} ]; do sleep 0.02; done'\n"
+        )
+    running = lambda engine, run: engine.run(run.id).status is RunStatus.RUNNING  # noqa: E731
+    hb, _ = b.submit(PlanRequest("t:held-b", {}), ADMIN)
+    wait_until(lambda: running(b, hb), 20, message="b's run to start")
+    ha = [a.submit(PlanRequest("t:held-a", {}), ADMIN)[0] for _ in range(2)]
+    wait_until(lambda: all(running(a, run) for run in ha), 20, message="a's runs to start")
+    queued = [a.submit(PlanRequest("t:held-q", {}), ADMIN)[0] for _ in range(2)]  # all three slots taken
+    a.runner.stop_claiming()  # a's slots will stay free: nobody's to refill
+    (tmp_path / "gate-a").touch()
+    for run in ha:
+        ended(a, run.id)
+    (tmp_path / "gate-b").touch()
+    wait_until(lambda: any(running(b, run) for run in queued), 20, message="b to refill its slot")
+    # One claim transaction took whatever it took: had it taken both, both would be running now.
+    assert sorted(b.run(run.id).status.value for run in queued) == ["queued", "running"]
+    (tmp_path / "gate-q").touch()

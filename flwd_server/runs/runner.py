@@ -86,6 +86,7 @@ class Runner:
         self._next_read = 0.0  # a wake-up without a reason reads the queue no sooner (READ_EVERY)
         self._read_skipped = False
         self.claims = [0, 0]  # claim transactions, and those that took nothing (docs/performance.rst)
+        self._peers = 1  # live runner processes sharing the database, this one included (read at each sweep)
         self._active: dict[str, ActiveRun] = {}
         self._futures: set[Future] = set()
         self._lock = threading.Lock()
@@ -223,6 +224,7 @@ class Runner:
                         self.reaper.reap()
                     self._check_cancellations()
                     self.store.expire_approvals(self.settings.policy.approval_timeout)
+                    self._count_peers()
                     next_sweep = now + SWEEP_EVERY
                 if now >= next_housekeeping:
                     self.housekeeping()
@@ -247,9 +249,10 @@ class Runner:
         but only a process with a reason claims at once: the one that queued, released or
         cancelled a run (``wake()``: as many as it has room for), or whose own runs ended (as
         many as ended, if a run is queued: read first, usually none is).  Refilling only its own
-        slots keeps the runs spread over the processes as they were: a process that took every
-        free slot would end up with all of them, and one process's Python cannot run what two
-        can.  A PostgreSQL claim does not queue behind the writer and can come before the run's
+        slots, and no process claiming past an even share of ``max_concurrent_runs`` for a reason
+        (the rest is left to the fallback below), keeps the runs spread over the processes: a
+        process that took every free slot would end up with all of them, and one process's
+        Python cannot run what two can.  A PostgreSQL claim does not queue behind the writer and can come before the run's
         end is committed, so that reason holds for ``FREED_TRIES`` claims that take nothing.
         Any other wake-up reads (at most every ``READ_EVERY``) what a claim would take and
         leaves it for ``HANDOFF_GRACE`` to the process with the reason; if the same run is still first then (that process is full,
@@ -258,14 +261,15 @@ class Runner:
         """
         most = self.settings.limits.max_concurrent_runs
         room = most - len(self._active)
+        share = -(-most // self._peers) - len(self._active)  # what a reason may claim: up to an even share
         if self._claim_due:
             self._deferred = None
-            return max(room, 1)
+            return max(min(room, share), 1)
         if room <= 0:
             return 0
         if self._freed:
-            if self.store.next_claimable(self.owner, None, self.affinity_only) is not None:
-                return self._freed
+            if share > 0 and self.store.next_claimable(self.owner, None, self.affinity_only) is not None:
+                return min(self._freed, share)
             with self._freed_lock:
                 self._freed = 0
             self._deferred = None
@@ -285,6 +289,12 @@ class Runner:
             return 0
         self._deferred = (first, now)
         return 0
+
+    def _count_peers(self) -> None:
+        """How many runner processes share the database now (their heartbeats are recent)."""
+        now, timeout = time.time(), self.settings.liveness_timeout
+        live = sum(1 for _, _, _, beat in self.store.owners() if beat is not None and now - beat <= timeout)
+        self._peers = max(1, live)
 
     def _declared_dead(self) -> None:
         """Our owner row is gone: another process saw no heartbeat for ``liveness_timeout``.

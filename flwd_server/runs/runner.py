@@ -248,7 +248,7 @@ class Runner:
         Every process is woken by every ``run.queued`` and ``run.finished`` (the event poller),
         but only a process with a reason claims at once: the one that queued, released or
         cancelled a run (``wake()``: as many as it has room for), or whose own runs ended (as
-        many as ended, if a run is queued: read first, usually none is).  Refilling only its own
+        many as ended, if a run is queued: one statement first, usually none is).  Refilling only its own
         slots, and no process claiming past an even share of ``max_concurrent_runs`` for a reason
         (the rest is left to the fallback below), keeps the runs spread over the processes: a
         process that took every free slot would end up with all of them, and one process's
@@ -268,7 +268,7 @@ class Runner:
         if room <= 0:
             return 0
         if self._freed:
-            if share > 0 and self.store.next_claimable(self.owner, None, self.affinity_only) is not None:
+            if share > 0 and self.store.any_queued(self.owner, self.affinity_only):
                 return min(self._freed, share)
             with self._freed_lock:
                 self._freed = 0
@@ -384,8 +384,8 @@ class Runner:
                 claimed, active, owner=self.owner, groups=self.groups, reaper=self.reaper, workdirs=self.workdirs
             )
         finally:
-            self._active.pop(claimed.run.id, None)
-            with self._freed_lock:
+            with self._freed_lock:  # counted before the slot shows free (tests wait on both)
                 self._freed += 1
                 self._freed_tries = FREED_TRIES
+            self._active.pop(claimed.run.id, None)
             self._wakeup.set()

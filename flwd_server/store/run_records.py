@@ -228,6 +228,15 @@ class RunRecords:
     def count_runs(self) -> dict[str, int]:
         return dict(self.reader().execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
 
+    def any_queued(self, owner: str, affinity_only: bool = False) -> bool:
+        """Whether any run waits that ``owner`` could claim, its group aside: one statement (a hint, as below)."""
+        affinity = "affinity = ?" if affinity_only else "(affinity IS NULL OR affinity = ?)"
+        return bool(
+            self.reader()
+            .execute(f"SELECT 1 FROM runs WHERE status = 'queued' AND {affinity} LIMIT 1", (owner,))
+            .fetchone()
+        )
+
     def next_claimable(self, owner: str, max_running: int | None, affinity_only: bool = False) -> str | None:
         """The run a claim by ``owner`` would take first; None if there is none or ``max_running`` are running.
 

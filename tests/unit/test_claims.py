@@ -75,6 +75,8 @@ def test_the_process_that_queues_a_run_claims_it_and_the_other_writes_no_claim(w
         run, _ = a.submit(PlanRequest("t:quick", {}), ADMIN)
         assert ended(a, run.id).status is RunStatus.SUCCEEDED
         assert owner_of(a, run.id) == a.runner.owner
+        # Its end handled before the next run is queued (else the end's claim may take the next run first).
+        wait_until(lambda: a.runner.active_count() == 0 and not a.runner._freed, 10, message="a's slot free")
     assert b.runner.claims == before  # woken by every run.queued and run.finished, it only read
     # One claim a run, none empty: a run's end claims only if something is queued.
     assert [now - then for now, then in zip(a.runner.claims, mine, strict=True)] == [10, 0]

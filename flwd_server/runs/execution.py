@@ -301,7 +301,9 @@ class RunExecutor:
                 should_stop=should_stop,
                 output=output,
                 limits=host_limits(profile, self.settings),
-                on_spawn=lambda pgid: self.store.set_pgid(run.id, pgid),
+                # Only the lost-run sweep reads a stored pgid; a run's cgroup already holds all of its
+                # processes (that sweep removes a dead process's groups), so no write for it there.
+                on_spawn=None if isinstance(containment, RunGroup) else lambda pgid: self.store.set_pgid(run.id, pgid),
                 containment=containment,
             )
             outcome = run_host_step(task)

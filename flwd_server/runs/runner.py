@@ -37,6 +37,15 @@ log = logging.getLogger("flwd.runner")
 HEARTBEAT_EVERY = 2.0
 SWEEP_EVERY = 3.0
 HOUSEKEEP_EVERY = 10.0
+# How long a process leaves a claimable run it has no reason to claim (below) to the process that has
+# one, before claiming it itself: the submitter may be slow or full, or not claim at all (draining).
+HANDOFF_GRACE = 0.1
+# Claims a process tries for the slots its own runs freed, while runs are queued: the first can come
+# before the run's end is committed (PostgreSQL's claims do not queue behind the writer) and take nothing.
+FREED_TRIES = 2
+# Wake-ups without a reason come with every run.queued and run.finished batch (hundreds a second under
+# load); they read what a claim would take at most this often (a read is three statements).
+READ_EVERY = 0.05
 
 
 class Runner:
@@ -69,6 +78,15 @@ class Runner:
         self._pool: ThreadPoolExecutor | None = None
         self._dispatcher: threading.Thread | None = None
         self._wakeup = threading.Event()
+        self._claim_due = True  # claim at the next wake-up: wake() was called, or start()
+        self._freed = 0  # slots our ended runs freed that no claim has refilled yet
+        self._freed_tries = 0  # empty claims left before those slots are left to anyone (FREED_TRIES)
+        self._freed_lock = threading.Lock()  # pool threads add to _freed, the dispatcher takes from it
+        self._deferred: tuple[str, float] | None = None  # a claimable run left to another process, since when
+        self._next_read = 0.0  # a wake-up without a reason reads the queue no sooner (READ_EVERY)
+        self._read_skipped = False
+        self.claims = [0, 0]  # claim transactions, and those that took nothing (docs/performance.rst)
+        self._peers = 1  # live runner processes sharing the database, this one included (read at each sweep)
         self._active: dict[str, ActiveRun] = {}
         self._futures: set[Future] = set()
         self._lock = threading.Lock()
@@ -104,6 +122,7 @@ class Runner:
             self._pool = ThreadPoolExecutor(
                 max_workers=self.settings.limits.max_concurrent_runs, thread_name_prefix="flwd-run"
             )
+            self._claim_due = True  # whatever waits already: nobody else may have a reason to claim it
             self._dispatcher = threading.Thread(target=self._dispatch_loop, name="flwd-dispatcher", daemon=True)
             self._dispatcher.start()
 
@@ -116,6 +135,8 @@ class Runner:
         return self._draining
 
     def wake(self) -> None:
+        """Claim at once: this process queued, released or cancelled a run."""
+        self._claim_due = True
         self._wakeup.set()
 
     def active_count(self) -> int:
@@ -157,6 +178,7 @@ class Runner:
         self.groups = self.reaper = self.workdirs = None  # a later start() makes new ones
         with contextlib.suppress(Exception):
             self.store.unregister_owner(self.owner)
+        log.info("runner %s: %d claim transactions, %d of them took nothing", self.owner, *self.claims)
 
     def abandon(self, reason: str) -> None:
         """Stop every running run now; each ends ``lost`` with ``reason``, as if the process had died."""
@@ -180,7 +202,13 @@ class Runner:
         next_beat = next_sweep = 0.0
         next_housekeeping = time.monotonic() + HOUSEKEEP_EVERY
         while not self._stopped:
-            self._wakeup.wait(timeout=1.0)
+            timeout = 1.0
+            if self._deferred is not None:
+                timeout = min(timeout, max(0.0, self._deferred[1] + HANDOFF_GRACE - time.monotonic()))
+            if self._read_skipped:  # once: an iteration that does not reach the read does not ask again
+                timeout = min(timeout, max(0.0, self._next_read - time.monotonic()))
+                self._read_skipped = False
+            self._wakeup.wait(timeout=timeout)
             self._wakeup.clear()
             now = time.monotonic()
             try:
@@ -191,16 +219,18 @@ class Runner:
                 if now >= next_sweep:
                     if recover_lost_runs(self.store, me=self.owner, timeout=self.settings.liveness_timeout):
                         self._sweep_leftovers()
+                        self._claim_due = True  # their slots are free: nobody else has a reason to claim
                     if self.reaper is not None:
                         self.reaper.reap()
                     self._check_cancellations()
                     self.store.expire_approvals(self.settings.policy.approval_timeout)
+                    self._count_peers()
                     next_sweep = now + SWEEP_EVERY
                 if now >= next_housekeeping:
                     self.housekeeping()
                     next_housekeeping = now + HOUSEKEEP_EVERY
-                if not self._draining:
-                    self._claim()
+                if not self._draining and (want := self._worth_claiming(now)):
+                    self._claim(want)
             except StorageError as exc:  # a full or read-only disk: expected, said in one line
                 log.error("dispatcher: %s; retrying", exc.detail)
                 time.sleep(0.5)
@@ -211,6 +241,60 @@ class Runner:
             except Exception:  # the dispatcher must survive a bad moment
                 log.exception("dispatcher iteration failed; retrying")
                 time.sleep(0.5)
+
+    def _worth_claiming(self, now: float) -> int:
+        """How many runs this wake-up should claim (0: none): a claim is a write, and one that takes nothing is waste.
+
+        Every process is woken by every ``run.queued`` and ``run.finished`` (the event poller),
+        but only a process with a reason claims at once: the one that queued, released or
+        cancelled a run (``wake()``: as many as it has room for), or whose own runs ended (as
+        many as ended, if a run is queued: one statement first, usually none is).  Refilling only its own
+        slots, and no process claiming past an even share of ``max_concurrent_runs`` for a reason
+        (the rest is left to the fallback below), keeps the runs spread over the processes: a
+        process that took every free slot would end up with all of them, and one process's
+        Python cannot run what two can.  A PostgreSQL claim does not queue behind the writer and can come before the run's
+        end is committed, so that reason holds for ``FREED_TRIES`` claims that take nothing.
+        Any other wake-up reads (at most every ``READ_EVERY``) what a claim would take and
+        leaves it for ``HANDOFF_GRACE`` to the process with the reason; if the same run is still first then (that process is full,
+        draining, slow or gone), it claims what it has room for.  The dispatcher wakes at least
+        every second, so a claimable run never waits long for a process with room.
+        """
+        most = self.settings.limits.max_concurrent_runs
+        room = most - len(self._active)
+        share = -(-most // self._peers) - len(self._active)  # what a reason may claim: up to an even share
+        if self._claim_due:
+            self._deferred = None
+            return max(min(room, share), 1)
+        if room <= 0:
+            return 0
+        if self._freed:
+            if share > 0 and self.store.any_queued(self.owner, self.affinity_only):
+                return min(self._freed, share)
+            with self._freed_lock:
+                self._freed = 0
+            self._deferred = None
+            return 0
+        if now < self._next_read:  # read again when it is due (the loop's timeout)
+            self._read_skipped = True
+            return 0
+        self._next_read = now + READ_EVERY
+        first = self.store.next_claimable(self.owner, most, self.affinity_only)
+        if first is None:
+            self._deferred = None
+            return 0
+        if self._deferred is not None and self._deferred[0] == first:
+            if now - self._deferred[1] >= HANDOFF_GRACE:
+                self._deferred = None
+                return room
+            return 0
+        self._deferred = (first, now)
+        return 0
+
+    def _count_peers(self) -> None:
+        """How many runner processes share the database now (their heartbeats are recent)."""
+        now, timeout = time.time(), self.settings.liveness_timeout
+        live = sum(1 for _, _, _, beat in self.store.owners() if beat is not None and now - beat <= timeout)
+        self._peers = max(1, live)
 
     def _declared_dead(self) -> None:
         """Our owner row is gone: another process saw no heartbeat for ``liveness_timeout``.
@@ -259,12 +343,24 @@ class Runner:
                 active.reason = active.reason or "cancelled by a client"
                 active.cancel.set()
 
-    def _claim(self) -> None:
+    def _claim(self, want: int | None = None) -> None:
+        """Claim up to ``want`` queued runs (None: as many as this process has room for)."""
         with self._claim_lock:
             free = self.settings.limits.max_concurrent_runs - len(self._active)
+            free = free if want is None else min(want, free)
+            self._claim_due = False  # a wake() from here on claims again
             if free <= 0 or self._draining or self._stopped:
                 return
             claimed = self.store.claim(self.owner, free, self.settings.limits.max_concurrent_runs, self.affinity_only)
+            self.claims[0] += 1
+            self.claims[1] += not claimed
+            with self._freed_lock:
+                if claimed:
+                    self._freed = max(0, self._freed - len(claimed))
+                elif self._freed:
+                    self._freed_tries -= 1
+                    if self._freed_tries <= 0:
+                        self._freed = 0
             for index, item in enumerate(claimed):
                 active = ActiveRun(item.run)
                 self._active[item.run.id] = active
@@ -288,5 +384,8 @@ class Runner:
                 claimed, active, owner=self.owner, groups=self.groups, reaper=self.reaper, workdirs=self.workdirs
             )
         finally:
+            with self._freed_lock:  # counted before the slot shows free (tests wait on both)
+                self._freed += 1
+                self._freed_tries = FREED_TRIES
             self._active.pop(claimed.run.id, None)
             self._wakeup.set()

@@ -228,6 +228,32 @@ class RunRecords:
     def count_runs(self) -> dict[str, int]:
         return dict(self.reader().execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
 
+    def any_queued(self, owner: str, affinity_only: bool = False) -> bool:
+        """Whether any run waits that ``owner`` could claim, its group aside: one statement (a hint, as below)."""
+        affinity = "affinity = ?" if affinity_only else "(affinity IS NULL OR affinity = ?)"
+        return bool(
+            self.reader()
+            .execute(f"SELECT 1 FROM runs WHERE status = 'queued' AND {affinity} LIMIT 1", (owner,))
+            .fetchone()
+        )
+
+    def next_claimable(self, owner: str, max_running: int | None, affinity_only: bool = False) -> str | None:
+        """The run a claim by ``owner`` would take first; None if there is none or ``max_running`` are running.
+
+        A read, without the claim's lock or transaction: a hint for a process deciding whether a
+        claim is worth a write (runs/runner.py), never the decision itself.  ``max_running`` None:
+        whatever is running (a slot this process just freed may not be committed free yet).
+        """
+        conn = self.reader()
+        if (
+            max_running is not None
+            and conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0] >= max_running
+        ):
+            return None
+        affinity = "affinity = ?" if affinity_only else "(affinity IS NULL OR affinity = ?)"
+        ids = pick(conn, 1, affinity, owner)
+        return ids[0] if ids else None
+
     def claim(self, owner: str, local_free: int, max_running: int, affinity_only: bool = False) -> list[ClaimedRun]:
         """Move the oldest queued runs to ``running`` for ``owner``, never above ``max_running`` in total
         nor above a concurrency group's limit (store/queue.py: a busy group is skipped, not waited on).

@@ -223,11 +223,11 @@ class Broadcaster:
         assert self._wake_r is not None
         selector.register(self._wake_r, selectors.EVENT_READ, None)
         seen = self.hub.last_id
-        more = False
+        more = joined = False  # joined: a stream came since the last round (its history may be all seen)
         next_round = next_sweep = 0.0
         while True:
             now = time.monotonic()
-            pending = more or self._drained or self._incoming or self.hub.last_id != seen
+            pending = more or joined or self._drained or self._incoming or self.hub.last_id != seen
             timeout = max(0.0, (next_round if pending else next_sweep) - now)
             ready_keys = selector.select(timeout)
             now = time.monotonic()
@@ -245,9 +245,9 @@ class Broadcaster:
                 fresh, self._incoming = self._incoming, []
             self._subs.extend(fresh)
             self._dirty.update(fresh)
-            if now >= next_round and (fresh or more or self._drained or self.hub.last_id != seen):
-                seen = self.hub.last_id
-                self._drained = False
+            joined = joined or bool(fresh)
+            if now >= next_round and (joined or more or self._drained or self.hub.last_id != seen):
+                seen, joined, self._drained = self.hub.last_id, False, False
                 cpu, sends = time.thread_time(), self.sends  # CPU: not the time other processes had the core
                 more = self._deliver(now)
                 # No pause for a backlog (it would only slow a stream that is behind), nor after sending nothing.

@@ -262,3 +262,23 @@ def test_a_round_is_followed_by_a_pause_for_its_cost_but_a_backlog_is_sent_witho
     finally:
         server.close()
         client.close()
+
+
+def test_a_stream_attached_during_a_pause_gets_its_history_though_no_new_event_comes(hub):
+    """Figure 2's lost stream: a run ended before its stream attached, in the pause after the round
+    that sent the run's events to another follower; no later event woke the broadcaster, so the
+    new stream got heartbeats only."""
+    caster = Broadcaster(hub, heartbeat=5, max_duration=60, pace=1e9, max_pause=1.0)
+    all_server, all_client = socket.socketpair()
+    server, client = socket.socketpair()
+    try:
+        caster.attach(all_server, hub.last_id, None, chunked=False)  # a follower of every event
+        hub.store.emit("quick", "step.output", {"line": "done before its stream"})
+        hub.store.emit("quick", "run.finished", {"status": "succeeded"})
+        read_until(all_client, b"event: run.finished")  # that round sent them: a pause follows
+        sub = caster.attach(server, 0, "quick", chunked=False)
+        assert b"event: run.finished" in read_until(client, b"event: run.finished")
+        assert sub.done.wait(5) and not sub.failed
+    finally:
+        for sock in (all_server, all_client, server, client):
+            sock.close()

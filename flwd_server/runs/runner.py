@@ -203,8 +203,9 @@ class Runner:
         next_housekeeping = time.monotonic() + HOUSEKEEP_EVERY
         while not self._stopped:
             timeout = 1.0
-            if self._deferred is not None:
-                timeout = min(timeout, max(0.0, self._deferred[1] + HANDOFF_GRACE - time.monotonic()))
+            if self._deferred is not None and not self._draining:  # its grace ends, and a read is due: look then
+                due = max(self._deferred[1] + HANDOFF_GRACE, self._next_read)
+                timeout = min(timeout, max(0.0, due - time.monotonic()))
             if self._read_skipped:  # once: an iteration that does not reach the read does not ask again
                 timeout = min(timeout, max(0.0, self._next_read - time.monotonic()))
                 self._read_skipped = False
@@ -266,6 +267,7 @@ class Runner:
             self._deferred = None
             return max(min(room, share), 1)
         if room <= 0:
+            self._deferred = None  # full: a run left to others is theirs; a stale grace would spin the loop
             return 0
         if self._freed:
             if share > 0 and self.store.any_queued(self.owner, self.affinity_only):

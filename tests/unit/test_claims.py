@@ -6,6 +6,8 @@ writer, event poller and dispatcher), as in a server with two workers.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,5 +121,43 @@ def test_a_process_whose_run_ended_refills_its_own_slot_not_every_free_one(worke
     (tmp_path / "gate-b").touch()
     wait_until(lambda: any(running(b, run) for run in queued), 20, message="b to refill its slot")
     # One claim transaction took whatever it took: had it taken both, both would be running now.
-    assert sorted(b.run(run.id).status.value for run in queued) == ["queued", "running"]
+    states = [(b.run(run.id).status.value, b.run(run.id).reason) for run in queued]
+    assert sorted(status for status, _ in states) == ["queued", "running"], states
     (tmp_path / "gate-q").touch()
+
+
+class CountingEvent(threading.Event):
+    """The dispatcher's wake-up, counting how often the loop waits on it (once an iteration)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
+@pytest.mark.parametrize("situation", ["draining", "read not due yet"])
+def test_a_run_left_to_another_process_never_makes_the_dispatcher_spin(workers, situation):
+    """A deferral whose grace has passed, in a process that will not claim now (it drains, or its
+    next read of the queue is not due), must not turn the loop's timeout to 0."""
+    _, b = workers
+    runner = b.runner
+    counter = CountingEvent()
+    now = time.monotonic()
+    if situation == "draining":
+        runner.stop_claiming()
+    elif situation == "read not due yet":
+        runner._next_read = now + 0.3
+    else:
+        monkeypatch.setattr(
+            runner, "_active", {f"r{i}": None for i in range(runner.settings.limits.max_concurrent_runs)}
+        )
+    runner._deferred = ("01someoneelsesrun", now - 1.0)
+    runner._wakeup, old = counter, runner._wakeup
+    old.set()  # the loop takes the new event at its next iteration
+    window = time.monotonic() + 0.6  # a window of observation, not a wait for something
+    while time.monotonic() < window:
+        time.sleep(0.05)
+    assert counter.waits <= 6, f"{counter.waits} iterations in 0.6 s"

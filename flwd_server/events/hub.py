@@ -145,7 +145,7 @@ class EventHub:
         With a follower here the committed event rows are handed to the poller, which publishes them
         without reading them back when they follow its last event (see :meth:`_take_local`).
         """
-        if rows and self._watchers > 0 and len(self._local) < LOCAL_BATCHES:
+        if rows and self._watchers > 0 and not self._closed and len(self._local) < LOCAL_BATCHES:
             self._local.append(rows)
         self.wakeups.wake_self()
         if not self.store.notifies_peers:

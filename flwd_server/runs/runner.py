@@ -294,9 +294,7 @@ class Runner:
 
     def _count_peers(self) -> None:
         """How many runner processes share the database now (their heartbeats are recent)."""
-        now, timeout = time.time(), self.settings.liveness_timeout
-        live = sum(1 for _, _, _, beat in self.store.owners() if beat is not None and now - beat <= timeout)
-        self._peers = max(1, live)
+        self._peers = max(1, self.store.live_owner_count(self.settings.liveness_timeout))
 
     def _declared_dead(self) -> None:
         """Our owner row is gone: another process saw no heartbeat for ``liveness_timeout``.

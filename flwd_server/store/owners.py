@@ -164,6 +164,14 @@ class OwnerRecords:
     def owners(self) -> list[tuple[str, str, int, float]]:
         return self.reader().execute("SELECT owner, host, pid, heartbeat_at FROM owners").fetchall()
 
+    def live_owner_count(self, timeout: float) -> int:
+        """How many owners said they were alive within ``timeout`` seconds, judged in the clock their
+        heartbeats are written in (the database's, on PostgreSQL: a node's own clock may be off)."""
+        conn = self.reader()
+        now = time.time() - self._clock_skew(conn)
+        beats = conn.execute("SELECT heartbeat_at FROM owners").fetchall()
+        return sum(1 for (beat,) in beats if beat is not None and now - beat <= timeout)
+
     def mark_stranded(self, is_dead: Callable[[str, str, int, float | None], bool], reason: str) -> list[str]:
         """End every queued run whose *affinity* owner ``is_dead``; returns their ids.
 

@@ -148,12 +148,8 @@ def test_a_run_left_to_another_process_never_makes_the_dispatcher_spin(workers, 
     now = time.monotonic()
     if situation == "draining":
         runner.stop_claiming()
-    elif situation == "read not due yet":
-        runner._next_read = now + 0.3
     else:
-        monkeypatch.setattr(
-            runner, "_active", {f"r{i}": None for i in range(runner.settings.limits.max_concurrent_runs)}
-        )
+        runner._next_read = now + 0.3
     runner._deferred = ("01someoneelsesrun", now - 1.0)
     runner._wakeup, old = counter, runner._wakeup
     old.set()  # the loop takes the new event at its next iteration

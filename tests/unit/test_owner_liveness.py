@@ -128,3 +128,19 @@ def test_a_process_declared_dead_stops_its_runs_and_comes_back_as_a_new_owner(ma
         )
     finally:
         engine.close(grace=0)
+
+
+def test_live_owners_are_counted_in_the_clock_their_heartbeats_are_written_in(any_store, monkeypatch):
+    """The runner shares ``max_concurrent_runs`` among the live owners; a node whose clock is 100 s
+    ahead of the database's must still count the others (it counted none: its own clock judged them)."""
+    store = any_store
+    for name in ("node-a", "node-b"):
+        store.register_owner(name, f"{name}.example", 1)
+    store.register_owner("node-c", "node-c.example", 1)
+    store.write(lambda conn: conn.execute("UPDATE owners SET heartbeat_at = heartbeat_at - 60 WHERE owner = 'node-c'"))
+    assert store.live_owner_count(30) == 2  # node-c went quiet 60 s ago
+    monkeypatch.setattr(type(store), "DB_CLOCK", "0", raising=False)  # any clock: the skew is patched below
+    skew = 100.0  # our clock minus the database's
+    store.write(lambda conn: conn.execute("UPDATE owners SET heartbeat_at = heartbeat_at - ?", (skew,)))
+    monkeypatch.setattr(store, "_clock_skew", lambda conn: skew)
+    assert store.live_owner_count(30) == 2

@@ -314,3 +314,18 @@ def test_iso_timestamps_match_datetime_to_the_millisecond():
             .replace("+00:00", "Z")
         )
         assert iso(ts) == expected
+
+
+def test_a_closed_hub_keeps_no_committed_batches_for_a_poller_that_is_gone(sqlite_store):
+    """Shutdown closes the hub while streams may still be attached: nothing would ever take them."""
+    hub = EventHub(sqlite_store, poll_interval=0.01)
+    hub.start()
+    hub.watch()
+    try:
+        hub.close()
+        for i in range(20):
+            sqlite_store.emit_rows([("r", "step.output", time.time(), f'{{"line":"{i}"}}')])
+            sqlite_store.flush()
+        assert len(hub._local) == 0
+    finally:
+        hub.unwatch()

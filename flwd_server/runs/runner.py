@@ -269,13 +269,16 @@ class Runner:
         if room <= 0:
             self._deferred = None  # full: a run left to others is theirs; a stale grace would spin the loop
             return 0
-        if self._freed:
-            if share > 0 and self.store.any_queued(self.owner, self.affinity_only):
-                return min(self._freed, share)
-            with self._freed_lock:
-                self._freed = 0
-            self._deferred = None
-            return 0
+        if freed := self._freed:
+            queued = self.store.any_queued(self.owner, self.affinity_only)
+            if queued and share > 0:
+                return min(freed, share)
+            with self._freed_lock:  # what a run that ended meanwhile adds stays for the next pass
+                self._freed = max(0, self._freed - freed)
+            if not queued:
+                self._deferred = None
+                return 0
+            # At its share already: the run is left to a process under it, or taken after the grace (below).
         if now < self._next_read:  # read again when it is due (the loop's timeout)
             self._read_skipped = True
             return 0

@@ -59,11 +59,11 @@ class HandOff(BaseException):
     A ``BaseException`` so that it passes the WSGI server's handlers (which
     catch ``Exception`` and would write an error or close the socket), and
     before the server ends the response: the broadcaster writes the end.
-    ``start(closed)`` attaches the stream; ``closed`` is called (on the
-    broadcaster's thread) when the stream is over and the socket can be closed.
+    ``start(closed)`` attaches the stream; ``closed(reusable)`` is called (on the broadcaster's
+    thread) when it is over: True if its last chunk went out whole (keep the connection alive).
     """
 
-    def __init__(self, start: Callable[[Callable[[], None]], None]) -> None:
+    def __init__(self, start: Callable[[Callable[[bool], None]], None]) -> None:
         super().__init__("event stream handed to the broadcaster")
         self.start = start
 
@@ -101,7 +101,7 @@ class Subscription:
         chunked: bool,
         max_duration: float,
         event_filter: EventFilter | None = None,
-        on_end: Callable[[], None] | None = None,
+        on_end: Callable[[bool], None] | None = None,
     ) -> None:
         self.sock = sock
         self.run_id = run_id  # a run's stream: it ends after that run's run.finished
@@ -188,7 +188,7 @@ class Broadcaster:
         run_id: str | None,
         chunked: bool,
         event_filter: EventFilter | None = None,
-        on_end: Callable[[], None] | None = None,
+        on_end: Callable[[bool], None] | None = None,
     ) -> Subscription:
         """Take over ``sock`` (the response head is already sent); returns when the broadcaster has it.
 
@@ -411,7 +411,7 @@ class Broadcaster:
         if sub.on_end is not None:  # handed off: nobody waits for the socket, its owner closes it
             sub.done.set()
             try:
-                sub.on_end()
+                sub.on_end(sub.ended and not sub.failed)
             except Exception:
                 log.exception("ending a handed-off event stream failed")
             return
@@ -467,10 +467,10 @@ class BroadcastBody:
             log.debug("event stream dropped: %s", sub.reason)
             raise ConnectionResetError(errno.ECONNRESET, sub.reason)
 
-    def _attach_handed_off(self, closed: Callable[[], None]) -> None:
-        def on_end() -> None:
+    def _attach_handed_off(self, closed: Callable[[bool], None]) -> None:
+        def on_end(reusable: bool) -> None:
             self._release_once()
-            closed()
+            closed(reusable)
 
         try:
             self.broadcaster.attach(self.sock, *self.stream, on_end=on_end)

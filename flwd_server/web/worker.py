@@ -34,6 +34,7 @@ between 23 and 27: setup.cfg pins the range this is tested with.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from functools import partial
 from selectors import EVENT_READ
 from typing import Any
@@ -196,10 +197,16 @@ class FlwdWorker(ThreadWorker):
             return  # the broadcaster has the connection; on_stream_end closes it (maybe already did)
         super().finish_request(conn, fs)
 
-    def on_stream_end(self, conn: Any) -> None:
-        """The broadcaster wrote a handed-off stream's end (or gave up on its client): close it."""
-        self.nr_conns -= 1
-        conn.close()
+    def on_stream_end(self, conn: Any, reusable: bool) -> None:
+        """The broadcaster wrote a handed-off stream's end (or gave up on its client).
+
+        A whole response leaves the connection as any other does: kept alive for the client's
+        next request (its head said so; a client that sends one on it must not be reset), or
+        closed.  gunicorn's own ending decides, given the outcome a request thread would return.
+        """
+        outcome: Future = Future()
+        outcome.set_result(reusable)
+        super().finish_request(conn, outcome)
 
     # -- the master ----------------------------------------------------------------
 

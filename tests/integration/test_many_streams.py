@@ -4,6 +4,7 @@ still answers meanwhile (flwd_server/events/broadcast.py, ``HandOff``; flwd_serv
 
 from __future__ import annotations
 
+import http.client
 import re
 import resource
 import selectors
@@ -124,6 +125,28 @@ def test_handed_off_streams_end_cleanly_when_the_server_stops(start_server):
         assert server.proc.wait(60) == 0
     finally:
         streams.close()
+
+
+def test_a_connection_whose_stream_ended_serves_the_clients_next_request(start_server):
+    """The stream's head said keep-alive, so a client may send its next request on the same
+    connection once the stream has ended (httpx does): it must be answered, not reset."""
+    server = start_server(default_settings())
+    for _ in range(5):  # either worker may take the stream, and the next request may come at once
+        run = server.submit("noop")
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            headers = {"Authorization": "Bearer dev-token", "Accept": "text/event-stream"}
+            conn.request("GET", f"/runs/{run['id']}/events", headers=headers)
+            stream = conn.getresponse()
+            assert stream.status == 200 and stream.getheader("Connection") == "keep-alive"
+            assert b"event: run.finished" in stream.read()  # to the last chunk
+            sock = conn.sock
+            conn.request("GET", f"/runs/{run['id']}", headers={"Authorization": "Bearer dev-token"})
+            answer = conn.getresponse()
+            assert answer.status == 200 and b'"succeeded"' in answer.read()
+            assert conn.sock is sock  # the same connection, not a new one
+        finally:
+            conn.close()
 
 
 def test_the_server_raises_its_open_file_limit_to_the_hard_limit_and_logs_it(start_server):

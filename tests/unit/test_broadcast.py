@@ -122,7 +122,7 @@ def test_a_handed_off_body_frees_its_thread_and_the_broadcaster_ends_the_respons
     """With ``hand_off`` nothing waits: the broadcaster writes the last chunk, then says the stream is over."""
     caster = Broadcaster(hub, heartbeat=5, max_duration=60)
     server, client = socket.socketpair()
-    released, ended = [], threading.Event()
+    released, ended, outcomes = [], threading.Event(), []
     body = BroadcastBody(
         caster,
         server,
@@ -141,10 +141,11 @@ def test_a_handed_off_body_frees_its_thread_and_the_broadcaster_ends_the_respons
     except HandOff as hand_off:
         body.close()  # what the WSGI server does on its way out: the slot stays taken
         assert released == []
-        hand_off.start(ended.set)
+        hand_off.start(lambda reusable: (outcomes.append(reusable), ended.set()))
     hub.store.emit("r8", "step.output", {"line": "live"})
     hub.store.emit("r8", "run.finished", {"status": "succeeded"})
     assert ended.wait(5)
+    assert outcomes == [True]  # a whole response: the connection may serve the next request
     data = read_until(client, b"0\r\n\r\n")
     assert data.endswith(b"0\r\n\r\n")  # the chunked response is complete
     payload = dechunk(data[: -len(b"0\r\n\r\n")])
@@ -169,10 +170,13 @@ def test_only_plain_http1_gets_on_a_gunicorn_socket_are_taken_over():
 def test_a_handed_off_stream_whose_client_closes_ends_at_once_not_at_the_next_heartbeat(hub):
     caster = Broadcaster(hub, heartbeat=60, max_duration=600)
     server, client = socket.socketpair()
-    ended = threading.Event()
-    sub = caster.attach(server, 0, "quiet", chunked=True, on_end=ended.set)
+    ended, outcomes = threading.Event(), []
+    sub = caster.attach(
+        server, 0, "quiet", chunked=True, on_end=lambda reusable: (outcomes.append(reusable), ended.set())
+    )
     client.close()
     assert ended.wait(5)  # the heartbeat's write would have noticed only after 60 s
+    assert outcomes == [False]  # the response is cut: the connection is closed
     assert sub.failed and "closed" in sub.reason
     server.close()
 

@@ -142,8 +142,11 @@ class SQLiteStore(Store):
         return fd
 
     def _apply(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
-        lock = self._write_lock()
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            lock = self._write_lock()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as exc:  # the disk (read-only, full, gone), as a failed write: the writer retries, lives on
+            raise sqlite3.OperationalError(f"cannot take the write lock {self.path}.writelock: {exc.strerror}") from exc
         try:
             self._apply_locked(conn, batch)
         finally:

@@ -7,6 +7,7 @@ tests/fixtures/postgres.py); ``sqlite_store`` is for what only SQLite has
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -402,3 +403,35 @@ def test_every_way_a_run_ends_drops_its_secret_values_from_the_stored_plan(store
     for run_id in (refused, cancelled, stranded, running, finished):
         assert store.get_run(run_id).status.is_terminal, run_id
         assert store.run_plan(run_id)["args"] == {"token": "***"}, store.get_run(run_id).status
+
+
+def test_a_write_lock_file_that_cannot_be_opened_is_a_storage_error_and_the_writer_lives_on(tmp_path, monkeypatch):
+    """A worker whose first write comes after the data dir turned read-only cannot open the lock file
+    every writer takes: that is the disk, like any failed write, not a reason for the writer to die."""
+    store = SQLiteStore(tmp_path / "lock.db")
+    store.migrate()
+    store.close()
+    store = SQLiteStore(tmp_path / "lock.db")  # a fresh process's store: its lock file is not open yet
+    real_open = os.open
+
+    def read_only_open(path, *args, **kwargs):
+        if str(path).endswith(".writelock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("flwd_server.store.sqlite.os.open", read_only_open)
+    outcome: list[BaseException | None] = []
+    caller = threading.Thread(
+        target=lambda: outcome.append(
+            _raised(lambda: store.create_run(plan=_plan(), public=_public(), submitted_by="t"))
+        ),
+        daemon=True,  # before the fix it waited forever for a writer that had died
+    )
+    caller.start()
+    caller.join(timeout=10)
+    assert not caller.is_alive() and isinstance(outcome[0], StorageError), outcome
+    assert "read-only" in str(outcome[0]).lower()
+    monkeypatch.setattr("flwd_server.store.sqlite.os.open", real_open)
+    run, _ = store.create_run(plan=_plan(), public=_public(), submitted_by="t")  # the same writer, alive
+    assert store.get_run(run.id).status is RunStatus.QUEUED
+    store.close()

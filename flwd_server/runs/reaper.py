@@ -106,6 +106,7 @@ class Subreaper:
         descendant of one."""
         table: dict[int, tuple[int, bytes]] = {}
         members: set[int] = set()
+        me = os.getpid()
         with os.scandir("/proc") as entries:
             for entry in entries:
                 if not entry.name.isdigit():
@@ -115,8 +116,8 @@ class Subreaper:
                     continue
                 pid = int(entry.name)
                 table[pid] = (stat[0], stat[2])
-                if stat[2] in (b"Z", b"X"):
-                    continue
+                if stat[2] in (b"Z", b"X") or pid == me:  # we hold the pipes' reading ends: never a member,
+                    continue  # else every child of ours (other runs' steps) would be one as a descendant
                 if _run_of(entry.name) == run_id or (pipes and _holds(entry.name, pipes)):
                     members.add(pid)
         grew = True
@@ -126,7 +127,6 @@ class Subreaper:
                 if ppid in members and pid not in members and state not in (b"Z", b"X"):
                     members.add(pid)
                     grew = True
-        members.discard(os.getpid())
         return sorted(members)
 
     def runs_with_processes(self) -> set[str]:

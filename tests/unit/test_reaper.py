@@ -106,3 +106,30 @@ finally:
 
 def test_a_run_of_another_database_is_left_alone_by_the_start_up_sweep():
     assert run(FOREIGN).splitlines() == ["started True", "foreign alive True"]
+
+
+BYSTANDERS = """
+import os, subprocess
+from flwd_server.runs.reaper import RunReaper, Subreaper
+
+reaper = Subreaper()
+# Another run's step (or any child of the server's process): its own session, not run-a's.
+other = subprocess.Popen(["sleep", "60"], start_new_session=True, env={**os.environ, "FLWD_RUN_ID": "run-b"})
+run = RunReaper(reaper, "run-a")
+env = dict(os.environ, FLWD_RUN_ID="run-a")
+with run.spawning():
+    step = subprocess.Popen(["/bin/sh", "-c", "sleep 60"], env=env, stdout=subprocess.PIPE, start_new_session=True)
+    run.spawned(step.pid, (step.stdout.fileno(),))  # this process holds the pipe's reading end
+print("killed", run.kill())
+step.wait()
+run.waited(step.pid)
+print("other alive", other.poll() is None)
+other.kill()
+other.wait()
+"""
+
+
+def test_killing_a_run_by_its_pipes_spares_the_process_reading_them_and_its_other_children():
+    """The server's process holds the read end of the run's pipes: it is no member of the run, nor are
+    its other children (before, every child of the worker was killed with the run: other runs' steps)."""
+    assert run(BYSTANDERS).splitlines() == ["killed True", "other alive True"]

@@ -132,9 +132,7 @@ class Broadcaster:
     after a round that sent nothing); rounds start at least ``min_interval`` apart.
     Events that arrive meanwhile go out together in the next round: the busier the process,
     the fewer sends an event costs, and the request threads get the GIL for as long as the
-    broadcaster had it.  With ``yield_after``, it sleeps ``yield_for`` after each ``yield_after``
-    seconds of sends in a round (a request thread waiting for the GIL takes it then, not
-    after the 5 ms switch interval); off: it cost deliveries more than it gave requests.
+    broadcaster had it.
     """
 
     def __init__(
@@ -149,8 +147,6 @@ class Broadcaster:
         pace: float = 1.0,
         min_interval: float = 0.0,
         max_pause: float = 0.01,
-        yield_after: float = 0.0,
-        yield_for: float = 0.0001,
     ) -> None:
         self.hub = hub
         self.heartbeat = heartbeat
@@ -159,7 +155,6 @@ class Broadcaster:
         self.stall_timeout = stall_timeout
         self.is_closing = is_closing
         self.pace, self.min_interval, self.max_pause = pace, min_interval, max_pause
-        self.yield_after, self.yield_for = yield_after, yield_for
         # Every stream's clocks (heartbeat, stall, max duration, closing) are checked this often, not at each wake-up.
         self.sweep_every = min(SWEEP, heartbeat / 2, stall_timeout / 2)
         hub.add_listener(lambda events: self._poke())
@@ -272,7 +267,7 @@ class Broadcaster:
         for sub in self._subs:
             if not sub.finishing and not sub.out and not sub.failed:
                 positions.setdefault(sub.position, {}).setdefault(sub.filter, []).append(sub)
-        more, sent, since = False, 0, now
+        more = False
         for position, groups in positions.items():
             results, waiting = self.hub.read_many(position, list(groups))
             more = more or waiting
@@ -298,10 +293,6 @@ class Broadcaster:
                     if ended and sub.run_id is not None:
                         sub.finishing = True
                     self._send(sub, now, framed[sub.chunked])
-                    sent += 1
-                    if self.yield_after and sent % 32 == 0 and time.monotonic() - since > self.yield_after:
-                        time.sleep(self.yield_for)  # the GIL to the request threads, now, not in 5 ms
-                        since = time.monotonic()
         return more
 
     def _send(self, sub: Subscription, now: float, data: bytes = b"") -> None:

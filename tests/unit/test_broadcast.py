@@ -8,6 +8,7 @@ import threading
 import time
 
 from flwd_server.events.broadcast import BroadcastBody, Broadcaster, HandOff, can_take_over, chunk
+from tests.fixtures.helpers import wait_until
 
 
 def read_until(sock: socket.socket, marker: bytes, limit: int = 1 << 20) -> bytes:
@@ -219,9 +220,7 @@ def test_a_partial_write_is_resumed_with_the_rest_of_the_batch_then_the_next(hub
         line = "y" * 2000
         for i in range(200):  # ~400 KB: many times what the two socket buffers hold
             hub.store.emit("partial", "step.output", {"i": i, "line": line})
-        deadline = time.monotonic() + 10
-        while not sub.out and time.monotonic() < deadline:  # a write stopped part-way, the rest waits
-            time.sleep(0.005)
+        wait_until(lambda: sub.out, 10, message="a write stopped part-way, the rest waiting")
         assert sub.out
         hub.store.emit("partial", "run.finished", {"status": "succeeded"})
         data = read_until(client, b"event: run.finished", limit=1 << 30)

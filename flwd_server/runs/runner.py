@@ -202,14 +202,7 @@ class Runner:
         next_beat = next_sweep = 0.0
         next_housekeeping = time.monotonic() + HOUSEKEEP_EVERY
         while not self._stopped:
-            timeout = 1.0
-            if self._deferred is not None and not self._draining:  # its grace ends, and a read is due: look then
-                due = max(self._deferred[1] + HANDOFF_GRACE, self._next_read)
-                timeout = min(timeout, max(0.0, due - time.monotonic()))
-            if self._read_skipped:  # once: an iteration that does not reach the read does not ask again
-                timeout = min(timeout, max(0.0, self._next_read - time.monotonic()))
-                self._read_skipped = False
-            self._wakeup.wait(timeout=timeout)
+            self._wakeup.wait(timeout=self._next_wait(time.monotonic()))
             self._wakeup.clear()
             now = time.monotonic()
             try:
@@ -242,6 +235,17 @@ class Runner:
             except Exception:  # the dispatcher must survive a bad moment
                 log.exception("dispatcher iteration failed; retrying")
                 time.sleep(0.5)
+
+    def _next_wait(self, now: float) -> float:
+        """How long the dispatcher sleeps unless woken: a second, or until a deferral's grace has
+        passed and a read of the queue is due (never 0 for a deferral it will not act on: a spin)."""
+        timeout = 1.0
+        if self._deferred is not None and not self._draining:
+            timeout = min(timeout, max(0.0, max(self._deferred[1] + HANDOFF_GRACE, self._next_read) - now))
+        if self._read_skipped:  # once: an iteration that does not reach the read does not ask again
+            timeout = min(timeout, max(0.0, self._next_read - now))
+            self._read_skipped = False
+        return timeout
 
     def _worth_claiming(self, now: float) -> int:
         """How many runs this wake-up should claim (0: none): a claim is a write, and one that takes nothing is waste.

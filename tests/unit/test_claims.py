@@ -6,7 +6,6 @@ writer, event poller and dispatcher), as in a server with two workers.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,34 +125,17 @@ def test_a_process_whose_run_ended_refills_its_own_slot_not_every_free_one(worke
     (tmp_path / "gate-q").touch()
 
 
-class CountingEvent(threading.Event):
-    """The dispatcher's wake-up, counting how often the loop waits on it (once an iteration)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waits = 0
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waits += 1
-        return super().wait(timeout)
-
-
 @pytest.mark.parametrize("situation", ["draining", "read not due yet"])
 def test_a_run_left_to_another_process_never_makes_the_dispatcher_spin(workers, situation):
     """A deferral whose grace has passed, in a process that will not claim now (it drains, or its
-    next read of the queue is not due), must not turn the loop's timeout to 0."""
+    next read of the queue is not due), must not turn the loop's timeout to 0 (before: 105,619
+    iterations in 0.6 s)."""
     _, b = workers
     runner = b.runner
-    counter = CountingEvent()
     now = time.monotonic()
     if situation == "draining":
         runner.stop_claiming()
     else:
         runner._next_read = now + 0.3
     runner._deferred = ("01someoneelsesrun", now - 1.0)
-    runner._wakeup, old = counter, runner._wakeup
-    old.set()  # the loop takes the new event at its next iteration
-    window = time.monotonic() + 0.6  # a window of observation, not a wait for something
-    while time.monotonic() < window:
-        time.sleep(0.05)
-    assert counter.waits <= 6, f"{counter.waits} iterations in 0.6 s"
+    assert runner._next_wait(now) >= (1.0 if situation == "draining" else 0.29)
